@@ -1,0 +1,50 @@
+"""cffi build script for ``frankenpy._native`` (API mode), used by setup.py's ``cffi_modules``.
+
+The C declarations come from the headers themselves, so Python and C cannot disagree on the
+layout of ``fp_request``: the types of ``frankenpy.h`` (up to its ``@cdef-types-end`` marker) and
+the whole of ``loader.h``, with preprocessor lines removed.  The extension is not linked against
+libphp; it loads private copies of it at run time (see ``frankenpy/images.py``).
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).resolve().parent
+
+
+def _cdef_text(header: str, stop_marker: str | None = None) -> str:
+    text = (CSRC / header).read_text()
+    if stop_marker is not None:
+        text = text.split(stop_marker, 1)[0]
+    # cffi parses C declarations but not the preprocessor; FP_ABI_VERSION is exported below.
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef("#define FP_ABI_VERSION ...")
+ffibuilder.cdef(_cdef_text("frankenpy.h", "/* @cdef-types-end */"))
+ffibuilder.cdef(_cdef_text("loader.h"))
+ffibuilder.cdef(
+    """
+    extern "Python+C" void fp_py_output(void *, const char *, size_t);
+    extern "Python+C" void fp_py_log(void *, int, const char *, uint32_t, const char *);
+    extern "Python+C" void fp_py_headers(void *, int, const char *, size_t);
+    extern "Python+C" size_t fp_py_read_body(void *, char *, size_t);
+    extern "Python+C" void fp_py_time_limit(void *, int64_t);
+    extern "Python+C" void fp_py_worker_ready(void *);
+    extern "Python+C" int fp_py_next_request(void *, fp_request **);
+    extern "Python+C" void fp_py_request_done(void *, fp_request *);
+    """
+)
+ffibuilder.set_source(
+    "frankenpy._native",
+    '#include "loader.h"',
+    sources=["csrc/loader.c"],  # relative: setuptools refuses absolute paths
+    include_dirs=["csrc"],
+    libraries=["dl"],
+    extra_compile_args=["-Wall", "-Wextra"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,137 @@
+/*
+ * frankenpy C glue: the SAPI that runs PHP inside one private copy of libphp.
+ *
+ * Build model (see frankenpy/images.py): this file's library, libfrankenpy_sapi.so, is linked
+ * against libphp.so.  At run time every PHP thread gets a private byte copy of libphp (its SONAME
+ * rewritten) and a private copy of this library (its DT_NEEDED rewritten to match), loaded with
+ * RTLD_LOCAL | RTLD_DEEPBIND.  Every static and every PHP global below therefore exists once per
+ * PHP thread: one copy is driven by one OS thread at a time, which is all NTS PHP asks for.
+ *
+ * The layer owns no policy: it starts an interpreter, runs one execution as told by an
+ * fp_request, reports what happened through the fp_host callbacks and result fields, and can be
+ * interrupted from another thread.  Threads, time limits, restarts and backoff live in Python.
+ *
+ * Every fp_* function except fp_interrupt() must be called from the thread that currently owns
+ * the copy.  fp_interrupt() may be called from any thread.
+ */
+#ifndef FRANKENPY_H
+#define FRANKENPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FP_ABI_VERSION 1
+
+/* How an execution's output reaches the host. */
+enum fp_output_mode {
+    FP_OUTPUT_BUFFER = 0, /* collect everything in fp_request.output; no callback */
+    FP_OUTPUT_STREAM = 1, /* host->output() for every write, nothing collected */
+    FP_OUTPUT_FLUSH = 2,  /* collect; host->output() with the collected bytes on each flush() */
+};
+
+/* What kind of thread runs the script: decides which frankenphp_* functions work. */
+enum fp_worker_kind {
+    FP_WORKER_NONE = 0,       /* regular execution or classic HTTP request */
+    FP_WORKER_BACKGROUND = 1, /* frankenphp_get_worker_handle() works */
+    FP_WORKER_HTTP = 2,       /* frankenphp_handle_request() works */
+};
+
+/* Why an execution ended, besides its exit status. */
+enum fp_end_reason {
+    FP_END_NORMAL = 0,    /* ran to its end or called exit() */
+    FP_END_BAILOUT = 1,   /* fatal error, parse error, uncaught exception, memory_limit ... */
+    FP_END_INTERRUPT = 2, /* stopped by fp_interrupt() */
+    FP_END_STARTUP = 3,   /* php_request_startup() failed; nothing ran */
+};
+
+typedef struct fp_request fp_request;
+
+/* Callbacks into the host.  `handle` is fp_request.handle of the execution in progress. */
+typedef struct fp_host {
+    /* Output bytes (see fp_output_mode). */
+    void (*output)(void *handle, const char *data, size_t len);
+    /* A PHP diagnostic (warning, notice, fatal error ...) or an error_log() line.
+     * `type` is the E_* constant (0 for error_log()), file/line may be NULL/0. */
+    void (*log)(void *handle, int type, const char *file, uint32_t line, const char *message);
+    /* Response status and headers, "Name: value\n" lines, sent once per response before the
+     * first output byte (only when fp_request.http is set). */
+    void (*headers)(void *handle, int status, const char *lines, size_t len);
+    /* Read up to `len` bytes of the request body into `buf`; returns 0 at its end. */
+    size_t (*read_body)(void *handle, char *buf, size_t len);
+    /* The script changed its time limit (set_time_limit(), ini_set('max_execution_time')).
+     * 0 means no limit.  The limit counts from now. */
+    void (*time_limit)(void *handle, int64_t seconds);
+    /* A background worker called frankenphp_get_worker_handle() for the first time: ready. */
+    void (*worker_ready)(void *handle);
+    /* An HTTP worker waits for its next request: fill `next` and return 1, or return 0 when the
+     * worker is drained.  Blocks as long as the host wants. */
+    int (*next_request)(void *handle, fp_request **next);
+    /* The request that next_request() handed out is complete (its output was delivered). */
+    void (*request_done)(void *handle, fp_request *done);
+} fp_host;
+
+struct fp_request {
+    /* --- what to run ------------------------------------------------------------------ */
+    const char *script_path; /* file to execute; NULL to evaluate `code` instead */
+    const char *code;        /* PHP code without the opening tag, when script_path is NULL */
+    /* $_SERVER entries, also answered by getenv(): NAME, VALUE, NAME, VALUE, ... */
+    const char *const *env;
+    size_t env_pairs;
+    char **argv; /* $argv / $argc; may be NULL */
+    int argc;
+    int output_mode; /* enum fp_output_mode */
+    void *handle;    /* passed back to every fp_host callback */
+    /* --- worker identity ----------------------------------------------------------------- */
+    int worker_kind;         /* enum fp_worker_kind */
+    int worker_fd;           /* background: read end of the stop pipe (not owned), else -1 */
+    /* --- HTTP request (http = 0 for a CLI-like execution without headers) ---------------- */
+    int http;
+    const char *request_method;
+    const char *request_uri;
+    const char *query_string;
+    const char *content_type;
+    const char *cookie_data;
+    int64_t content_length; /* -1 when unknown */
+    /* --- results, written by the glue ----------------------------------------------------- */
+    uint64_t exec_id;  /* set once the script starts: the id fp_interrupt() takes */
+    int exit_status;   /* EG(exit_status): exit(n), 255 after a fatal error */
+    int end_reason;    /* enum fp_end_reason */
+    int response_code; /* HTTP status PHP settled on (200 unless changed) */
+    char *output;      /* collected output (FP_OUTPUT_BUFFER / FLUSH); freed by fp_request_clear */
+    size_t output_len;
+    size_t output_cap;
+};
+
+/* Everything above is also fed to cffi by csrc/build_native.py; the functions below live in the
+ * per-image copies of the glue and are reached through the loader (loader.h). */
+/* @cdef-types-end */
+
+/* Start this copy's interpreter.  `ini` holds php.ini text ("key=value\n" lines, extensions
+ * named by absolute path) applied over the built-in defaults; no php.ini file and no scan dir is
+ * read.  Returns 0, or -1 with a message in err. */
+int fp_startup(const fp_host *host, const char *ini, char *err, size_t err_len);
+
+/* Shut this copy's interpreter down (module shutdown).  No execution may be running. */
+void fp_shutdown(void);
+
+/* Run one execution (request start-up, the script, request shutdown).  Fills the result fields
+ * of `req`; returns its exit status.  Never longjmps out: PHP bailouts end here. */
+int fp_execute(fp_request *req);
+
+/* Free what the glue allocated for `req` (its output buffer) and zero the result fields. */
+void fp_request_clear(fp_request *req);
+
+/* Stop the execution `exec_id` (as returned by fp_current_execution()) if it still runs:
+ * "Maximum execution time of <seconds> seconds exceeded", exit status 255.  Sets the VM interrupt
+ * flags and sends `signo` to the executing thread so that a blocking syscall returns EINTR (the
+ * host installs a no-op handler without SA_RESTART for it).  Returns 1 if the execution was
+ * running, 0 if it had already ended.  Any thread. */
+int fp_interrupt(uint64_t exec_id, int64_t seconds, int signo);
+
+/* Id of the execution now running in this copy, 0 when idle.  Any thread. */
+uint64_t fp_current_execution(void);
+
+/* Version of this header the library was built from (FP_ABI_VERSION). */
+int fp_abi_version(void);
+
+#endif

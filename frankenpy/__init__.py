@@ -1,0 +1,2 @@
+from .runtime import Runtime
+from .execution import Result, Diagnostic

@@ -1,0 +1,357 @@
+"""One PHP execution: its request struct, the host callbacks it receives, and its result.
+
+The C glue reports through callbacks (``fp_py_*``, cffi ``extern "Python+C"``) that carry the
+``handle`` of the execution in progress; the handle maps back to an :class:`Execution`, which
+collects diagnostics, forwards output and tells the watchdog about time limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _native
+from .threads import INTERRUPT_SIGNAL, startup_diagnostics
+
+if TYPE_CHECKING:
+    from .threads import PHPThread
+
+ffi, lib = _native.ffi, _native.lib
+
+php_logger = logging.getLogger("frankenpy.php")
+
+# E_* constants (Zend/zend_errors.h) and the label PHP prints for each.
+_ERROR_LABELS = {
+    1: "Fatal error",
+    2: "Warning",
+    4: "Parse error",
+    8: "Notice",
+    16: "Fatal error",  # E_CORE_ERROR
+    32: "Warning",  # E_CORE_WARNING
+    64: "Fatal error",  # E_COMPILE_ERROR
+    128: "Warning",  # E_COMPILE_WARNING
+    256: "Fatal error",  # E_USER_ERROR
+    512: "Warning",  # E_USER_WARNING
+    1024: "Notice",  # E_USER_NOTICE
+    4096: "Recoverable fatal error",
+    8192: "Deprecated",
+    16384: "Deprecated",  # E_USER_DEPRECATED
+}
+_FATAL = 1 | 4 | 16 | 64 | 256 | 4096
+_WARNING = 2 | 32 | 128 | 512
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A PHP error, warning or notice, or an ``error_log()`` line (``type`` 0)."""
+
+    type: int
+    message: str
+    file: str | None = None
+    line: int = 0
+
+    @property
+    def label(self) -> str:
+        return _ERROR_LABELS.get(self.type, "Log") if self.type else "Log"
+
+    def __str__(self) -> str:
+        if not self.type:
+            return self.message
+        where = f" in {self.file} on line {self.line}" if self.file else ""
+        return f"PHP {self.label}:  {self.message}{where}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an execution did.
+
+    ``exit_status`` is PHP's: ``exit(n)``'s ``n``, 255 after a fatal error, parse error,
+    uncaught exception, exhausted ``memory_limit`` or a time limit.  ``output`` is empty when it
+    was streamed to a callable.  ``errors`` holds every diagnostic as PHP would print it.
+    """
+
+    exit_status: int
+    output: bytes
+    diagnostics: tuple[Diagnostic, ...]
+    timed_out: bool = False
+    duration: float = 0.0
+    time_limit: float | None = field(default=None, repr=False)
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(d) for d in self.diagnostics]
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.timed_out
+
+    @property
+    def fatal_error(self) -> Diagnostic | None:
+        """The diagnostic that ended the script, if one did."""
+        return next((d for d in reversed(self.diagnostics) if d.type & _FATAL), None)
+
+    def describe(self) -> str:
+        """One line on how the execution ended (for logs and exceptions)."""
+        if self.timed_out:
+            return f"timed out after {self.time_limit:g} s" if self.time_limit else "was stopped"
+        fatal = self.fatal_error
+        if fatal is not None:
+            return str(fatal)
+        return f"exit status {self.exit_status}"
+
+
+def _encode(value: str | bytes | int | float | bool) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, bool):
+        data = b"1" if value else b""
+    else:
+        data = str(value).encode("utf-8", "surrogateescape")
+    if b"\0" in data:
+        raise ValueError(f"NUL byte in {value!r}")
+    return data
+
+
+class Request:
+    """The ``fp_request`` struct of one execution and the C memory it points to."""
+
+    def __init__(self) -> None:
+        self.struct = ffi.new("fp_request *")
+        self._keep: list[Any] = []
+
+    def cstr(self, value: str | bytes | int | float | bool) -> Any:
+        buf = ffi.new("char[]", _encode(value))
+        self._keep.append(buf)
+        return buf
+
+    def set_env(self, pairs: Sequence[tuple[str, str]]) -> None:
+        array = ffi.new("char *[]", [self.cstr(item) for pair in pairs for item in pair])
+        self._keep.append(array)
+        self.struct.env = array
+        self.struct.env_pairs = len(pairs)
+
+    def set_argv(self, argv: Sequence[str]) -> None:
+        array = ffi.new("char *[]", [self.cstr(arg) for arg in argv] + [ffi.NULL])
+        self._keep.append(array)
+        self.struct.argv = array
+        self.struct.argc = len(argv)
+
+
+def env_pairs(*layers: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Merge environment layers (later ones win) into validated NAME/VALUE pairs."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer:
+            merged.update(layer)
+    pairs = []
+    for name, value in merged.items():
+        if not isinstance(name, str) or not name or "=" in name:
+            raise ValueError(f"invalid environment variable name {name!r}")
+        pairs.append((name, value if isinstance(value, str) else str(value)))
+    return pairs
+
+
+class Execution:
+    """Host side of one execution in progress: receives the glue's callbacks."""
+
+    def __init__(
+        self,
+        thread: PHPThread,
+        *,
+        output: Callable[[bytes], Any] | None = None,
+        timeout: float | None = None,
+        logger: logging.LoggerAdapter[logging.Logger] | None = None,
+        worker_ready: Callable[[], None] | None = None,
+        honor_initial_time_limit: bool = True,
+    ) -> None:
+        self.thread = thread
+        self.request = Request()
+        self.output = output
+        self.timeout = timeout
+        self.logger = logger or thread.logger
+        self.worker_ready = worker_ready
+        self.honor_initial_time_limit = honor_initial_time_limit
+        self.diagnostics: list[Diagnostic] = []
+        self.deadline: float | None = None
+        self.limit: float | None = None  # the limit that set the deadline, for messages
+        self.stopped = False  # fp_interrupt() reached it
+        self.lock = threading.Lock()
+        self.handle = ffi.new_handle(self)
+        self.request.struct.handle = self.handle
+        self.request.struct.worker_fd = -1
+        self.request.struct.content_length = -1
+
+    # --- time limits (the watchdog reads deadline/limit under self.lock) ---------------------
+    def set_deadline(self, seconds: float | None) -> None:
+        """Arm (or with None, disarm) the stop ``seconds`` from now; the tighter of the
+        execution's ``timeout`` and PHP's own limit wins."""
+        now = time.monotonic()
+        candidates = []
+        if seconds:
+            candidates.append((now + seconds, seconds))
+        if self.timeout is not None:
+            candidates.append((self.started + self.timeout, self.timeout))
+        with self.lock:
+            self.deadline, self.limit = min(candidates) if candidates else (None, None)
+        self.thread.watchdog.wake()
+
+    def stop_now(self) -> None:
+        """Force-stop the script (the watchdog interrupts it, and again until it ends)."""
+        with self.lock:
+            self.deadline = time.monotonic()
+        self.thread.watchdog.wake()
+
+    def interrupt(self, seconds: float) -> None:
+        """Called by the watchdog at the deadline: stop the script if it is still running."""
+        exec_id = self.request.struct.exec_id  # 0 until the script has started
+        # PHP's message ("Maximum execution time of N seconds") takes whole seconds.
+        whole = math.ceil(seconds)
+        if exec_id and lib.fp_image_interrupt(self.thread.image.handle, exec_id, whole, INTERRUPT_SIGNAL):
+            self.stopped = True
+
+    def run(self) -> Result:
+        """Execute the prepared request on the calling thread (GIL released while PHP runs)."""
+        self.started = time.monotonic()
+        self.set_deadline(None)
+        self.thread.watchdog.watch(self)
+        req = self.request.struct
+        try:
+            lib.fp_image_execute(self.thread.image.handle, req)
+        finally:
+            self.thread.watchdog.unwatch(self)
+        try:
+            output = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
+            return Result(
+                exit_status=req.exit_status,
+                output=output,
+                diagnostics=tuple(self.diagnostics),
+                timed_out=self.stopped,
+                duration=time.monotonic() - self.started,
+                time_limit=self.limit,
+            )
+        finally:
+            lib.fp_image_request_clear(self.thread.image.handle, req)
+
+    # --- callbacks ------------------------------------------------------------------------------
+    def on_log(self, diagnostic: Diagnostic) -> None:
+        self.diagnostics.append(diagnostic)
+        if diagnostic.type & _FATAL:
+            level = logging.ERROR
+        elif diagnostic.type & _WARNING or not diagnostic.type:
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        self.logger.log(level, "%s", diagnostic)
+
+    def on_output(self, data: bytes) -> None:
+        if self.output is not None:
+            self.output(data)
+
+    def on_headers(self, status: int, lines: list[str]) -> None:
+        """Response status and header lines (HTTP executions override this)."""
+
+    def read_body(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the request body (HTTP executions override this)."""
+        return b""
+
+    def next_request(self) -> Execution | None:
+        """The next request of an HTTP worker, or None once drained (HTTP workers override)."""
+        return None
+
+    def request_done(self, request: Execution) -> None:
+        """The request handed out by next_request() is complete (HTTP workers override)."""
+
+    def on_ready(self) -> None:
+        if self.worker_ready is not None:
+            self.worker_ready()
+
+    def on_time_limit(self, seconds: int) -> None:
+        if not self.honor_initial_time_limit:
+            self.honor_initial_time_limit = True  # only the limit in force at start is skipped
+            return
+        self.set_deadline(float(seconds) if seconds > 0 else None)
+
+
+def _execution(handle: Any) -> Execution | None:
+    return ffi.from_handle(handle) if handle != ffi.NULL else None
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("output callback failed", exc_info=exc))
+def fp_py_output(handle: Any, data: Any, length: int) -> None:
+    execution = _execution(handle)
+    if execution is not None:
+        execution.on_output(bytes(ffi.buffer(data, length)))
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("log callback failed", exc_info=exc))
+def fp_py_log(handle: Any, type_: int, file: Any, line: int, message: Any) -> None:
+    diagnostic = Diagnostic(
+        type=type_,
+        message=ffi.string(message).decode("utf-8", "replace"),
+        file=ffi.string(file).decode("utf-8", "replace") if file != ffi.NULL else None,
+        line=line,
+    )
+    execution = _execution(handle)
+    if execution is not None:
+        execution.on_log(diagnostic)
+        return
+    collected = startup_diagnostics()
+    if collected is not None:
+        collected.append(diagnostic)
+    php_logger.warning("%s", diagnostic, extra={"worker": "-"})
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("time limit callback failed", exc_info=exc))
+def fp_py_time_limit(handle: Any, seconds: int) -> None:
+    execution = _execution(handle)
+    if execution is not None:
+        execution.on_time_limit(seconds)
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("worker callback failed", exc_info=exc))
+def fp_py_worker_ready(handle: Any) -> None:
+    execution = _execution(handle)
+    if execution is not None:
+        execution.on_ready()
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("headers callback failed", exc_info=exc))
+def fp_py_headers(handle: Any, status: int, lines: Any, length: int) -> None:
+    execution = _execution(handle)
+    if execution is not None:
+        text = bytes(ffi.buffer(lines, length)).decode("latin-1")
+        execution.on_headers(status, [line for line in text.split("\n") if line])
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("body callback failed", exc_info=exc))
+def fp_py_read_body(handle: Any, buf: Any, size: int) -> int:
+    execution = _execution(handle)
+    if execution is None:
+        return 0
+    data = execution.read_body(size)[:size]
+    ffi.memmove(buf, data, len(data))
+    return len(data)
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("next request callback failed", exc_info=exc))
+def fp_py_next_request(handle: Any, next_request: Any) -> int:
+    execution = _execution(handle)
+    request = execution.next_request() if execution is not None else None
+    if request is None:
+        return 0
+    next_request[0] = request.request.struct
+    return 1
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("request done callback failed", exc_info=exc))
+def fp_py_request_done(handle: Any, done: Any) -> None:
+    execution = _execution(handle)
+    if execution is not None:
+        request = _execution(done.handle)
+        if request is not None:
+            execution.request_done(request)

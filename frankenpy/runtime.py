@@ -1,0 +1,247 @@
+"""The runtime: PHP threads in one process, regular executions, and the workers beside them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .execution import Execution, Result, env_pairs
+from .images import POOL, Image, extension_load_order
+from .threads import PHPThread, ThreadPool, Watchdog
+
+logger = logging.getLogger("frankenpy")
+
+# php_ini keys frankenpy sets itself or that would load code behind its back.
+_RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
+_INI_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_INI_BARE_VALUE = re.compile(r"^[A-Za-z0-9_.\-+/:,@ ]*$")
+OPCACHE_DEFAULTS = {"opcache.enable": "1", "opcache.memory_consumption": "32", "opcache.jit": "off"}
+
+PHPValue = str | int | float | bool
+
+
+def ini_text(settings: Mapping[str, PHPValue]) -> str:
+    """php.ini lines for ``settings``; ValueError naming the option at fault."""
+    lines = []
+    for key, value in settings.items():
+        if not isinstance(key, str) or not _INI_KEY.match(key):
+            raise ValueError(f"php_ini: invalid option name {key!r}")
+        if key in _RESERVED_INI:
+            raise ValueError(f"php_ini: {key!r} is not allowed here; use {_RESERVED_INI[key]}")
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, int | float | str):
+            text = str(value)
+        else:
+            raise ValueError(f"php_ini: option {key!r} has a {type(value).__name__} value")
+        if not _INI_BARE_VALUE.match(text):
+            if '"' in text or "\n" in text or "\0" in text:
+                raise ValueError(f"php_ini: option {key!r} has a value PHP's ini syntax cannot hold")
+            text = f'"{text}"'
+        lines.append(f"{key}={text}\n")
+    return "".join(lines)
+
+
+class Runtime:
+    """PHP threads in this process, and the workers declared on them.
+
+    ``num_threads`` interpreters serve regular executions (``execute_file``/``execute_code``)
+    and classic HTTP requests; each worker thread gets an interpreter of its own on top.
+    ``php_ini`` applies to every interpreter (no system php.ini or scan dir is read),
+    ``extensions`` names Debian shared extensions (``"ctype"``) or paths, ``opcache=True`` gives
+    each interpreter its own opcode cache.  ``env`` is added to every execution's ``$_SERVER``.
+    """
+
+    def __init__(
+        self,
+        num_threads: int = 2,
+        *,
+        php_ini: Mapping[str, PHPValue] | None = None,
+        extensions: Iterable[str] = (),
+        opcache: bool = False,
+        env: Mapping[str, str] | None = None,
+        workers: Sequence[Any] = (),
+        start_timeout: float = 10.0,
+        name: str = "frankenpy",
+    ) -> None:
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        self.num_threads = num_threads
+        self.php_ini = dict(php_ini or {})
+        self._user_ini = ini_text(self.php_ini)
+        self.extensions = extension_load_order([str(e) for e in extensions])
+        self.opcache = bool(opcache)
+        self.env = dict(env or {})
+        self._base_env = env_pairs(self.env)
+        self.start_timeout = start_timeout
+        self.name = name
+        from .workers import WorkerGroup  # workers build on this module
+
+        self.workers_group = WorkerGroup(self, workers)
+        self._images: list[Image] = []
+        self._threads: list[PHPThread] = []
+        self._pool: ThreadPool | None = None
+        self._watchdog = Watchdog(name)
+        self._state_lock = threading.Lock()
+        self.state = "new"
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> Runtime:
+        """Start the interpreters, then the workers (see :meth:`WorkerGroup.start`)."""
+        with self._state_lock:
+            if self.state != "new":
+                raise RuntimeError(f"runtime {self.name} is {self.state}; a Runtime starts once")
+            self.state = "starting"
+        started = time.monotonic()
+        try:
+            self._watchdog.start()
+            self._images = POOL.acquire(self.num_threads + self.workers_group.thread_count)
+            for image in self._images:
+                thread = PHPThread(image, self.ini_for(image), self._watchdog, f"php-{image.index}")
+                thread.start()
+                self._threads.append(thread)
+            self._pool = ThreadPool(self._threads[: self.num_threads])
+            self.workers_group.start(self._threads[self.num_threads :])
+        except BaseException:
+            self._teardown()
+            self.state = "stopped"
+            raise
+        self.state = "running"
+        logger.info(
+            "runtime %s started %d PHP threads (%d for workers) in %.1f ms",
+            self.name, len(self._threads), len(self._threads) - self.num_threads,
+            (time.monotonic() - started) * 1000, extra={"worker": "-"},
+        )
+        return self
+
+    def shutdown(self, grace: float = 30.0) -> None:
+        """Drain workers (force-stopping scripts still running after ``grace`` seconds), wait for
+        running executions, stop every interpreter.  Idempotent."""
+        with self._state_lock:
+            if self.state in ("stopping", "stopped", "new"):
+                self.state = "stopped" if self.state == "new" else self.state
+                return
+            self.state = "stopping"
+        self.workers_group.stop(grace)
+        if self._pool is not None:
+            self._pool.close(grace)
+        self._teardown()
+        self.state = "stopped"
+
+    def _teardown(self) -> None:
+        for thread in self._threads:
+            thread.shutdown()
+        self._watchdog.stop()
+        POOL.release(self._images)
+        self._threads, self._images = [], []
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def ini_for(self, image: Image) -> str:
+        """The php.ini text of ``image``'s interpreter: extensions (its own copies), opcache,
+        then the user's settings, which win."""
+        lines = [f"extension={image.extension(name)}\n" for name in self.extensions]
+        if self.opcache:
+            lines.append(f"zend_extension={image.extension('opcache')}\n")
+            lines.append(ini_text({k: v for k, v in OPCACHE_DEFAULTS.items() if k not in self.php_ini}))
+        return "".join(lines) + self._user_ini
+
+    # --- executions -----------------------------------------------------------------------------
+    def execute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        argv: Sequence[str] | None = None,
+        timeout: float | None = None,
+        output: Callable[[bytes], Any] | None = None,
+    ) -> Result:
+        """Run a PHP file on an idle PHP thread (waiting for one) and return its result.
+
+        ``env`` adds to ``$_SERVER`` and ``getenv()``; ``argv`` sets ``$argv``/``$argc``
+        (default: ``[path]``); ``timeout`` stops the script after that many seconds;
+        ``output`` receives the output as it is written instead of collecting it."""
+        script = Path(path).absolute()
+        if not script.is_file():
+            raise FileNotFoundError(f"PHP script not found: {script}")
+        script_name = str(script)
+        server = {
+            "SCRIPT_FILENAME": script_name,
+            "SCRIPT_NAME": script_name,
+            "PHP_SELF": script_name,
+            "PATH_TRANSLATED": script_name,
+            "DOCUMENT_ROOT": "",
+        }
+        return self._execute(script_name, None, env, server, argv or [script_name], timeout, output)
+
+    def execute_code(
+        self,
+        code: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        argv: Sequence[str] | None = None,
+        timeout: float | None = None,
+        output: Callable[[bytes], Any] | None = None,
+    ) -> Result:
+        """Run PHP code given without its ``<?php`` tag; otherwise like :meth:`execute_file`."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        return self._execute(None, code, env, None, argv or ["Standard input code"], timeout, output)
+
+    def _execute(
+        self,
+        script: str | None,
+        code: str | None,
+        env: Mapping[str, str] | None,
+        server: Mapping[str, str] | None,
+        argv: Sequence[str],
+        timeout: float | None,
+        output: Callable[[bytes], Any] | None,
+    ) -> Result:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        pool = self._running_pool()
+        thread = pool.acquire()
+        assert thread is not None
+        try:
+            execution = Execution(thread, output=output, timeout=timeout)
+            request = execution.request
+            req = request.struct
+            if script is not None:
+                req.script_path = request.cstr(script)
+            else:
+                req.code = request.cstr(code or "")
+            req.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
+            request.set_env(env_pairs(self.env, server, env) if (env or server) else self._base_env)
+            request.set_argv(argv)
+            return execution.run()
+        finally:
+            pool.release(thread)
+
+    def _running_pool(self) -> ThreadPool:
+        if self.state != "running" or self._pool is None:
+            raise RuntimeError(f"runtime {self.name} is {self.state}: call start() first")
+        return self._pool
+
+    # --- introspection ---------------------------------------------------------------------------
+    @property
+    def busy_threads(self) -> int:
+        return self._pool.busy if self._pool else 0
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pool.waiting if self._pool else 0
+
+    @property
+    def total_threads(self) -> int:
+        return len(self._threads)
