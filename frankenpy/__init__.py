@@ -1,2 +1,26 @@
+"""frankenpy: FrankenPHP's worker model inside CPython.
+
+Real PHP (Debian's NTS libphp 8.2) on many threads of one Python process: regular executions,
+background workers (``frankenphp_get_worker_handle()``), HTTP workers
+(``frankenphp_handle_request()``) and classic per-request PHP behind a WSGI app.
+"""
+
+from .execution import Diagnostic, Result
+from .images import ImageError
 from .runtime import Runtime
-from .execution import Result, Diagnostic
+from .scopes import GLOBAL_SCOPE, next_scope, scope_label, set_scope_label
+from .workers import Worker, WorkerStatus, backoff_delay
+
+__all__ = [
+    "GLOBAL_SCOPE",
+    "Diagnostic",
+    "ImageError",
+    "Result",
+    "Runtime",
+    "Worker",
+    "WorkerStatus",
+    "backoff_delay",
+    "next_scope",
+    "scope_label",
+    "set_scope_label",
+]

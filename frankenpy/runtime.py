@@ -14,6 +14,7 @@ from typing import Any
 from .execution import Execution, Result, env_pairs
 from .images import POOL, Image, extension_load_order
 from .threads import PHPThread, ThreadPool, Watchdog
+from .workers import WorkerGroup, WorkerStatus
 
 logger = logging.getLogger("frankenpy")
 
@@ -81,8 +82,6 @@ class Runtime:
         self._base_env = env_pairs(self.env)
         self.start_timeout = start_timeout
         self.name = name
-        from .workers import WorkerGroup  # workers build on this module
-
         self.workers_group = WorkerGroup(self, workers)
         self._images: list[Image] = []
         self._threads: list[PHPThread] = []
@@ -109,6 +108,7 @@ class Runtime:
             self._pool = ThreadPool(self._threads[: self.num_threads])
             self.workers_group.start(self._threads[self.num_threads :])
         except BaseException:
+            self.workers_group.stop(grace=1.0)
             self._teardown()
             self.state = "stopped"
             raise
@@ -135,10 +135,19 @@ class Runtime:
         self.state = "stopped"
 
     def _teardown(self) -> None:
+        # A worker script that survived its force-stop still runs on its interpreter: leave
+        # that one alone (and out of the pool) rather than pull PHP from under it.
+        in_use = {id(t.php) for t in self.workers_group.threads if t.alive}
+        reusable = []
         for thread in self._threads:
+            if id(thread) in in_use:
+                logger.error("PHP thread %s is still running a script; leaking it", thread.name,
+                             extra={"worker": thread.name})
+                continue
             thread.shutdown()
+            reusable.append(thread.image)
         self._watchdog.stop()
-        POOL.release(self._images)
+        POOL.release(reusable)
         self._threads, self._images = [], []
 
     def __enter__(self) -> Runtime:
@@ -232,6 +241,23 @@ class Runtime:
         if self.state != "running" or self._pool is None:
             raise RuntimeError(f"runtime {self.name} is {self.state}: call start() first")
         return self._pool
+
+    # --- workers ------------------------------------------------------------------------------
+    def workers(self) -> list[WorkerStatus]:
+        """One status per worker thread."""
+        return self.workers_group.statuses()
+
+    def restart_workers(self, grace: float = 6.0) -> list[WorkerStatus]:
+        """Drain every worker and boot it again, halted ones included (FrankenPHP's
+        RestartWorkers); regular executions keep being served meanwhile."""
+        self._running_pool()
+        return self.workers_group.restart(grace)
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of FrankenPHP's metrics for this runtime."""
+        from .metrics import exposition
+
+        return exposition(self)
 
     # --- introspection ---------------------------------------------------------------------------
     @property

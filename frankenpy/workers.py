@@ -1,7 +1,456 @@
+"""Workers: long-lived PHP scripts, each thread driven by a Python thread.
+
+Background workers (FrankenPHP PR 2398) are non-HTTP scripts that park on the stream of
+``frankenphp_get_worker_handle()``; HTTP workers loop on ``frankenphp_handle_request()``
+(``frankenpy.http``).  Both share one lifecycle, the policy of this module:
+
+* every run of the script gets a fresh pipe; the PHP side reads a dup of the read end, the host
+  keeps the write end and closes it to drain the worker (shutdown, restart);
+* exit status 0 is a cooperative restart: ``restarts`` +1, failures reset, run again at once;
+* any other end (``exit(n)``, fatal error, uncaught exception, parse error) is a crash:
+  ``crashes`` +1; unless ``failures`` has reached ``max_consecutive_failures`` (-1: never), sleep
+  ``min(failures^2 * 100 ms, 1 s)``, then ``failures`` +1 and run again; at the cap the worker halts
+  (no respawn, an error log line, state ``halted``) until ``restart_workers()``.  An HTTP worker
+  that crashes after it started serving is restarted without backoff;
+* once shutdown begins nothing respawns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .execution import Execution, Result, env_pairs
+from .scopes import GLOBAL_SCOPE, metric_name, scope_label
+from .threads import PHPThread, WorkerLogAdapter, php_log_adapter
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+logger = logging.getLogger("frankenpy.workers")
+
+BACKOFF_STEP = 0.1  # seconds; backoff = min(failures^2 * step, cap)
+BACKOFF_CAP = 1.0
+FORCE_STOP_WAIT = 5.0  # after a force-stop, how long to wait for the script to end
+
+BOOTING, READY, RESTARTING, BACKOFF, HALTED, STOPPED = (
+    "booting", "ready", "restarting", "backoff", "halted", "stopped",
+)
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait before re-running a worker that crashed ``failures`` times in a row
+    (counted before this crash): 0, 0.1, 0.4, 0.9, 1, 1 ..."""
+    return min(failures * failures * BACKOFF_STEP, BACKOFF_CAP)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker declaration (FrankenPHP's ``WithWorkers`` options).
+
+    ``background=True`` makes a background worker (``WithWorkerBackground()``); otherwise it is
+    an HTTP worker, whose script loops on ``frankenphp_handle_request()``.  ``num`` threads run
+    it, on top of the runtime's ``num_threads``.  ``scope`` (``WithWorkerScope()``) isolates
+    names; ``env`` adds to its ``$_SERVER``.  ``match`` (HTTP only) routes request paths to it;
+    ``max_requests`` (HTTP only) restarts a thread after that many requests (0: never).
+    """
+
+    name: str
+    file: str | os.PathLike[str]
+    num: int = 1
+    background: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+    scope: int = GLOBAL_SCOPE
+    max_consecutive_failures: int = 6
+    match: str | None = None
+    max_requests: int = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file).absolute()
+
+    @property
+    def metric_name(self) -> str:
+        """Label of this worker's metrics: ``m#<scope-label>:<name>`` for background workers
+        (FrankenPHP's format), the name for HTTP workers."""
+        return metric_name(self.scope, self.name) if self.background else self.name
+
+    def validate(self) -> None:
+        """Check the declaration; ValueError/FileNotFoundError naming the worker and the rule."""
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"worker for {self.file!s}: a non-empty name is required")
+        label = f"worker {self.name!r}"
+        for option in ("num", "max_consecutive_failures", "max_requests", "scope"):
+            value = getattr(self, option)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{label}: {option} must be an integer, got {value!r}")
+        if self.num < 1:
+            raise ValueError(f"{label}: num must be >= 1 (background workers start eagerly), got {self.num}")
+        if self.max_consecutive_failures < -1:
+            raise ValueError(
+                f"{label}: max_consecutive_failures must be >= -1 (-1 = unlimited), "
+                f"got {self.max_consecutive_failures}"
+            )
+        if self.scope < 0:
+            raise ValueError(f"{label}: scope must be >= 0, got {self.scope}")
+        if self.background and self.match is not None:
+            raise ValueError(f"{label}: match is not allowed for background workers")
+        if self.background and self.max_requests:
+            raise ValueError(f"{label}: max_requests applies to HTTP workers only")
+        if self.max_requests < 0:
+            raise ValueError(f"{label}: max_requests must be >= 0, got {self.max_requests}")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{label}: script not found: {self.path}")
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A snapshot of one worker thread (``Runtime.workers()``)."""
+
+    name: str
+    scope: int
+    label: str
+    metric_name: str
+    background: bool
+    thread: int
+    state: str
+    restarts: int
+    crashes: int
+    failures: int
+    last_exit_status: int | None
+    last_error: str | None
+    requests: int = 0
+
+
+class WorkerThread:
+    """One thread of a worker: a Python thread that runs the script on its own PHP thread,
+    again and again, by the rules in this module's docstring."""
+
+    def __init__(self, group: WorkerGroup, worker: Worker, index: int, php: PHPThread) -> None:
+        self.group = group
+        self.worker = worker
+        self.index = index
+        self.php = php
+        self.log: WorkerLogAdapter = php_log_adapter(worker.name)
+        self.lifecycle_log = WorkerLogAdapter(logger, {"worker": worker.name})
+        self.state = BOOTING
+        self.restarts = self.crashes = self.failures = 0
+        self.requests = 0  # HTTP workers: requests served by this thread
+        self.last_result: Result | None = None
+        self._execution: Execution | None = None
+        self._write_fd = -1
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # cuts a backoff sleep short
+        self._stopping = False
+        self._drain_requested = False
+        self._thread: threading.Thread | None = None
+        self.runs = 0  # runs of the script started so far
+
+    # --- control (any thread) ----------------------------------------------------------------
+    def launch(self) -> None:
+        """Start (or, after a halt, restart) the loop on a new Python thread."""
+        with self._lock:
+            self._stopping = False
+            self._drain_requested = False
+            self.failures = 0
+            self.state = BOOTING if self.last_result is None else RESTARTING
+        self._thread = threading.Thread(
+            target=self._loop, name=f"worker-{self.worker.name}-{self.index}", daemon=True
+        )
+        self._thread.start()
+
+    def drain(self, *, stop: bool) -> None:
+        """Ask the running script to end (close its handle's pipe); ``stop`` also ends the loop,
+        otherwise the script runs again at once."""
+        with self._lock:
+            if stop:
+                self._stopping = True
+            else:
+                self._drain_requested = True
+                self.state = RESTARTING
+            self._close_write_end()
+        self._wake.set()
+        self.on_drain()
+
+    def force_stop(self) -> None:
+        """Stop the running script now (it did not react to the drain in time)."""
+        with self._lock:
+            execution = self._execution
+        if execution is not None:
+            self.lifecycle_log.warning("did not exit after drain; force-stopping it")
+            execution.stop_now()
+
+    def join(self, timeout: float | None) -> bool:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> WorkerStatus:
+        result = self.last_result
+        return WorkerStatus(
+            name=self.worker.name,
+            scope=self.worker.scope,
+            label=scope_label(self.worker.scope),
+            metric_name=self.worker.metric_name,
+            background=self.worker.background,
+            thread=self.index,
+            state=self.state,
+            restarts=self.restarts,
+            crashes=self.crashes,
+            failures=self.failures,
+            last_exit_status=None if result is None else result.exit_status,
+            last_error=None if result is None or result.ok else result.describe(),
+            requests=self.requests,
+        )
+
+    # --- hooks for the thread kinds (HTTP workers override) ------------------------------------
+    def make_execution(self) -> Execution:
+        """The execution of one run of the script."""
+        return Execution(
+            self.php,
+            output=self._log_output,
+            logger=self.log,
+            worker_ready=self.mark_ready,
+            honor_initial_time_limit=False,  # set_time_limit(0) semantics for workers
+        )
+
+    def on_drain(self) -> None:
+        """The worker is being drained (HTTP workers wake their request wait)."""
+
+    def reached_ready_in(self, execution: Execution) -> bool:
+        """Whether a crash of this run counts as after start-up (no backoff)."""
+        return False
+
+    # --- the loop ----------------------------------------------------------------------------
+    def mark_ready(self) -> None:
+        with self._lock:
+            self.state = READY
+        self.group.notify()
+
+    def _log_output(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.lifecycle_log.info("output: %s", line)
+
+    def _close_write_end(self) -> None:
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+
+    def _run_once(self) -> tuple[Result, Execution]:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        execution = self.make_execution()
+        request = execution.request
+        req = request.struct
+        worker, script = self.worker, str(self.worker.path)
+        req.script_path = request.cstr(script)
+        req.worker_kind = 1 if worker.background else 2  # FP_WORKER_BACKGROUND / FP_WORKER_HTTP
+        req.worker_fd = read_fd
+        req.output_mode = 1  # FP_OUTPUT_STREAM
+        server = {
+            "SCRIPT_FILENAME": script,
+            "SCRIPT_NAME": script,
+            "PHP_SELF": script,
+            "DOCUMENT_ROOT": str(worker.path.parent),
+            "FRANKENPHP_WORKER": worker.name if worker.background else "1",
+        }
+        request.set_env(env_pairs(self.group.runtime.env, worker.env, server))
+        request.set_argv([script])
+        with self._lock:
+            if self._stopping or self._drain_requested:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise _Drained
+            self._write_fd = write_fd
+            self._execution = execution
+            self.runs += 1
+        self.group.notify()
+        try:
+            return execution.run(), execution
+        finally:
+            with self._lock:
+                self._execution = None
+                self._close_write_end()
+            os.close(read_fd)
+
+    def _loop(self) -> None:
+        cap = self.worker.max_consecutive_failures
+        while True:
+            try:
+                result, execution = self._run_once()
+            except _Drained:
+                result = execution = None
+            with self._lock:
+                if result is not None:
+                    self.last_result = result
+                if self._stopping:
+                    self.state = STOPPED
+                    break
+                drained, self._drain_requested = self._drain_requested, False
+            if drained or (result is not None and result.ok):
+                # Cooperative restart: the script exited 0, or we drained it (restart_workers).
+                self.restarts += 1
+                self.failures = 0
+                self.state = RESTARTING
+                self.group.notify()
+                continue
+            assert result is not None and execution is not None
+            self.crashes += 1
+            if self.reached_ready_in(execution):
+                self.lifecycle_log.warning("crashed (%s); restarting", result.describe())
+                self.failures = 0
+                self.state = RESTARTING
+                continue
+            if cap != -1 and self.failures >= cap:
+                self.state = HALTED
+                self.lifecycle_log.error(
+                    "halted after %d consecutive failures (max_consecutive_failures=%d); last error: %s",
+                    self.failures + 1, cap, result.describe(),
+                )
+                self.group.notify()
+                break
+            delay = backoff_delay(self.failures)
+            self.lifecycle_log.warning(
+                "crashed (%s); restarting in %.0f ms (failure %d)", result.describe(), delay * 1000,
+                self.failures + 1,
+            )
+            self.state = BACKOFF
+            self.group.notify()
+            self._wake.wait(delay)
+            self._wake.clear()
+            self.failures += 1
+            self.state = RESTARTING
+        self.group.notify()
+
+
+class _Drained(Exception):
+    """The worker was drained between two runs: do not start another."""
+
+
 class WorkerGroup:
-    def __init__(self, runtime, workers):
-        self.thread_count = 0
-    def start(self, threads):
-        pass
-    def stop(self, grace):
-        pass
+    """Every worker thread of a runtime, validated at construction."""
+
+    def __init__(self, runtime: Runtime, workers: Sequence[Any]) -> None:
+        self.runtime = runtime
+        self.workers: list[Worker] = []
+        seen: set[tuple[int, str]] = set()
+        for worker in workers:
+            if not isinstance(worker, Worker):
+                raise TypeError(f"workers must be frankenpy.Worker instances, got {type(worker).__name__}")
+            worker.validate()
+            key = (worker.scope, worker.name)
+            if key in seen:
+                where = "the global scope" if worker.scope == GLOBAL_SCOPE else f"scope {worker.scope}"
+                raise ValueError(f"worker {worker.name!r}: name already declared in {where}")
+            seen.add(key)
+            self.workers.append(worker)
+        self.threads: list[WorkerThread] = []
+        self._cond = threading.Condition()
+
+    @property
+    def thread_count(self) -> int:
+        return sum(worker.num for worker in self.workers)
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def thread_factory(self, worker: Worker) -> type[WorkerThread]:
+        if worker.background:
+            return WorkerThread
+        from .http.workers import HTTPWorkerThread
+
+        return HTTPWorkerThread
+
+    def start(self, php_threads: list[PHPThread]) -> None:
+        """Boot every worker thread and wait until each is ready or halted, for at most the
+        runtime's start_timeout.  A halt raises RuntimeError (the caller tears everything
+        down); threads still booting at the timeout are logged and left booting."""
+        php = iter(php_threads)
+        for worker in self.workers:
+            factory = self.thread_factory(worker)
+            for index in range(worker.num):
+                self.threads.append(factory(self, worker, index, next(php)))
+        for thread in self.threads:
+            thread.launch()
+        timeout = self.runtime.start_timeout
+        halted, booting = self._wait_settled(self.threads, timeout)
+        if halted:
+            details = "; ".join(f"worker {t.worker.name!r}: {t.status().last_error}" for t in halted)
+            raise RuntimeError(f"worker(s) halted during start-up: {details}")
+        if booting:
+            logger.warning(
+                "worker(s) still booting after %.1f s (no call to frankenphp_get_worker_handle() or "
+                "frankenphp_handle_request() yet): %s", timeout, ", ".join(booting),
+                extra={"worker": ",".join(booting)},
+            )
+
+    def _wait_settled(
+        self, threads: list[WorkerThread], timeout: float
+    ) -> tuple[list[WorkerThread], list[str]]:
+        """Wait until every thread is ready, or one halted; returns (halted, names still booting)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: all(t.state == READY for t in threads) or any(t.state == HALTED for t in threads),
+                timeout,
+            )
+        halted = [t for t in threads if t.state == HALTED]
+        booting = sorted({t.worker.name for t in threads if t.state not in (READY, HALTED)})
+        return halted, booting
+
+    def stop(self, grace: float) -> None:
+        """Drain every thread, force-stop those that have not exited after ``grace`` seconds."""
+        self._drain_and_wait(self.threads, grace)
+        for thread in self.threads:
+            thread.state = STOPPED
+
+    def _drain_and_wait(self, threads: list[WorkerThread], grace: float) -> None:
+        for thread in threads:
+            thread.drain(stop=True)
+        deadline = time.monotonic() + grace
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in threads if t.alive]
+        for thread in stuck:
+            thread.force_stop()
+        for thread in stuck:
+            if not thread.join(FORCE_STOP_WAIT):
+                thread.lifecycle_log.error("still running %.0f s after its force-stop", FORCE_STOP_WAIT)
+
+    def restart(self, grace: float) -> list[WorkerStatus]:
+        """Drain every thread and boot it again (halted ones too), force-stopping scripts still
+        running after ``grace`` seconds; waits (start_timeout) until each is ready or halted."""
+        draining = []
+        for thread in self.threads:
+            if thread.alive:
+                draining.append((thread, thread.runs))
+                thread.drain(stop=False)
+            else:
+                thread.launch()
+        with self._cond:
+            self._cond.wait_for(lambda: all(t.runs > runs or not t.alive for t, runs in draining), grace)
+        for thread, runs in draining:
+            if thread.runs == runs and thread.alive:
+                thread.force_stop()
+        halted, booting = self._wait_settled(self.threads, self.runtime.start_timeout)
+        for thread in halted:
+            thread.lifecycle_log.error("restart: halted again: %s", thread.status().last_error)
+        if booting:
+            logger.warning("restart: worker(s) still booting: %s", ", ".join(booting),
+                           extra={"worker": ",".join(booting)})
+        return self.statuses()
+
+    def statuses(self) -> list[WorkerStatus]:
+        return [thread.status() for thread in self.threads]

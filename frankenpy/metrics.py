@@ -1,0 +1,105 @@
+"""Prometheus metrics with FrankenPHP's names.
+
+Values are read from the runtime when scraped (nothing is counted twice, and gauges are derived
+from thread states, so they cannot go negative).  :func:`exposition` renders the text format
+without any dependency; :func:`register` adds a collector to a ``prometheus_client`` registry
+when that package is installed (``pip install frankenpy[metrics]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # "gauge" or "counter"
+    help: str
+    samples: list[tuple[dict[str, str], float]]
+
+
+def collect(runtime: Runtime) -> list[Family]:
+    """Every metric family of ``runtime`` as it is now."""
+    statuses = runtime.workers()
+    per_worker: dict[str, list[Any]] = {}
+    for status in statuses:
+        per_worker.setdefault(status.metric_name, []).append(status)
+
+    def by_worker(value: Any) -> list[tuple[dict[str, str], float]]:
+        return [({"worker": name}, float(value(group))) for name, group in sorted(per_worker.items())]
+
+    families = [
+        Family("frankenphp_total_threads", "gauge", "PHP threads (regular and worker)",
+               [({}, runtime.total_threads)]),
+        Family("frankenphp_busy_threads", "gauge", "PHP threads running a script",
+               [({}, runtime.busy_threads + sum(s.state not in ("halted", "stopped") for s in statuses))]),
+        Family("frankenphp_queue_depth", "gauge", "Regular executions waiting for a PHP thread",
+               [({}, runtime.queue_depth)]),
+        Family("frankenphp_total_workers", "gauge", "Worker threads",
+               by_worker(len)),
+        Family("frankenphp_ready_workers", "gauge", "Worker threads that reached their ready point",
+               by_worker(lambda group: sum(s.state == "ready" for s in group))),
+        Family("frankenphp_worker_crashes", "counter", "Worker script exits other than 0",
+               by_worker(lambda group: sum(s.crashes for s in group))),
+        Family("frankenphp_worker_restarts", "counter", "Cooperative worker restarts (exit 0, drain)",
+               by_worker(lambda group: sum(s.restarts for s in group))),
+    ]
+    http = {name: group for name, group in per_worker.items() if not group[0].background}
+    if http:
+        samples = [
+            ({"worker": name}, float(sum(s.requests for s in group))) for name, group in sorted(http.items())
+        ]
+        families.append(Family(
+            "frankenphp_worker_request_count", "counter", "Requests served by HTTP workers", samples
+        ))
+    return families
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def exposition(runtime: Runtime) -> str:
+    """The Prometheus text exposition format (version 0.0.4) of :func:`collect`."""
+    lines: list[str] = []
+    for family in collect(runtime):
+        name = family.name + ("_total" if family.kind == "counter" else "")
+        lines.append(f"# HELP {name} {family.help}")
+        lines.append(f"# TYPE {name} {family.kind}")
+        for labels, value in family.samples:
+            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{rendered}}} {value:g}" if rendered else f"{name} {value:g}")
+    return "\n".join(lines) + "\n"
+
+
+class _Collector:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for family in collect(self.runtime):
+            cls = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+            labels = sorted({key for sample_labels, _ in family.samples for key in sample_labels})
+            metric = cls(family.name, family.help, labels=labels)
+            for sample_labels, value in family.samples:
+                metric.add_metric([sample_labels[key] for key in labels], value)
+            yield metric
+
+
+def register(runtime: Runtime, registry: Any = None) -> Any:
+    """Register ``runtime``'s metrics with ``prometheus_client`` (default registry); returns the
+    collector (pass it to ``registry.unregister`` when the runtime is gone).  ImportError when
+    prometheus_client is not installed."""
+    from prometheus_client import REGISTRY
+
+    collector = _Collector(runtime)
+    (registry or REGISTRY).register(collector)
+    return collector
