@@ -17,6 +17,7 @@
 #include <php_main.h>
 #include <php_variables.h>
 #include <php_ini.h>
+#include <php_output.h>
 #include <ext/spl/spl_exceptions.h>
 #include <zend_exceptions.h>
 #include <zend_ini.h>
@@ -43,6 +44,8 @@ static uint64_t exec_counter; /* under exec_mu */
 static uint64_t running_exec; /* under exec_mu: id of the execution in progress, 0 when idle */
 static pthread_t running_thread;
 static int interrupted;
+
+static void prepare_request_info(fp_request *req);
 
 static const char builtin_ini[] =
     /* The host owns output, errors, time limits and the working directory. */
@@ -268,6 +271,123 @@ PHP_FUNCTION(frankenphp_get_worker_handle)
     }
 }
 
+/* ---- HTTP worker requests ---------------------------------------------------------------------
+ * An HTTP worker's script runs as one PHP request; each HTTP request it handles gets fresh
+ * output, SAPI and superglobal layers inside it (after FrankenPHP's worker request cycle).  The
+ * layers are always active while PHP code runs: between requests they belong to the worker
+ * script itself, whose output goes to the worker's own fp_request. */
+
+/* Extensions whose per-request state must be cycled with each HTTP request. */
+static const char *const reloaded_modules[] = {"filter", "session", NULL};
+
+static void call_module_hooks(int startup)
+{
+    for (const char *const *name = reloaded_modules; *name; name++) {
+        zend_module_entry *module = zend_hash_str_find_ptr(&module_registry, *name, strlen(*name));
+        if (!module) {
+            continue;
+        }
+        if (startup && module->request_startup_func) {
+            module->request_startup_func(module->type, module->module_number);
+        } else if (!startup && module->request_shutdown_func) {
+            module->request_shutdown_func(module->type, module->module_number);
+        }
+    }
+}
+
+/* Re-import $_GET, $_POST, $_COOKIE, $_FILES, $_SERVER (and $_REQUEST if used) for `current`. */
+static void reset_superglobals(void)
+{
+    zend_try {
+        zval *files = &PG(http_globals)[TRACK_VARS_FILES];
+        zval_ptr_dtor_nogc(files);
+        ZVAL_UNDEF(files);
+        zend_hash_str_del(&EG(symbol_table), ZEND_STRL("_SESSION"));
+    } zend_end_try();
+
+    zend_auto_global *global;
+    ZEND_HASH_MAP_FOREACH_PTR(CG(auto_globals), global) {
+        if (global->name == ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_ENV)) {
+            continue; /* the process environment does not change per request */
+        }
+        if (global->name == ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_SERVER)) {
+            global->armed = global->auto_global_callback(global->name);
+        } else if (global->jit) {
+            if (global->name == ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_REQUEST) &&
+                zend_hash_exists(&EG(symbol_table), global->name)) {
+                global->armed = global->auto_global_callback(global->name);
+            }
+        } else if (global->auto_global_callback) {
+            global->armed = global->auto_global_callback(global->name);
+        } else {
+            global->armed = 0;
+        }
+    } ZEND_HASH_FOREACH_END();
+}
+
+/* Make `req` the target of output, headers and variables, and start its layers (after
+ * php_request_startup(), minus what must survive: the engine and the script's state). */
+static void layers_startup(fp_request *req, int fresh_superglobals)
+{
+    current = req;
+    prepare_request_info(req);
+    zend_try {
+        php_output_activate();
+        PG(header_is_being_sent) = 0;
+        PG(connection_status) = PHP_CONNECTION_NORMAL;
+        sapi_activate();
+        if (!req->http) {
+            SG(headers_sent) = 1;
+        } else if (PG(expose_php)) {
+            sapi_add_header(SAPI_PHP_VERSION_HEADER, sizeof(SAPI_PHP_VERSION_HEADER) - 1, 1);
+        }
+        if (PG(output_handler) && PG(output_handler)[0]) {
+            zval handler;
+            ZVAL_STRING(&handler, PG(output_handler));
+            php_output_start_user(&handler, 0, PHP_OUTPUT_HANDLER_STDFLAGS);
+            zval_ptr_dtor(&handler);
+        } else if (PG(output_buffering)) {
+            php_output_start_user(NULL, PG(output_buffering) > 1 ? PG(output_buffering) : 0,
+                                  PHP_OUTPUT_HANDLER_STDFLAGS);
+        } else if (PG(implicit_flush)) {
+            php_output_set_implicit_flush(1);
+        }
+        if (fresh_superglobals) {
+            reset_superglobals();
+        }
+        call_module_hooks(1);
+    } zend_end_try();
+}
+
+/* Flush and end the layers of `current` (after php_request_shutdown()). */
+static void layers_shutdown(void)
+{
+    zend_try {
+        php_output_end_all();
+    } zend_end_try();
+    call_module_hooks(0);
+    zend_try {
+        if (current && current->http && !SG(headers_sent)) {
+            sapi_send_headers(); /* an empty body still gets its status and headers */
+        }
+        php_output_deactivate();
+    } zend_end_try();
+    zend_try {
+        sapi_deactivate();
+    } zend_end_try();
+    SG(rfc1867_uploaded_files) = NULL; /* freed (and its files removed) by sapi_deactivate() */
+    zend_set_memory_limit(PG(memory_limit));
+}
+
+/* End the HTTP request in progress and hand the layers back to the worker script. */
+static void finish_http_request(void)
+{
+    fp_request *done = current;
+    layers_shutdown();
+    layers_startup(script_req, 0);
+    host->request_done(script_req->handle, done);
+}
+
 PHP_FUNCTION(frankenphp_handle_request)
 {
     zend_fcall_info fci;
@@ -275,9 +395,40 @@ PHP_FUNCTION(frankenphp_handle_request)
     ZEND_PARSE_PARAMETERS_START(1, 1)
         Z_PARAM_FUNC(fci, fcc)
     ZEND_PARSE_PARAMETERS_END();
-    zend_throw_exception(spl_ce_RuntimeException,
-                         "frankenphp_handle_request() can only be called from an HTTP worker", 0);
-    RETURN_THROWS();
+
+    fp_request *worker = script_req;
+    if (!worker || worker->worker_kind != FP_WORKER_HTTP) {
+        zend_throw_exception(spl_ce_RuntimeException,
+                             "frankenphp_handle_request() called while not in worker mode", 0);
+        RETURN_THROWS();
+    }
+    if (current != worker) {
+        zend_throw_exception(spl_ce_RuntimeException,
+                             "frankenphp_handle_request() cannot be called while handling a request", 0);
+        RETURN_THROWS();
+    }
+    fp_request *req = NULL;
+    if (!host->next_request(worker->handle, &req) || !req) {
+        RETURN_FALSE; /* drained: the script leaves its loop */
+    }
+    layers_shutdown();
+    layers_startup(req, 1);
+
+    zval retval;
+    ZVAL_UNDEF(&retval);
+    fci.retval = &retval;
+    fci.params = NULL;
+    fci.param_count = 0;
+    zend_call_function(&fci, &fcc);
+    zval_ptr_dtor(&retval);
+    if (EG(exception)) {
+        if (zend_is_unwind_exit(EG(exception)) || zend_is_graceful_exit(EG(exception))) {
+            zend_bailout(); /* exit(): the script ends; fp_execute() finishes the request */
+        }
+        zend_exception_error(EG(exception), E_ERROR);
+    }
+    finish_http_request();
+    RETURN_TRUE;
 }
 
 static zend_module_entry frankenphp_module = {
@@ -460,6 +611,12 @@ int fp_execute(fp_request *req)
         req->end_reason = FP_END_BAILOUT;
     } zend_end_try();
 
+    if (current != req) {
+        /* exit() or a fatal error inside an HTTP worker's request: answer it first. */
+        zend_try {
+            finish_http_request();
+        } zend_end_try();
+    }
     req->exit_status = EG(exit_status);
     if (req->http && !SG(headers_sent)) {
         sapi_send_headers(); /* an empty body still gets its status and headers */

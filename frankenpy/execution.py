@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _native
-from .threads import INTERRUPT_SIGNAL, startup_diagnostics
+from .threads import INTERRUPT_SIGNAL, php_log_adapter, startup_diagnostics
 
 if TYPE_CHECKING:
     from .threads import PHPThread
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 ffi, lib = _native.ffi, _native.lib
 
 php_logger = logging.getLogger("frankenpy.php")
+php_logger_adapter = php_log_adapter("-")
 
 # E_* constants (Zend/zend_errors.h) and the label PHP prints for each.
 _ERROR_LABELS = {
@@ -161,7 +162,7 @@ class Execution:
 
     def __init__(
         self,
-        thread: PHPThread,
+        thread: PHPThread | None,
         *,
         output: Callable[[bytes], Any] | None = None,
         timeout: float | None = None,
@@ -173,10 +174,11 @@ class Execution:
         self.request = Request()
         self.output = output
         self.timeout = timeout
-        self.logger = logger or thread.logger
+        self.logger = logger or (thread.logger if thread is not None else php_logger_adapter)
         self.worker_ready = worker_ready
         self.honor_initial_time_limit = honor_initial_time_limit
         self.diagnostics: list[Diagnostic] = []
+        self.started = time.monotonic()
         self.deadline: float | None = None
         self.limit: float | None = None  # the limit that set the deadline, for messages
         self.stopped = False  # fp_interrupt() reached it
@@ -198,16 +200,20 @@ class Execution:
             candidates.append((self.started + self.timeout, self.timeout))
         with self.lock:
             self.deadline, self.limit = min(candidates) if candidates else (None, None)
-        self.thread.watchdog.wake()
+        if self.thread is not None:
+            self.thread.watchdog.wake()
 
     def stop_now(self) -> None:
         """Force-stop the script (the watchdog interrupts it, and again until it ends)."""
         with self.lock:
             self.deadline = time.monotonic()
-        self.thread.watchdog.wake()
+        if self.thread is not None:
+            self.thread.watchdog.wake()
 
     def interrupt(self, seconds: float) -> None:
         """Called by the watchdog at the deadline: stop the script if it is still running."""
+        if self.thread is None:
+            return
         exec_id = self.request.struct.exec_id  # 0 until the script has started
         # PHP's message ("Maximum execution time of N seconds") takes whole seconds.
         whole = math.ceil(seconds)
@@ -216,6 +222,7 @@ class Execution:
 
     def run(self) -> Result:
         """Execute the prepared request on the calling thread (GIL released while PHP runs)."""
+        assert self.thread is not None, "an execution needs a PHP thread to run on"
         self.started = time.monotonic()
         self.set_deadline(None)
         self.thread.watchdog.watch(self)

@@ -7,7 +7,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,10 +220,8 @@ class Runtime:
     ) -> Result:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        pool = self._running_pool()
-        thread = pool.acquire()
-        assert thread is not None
-        try:
+        with self.borrow_thread() as thread:
+            assert thread is not None
             execution = Execution(thread, output=output, timeout=timeout)
             request = execution.request
             req = request.struct
@@ -234,8 +233,18 @@ class Runtime:
             request.set_env(env_pairs(self.env, server, env) if (env or server) else self._base_env)
             request.set_argv(argv)
             return execution.run()
+
+    @contextmanager
+    def borrow_thread(self, timeout: float | None = None) -> Iterator[PHPThread | None]:
+        """An idle regular PHP thread for the duration of the block (None after ``timeout``
+        seconds without one).  RuntimeError unless the runtime is running."""
+        pool = self._running_pool()
+        thread = pool.acquire(timeout)
+        try:
+            yield thread
         finally:
-            pool.release(thread)
+            if thread is not None:
+                pool.release(thread)
 
     def _running_pool(self) -> ThreadPool:
         if self.state != "running" or self._pool is None:

@@ -1,0 +1,130 @@
+"""The WSGI application (PEP 3333) that serves a document root with PHP, like ``php_server``.
+
+Per request: HTTP workers whose ``match`` pattern fits the path take it; otherwise the path is
+resolved under the document root (:mod:`frankenpy.http.routing`): static files are served, a
+script that is an HTTP worker's file goes to that worker, any other PHP script runs classically
+on a regular PHP thread.  Bodies larger than ``max_body_size`` get 413 without reaching PHP;
+requests that find no free PHP thread (or worker thread) within ``max_wait_time`` get 503.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..runtime import Runtime
+from ..scopes import GLOBAL_SCOPE
+from ..threads import WorkerLogAdapter
+from ..workers import Worker
+from .exchange import HTTPExchange, StartResponse
+from .routing import Route, RouteKind, resolve, respond, simple_response, wsgi_to_text
+from .workers import request_queue
+
+logger = logging.getLogger("frankenpy.http")
+
+DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
+
+
+class PHPApp:
+    """Serve ``document_root`` with PHP on the started runtime ``runtime``.
+
+    ``scope`` selects which HTTP workers of the runtime this app routes to (one app per server
+    block, as FrankenPHP's ``php_server`` scopes).  ``env`` is added to ``$_SERVER``.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        document_root: str | os.PathLike[str],
+        *,
+        scope: int = GLOBAL_SCOPE,
+        env: Mapping[str, str] | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_wait_time: float | None = 30.0,
+    ) -> None:
+        root = Path(document_root).absolute()
+        if not root.is_dir():
+            raise FileNotFoundError(f"document root not found: {root}")
+        if max_body_size < 0:
+            raise ValueError(f"max_body_size must be >= 0, got {max_body_size}")
+        self.runtime = runtime
+        self.document_root = root
+        self.env = dict(env or {})
+        self.max_body_size = max_body_size
+        self.max_wait_time = max_wait_time
+        http_workers = [w for w in runtime.workers_group.workers if not w.background and w.scope == scope]
+        self._matched = [(w.match, w) for w in http_workers if w.match]
+        self._by_file = {str(w.path): w for w in http_workers if not w.match}
+        self._log = WorkerLogAdapter(logger, {"worker": "-"})
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        raw_path = environ.get("PATH_INFO", "") or "/"
+        path = wsgi_to_text(raw_path)
+        worker = next((w for pattern, w in self._matched if fnmatch.fnmatchcase(path, pattern)), None)
+        if worker is not None:
+            route = Route(
+                RouteKind.PHP, 200, str(self.document_root), script_name=path,
+                script_filename=str(worker.path), real_path=str(worker.path),
+            )
+        else:
+            route = resolve(self.document_root, raw_path, query_string=environ.get("QUERY_STRING", ""))
+            if route.kind is not RouteKind.PHP:
+                response = respond(route, environ)
+                start_response(response.status_line, response.headers)
+                return response.body
+            worker = self._by_file.get(route.real_path) or self._by_file.get(route.script_filename)
+
+        body = self._read_body(environ)
+        if body is None:
+            return self._refuse(start_response, 413, "request body too large")
+        exchange = HTTPExchange(
+            environ, route, start_response, body=body, runtime_env=self.runtime.env,
+            # FrankenPHP marks requests served by a worker with FRANKENPHP_WORKER=1.
+            server_env={**self.env, "FRANKENPHP_WORKER": "1"} if worker is not None else self.env,
+        )
+        if worker is not None:
+            return self._via_worker(exchange, worker, start_response)
+        with self.runtime.borrow_thread(self.max_wait_time) as thread:
+            if thread is None:
+                return self._refuse(start_response, 503, "no free PHP thread")
+            exchange.thread = thread
+            exchange.logger = thread.logger
+            return exchange.run_classic()
+
+    def _via_worker(
+        self, exchange: HTTPExchange, worker: Worker, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        queue = request_queue(self.runtime.workers_group, worker.scope, worker.name)
+        if not queue.submit(exchange, self.max_wait_time):
+            return self._refuse(start_response, 503, f"no free thread of worker {worker.name!r}")
+        return exchange.wait_for_worker()
+
+    def _read_body(self, environ: Mapping[str, Any]) -> bytes | None:
+        """The whole request body, or None when it exceeds ``max_body_size``."""
+        stream = environ.get("wsgi.input")
+        length_header = environ.get("CONTENT_LENGTH") or ""
+        if stream is None:
+            return b""
+        if length_header.strip():
+            try:
+                length = int(length_header)
+            except ValueError:
+                length = -1
+            if length < 0 or length > self.max_body_size:
+                return None
+            return stream.read(length) if length else b""
+        chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
+        if not (chunked or environ.get("wsgi.input_terminated")):
+            return b""  # no Content-Length and no chunked body: HTTP/1.1 says there is none
+        data = stream.read(self.max_body_size + 1)  # the server de-chunks and ends the stream
+        return None if len(data) > self.max_body_size else data
+
+    def _refuse(self, start_response: StartResponse, status: int, why: str) -> Iterable[bytes]:
+        self._log.warning("%d: %s", status, why)
+        response = simple_response(status)
+        start_response(response.status_line, response.headers)
+        return response.body
