@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 1
+#define FP_ABI_VERSION 2
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -91,6 +91,7 @@ struct fp_request {
     const char *query_string;
     const char *content_type;
     const char *cookie_data;
+    const char *authorization; /* Authorization header: PHP_AUTH_USER / PHP_AUTH_PW / AUTH_TYPE */
     int64_t content_length; /* -1 when unknown */
     /* --- results, written by the glue ----------------------------------------------------- */
     uint64_t exec_id;  /* set once the script starts: the id fp_interrupt() takes */

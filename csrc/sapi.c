@@ -560,6 +560,9 @@ static void prepare_request_info(fp_request *req)
     SG(request_info).content_length = req->content_length;
     SG(request_info).no_headers = !req->http;
     SG(sapi_headers).http_response_code = 200;
+    if (req->http && req->authorization) {
+        php_handle_auth_data(req->authorization); /* freed by sapi_deactivate() */
+    }
     PG(register_argc_argv) = req->argv != NULL;
 }
 

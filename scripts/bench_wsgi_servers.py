@@ -340,7 +340,7 @@ def check_drain(port: int, proc: subprocess.Popen) -> str:
     def slow() -> None:
         try:
             result["resp"] = get(port, "/slow", timeout=10)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             result["resp"] = repr(e)
 
     t = threading.Thread(target=slow)
@@ -384,7 +384,7 @@ def bench(name: str, python: str, duration: int, threads: int) -> Result:
         res.keepalive = check_keepalive(port)
         run_wrk(port, duration, res)
         res.drain = check_drain(port, proc)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         res.error = f"{type(e).__name__}: {e}"[:120]
     finally:
         if proc.poll() is None:
@@ -419,10 +419,10 @@ def print_table(results: list[Result]) -> None:
             f"{r.rps:.0f}" if a == "rps" else str(getattr(r, a)) for _, a in cols[1:]
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (h, _) in enumerate(cols)]
-    print(" | ".join(h.ljust(w) for (h, _), w in zip(cols, widths)))
+    print(" | ".join(h.ljust(w) for (h, _), w in zip(cols, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
     for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def main() -> None:

@@ -37,6 +37,9 @@ cmake --build build/cmake -j2
 section "native tests (ctest)"
 ctest --test-dir build/cmake --output-on-failure
 
+section "lint (ruff)"
+python3 -m ruff check frankenpy tests scripts csrc/build_native.py
+
 section "python tests (pytest)"
 python3 -m pytest -q tests
 

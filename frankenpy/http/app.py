@@ -64,6 +64,8 @@ class PHPApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         raw_path = environ.get("PATH_INFO", "") or "/"
         path = wsgi_to_text(raw_path)
+        if "\0" in path:
+            return self._refuse(start_response, 400, "NUL byte in the request path")
         worker = next((w for pattern, w in self._matched if fnmatch.fnmatchcase(path, pattern)), None)
         if worker is not None:
             route = Route(

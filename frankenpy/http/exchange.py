@@ -80,6 +80,8 @@ class HTTPExchange(Execution):
             req.content_type = request.cstr(cgi["CONTENT_TYPE"])
         if "HTTP_COOKIE" in cgi:
             req.cookie_data = request.cstr(cgi["HTTP_COOKIE"])
+        if "HTTP_AUTHORIZATION" in cgi:
+            req.authorization = request.cstr(cgi["HTTP_AUTHORIZATION"])
         req.content_length = len(body)
         request.set_env(env_pairs(runtime_env, cgi))
         self.script = route.script_filename

@@ -1,0 +1,147 @@
+"""The ``frankenpy`` command (also ``python -m frankenpy``).
+
+* ``frankenpy`` with no arguments serves the bundled demo (frankenpy/demo/frankenpy.toml);
+* ``frankenpy run --config FILE`` serves the servers and workers of a TOML file
+  (:mod:`frankenpy.config`);
+* ``frankenpy php-server --root DIR --listen HOST:PORT [--worker FILE[:NUM]]
+  [--background-worker NAME=FILE[:NUM]] [--php-ini KEY=VALUE] ...`` serves one directory,
+  like FrankenPHP's ``php-server``.
+
+Each runs until SIGTERM or SIGINT, then stops gracefully: in-flight requests finish, workers
+are drained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, ServerConfig, load, parse_listen
+from .scopes import GLOBAL_SCOPE
+from .workers import Worker
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "frankenpy.toml"
+
+
+class _WorkerNameFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "worker"):
+            record.worker = "-"
+        return True
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_WorkerNameFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def _split_count(value: str, option: str) -> tuple[str, int]:
+    path, sep, num = value.rpartition(":")
+    if sep and num.isdigit():
+        return path, int(num)
+    if sep and not num.isdigit() and not Path(value).exists():
+        raise ConfigError(f"{option} {value!r}: NUM after ':' must be a whole number")
+    return value, 1
+
+
+def php_server_config(args: argparse.Namespace) -> Config:
+    """The configuration that ``php-server``'s options describe."""
+    root = Path(args.root).absolute()
+    if not root.is_dir():
+        raise ConfigError(f"--root {args.root!r}: not a directory")
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {exc}") from None
+    workers = []
+    for value in args.worker:
+        file, num = _split_count(value, "--worker")
+        path = Path(file).absolute()
+        workers.append(Worker(path.stem, path, num=num))
+    for value in args.background_worker:
+        name, sep, rest = value.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--background-worker {value!r}: expected NAME=FILE[:NUM]")
+        file, num = _split_count(rest, "--background-worker")
+        workers.append(Worker(name, Path(file).absolute(), num=num, background=True))
+    for worker in workers:
+        try:
+            worker.validate()
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"php-server: {exc}") from None
+    php_ini = {}
+    for setting in args.php_ini:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--php-ini {setting!r}: expected KEY=VALUE")
+        php_ini[key] = value
+    runtime: dict[str, object] = {"php_ini": php_ini, "extensions": args.extension, "opcache": args.opcache}
+    if args.threads:
+        runtime["num_threads"] = args.threads
+    server = ServerConfig(listen=args.listen, root=root, scope=GLOBAL_SCOPE, label="",
+                          metrics=args.metrics, workers=workers)
+    return Config("php-server", runtime, [server])
+
+
+def serve(config: Config, grace: float) -> None:
+    """Start the runtime and every server of ``config``; serve until SIGTERM/SIGINT."""
+    from .http.app import PHPApp
+    from .http.server import Server, Site
+    from .runtime import Runtime
+
+    runtime = Runtime(**config.runtime, workers=config.workers).start()  # type: ignore[arg-type]
+    try:
+        sites = []
+        for server in config.servers:
+            host, port = parse_listen(server.listen)
+            app = PHPApp(runtime, server.root, scope=server.scope, env=server.env,
+                         max_body_size=server.max_body_size, max_wait_time=server.max_wait_time)
+            sites.append(Site(host, port, app, metrics=server.metrics, max_body_size=server.max_body_size))
+        http = Server(runtime, sites)
+        http.start()
+    except BaseException:
+        runtime.shutdown(grace)
+        raise
+    http.serve_forever(grace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frankenpy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on stop (default 30)")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="serve the servers and workers of a TOML configuration")
+    run.add_argument("--config", required=True, help="TOML file (see frankenpy.config)")
+    php = commands.add_parser("php-server", help="serve a directory with PHP")
+    php.add_argument("--root", default=".", help="document root (default: .)")
+    php.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    php.add_argument("--worker", action="append", default=[], metavar="FILE[:NUM]", help="HTTP worker")
+    php.add_argument("--background-worker", action="append", default=[], metavar="NAME=FILE[:NUM]")
+    php.add_argument("--php-ini", action="append", default=[], metavar="KEY=VALUE")
+    php.add_argument("--extension", action="append", default=[], metavar="NAME", help="Debian PHP extension")
+    php.add_argument("--opcache", action="store_true", help="enable opcache in each PHP thread")
+    php.add_argument("--threads", type=int, default=0, help="regular PHP threads (default 2)")
+    php.add_argument("--metrics", action="store_true", help="serve Prometheus metrics at /metrics")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        if args.command == "php-server":
+            config = php_server_config(args)
+        else:
+            config = load(args.config if args.command == "run" else DEMO_CONFIG)
+        serve(config, args.grace)
+    except ConfigError as exc:
+        print(f"frankenpy: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"frankenpy: {exc}", file=sys.stderr)
+        return 1
+    return 0

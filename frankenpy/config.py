@@ -1,0 +1,225 @@
+"""The TOML configuration: servers and workers declared the way a Caddyfile declares them.
+
+```toml
+[runtime]                       # optional: the PHP threads shared by every server
+num_threads = 4
+php_ini = { memory_limit = "128M" }
+extensions = ["ctype", "mbstring"]
+opcache = true
+
+[[server]]                      # one php_server block: its own worker scope
+listen = "127.0.0.1:8080"
+root = "public"                 # relative to this file
+label = "api.example.com"       # scope label in metrics (default: the listen address)
+
+[[server.worker]]
+name = "mailer"
+file = "bg/mailer.php"
+background = true
+num = 2
+```
+
+:func:`load` validates everything and raises :class:`ConfigError` with one line naming the
+file, the table and the key at fault.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .scopes import next_scope, set_scope_label
+from .workers import Worker
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names file, table and key."""
+
+
+@dataclass
+class ServerConfig:
+    """One ``[[server]]`` block."""
+
+    listen: str
+    root: Path
+    scope: int
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    max_body_size: int = 8 * 1024 * 1024
+    max_wait_time: float = 30.0
+    metrics: bool = False
+    workers: list[Worker] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """A whole configuration: the runtime options and the servers."""
+
+    source: str
+    runtime: dict[str, Any]
+    servers: list[ServerConfig]
+
+    @property
+    def workers(self) -> list[Worker]:
+        return [worker for server in self.servers for worker in server.workers]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; ``"[::1]:80"`` too.  ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Table:
+    """Typed access to one TOML table, with errors that say where."""
+
+    def __init__(self, source: str, where: str, data: Any, known: set[str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: {where}: must be a table")
+        self.source, self.where, self.data = source, where, data
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: {where}: unknown key {unknown[0]!r}")
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where}: key {key!r}: {message}")
+
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False
+    ) -> Any:
+        if key not in self.data:
+            if required:
+                raise ConfigError(f"{self.source}: {self.where}: missing key {key!r}")
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML booleans are Python ints: accept them only where a boolean is asked for.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise self.error(key, f"must be {_kind_name(kinds)}, got {value!r}")
+        return value
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.get(key, dict, {})
+        for name, item in value.items():
+            if not isinstance(item, str | int | float | bool):
+                raise self.error(key, f"value of {name!r} must be a string or number")
+        return {name: str(item) for name, item in value.items()}
+
+    def checked(self, key: str, build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except (ValueError, TypeError) as exc:
+            raise self.error(key, str(exc)) from None
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "a table", list: "an array"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+_RUNTIME_KEYS = {"num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env"}
+_SERVER_KEYS = {"listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "worker"}
+_WORKER_KEYS = {
+    "name", "file", "num", "background", "env", "max_consecutive_failures", "match", "max_requests",
+}
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file (see the module docstring)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return parse(data, source=source, base=path.absolute().parent)
+
+
+def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate an already parsed configuration; relative paths are taken from ``base``."""
+    base = base or Path.cwd()
+    top = _Table(source, "top level", dict(data), {"runtime", "server"})
+    runtime = _parse_runtime(_Table(source, "[runtime]", top.get("runtime", dict, {}), _RUNTIME_KEYS))
+    servers_data = top.get("server", list, [])
+    if not servers_data:
+        raise ConfigError(f"{source}: top level: at least one [[server]] table is required")
+    servers = [_parse_server(source, base, index, item) for index, item in enumerate(servers_data, 1)]
+    listens = [server.listen for server in servers]
+    for listen in listens:
+        if listens.count(listen) > 1:
+            raise ConfigError(f"{source}: [[server]]: key 'listen': {listen!r} is used by two servers")
+    return Config(source, runtime, servers)
+
+
+def _parse_runtime(table: _Table) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if "num_threads" in table.data:
+        options["num_threads"] = table.get("num_threads", int)
+        if options["num_threads"] < 1:
+            raise table.error("num_threads", "must be >= 1")
+    if "php_ini" in table.data:
+        options["php_ini"] = table.string_map("php_ini")
+    if "extensions" in table.data:
+        extensions = table.get("extensions", list)
+        if not all(isinstance(e, str) for e in extensions):
+            raise table.error("extensions", "must be an array of strings")
+        options["extensions"] = extensions
+    if "opcache" in table.data:
+        options["opcache"] = table.get("opcache", bool)
+    if "start_timeout" in table.data:
+        options["start_timeout"] = float(table.get("start_timeout", (int, float)))
+    if "env" in table.data:
+        options["env"] = table.string_map("env")
+    return options
+
+
+def _parse_server(source: str, base: Path, index: int, data: Any) -> ServerConfig:
+    table = _Table(source, f"[[server]] #{index}", data, _SERVER_KEYS)
+    listen = table.get("listen", str, DEFAULT_LISTEN)
+    table.checked("listen", lambda: parse_listen(listen))
+    root = base / table.get("root", str, ".")
+    if not root.is_dir():
+        raise table.error("root", f"document root not found: {root}")
+    scope = next_scope()
+    label = table.get("label", str, listen)
+    set_scope_label(scope, label)
+    server = ServerConfig(
+        listen=listen,
+        root=root,
+        scope=scope,
+        label=label,
+        env=table.string_map("env"),
+        max_body_size=table.get("max_body_size", int, 8 * 1024 * 1024),
+        max_wait_time=float(table.get("max_wait_time", (int, float), 30.0)),
+        metrics=table.get("metrics", bool, False),
+    )
+    for number, item in enumerate(table.get("worker", list, []), 1):
+        wtable = _Table(source, f"[[server]] #{index} [[server.worker]] #{number}", item, _WORKER_KEYS)
+        file = base / wtable.get("file", str, required=True)
+        worker = Worker(
+            name=wtable.get("name", str, file.stem),
+            file=file,
+            num=wtable.get("num", int, 1),
+            background=wtable.get("background", bool, False),
+            env=wtable.string_map("env"),
+            scope=scope,
+            max_consecutive_failures=wtable.get("max_consecutive_failures", int, 6),
+            match=wtable.get("match", str),
+            max_requests=wtable.get("max_requests", int, 0),
+        )
+        try:
+            worker.validate()
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"{source}: {wtable.where}: {exc}") from None
+        server.workers.append(worker)
+    return server

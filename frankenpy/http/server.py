@@ -1,0 +1,178 @@
+"""The HTTP server: PHP apps served by waitress, in this process.
+
+waitress was chosen by measurement (``scripts/bench_wsgi_servers.py``, docs/benchmarks.md):
+among the servers that run a WSGI app *in the calling process* on threads (a pre-forking server
+would leave the PHP interpreters behind), it had the best throughput and tail latency, streams
+each chunk as it is produced (PHP ``flush()``), keeps idle keep-alive connections without a thread,
+and stops on request.  granian was faster but only runs WSGI in a child process; gunicorn
+forks; cheroot had 300+ ms p99; uvicorn with a2wsgi was slower.
+
+A graceful stop: new requests get 503, in-flight ones finish (up to the grace period), the
+listeners close, then the runtime drains its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from waitress.server import create_server
+
+from ..runtime import Runtime
+from ..threads import WorkerLogAdapter
+from .routing import simple_response
+
+logger = logging.getLogger("frankenpy.http")
+access_logger = WorkerLogAdapter(logging.getLogger("frankenpy.access"), {"worker": "-"})
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass
+class Site:
+    """One listener: ``host:port`` serving ``app``; ``metrics`` adds ``GET /metrics``."""
+
+    host: str
+    port: int
+    app: WSGIApp
+    metrics: bool = False
+    max_body_size: int = 8 * 1024 * 1024
+
+
+class _Response:
+    """Wraps a response iterable to log the request and count it as in flight until closed."""
+
+    def __init__(self, server: Server, body: Iterable[bytes], started: float, line: str, status: list[str]):
+        self.server, self.body, self.started, self.line, self.status = server, body, started, line, status
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            status = self.status[0].split(" ", 1)[0] if self.status else "-"
+            access_logger.info("%s %s %.1f ms", self.line, status, (time.monotonic() - self.started) * 1000)
+            self.server._request_done()
+
+
+class Server:
+    """Serves ``sites`` over HTTP with waitress until :meth:`stop`."""
+
+    def __init__(self, runtime: Runtime, sites: list[Site], *, threads: int | None = None) -> None:
+        self.runtime = runtime
+        self.sites = sites
+        http_threads = sum(w.num for w in runtime.workers_group.workers if not w.background)
+        self.threads = threads or max(8, 2 * (runtime.num_threads + http_threads))
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self._draining = False
+        self._servers: list[Any] = []
+        self._loops: list[threading.Thread] = []
+        self._stopped = threading.Event()
+
+    # --- request accounting ----------------------------------------------------------------
+    def _wrap(self, site: Site) -> WSGIApp:
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            started = time.monotonic()
+            target = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+            line = f"{environ.get('REQUEST_METHOD', '-')} {target}"
+            status: list[str] = []
+
+            def recording_start_response(status_line: str, headers: Any, exc_info: Any = None) -> Any:
+                status[:] = [status_line]
+                return start_response(status_line, headers, exc_info)
+
+            with self._cond:
+                draining = self._draining
+                if not draining:
+                    self._in_flight += 1
+            if draining:
+                response = simple_response(503, "server shutting down\n", headers=[("Connection", "close")])
+                start_response(response.status_line, response.headers)
+                return response.body
+            try:
+                if site.metrics and environ.get("PATH_INFO") == "/metrics":
+                    body = self.runtime.metrics_text().encode()
+                    recording_start_response("200 OK", [
+                        ("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body))),
+                    ])
+                    result: Iterable[bytes] = [body]
+                else:
+                    result = site.app(environ, recording_start_response)
+            except BaseException:
+                self._request_done()
+                raise
+            return _Response(self, result, started, line, status)
+
+        return app
+
+    def _request_done(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind every listener and serve on background threads."""
+        for site in self.sites:
+            server = create_server(
+                self._wrap(site),
+                host=site.host,
+                port=site.port,
+                threads=self.threads,
+                connection_limit=1000,
+                max_request_body_size=site.max_body_size + 1,  # the app answers 413 itself
+                ident="frankenpy",
+                clear_untrusted_proxy_headers=True,
+            )
+            self._servers.append(server)
+            loop = threading.Thread(target=server.run, name=f"http-{site.port}", daemon=True)
+            loop.start()
+            self._loops.append(loop)
+            logger.info("serving on http://%s:%s/", site.host, server.effective_port, extra={"worker": "-"})
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.effective_port for server in self._servers]
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Refuse new requests, let in-flight ones finish (``grace`` seconds at most), close
+        the listeners, then shut the runtime down (draining its workers)."""
+        with self._cond:
+            self._draining = True
+            if not self._cond.wait_for(lambda: self._in_flight == 0, grace):
+                logger.warning("%d request(s) still running after %.1f s", self._in_flight, grace,
+                               extra={"worker": "-"})
+        for server in self._servers:
+            server.close()
+        for loop in self._loops:
+            loop.join(5.0)
+        self.runtime.shutdown(grace)
+        self._stopped.set()
+
+    def serve_forever(self, grace: float = 30.0) -> None:
+        """Serve until SIGTERM or SIGINT (main thread only), then :meth:`stop`."""
+        stop_requested = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("received %s: shutting down", signal.Signals(signum).name, extra={"worker": "-"})
+            stop_requested.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop_requested.wait(0.5):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop(grace)

@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""Benchmark of frankenpy's Runtime against its targets, in one run.
+
+Measures, and prints as one table with the ratio to each target:
+
+1. per-execution cost of ``rt.execute_file(hello.php)`` on a one-thread runtime, called from the
+   main thread and from a non-main Python thread, against the bare C embed loop
+   (``build/cmake/bench_embed_loop -n``, the stock embed SAPI with only libphp's built-in
+   extensions, as frankenpy loads by default).  The C loop runs as a subprocess interleaved with
+   the Python rounds (C, py, C, py ...); every figure is the median of the rounds.
+   Target: within 2x of the bare C loop.
+2. throughput (executions/s) of hello.php with 1 PHP thread (1 caller thread) and 2 PHP threads
+   (2 caller threads), and the ratio 2T/1T.
+3. memory per extra PHP thread: VmRSS (/proc/self/status) and Pss (/proc/self/smaps_rollup) of a
+   fresh process after starting a runtime of 1 and of 9 threads, each thread having run
+   hello.php once; (mem9 - mem1) / 8.  Target: at most 8 MiB (RSS).
+4. start-up time (``Runtime.start()``) with 1, 8 and 32 threads, in fresh processes: cold (an
+   empty ``FRANKENPY_CACHE_DIR``: the image files must be written) and warm (cache present).
+   Target: 8 threads under 0.5 s, warm.
+5. 1 to 3 again with ``opcache=True`` (same targets; the C loop stays without opcache, since the
+   stock embed SAPI keeps Debian's opcache disabled).
+
+Usage::
+
+    python3 scripts/bench_runtime.py [--quick] [--json FILE]
+
+It needs the in-place build (``python3 setup.py -q build_ext --inplace``); the C loop is built
+with CMake (``build/cmake``) when it is missing or older than its source.  Everything runs with a
+temporary ``FRANKENPY_CACHE_DIR``, removed at the end.  About 1 minute (``--quick``: about 15 s).
+
+The script also runs itself as the child process of the memory and start-up measurements
+(``--child rss|startup``), so that no runtime shares memory or loaded images with another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "csrc" / "bench" / "hello.php"
+HELLO_OUTPUT = b"Hello, World!"
+BENCH_SOURCE = ROOT / "csrc" / "bench" / "bench_embed_loop.c"
+BENCH_BUILD_DIR = ROOT / "build" / "cmake"
+BENCH_BINARY = BENCH_BUILD_DIR / "bench_embed_loop"
+
+OVERHEAD_TARGET = 2.0  # execute_file within 2x of the bare C loop
+RSS_TARGET_MIB = 8.0  # per extra PHP thread
+STARTUP_TARGET_S = 0.5  # 8 threads, warm cache
+STARTUP_THREADS = (1, 8, 32)
+RSS_THREADS = (1, 9)
+
+# Full run / --quick.
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {
+        "rounds": 7,
+        "py_iters": 10000,
+        "c_iters": 20000,
+        "warmup": 500,
+        "tp_rounds": 5,
+        "tp_seconds": 1.0,
+        "rss_rounds": 3,
+        "cold_rounds": 3,
+        "warm_rounds": 5,
+    },
+    "quick": {
+        "rounds": 3,
+        "py_iters": 3000,
+        "c_iters": 5000,
+        "warmup": 200,
+        "tp_rounds": 3,
+        "tp_seconds": 0.3,
+        "rss_rounds": 1,
+        "cold_rounds": 1,
+        "warm_rounds": 3,
+    },
+}
+
+
+def _import_frankenpy() -> Any:
+    """The frankenpy of this checkout (in-place build) unless PYTHONPATH already names one."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        import frankenpy
+    except ImportError as exc:
+        sys.exit(
+            f"bench_runtime: cannot import frankenpy ({exc}); build it first:\n"
+            f"  cd {ROOT} && python3 setup.py -q build_ext --inplace"
+        )
+    return frankenpy
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes: one measurement each, one JSON line on stdout.
+# --------------------------------------------------------------------------------------------
+
+
+def memory_kib() -> dict[str, int]:
+    """VmRSS and Pss of this process, in KiB."""
+    found: dict[str, int] = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                found["rss"] = int(line.split()[1])
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                found["pss"] = int(line.split()[1])
+    return found
+
+
+def child_rss(threads: int, opcache: bool) -> dict[str, Any]:
+    frankenpy = _import_frankenpy()
+    before = memory_kib()
+    rt = frankenpy.Runtime(num_threads=threads, opcache=opcache).start()
+    try:
+        # Idle threads are handed out first-in first-out, so `threads` sequential executions
+        # run hello.php once on every PHP thread.
+        for _ in range(threads):
+            result = rt.execute_file(str(HELLO))
+            if result.output != HELLO_OUTPUT:
+                raise RuntimeError(f"hello.php: unexpected result {result!r}")
+        after = memory_kib()
+    finally:
+        rt.shutdown()
+    return {"before": before, "after": after, "threads": threads, "opcache": opcache}
+
+
+def child_startup(threads: int, opcache: bool) -> dict[str, Any]:
+    frankenpy = _import_frankenpy()
+    rt = frankenpy.Runtime(num_threads=threads, opcache=opcache)
+    t0 = time.perf_counter()
+    rt.start()
+    seconds = time.perf_counter() - t0
+    try:
+        result = rt.execute_file(str(HELLO))
+        if result.output != HELLO_OUTPUT:
+            raise RuntimeError(f"hello.php: unexpected result {result!r}")
+    finally:
+        rt.shutdown()
+    return {"seconds": seconds, "threads": threads, "opcache": opcache}
+
+
+def run_child(kind: str, threads: int, opcache: bool, cache_dir: Path) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["FRANKENPY_CACHE_DIR"] = str(cache_dir)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--threads", str(threads)]
+    if opcache:
+        command.append("--opcache")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"child {' '.join(command[2:])} failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# The bare C loop.
+# --------------------------------------------------------------------------------------------
+
+
+def ensure_bench_binary() -> Path:
+    """build/cmake/bench_embed_loop, built with CMake when missing or older than its source."""
+    if BENCH_BINARY.is_file() and BENCH_BINARY.stat().st_mtime >= BENCH_SOURCE.stat().st_mtime:
+        return BENCH_BINARY
+    if shutil.which("cmake") is None:
+        sys.exit("bench_runtime: cmake not found and build/cmake/bench_embed_loop is missing")
+    print(f"building {BENCH_BINARY.relative_to(ROOT)} with cmake ...", flush=True)
+    steps = [
+        ["cmake", "-S", str(ROOT), "-B", str(BENCH_BUILD_DIR), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(BENCH_BUILD_DIR), "--target", "bench_embed_loop", "-j2"],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"bench_runtime: {' '.join(step)} failed:\n{done.stdout}{done.stderr}")
+    return BENCH_BINARY
+
+
+def bare_c_us(binary: Path, iterations: int) -> float:
+    done = subprocess.run(
+        [str(binary), "-n", str(HELLO), str(iterations)], capture_output=True, text=True, timeout=120
+    )
+    match = re.search(r"bare_embed_loop_us_per_request=([0-9.]+)", done.stdout)
+    if done.returncode != 0 or not match:
+        raise RuntimeError(f"bench_embed_loop failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return float(match.group(1))
+
+
+# --------------------------------------------------------------------------------------------
+# In-process measurements.
+# --------------------------------------------------------------------------------------------
+
+
+def exec_loop_us(rt: Any, iterations: int, warmup: int) -> float:
+    """Mean us per execute_file(hello.php) over `iterations` calls on this thread."""
+    execute, path = rt.execute_file, str(HELLO)
+    for _ in range(warmup):
+        execute(path)
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        execute(path)
+    return (time.perf_counter() - t0) / iterations * 1e6
+
+
+def exec_loop_us_in_thread(rt: Any, iterations: int, warmup: int) -> float:
+    """exec_loop_us() run by a new (non-main) Python thread while this one waits in join()."""
+    out: list[float] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            out.append(exec_loop_us(rt, iterations, warmup))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name="bench-caller")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return out[0]
+
+
+def glue_only_us(rt: Any, iterations: int, warmup: int) -> float | None:
+    """The C side alone: fp_image_execute() + fp_request_clear() called through cffi on one
+    prepared request, without frankenpy's Python layer.  Uses internals: None if they moved."""
+    try:
+        from frankenpy.execution import Execution, lib
+
+        pool = rt._pool
+        thread = pool.acquire()
+        try:
+            execution = Execution(thread)
+            request = execution.request
+            request.struct.script_path = request.cstr(str(HELLO))
+            request.set_env([])
+            request.set_argv([str(HELLO)])
+            req, handle = request.struct, thread.image.handle
+            run, clear = lib.fp_image_execute, lib.fp_image_request_clear
+            for _ in range(warmup):
+                run(handle, req)
+                clear(handle, req)
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                run(handle, req)
+                clear(handle, req)
+            return (time.perf_counter() - t0) / iterations * 1e6
+        finally:
+            pool.release(thread)
+    except Exception as exc:
+        print(f"  (C glue only measurement skipped: {exc!r})", flush=True)
+        return None
+
+
+def throughput(rt: Any, callers: int, seconds: float) -> float:
+    """Executions per second of hello.php with `callers` Python threads calling execute_file."""
+    path = str(HELLO)
+    barrier = threading.Barrier(callers + 1)
+    counts = [0] * callers
+    ends = [0.0] * callers
+    start = [0.0]
+    failure: list[BaseException] = []
+
+    def body(index: int) -> None:
+        execute = rt.execute_file
+        try:
+            barrier.wait()
+            deadline = start[0] + seconds
+            done = 0
+            while time.perf_counter() < deadline:
+                execute(path)
+                done += 1
+            counts[index] = done
+            ends[index] = time.perf_counter()
+        except BaseException as exc:
+            failure.append(exc)
+
+    workers = [threading.Thread(target=body, args=(i,), name=f"bench-tp-{i}") for i in range(callers)]
+    for worker in workers:
+        worker.start()
+    start[0] = time.perf_counter()  # read by the callers once the barrier lets them go
+    barrier.wait()
+    for worker in workers:
+        worker.join()
+    if failure:
+        raise failure[0]
+    return sum(counts) / (max(ends) - start[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------------------
+
+
+def progress(text: str) -> None:
+    """A transient progress line on a terminal (nothing when stderr is not one)."""
+    if sys.stderr.isatty():
+        print(f"\r  {text:<40}", end="" if text else "\r", file=sys.stderr, flush=True)
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def measure_startup(cfg: dict[str, Any], tmp: Path, warm_cache: Path) -> dict[str, Any]:
+    cold: dict[int, list[float]] = {n: [] for n in STARTUP_THREADS}
+    warm: dict[int, list[float]] = {n: [] for n in STARTUP_THREADS}
+    for r in range(cfg["cold_rounds"]):
+        for n in STARTUP_THREADS:
+            cache = tmp / f"cold-{n}-{r}"
+            cache.mkdir()
+            cold[n].append(run_child("startup", n, False, cache)["seconds"])
+            written = sum(1 for p in cache.rglob("*.so") if p.is_file())
+            if written < n:
+                raise RuntimeError(f"cold start-up of {n} threads wrote only {written} image files")
+            shutil.rmtree(cache, ignore_errors=True)
+    # Prime the warm cache with every image (and the opcache copies) the rest of the run uses.
+    run_child("startup", max(STARTUP_THREADS), cfg["opcache"], warm_cache)
+    for _ in range(cfg["warm_rounds"]):
+        for n in STARTUP_THREADS:
+            warm[n].append(run_child("startup", n, False, warm_cache)["seconds"])
+    return {"cold": cold, "warm": warm}
+
+
+def measure_rss(cfg: dict[str, Any], warm_cache: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for opcache in (False, True)[: 2 if cfg["opcache"] else 1]:
+        samples: dict[int, list[dict[str, Any]]] = {n: [] for n in RSS_THREADS}
+        for _ in range(cfg["rss_rounds"]):
+            for n in RSS_THREADS:
+                samples[n].append(run_child("rss", n, opcache, warm_cache))
+        row: dict[str, float] = {}
+        lo, hi = RSS_THREADS
+        for key in ("rss", "pss"):
+            for n in RSS_THREADS:
+                row[f"{key}{n}"] = med([s["after"][key] for s in samples[n]]) / 1024
+            row[f"{key}_before"] = med([s["before"][key] for s in samples[lo]]) / 1024
+            row[f"{key}_per_thread"] = (row[f"{key}{hi}"] - row[f"{key}{lo}"]) / (hi - lo)
+        out["opcache" if opcache else "plain"] = row
+    return out
+
+
+def measure_in_process(cfg: dict[str, Any], frankenpy: Any, binary: Path) -> dict[str, Any]:
+    runtimes: dict[str, Any] = {}
+    try:
+        for label, threads, opcache in (
+            ("plain1", 1, False),
+            ("plain2", 2, False),
+            ("op1", 1, True),
+            ("op2", 2, True),
+        )[: 4 if cfg["opcache"] else 2]:
+            runtimes[label] = frankenpy.Runtime(num_threads=threads, opcache=opcache).start()
+            result = runtimes[label].execute_file(str(HELLO))
+            if result.output != HELLO_OUTPUT or not result.ok:
+                raise RuntimeError(f"hello.php on {label}: unexpected result {result!r}")
+        n, warm = cfg["py_iters"], cfg["warmup"]
+        series: dict[str, list[float]] = {
+            k: [] for k in ("c", "main", "thread", "op_main", "op_thread", "glue", "op_glue")
+        }
+        for r in range(cfg["rounds"]):
+            progress(f"overhead round {r + 1}/{cfg['rounds']}")
+            series["c"].append(bare_c_us(binary, cfg["c_iters"]))
+            series["main"].append(exec_loop_us(runtimes["plain1"], n, warm))
+            series["thread"].append(exec_loop_us_in_thread(runtimes["plain1"], n, warm))
+            if cfg["opcache"]:
+                series["op_main"].append(exec_loop_us(runtimes["op1"], n, warm))
+                series["op_thread"].append(exec_loop_us_in_thread(runtimes["op1"], n, warm))
+            for key, label in (("glue", "plain1"), ("op_glue", "op1"))[: 2 if cfg["opcache"] else 1]:
+                glue = glue_only_us(runtimes[label], n, warm)
+                if glue is not None:
+                    series[key].append(glue)
+        tp: dict[str, list[float]] = {k: [] for k in runtimes}
+        for r in range(cfg["tp_rounds"]):
+            progress(f"throughput round {r + 1}/{cfg['tp_rounds']}")
+            for label in tp:
+                tp[label].append(
+                    throughput(runtimes[label], 2 if label.endswith("2") else 1, cfg["tp_seconds"])
+                )
+        progress("")
+        return {"overhead": series, "throughput": tp}
+    finally:
+        for rt in runtimes.values():
+            rt.shutdown()
+
+
+def report(res: dict[str, Any], cfg: dict[str, Any], header: str) -> str:
+    lines = [header, ""]
+    ov, tp, mem, st = res["overhead"], res["throughput"], res["rss"], res["startup"]
+    c = med(ov["c"])
+    lines.append(
+        f"1+5. Per-execution cost, 1 PHP thread, hello.php (median of {cfg['rounds']} interleaved "
+        f"rounds; {cfg['py_iters']} execs/round, C loop {cfg['c_iters']} requests/round)"
+    )
+    lines.append(f"  {'measurement':<46} {'us/exec':>8} {'min-max':>12} {'vs C':>7}  target <= 2x")
+    rows = [
+        ("bare C embed loop (bench_embed_loop -n)", "c", None),
+        ("execute_file, main thread", "main", True),
+        ("execute_file, non-main thread", "thread", True),
+        ("execute_file, main thread, opcache", "op_main", True),
+        ("execute_file, non-main thread, opcache", "op_thread", True),
+        ("(info) C glue only: fp_image_execute via cffi", "glue", None),
+        ("(info) C glue only, opcache", "op_glue", None),
+    ]
+    summary: list[tuple[str, str, bool | None]] = []
+    for label, key, targeted in rows:
+        if not ov[key]:
+            continue
+        value = med(ov[key])
+        ratio = value / c
+        mark = f"  {verdict(ratio <= OVERHEAD_TARGET)}" if targeted else ""
+        lines.append(f"  {label:<46} {value:8.1f} {spread(ov[key]):>12} {ratio:6.2f}x{mark}")
+        if targeted:
+            summary.append(
+                (f"{label}: within 2x of bare C", f"{ratio:.2f}x ({value:.1f} us)", ratio <= OVERHEAD_TARGET)
+            )
+    lines.append("")
+
+    lines.append(
+        f"2+5. Throughput, hello.php, one Python caller thread per PHP thread (median of "
+        f"{cfg['tp_rounds']} rounds of {cfg['tp_seconds']:g} s)"
+    )
+    lines.append(
+        f"  {'runtime':<14} {'1 thread/s':>11} {'2 threads/s':>12} {'2T/1T':>7}  (ideal 2.00x on 2 cores)"
+    )
+    for label, one, two in (("opcache off", "plain1", "plain2"), ("opcache on", "op1", "op2")):
+        if one not in tp:
+            continue
+        t1, t2 = med(tp[one]), med(tp[two])
+        lines.append(f"  {label:<14} {t1:11,.0f} {t2:12,.0f} {t2 / t1:6.2f}x")
+        summary.append((f"throughput 2T/1T, {label} (no target)", f"{t2 / t1:.2f}x", None))
+    lines.append("")
+
+    lo, hi = RSS_THREADS
+    lines.append(
+        f"3+5. Memory per extra PHP thread: fresh process per runtime, each thread ran hello.php once; "
+        f"({hi}T - {lo}T)/{hi - lo}, MiB (median of {cfg['rss_rounds']})"
+    )
+    lines.append(
+        f"  {'runtime':<14} {'RSS before':>10} {'RSS 1T':>8} {'RSS 9T':>8} {'RSS/thr':>8}"
+        f" {'PSS 1T':>8} {'PSS 9T':>8} {'PSS/thr':>8}  target RSS/thr <= 8 MiB"
+    )
+    for label, key in (("opcache off", "plain"), ("opcache on", "opcache")):
+        if key not in mem:
+            continue
+        m = mem[key]
+        ok = m["rss_per_thread"] <= RSS_TARGET_MIB
+        lines.append(
+            f"  {label:<14} {m['rss_before']:10.1f} {m['rss1']:8.1f} {m['rss9']:8.1f} "
+            f"{m['rss_per_thread']:8.2f} {m['pss1']:8.1f} {m['pss9']:8.1f} {m['pss_per_thread']:8.2f}"
+            f"  {verdict(ok)}"
+        )
+        summary.append(
+            (
+                f"RSS per extra PHP thread, {label}: <= 8 MiB",
+                f"{m['rss_per_thread']:.2f} MiB (PSS {m['pss_per_thread']:.2f})",
+                ok,
+            )
+        )
+    lines.append("")
+
+    lines.append(
+        f"4. Start-up, Runtime(num_threads=N).start() in a fresh process, seconds (median; cold: "
+        f"empty cache dir, {cfg['cold_rounds']} runs; warm: {cfg['warm_rounds']} runs)"
+    )
+    lines.append(f"  {'threads':>7} {'cold':>8} {'warm':>8}  target warm(8) < 0.5 s")
+    for n in STARTUP_THREADS:
+        cold, warm = med(st["cold"][n]), med(st["warm"][n])
+        mark = f"  {verdict(warm < STARTUP_TARGET_S)}" if n == 8 else ""
+        lines.append(f"  {n:>7} {cold:8.3f} {warm:8.3f}{mark}")
+        if n == 8:
+            summary.append(("start-up of 8 threads, warm: < 0.5 s", f"{warm:.3f} s", warm < STARTUP_TARGET_S))
+    lines.append("")
+
+    lines.append("Summary")
+    for label, value, ok in summary:
+        result = "info" if ok is None else verdict(ok)
+        lines.append(f"  {result:<7} {label:<62} {value}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (about 15 s)")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw measurements here")
+    parser.add_argument("--child", choices=("rss", "startup"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--opcache", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        measure: Callable[[int, bool], dict[str, Any]] = child_rss if args.child == "rss" else child_startup
+        print(json.dumps(measure(args.threads, args.opcache)))
+        return
+
+    cfg = dict(PROFILES["quick" if args.quick else "full"])
+    began = time.perf_counter()
+    load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    frankenpy = _import_frankenpy()
+    try:
+        frankenpy.images.extension_path("opcache")
+        cfg["opcache"] = True
+    except Exception as exc:
+        cfg["opcache"] = False
+        print(f"opcache rows skipped: {exc}", flush=True)
+    binary = ensure_bench_binary()
+    now = datetime.datetime.now().astimezone()
+    header = (
+        f"frankenpy runtime benchmark, {now:%Y-%m-%d %H:%M %Z}, "
+        f"{'--quick' if args.quick else 'full'} run\n"
+        f"  {platform.node()}: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, frankenpy from {Path(frankenpy.__file__).parent}\n"
+        f"  script {HELLO.relative_to(ROOT)}; C baseline {binary.relative_to(ROOT)} -n "
+        f"(stock embed SAPI, built-in extensions only, no opcache)"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="frankenpy-bench-"))
+    warm_cache = tmp / "warm"
+    warm_cache.mkdir()
+    os.environ["FRANKENPY_CACHE_DIR"] = str(warm_cache)  # this process's runtimes, too
+    results: dict[str, Any] = {}
+    try:
+        print("start-up (fresh processes) ...", flush=True)
+        results["startup"] = measure_startup(cfg, tmp, warm_cache)
+        # Before this process loads any image: the children's PSS must not be shared with ours.
+        print("memory per thread (fresh processes) ...", flush=True)
+        results["rss"] = measure_rss(cfg, warm_cache)
+        print("per-execution cost and throughput (this process) ...", flush=True)
+        results.update(measure_in_process(cfg, frankenpy, binary))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = report(results, cfg, header)
+    print()
+    print(text)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n(total {time.perf_counter() - began:.0f} s; load average at start {load_start}, at end {load})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": cfg, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
