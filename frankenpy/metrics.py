@@ -3,7 +3,9 @@
 Values are read from the runtime when scraped (nothing is counted twice, and gauges are derived
 from thread states, so they cannot go negative).  :func:`exposition` renders the text format
 without any dependency; :func:`register` adds a collector to a ``prometheus_client`` registry
-when that package is installed (``pip install frankenpy[metrics]``).
+when that package is installed (``pip install frankenpy[metrics]``); that library exposes
+counters with a ``_total`` suffix (``frankenphp_worker_crashes_total``), the text exposition here
+keeps FrankenPHP's names exactly.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def exposition(runtime: Runtime) -> str:
     """The Prometheus text exposition format (version 0.0.4) of :func:`collect`."""
     lines: list[str] = []
     for family in collect(runtime):
-        name = family.name + ("_total" if family.kind == "counter" else "")
+        name = family.name  # FrankenPHP's names as they are (its counters carry no _total)
         lines.append(f"# HELP {name} {family.help}")
         lines.append(f"# TYPE {name} {family.kind}")
         for labels, value in family.samples:

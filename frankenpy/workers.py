@@ -314,12 +314,14 @@ class WorkerThread:
                 self.state = RESTARTING
                 continue
             if cap != -1 and self.failures >= cap:
-                self.state = HALTED
+                with self._lock:
+                    if self._drain_requested:
+                        continue  # restart_workers() arrived meanwhile: it revives the worker
+                    self.state = HALTED
                 self.lifecycle_log.error(
                     "halted after %d consecutive failures (max_consecutive_failures=%d); last error: %s",
                     self.failures + 1, cap, result.describe(),
                 )
-                self.group.notify()
                 break
             delay = backoff_delay(self.failures)
             self.lifecycle_log.warning(
@@ -434,6 +436,10 @@ class WorkerGroup:
         running after ``grace`` seconds; waits (start_timeout) until each is ready or halted."""
         draining = []
         for thread in self.threads:
+            with thread._lock:
+                halted = thread.state == HALTED
+            if halted:
+                thread.join(FORCE_STOP_WAIT)  # its loop has ended or is logging the halt
             if thread.alive:
                 draining.append((thread, thread.runs))
                 thread.drain(stop=False)
