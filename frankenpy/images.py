@@ -28,7 +28,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _native
+try:
+    from . import _native
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(f"frankenpy's C extension is not built ({exc}); install it: pip install .") from exc
 
 ffi, lib = _native.ffi, _native.lib
 
@@ -253,5 +256,8 @@ class ImagePool:
             raise ImageError(f"cannot load interpreter image {index}: {ffi.string(err).decode()}")
         return Image(index, directory, handle)
 
+
+# Nothing runs without libphp: say which package to install as soon as the runtime is imported.
+find_libphp()
 
 POOL = ImagePool()
