@@ -575,6 +575,7 @@ static void run_script(fp_request *req)
         php_execute_script(&file);
         zend_destroy_file_handle(&file);
     } else {
+        PG(during_request_startup) = 0; /* php_execute_script() does this for files */
         zend_eval_stringl_ex((char *)req->code, strlen(req->code), NULL, "frankenpy code", 1);
     }
 }

@@ -71,7 +71,12 @@ class PHPThread:
             rc = lib.fp_image_startup(self.image.handle, self.ini.encode(), err, len(err))
         finally:
             _startup.diagnostics = None
-        problems = [str(d) for d in diagnostics if d.type & (1 | 2 | 16 | 32)]
+        # During module start-up PHP reports through its log (type 0: "PHP Warning:  PHP
+        # Startup: Unable to load dynamic library ..."); anything but a deprecation is fatal here.
+        problems = [
+            str(d) for d in diagnostics
+            if d.type & (1 | 2 | 16 | 32) or (d.type == 0 and not d.message.startswith("PHP Deprecated"))
+        ]
         if rc != 0 or problems:
             if rc == 0:
                 lib.fp_image_shutdown(self.image.handle)
