@@ -67,7 +67,7 @@ class Diagnostic:
         return f"PHP {self.label}:  {self.message}{where}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     """What an execution did.
 
@@ -118,6 +118,41 @@ def _encode(value: str | bytes | int | float | bool) -> bytes:
     return data
 
 
+class CStrings:
+    """NUL-terminated strings packed in one C buffer, with a ``char *[]`` pointing at each
+    (two allocations whatever the count).  Keeps its memory alive as long as it lives."""
+
+    def __init__(self, items: Sequence[str | bytes], *, null_terminated: bool = False) -> None:
+        encoded = [_encode(item) for item in items]
+        self.buffer = ffi.new("char[]", b"\0".join(encoded) + b"\0")
+        pointers, offset = [], 0
+        for data in encoded:
+            pointers.append(self.buffer + offset)
+            offset += len(data) + 1
+        if null_terminated:
+            pointers.append(ffi.NULL)
+        self.array = ffi.new("char *[]", pointers)
+        self.count = len(encoded)
+
+
+@dataclass(frozen=True)
+class ScriptArgs:
+    """The C form of a script path, its ``$_SERVER``/``getenv()`` pairs and its ``$argv``:
+    built once per distinct call and reusable (the runtime caches them per script)."""
+
+    script: Any
+    env: CStrings
+    argv: CStrings
+
+    @classmethod
+    def build(cls, script: str | None, pairs: Sequence[tuple[str, str]], argv: Sequence[str]) -> ScriptArgs:
+        return cls(
+            script=ffi.new("char[]", _encode(script)) if script is not None else ffi.NULL,
+            env=CStrings([item for pair in pairs for item in pair]),
+            argv=CStrings(argv, null_terminated=True),
+        )
+
+
 class Request:
     """The ``fp_request`` struct of one execution and the C memory it points to."""
 
@@ -131,16 +166,36 @@ class Request:
         return buf
 
     def set_env(self, pairs: Sequence[tuple[str, str]]) -> None:
-        array = ffi.new("char *[]", [self.cstr(item) for pair in pairs for item in pair])
-        self._keep.append(array)
-        self.struct.env = array
+        strings = CStrings([item for pair in pairs for item in pair])
+        self._keep.append(strings)
+        self.struct.env = strings.array
         self.struct.env_pairs = len(pairs)
 
     def set_argv(self, argv: Sequence[str]) -> None:
-        array = ffi.new("char *[]", [self.cstr(arg) for arg in argv] + [ffi.NULL])
-        self._keep.append(array)
-        self.struct.argv = array
-        self.struct.argc = len(argv)
+        strings = CStrings(argv, null_terminated=True)
+        self._keep.append(strings)
+        self.struct.argv = strings.array
+        self.struct.argc = strings.count
+
+    def apply(self, args: ScriptArgs) -> None:
+        """Point the struct at prepared script, environment and argv."""
+        self._keep.append(args)
+        self.struct.script_path = args.script
+        self.struct.env = args.env.array
+        self.struct.env_pairs = args.env.count // 2
+        self.struct.argv = args.argv.array
+        self.struct.argc = args.argv.count
+
+
+def script_server_vars(script: str, document_root: str = "") -> dict[str, str]:
+    """``$_SERVER`` entries that name the script being run outside HTTP (as the CLI sets them)."""
+    return {
+        "SCRIPT_FILENAME": script,
+        "SCRIPT_NAME": script,
+        "PHP_SELF": script,
+        "PATH_TRANSLATED": script,
+        "DOCUMENT_ROOT": document_root,
+    }
 
 
 def env_pairs(*layers: Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -182,6 +237,7 @@ class Execution:
         self.deadline: float | None = None
         self.limit: float | None = None  # the limit that set the deadline, for messages
         self.stopped = False  # fp_interrupt() reached it
+        self.watched = False  # registered with the watchdog (only once it has a deadline)
         self.lock = threading.Lock()
         self.handle = ffi.new_handle(self)
         self.request.struct.handle = self.handle
@@ -198,16 +254,24 @@ class Execution:
             candidates.append((now + seconds, seconds))
         if self.timeout is not None:
             candidates.append((self.started + self.timeout, self.timeout))
-        with self.lock:
-            self.deadline, self.limit = min(candidates) if candidates else (None, None)
-        if self.thread is not None:
-            self.thread.watchdog.wake()
+        self._arm(*(min(candidates) if candidates else (None, None)))
 
     def stop_now(self) -> None:
         """Force-stop the script (the watchdog interrupts it, and again until it ends)."""
+        self._arm(time.monotonic(), self.limit)
+
+    def _arm(self, deadline: float | None, limit: float | None) -> None:
+        # Executions without a deadline never touch the watchdog: waking its thread costs the
+        # caller the GIL on every call.
         with self.lock:
-            self.deadline = time.monotonic()
-        if self.thread is not None:
+            self.deadline, self.limit = deadline, limit
+            first = deadline is not None and not self.watched
+            self.watched = self.watched or first
+        if self.thread is None:
+            return
+        if first:
+            self.thread.watchdog.watch(self)
+        elif self.watched:
             self.thread.watchdog.wake()
 
     def interrupt(self, seconds: float) -> None:
@@ -224,13 +288,14 @@ class Execution:
         """Execute the prepared request on the calling thread (GIL released while PHP runs)."""
         assert self.thread is not None, "an execution needs a PHP thread to run on"
         self.started = time.monotonic()
-        self.set_deadline(None)
-        self.thread.watchdog.watch(self)
+        if self.timeout is not None:
+            self.set_deadline(None)
         req = self.request.struct
         try:
             lib.fp_image_execute(self.thread.image.handle, req)
         finally:
-            self.thread.watchdog.unwatch(self)
+            if self.watched:
+                self.thread.watchdog.unwatch(self)
         try:
             output = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
             return Result(

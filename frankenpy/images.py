@@ -25,6 +25,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,25 @@ def _identity(path: Path) -> str:
     st = path.stat()
     key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+STALE_AFTER = 3600.0  # seconds
+
+
+def _prune_stale_versions(current: Path) -> None:
+    """Remove the images of other libphp/glue builds, unused for an hour.  A process that still
+    maps such files keeps them (the kernel holds unlinked mappings), so this is safe."""
+    if not current.parent.is_dir():
+        return
+    now = time.time()
+    for entry in current.parent.iterdir():
+        if entry == current or entry.name == "templates" or not entry.is_dir():
+            continue
+        try:
+            if now - entry.stat().st_mtime > STALE_AFTER:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -244,7 +264,10 @@ class ImagePool:
         libphp = find_libphp()
         if not SAPI_LIBRARY.is_file():
             raise ImageError(f"{SAPI_LIBRARY} missing: build frankenpy with `pip install .`")
-        directory = _cache_root() / f"{_identity(libphp)}-{_identity(SAPI_LIBRARY)}" / f"{index:04x}"
+        version = _cache_root() / f"{_identity(libphp)}-{_identity(SAPI_LIBRARY)}"
+        if index == 0:
+            _prune_stale_versions(version)
+        directory = version / f"{index:04x}"
         try:
             php = _bound_copy(libphp, directory / "libphp.so", index)
             sapi = _bound_copy(SAPI_LIBRARY, directory / "sapi.so", index)

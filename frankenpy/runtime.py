@@ -9,10 +9,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from .execution import Execution, Result, env_pairs
+from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
 from .images import POOL, Image, extension_load_order
 from .threads import PHPThread, ThreadPool, Watchdog
 from .workers import WorkerGroup, WorkerStatus
@@ -23,9 +22,17 @@ logger = logging.getLogger("frankenpy")
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
 _INI_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _INI_BARE_VALUE = re.compile(r"^[A-Za-z0-9_.\-+/:,@ ]*$")
-OPCACHE_DEFAULTS = {"opcache.enable": "1", "opcache.memory_consumption": "32", "opcache.jit": "off"}
+# Every PHP thread has its own opcache segment: keep the defaults small (PHP's are 128 MB and an
+# 8 MB interned-strings buffer, which alone costs each thread ~2 MB of resident memory).
+OPCACHE_DEFAULTS = {
+    "opcache.enable": "1",
+    "opcache.memory_consumption": "32",
+    "opcache.interned_strings_buffer": "2",
+    "opcache.jit": "off",
+}
 
 PHPValue = str | int | float | bool
+PREPARED_SCRIPTS = 256  # execute_file() calls without env/argv reuse their C arguments per script
 
 
 def ini_text(settings: Mapping[str, PHPValue]) -> str:
@@ -79,8 +86,11 @@ class Runtime:
         self._user_ini = ini_text(self.php_ini)
         self.extensions = extension_load_order([str(e) for e in extensions])
         self.opcache = bool(opcache)
+        if self.opcache:
+            self._check_opcache_sizes()
         self.env = dict(env or {})
         self._base_env = env_pairs(self.env)
+        self._prepared: dict[str, ScriptArgs] = {}
         self.start_timeout = start_timeout
         self.name = name
         self.workers_group = WorkerGroup(self, workers)
@@ -157,6 +167,22 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def _check_opcache_sizes(self) -> None:
+        """Opcache calls exit() on a segment too small for its interned strings: refuse it here."""
+        sizes = {**OPCACHE_DEFAULTS, **{k: str(v) for k, v in self.php_ini.items()}}
+        try:
+            memory = int(sizes["opcache.memory_consumption"])
+            interned = int(sizes["opcache.interned_strings_buffer"])
+        except ValueError as exc:
+            raise ValueError(f"php_ini: opcache sizes must be whole megabytes: {exc}") from None
+        if memory < 8:
+            raise ValueError(f"php_ini: opcache.memory_consumption must be >= 8 (MB), got {memory}")
+        if not 0 <= interned < memory:
+            raise ValueError(
+                f"php_ini: opcache.interned_strings_buffer ({interned} MB) must be smaller than "
+                f"opcache.memory_consumption ({memory} MB)"
+            )
+
     def ini_for(self, image: Image) -> str:
         """The php.ini text of ``image``'s interpreter: extensions (its own copies), opcache,
         then the user's settings, which win."""
@@ -181,18 +207,19 @@ class Runtime:
         ``env`` adds to ``$_SERVER`` and ``getenv()``; ``argv`` sets ``$argv``/``$argc``
         (default: ``[path]``); ``timeout`` stops the script after that many seconds;
         ``output`` receives the output as it is written instead of collecting it."""
-        script = Path(path).absolute()
-        if not script.is_file():
+        script = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(script):
             raise FileNotFoundError(f"PHP script not found: {script}")
-        script_name = str(script)
-        server = {
-            "SCRIPT_FILENAME": script_name,
-            "SCRIPT_NAME": script_name,
-            "PHP_SELF": script_name,
-            "PATH_TRANSLATED": script_name,
-            "DOCUMENT_ROOT": "",
-        }
-        return self._execute(script_name, None, env, server, argv or [script_name], timeout, output)
+        if env is None and argv is None:
+            args = self._prepared.get(script)
+            if args is None:
+                args = self._prepare(script, None, None)
+                if len(self._prepared) >= PREPARED_SCRIPTS:
+                    self._prepared.clear()
+                self._prepared[script] = args
+        else:
+            args = self._prepare(script, env, argv)
+        return self._execute(args, None, timeout, output)
 
     def execute_code(
         self,
@@ -206,15 +233,19 @@ class Runtime:
         """Run PHP code given without its ``<?php`` tag; otherwise like :meth:`execute_file`."""
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
-        return self._execute(None, code, env, None, argv or ["Standard input code"], timeout, output)
+        return self._execute(self._prepare(None, env, argv), code, timeout, output)
+
+    def _prepare(
+        self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
+    ) -> ScriptArgs:
+        server = script_server_vars(script) if script is not None else None
+        pairs = env_pairs(self.env, server, env) if (env or server) else self._base_env
+        return ScriptArgs.build(script, pairs, argv or [script or "Standard input code"])
 
     def _execute(
         self,
-        script: str | None,
+        args: ScriptArgs,
         code: str | None,
-        env: Mapping[str, str] | None,
-        server: Mapping[str, str] | None,
-        argv: Sequence[str],
         timeout: float | None,
         output: Callable[[bytes], Any] | None,
     ) -> Result:
@@ -224,14 +255,10 @@ class Runtime:
             assert thread is not None
             execution = Execution(thread, output=output, timeout=timeout)
             request = execution.request
-            req = request.struct
-            if script is not None:
-                req.script_path = request.cstr(script)
-            else:
-                req.code = request.cstr(code or "")
-            req.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
-            request.set_env(env_pairs(self.env, server, env) if (env or server) else self._base_env)
-            request.set_argv(argv)
+            request.apply(args)
+            if code is not None:
+                request.struct.code = request.cstr(code)
+            request.struct.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
             return execution.run()
 
     @contextmanager

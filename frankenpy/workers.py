@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .execution import Execution, Result, env_pairs
+from .execution import Execution, Result, env_pairs, script_server_vars
 from .scopes import GLOBAL_SCOPE, metric_name, scope_label
 from .threads import PHPThread, WorkerLogAdapter, php_log_adapter
 
@@ -260,10 +260,7 @@ class WorkerThread:
         req.worker_fd = read_fd
         req.output_mode = 1  # FP_OUTPUT_STREAM
         server = {
-            "SCRIPT_FILENAME": script,
-            "SCRIPT_NAME": script,
-            "PHP_SELF": script,
-            "DOCUMENT_ROOT": str(worker.path.parent),
+            **script_server_vars(script, str(worker.path.parent)),
             "FRANKENPHP_WORKER": worker.name if worker.background else "1",
         }
         request.set_env(env_pairs(self.group.runtime.env, worker.env, server))
