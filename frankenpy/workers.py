@@ -292,10 +292,15 @@ class WorkerThread:
             with self._lock:
                 if result is not None:
                     self.last_result = result
-                if self._stopping:
+                stopping = self._stopping
+                if stopping:
                     self.state = STOPPED
-                    break
                 drained, self._drain_requested = self._drain_requested, False
+            if stopping:
+                # Each worker thread shuts its own interpreter down: in parallel, not one by one
+                # in Runtime.shutdown().
+                self.php.shutdown()
+                break
             if drained or (result is not None and result.ok):
                 # Cooperative restart: the script exited 0, or we drained it (restart_workers).
                 self.restarts += 1

@@ -174,13 +174,18 @@ def run_child(kind: str, threads: int, opcache: bool, cache_dir: Path) -> dict[s
 # --------------------------------------------------------------------------------------------
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def ensure_bench_binary() -> Path:
     """build/cmake/bench_embed_loop, built with CMake when missing or older than its source."""
     if BENCH_BINARY.is_file() and BENCH_BINARY.stat().st_mtime >= BENCH_SOURCE.stat().st_mtime:
         return BENCH_BINARY
     if shutil.which("cmake") is None:
         sys.exit("bench_runtime: cmake not found and build/cmake/bench_embed_loop is missing")
-    print(f"building {BENCH_BINARY.relative_to(ROOT)} with cmake ...", flush=True)
+    print(f"building {shown(BENCH_BINARY)} with cmake ...", flush=True)
     steps = [
         ["cmake", "-S", str(ROOT), "-B", str(BENCH_BUILD_DIR), "-DCMAKE_BUILD_TYPE=Release"],
         ["cmake", "--build", str(BENCH_BUILD_DIR), "--target", "bench_embed_loop", "-j2"],
@@ -533,7 +538,7 @@ def main() -> None:
         f"{'--quick' if args.quick else 'full'} run\n"
         f"  {platform.node()}: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, frankenpy from {Path(frankenpy.__file__).parent}\n"
-        f"  script {HELLO.relative_to(ROOT)}; C baseline {binary.relative_to(ROOT)} -n "
+        f"  script {HELLO.relative_to(ROOT)}; C baseline {shown(binary)} -n "
         f"(stock embed SAPI, built-in extensions only, no opcache)"
     )
     tmp = Path(tempfile.mkdtemp(prefix="frankenpy-bench-"))
