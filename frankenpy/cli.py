@@ -88,25 +88,33 @@ def php_server_config(args: argparse.Namespace) -> Config:
 
 
 def serve(config: Config, grace: float) -> None:
-    """Start the runtime and every server of ``config``; serve until SIGTERM/SIGINT."""
+    """Start the runtime and every server of ``config``; serve until SIGTERM/SIGINT, then stop
+    gracefully.  A signal during start-up is honoured as soon as the runtime has started."""
     from .http.app import PHPApp
-    from .http.server import Server, Site
+    from .http.server import Server, Site, StopSignals
     from .runtime import Runtime
 
-    runtime = Runtime(**config.runtime, workers=config.workers).start()  # type: ignore[arg-type]
-    try:
-        sites = []
-        for server in config.servers:
-            host, port = parse_listen(server.listen)
-            app = PHPApp(runtime, server.root, scope=server.scope, env=server.env,
-                         max_body_size=server.max_body_size, max_wait_time=server.max_wait_time)
-            sites.append(Site(host, port, app, metrics=server.metrics, max_body_size=server.max_body_size))
-        http = Server(runtime, sites)
-        http.start()
-    except BaseException:
-        runtime.shutdown(grace)
-        raise
-    http.serve_forever(grace)
+    with StopSignals() as stop:
+        runtime = Runtime(**config.runtime, workers=config.workers)  # type: ignore[arg-type]
+        runtime.start()
+        http = None
+        try:
+            if not stop.event.is_set():
+                sites = []
+                for server in config.servers:
+                    host, port = parse_listen(server.listen)
+                    app = PHPApp(runtime, server.root, scope=server.scope, env=server.env,
+                                 max_body_size=server.max_body_size, max_wait_time=server.max_wait_time)
+                    sites.append(Site(host, port, app, metrics=server.metrics,
+                                      max_body_size=server.max_body_size))
+                http = Server(runtime, sites)
+                http.start()
+                stop.wait()
+        finally:
+            if http is not None:
+                http.stop(grace)  # then shuts the runtime down
+            else:
+                runtime.shutdown(grace)
 
 
 def build_parser() -> argparse.ArgumentParser:

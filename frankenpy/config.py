@@ -137,9 +137,13 @@ def load(path: str | Path) -> Config:
     path = Path(path)
     source = str(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))  # TOML is UTF-8, whatever the locale
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     return parse(data, source=source, base=path.absolute().parent)
@@ -154,10 +158,15 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
     if not servers_data:
         raise ConfigError(f"{source}: top level: at least one [[server]] table is required")
     servers = [_parse_server(source, base, index, item) for index, item in enumerate(servers_data, 1)]
-    listens = [server.listen for server in servers]
-    for listen in listens:
-        if listens.count(listen) > 1:
-            raise ConfigError(f"{source}: [[server]]: key 'listen': {listen!r} is used by two servers")
+    seen: dict[tuple[str, int], str] = {}
+    for server in servers:
+        address = parse_listen(server.listen)
+        if address in seen:
+            raise ConfigError(
+                f"{source}: [[server]]: key 'listen': {server.listen!r} is the same address as "
+                f"{seen[address]!r}"
+            )
+        seen[address] = server.listen
     return Config(source, runtime, servers)
 
 
@@ -221,5 +230,7 @@ def _parse_server(source: str, base: Path, index: int, data: Any) -> ServerConfi
             worker.validate()
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"{source}: {wtable.where}: {exc}") from None
+        if any(other.name == worker.name for other in server.workers):
+            raise wtable.error("name", f"{worker.name!r} is already a worker of this server")
         server.workers.append(worker)
     return server

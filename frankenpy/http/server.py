@@ -162,17 +162,36 @@ class Server:
 
     def serve_forever(self, grace: float = 30.0) -> None:
         """Serve until SIGTERM or SIGINT (main thread only), then :meth:`stop`."""
-        stop_requested = threading.Event()
+        with StopSignals() as stop:
+            try:
+                stop.wait()
+            finally:
+                self.stop(grace)
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            logger.info("received %s: shutting down", signal.Signals(signum).name, extra={"worker": "-"})
-            stop_requested.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while not stop_requested.wait(0.5):
-                pass
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop(grace)
+class StopSignals:
+    """While active (``with``), SIGTERM and SIGINT set an event instead of killing the process
+    or raising KeyboardInterrupt; the previous handlers come back on exit.  Main thread only."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name, extra={"worker": "-"})
+        self.event.set()
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def wait(self) -> None:
+        """Until a signal came (in short waits, so that the handler gets to run)."""
+        while not self.event.wait(0.5):
+            pass
