@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 2
+#define FP_ABI_VERSION 3
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -48,8 +48,9 @@ typedef struct fp_request fp_request;
 
 /* Callbacks into the host.  `handle` is fp_request.handle of the execution in progress. */
 typedef struct fp_host {
-    /* Output bytes (see fp_output_mode). */
-    void (*output)(void *handle, const char *data, size_t len);
+    /* Output bytes (see fp_output_mode).  Returns 0, or -1 when the client has gone away: PHP
+     * then aborts the script unless it called ignore_user_abort(true). */
+    int (*output)(void *handle, const char *data, size_t len);
     /* A PHP diagnostic (warning, notice, fatal error ...) or an error_log() line.
      * `type` is the E_* constant (0 for error_log()), file/line may be NULL/0. */
     void (*log)(void *handle, int type, const char *file, uint32_t line, const char *message);
@@ -63,6 +64,9 @@ typedef struct fp_host {
     void (*time_limit)(void *handle, int64_t seconds);
     /* A background worker called frankenphp_get_worker_handle() for the first time: ready. */
     void (*worker_ready)(void *handle);
+    /* PHP (re)installs its SIGPROF handler at every request start-up (zend_set_timeout()):
+     * put the host's back.  Called right after, and at the end of every execution. */
+    void (*restore_signals)(void);
     /* An HTTP worker waits for its next request: fill `next` and return 1, or return 0 when the
      * worker is drained.  Blocks as long as the host wants. */
     int (*next_request)(void *handle, fp_request **next);
@@ -84,7 +88,8 @@ struct fp_request {
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */
     int worker_fd;           /* background: read end of the stop pipe (not owned), else -1 */
-    /* --- HTTP request (http = 0 for a CLI-like execution without headers) ---------------- */
+    /* --- HTTP request (http = 0 for a CLI-like execution without headers) ----------------
+     * A HEAD request runs like a GET: its body reaches the host, which must not send it. */
     int http;
     const char *request_method;
     const char *request_uri;

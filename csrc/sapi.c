@@ -44,8 +44,20 @@ static uint64_t exec_counter; /* under exec_mu */
 static uint64_t running_exec; /* under exec_mu: id of the execution in progress, 0 when idle */
 static pthread_t running_thread;
 static int interrupted;
+static int fatal_error; /* a fatal diagnostic was reported during the execution */
 
 static void prepare_request_info(fp_request *req);
+
+/* What sapi_activate() decided that we decide otherwise. */
+static void after_sapi_activate(fp_request *req)
+{
+    if (!req->http) {
+        SG(headers_sent) = 1; /* like the CLI: header() is a no-op without an HTTP response */
+    }
+    /* HEAD runs like GET and the host drops the body, so that it can announce the body's
+     * Content-Length (RFC 9110 9.3.2) instead of none. */
+    SG(request_info).headers_only = 0;
+}
 
 static const char builtin_ini[] =
     /* The host owns output, errors, time limits and the working directory. */
@@ -56,6 +68,7 @@ static const char builtin_ini[] =
     "output_buffering=0\n"
     "max_execution_time=0\n"
     "max_input_time=-1\n"
+    "hard_timeout=0\n" /* never arm ITIMER_PROF after a timeout either */
     "register_argc_argv=1\n"
     "variables_order=EGPCS\n";
 
@@ -87,7 +100,9 @@ static size_t fp_ub_write(const char *str, size_t len)
         return len;
     }
     if (r->output_mode == FP_OUTPUT_STREAM) {
-        host->output(r->handle, str, len);
+        if (host->output(r->handle, str, len) != 0) {
+            php_handle_aborted_connection(); /* bails out unless ignore_user_abort(true) */
+        }
     } else {
         append_output(r, str, len);
     }
@@ -105,8 +120,11 @@ static void fp_flush(void *server_context)
         sapi_send_headers();
     }
     if (r->output_len) {
-        host->output(r->handle, r->output, r->output_len);
+        int gone = host->output(r->handle, r->output, r->output_len) != 0;
         r->output_len = 0;
+        if (gone) {
+            php_handle_aborted_connection();
+        }
     }
 }
 
@@ -187,6 +205,9 @@ static void fp_log_message(const char *message, int syslog_type)
 static void fp_error_cb(int type, zend_string *file, const uint32_t line, zend_string *message)
 {
     int kind = type & E_ALL;
+    if (kind & (E_ERROR | E_CORE_ERROR | E_COMPILE_ERROR | E_USER_ERROR | E_RECOVERABLE_ERROR | E_PARSE)) {
+        fatal_error = 1; /* not every fatal error bails out (uncaught exceptions, OOM unwind) */
+    }
     if ((EG(error_reporting) & kind) || (kind & E_CORE)) {
         host->log(current ? current->handle : NULL, kind, file ? ZSTR_VAL(file) : NULL, line,
                   ZSTR_VAL(message));
@@ -336,9 +357,8 @@ static void layers_startup(fp_request *req, int fresh_superglobals)
         PG(header_is_being_sent) = 0;
         PG(connection_status) = PHP_CONNECTION_NORMAL;
         sapi_activate();
-        if (!req->http) {
-            SG(headers_sent) = 1;
-        } else if (PG(expose_php)) {
+        after_sapi_activate(req);
+        if (req->http && PG(expose_php)) {
             sapi_add_header(SAPI_PHP_VERSION_HEADER, sizeof(SAPI_PHP_VERSION_HEADER) - 1, 1);
         }
         if (PG(output_handler) && PG(output_handler)[0]) {
@@ -425,7 +445,10 @@ PHP_FUNCTION(frankenphp_handle_request)
         if (zend_is_unwind_exit(EG(exception)) || zend_is_graceful_exit(EG(exception))) {
             zend_bailout(); /* exit(): the script ends; fp_execute() finishes the request */
         }
+        /* The request fails (500), the worker lives on: keep its exit status clean. */
+        int exit_status = EG(exit_status);
         zend_exception_error(EG(exception), E_ERROR);
+        EG(exit_status) = exit_status;
     }
     finish_http_request();
     RETURN_TRUE;
@@ -589,15 +612,16 @@ int fp_execute(fp_request *req)
     script_req = current = req;
     prepare_request_info(req);
 
-    if (php_request_startup() == FAILURE) {
+    fatal_error = 0;
+    int started = php_request_startup();
+    host->restore_signals();
+    if (started == FAILURE) {
         req->end_reason = FP_END_STARTUP;
         req->exit_status = 255;
         script_req = current = NULL;
         return req->exit_status;
     }
-    if (!req->http) {
-        SG(headers_sent) = 1; /* like the CLI: header() is a no-op without an HTTP response */
-    }
+    after_sapi_activate(req);
     EG(exit_status) = 0; /* not reset by request start-up: the previous script's would stick */
 
     pthread_mutex_lock(&exec_mu);
@@ -631,11 +655,14 @@ int fp_execute(fp_request *req)
     running_exec = 0;
     if (interrupted) {
         req->end_reason = FP_END_INTERRUPT;
+    } else if (fatal_error) {
+        req->end_reason = FP_END_BAILOUT;
     }
     EG(timeout_seconds) = 0;
     pthread_mutex_unlock(&exec_mu);
 
     restore_cwd();
+    host->restore_signals(); /* zend_timeout() re-registers PHP's SIGPROF handler */
     worker_handle = NULL; /* freed with the request's resource list */
     SG(server_context) = NULL;
     script_req = current = NULL;

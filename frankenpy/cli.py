@@ -32,11 +32,13 @@ class _WorkerNameFilter(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, access_log: bool) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_WorkerNameFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    if not access_log:  # a line per request costs ~10 % of throughput: opt in, as in Caddy
+        logging.getLogger("frankenpy.access").setLevel(logging.WARNING)
 
 
 def _split_count(value: str, option: str) -> tuple[str, int]:
@@ -120,6 +122,7 @@ def serve(config: Config, grace: float) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frankenpy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--access-log", action="store_true", help="log every request (frankenpy.access)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on stop (default 30)")
     commands = parser.add_subparsers(dest="command")
     run = commands.add_parser("run", help="serve the servers and workers of a TOML configuration")
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.access_log)
     try:
         if args.command == "php-server":
             config = php_server_config(args)

@@ -320,9 +320,11 @@ class Execution:
             level = logging.INFO
         self.logger.log(level, "%s", diagnostic)
 
-    def on_output(self, data: bytes) -> None:
+    def on_output(self, data: bytes) -> bool:
+        """Deliver output; False when its reader has gone away (the script is then aborted)."""
         if self.output is not None:
             self.output(data)
+        return True
 
     def on_headers(self, status: int, lines: list[str]) -> None:
         """Response status and header lines (HTTP executions override this)."""
@@ -353,11 +355,17 @@ def _execution(handle: Any) -> Execution | None:
     return ffi.from_handle(handle) if handle != ffi.NULL else None
 
 
-@ffi.def_extern(onerror=lambda *exc: php_logger.error("output callback failed", exc_info=exc))
-def fp_py_output(handle: Any, data: Any, length: int) -> None:
+def _output_failed(exc_type: Any, exc: Any, tb: Any) -> int:
+    php_logger.error("output callback failed", exc_info=(exc_type, exc, tb))
+    return 0
+
+
+@ffi.def_extern(onerror=_output_failed)
+def fp_py_output(handle: Any, data: Any, length: int) -> int:
     execution = _execution(handle)
-    if execution is not None:
-        execution.on_output(bytes(ffi.buffer(data, length)))
+    if execution is not None and not execution.on_output(bytes(ffi.buffer(data, length))):
+        return -1  # the client is gone
+    return 0
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("log callback failed", exc_info=exc))

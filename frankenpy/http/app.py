@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from .workers import request_queue
 logger = logging.getLogger("frankenpy.http")
 
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
+ROUTE_TTL = 2.0  # seconds a PHP route is reused before the file system is asked again
+ROUTE_CACHE_SIZE = 4096
 
 
 class PHPApp:
@@ -60,6 +63,7 @@ class PHPApp:
         self._matched = [(w.match, w) for w in http_workers if w.match]
         self._by_file = {str(w.path): w for w in http_workers if not w.match}
         self._log = WorkerLogAdapter(logger, {"worker": "-"})
+        self._routes: dict[str, tuple[float, Route]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         raw_path = environ.get("PATH_INFO", "") or "/"
@@ -73,7 +77,7 @@ class PHPApp:
                 script_filename=str(worker.path), real_path=str(worker.path),
             )
         else:
-            route = resolve(self.document_root, raw_path, query_string=environ.get("QUERY_STRING", ""))
+            route = self._route(raw_path, environ.get("QUERY_STRING", ""))
             if route.kind is not RouteKind.PHP:
                 response = respond(route, environ)
                 start_response(response.status_line, response.headers)
@@ -96,6 +100,20 @@ class PHPApp:
             exchange.thread = thread
             exchange.logger = thread.logger
             return exchange.run_classic()
+
+    def _route(self, raw_path: str, query_string: str) -> Route:
+        """resolve(), with PHP routes cached for ROUTE_TTL seconds (as PHP's realpath cache
+        does): resolving costs about ten stat() calls."""
+        now = time.monotonic()
+        cached = self._routes.get(raw_path)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        route = resolve(self.document_root, raw_path, query_string=query_string)
+        if route.kind is RouteKind.PHP:
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[raw_path] = (now + ROUTE_TTL, route)
+        return route
 
     def _via_worker(
         self, exchange: HTTPExchange, worker: Worker, start_response: StartResponse

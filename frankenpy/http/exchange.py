@@ -15,14 +15,21 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
+from wsgiref.util import is_hop_by_hop
 
-from ..execution import Execution, env_pairs
+from ..execution import Execution
 from ..threads import PHPThread
 from .routing import Route, cgi_environ
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 
-_END = object()
+class _End:
+    """The worker finished the request; ``rest`` is the body not flushed before."""
+
+    __slots__ = ("rest",)
+
+    def __init__(self, rest: bytes) -> None:
+        self.rest = rest
 
 
 def status_line(status: int) -> str:
@@ -33,12 +40,15 @@ def status_line(status: int) -> str:
 
 
 def parse_header_lines(lines: Iterable[str]) -> list[tuple[str, str]]:
-    """PHP's ``Name: value`` lines as WSGI header tuples (latin-1 native strings)."""
+    """PHP's ``Name: value`` lines as WSGI header tuples (latin-1 native strings).  Hop-by-hop
+    headers (``Connection``, ``Transfer-Encoding`` ...) belong to the server, which PEP 3333
+    forbids an application to set: they are dropped."""
     headers = []
     for line in lines:
         name, sep, value = line.partition(":")
-        if sep and name.strip():
-            headers.append((name.strip(), value.strip()))
+        name = name.strip()
+        if sep and name and not is_hop_by_hop(name):
+            headers.append((name, value.strip()))
     return headers
 
 
@@ -67,6 +77,7 @@ class HTTPExchange(Execution):
         self.claimed = threading.Event()  # a worker thread took it
         self.cancelled = False  # the client stopped waiting for a worker (503)
         self.worker_crashed = False
+        self.client_gone = False  # a write to the client failed: PHP aborts the script
 
         cgi = cgi_environ(environ, route, extra=server_env)
         request = self.request
@@ -74,6 +85,7 @@ class HTTPExchange(Execution):
         req.http = 1
         req.output_mode = 2  # FP_OUTPUT_FLUSH: deliver on flush() and at the end
         req.request_method = request.cstr(cgi["REQUEST_METHOD"])
+        self.head = cgi["REQUEST_METHOD"] == "HEAD"
         req.request_uri = request.cstr(cgi["REQUEST_URI"])
         req.query_string = request.cstr(cgi["QUERY_STRING"])
         if cgi.get("CONTENT_TYPE"):
@@ -83,26 +95,24 @@ class HTTPExchange(Execution):
         if "HTTP_AUTHORIZATION" in cgi:
             req.authorization = request.cstr(cgi["HTTP_AUTHORIZATION"])
         req.content_length = len(body)
-        request.set_env(env_pairs(runtime_env, cgi))
+        # Both layers are valid names already (the runtime's env was checked at construction).
+        request.set_env(list({**runtime_env, **cgi}.items()))
         self.script = route.script_filename
 
     # --- running it ------------------------------------------------------------------------------
     def run_classic(self) -> list[bytes]:
         """Run the script on this (the WSGI) thread; returns the rest of the body."""
         self.request.struct.script_path = self.request.cstr(self.script)
-        result = self.run()
-        self._start()
-        return [result.output] if result.output else []
+        return self._finish(self.run().output)
 
     def wait_for_worker(self) -> list[bytes]:
         """Called on the WSGI thread after a worker claimed the request: write what the worker
-        produces until the request is done; returns nothing left to send."""
+        flushes as it comes; returns the rest of the body."""
         assert self._events is not None
         while True:
             event = self._events.get()
-            if event is _END:
-                self._start()
-                return []
+            if isinstance(event, _End):
+                return self._finish(event.rest)
             self._emit(event)
 
     def handed_to_worker(self) -> None:
@@ -113,20 +123,18 @@ class HTTPExchange(Execution):
         """The worker is done with this request (on the worker thread)."""
         assert self._events is not None
         self.worker_crashed = crashed
-        if rest:
-            self._events.put(rest)
-        self._events.put(_END)
+        self._events.put(_End(rest))
 
     # --- SAPI callbacks ----------------------------------------------------------------------------
     def on_headers(self, status: int, lines: list[str]) -> None:
         self.status = status
         self.headers = parse_header_lines(lines)
 
-    def on_output(self, data: bytes) -> None:
+    def on_output(self, data: bytes) -> bool:
         if self._events is not None:
             self._events.put(data)  # worker thread -> WSGI thread
-        else:
-            self._emit(data)
+            return not self.client_gone
+        return self._emit(data)
 
     def read_body(self, size: int) -> bytes:
         chunk, self._body = self._body[:size], self._body[size:]
@@ -137,8 +145,26 @@ class HTTPExchange(Execution):
         if self._write is None:
             self._write = self.start_response(status_line(self.status), self.headers)
 
-    def _emit(self, data: bytes) -> None:
+    def _finish(self, rest: bytes) -> list[bytes]:
+        """Start the response if nothing was flushed (then with a Content-Length, which keeps
+        the connection alive) and return the rest of the body."""
+        bodiless = 100 <= self.status < 200 or self.status in (204, 304)
+        if self._write is None and not bodiless:
+            if not any(name.lower() == "content-length" for name, _ in self.headers):
+                self.headers.append(("Content-Length", str(len(rest))))
         self._start()
-        if data:
-            assert self._write is not None
-            self._write(data)
+        return [rest] if rest and not self.head else []
+
+    def _emit(self, data: bytes) -> bool:
+        """Write a flushed chunk to the client; False once the client has gone away."""
+        if self.client_gone:
+            return False
+        try:
+            self._start()
+            if data and not self.head:  # HEAD: the glue produces the body; it is not sent
+                assert self._write is not None
+                self._write(data)
+        except Exception as exc:  # each WSGI server has its own "client disconnected" error
+            self.logger.info("client gone while streaming the response: %r", exc)
+            self.client_gone = True
+        return not self.client_gone

@@ -45,6 +45,25 @@ class Site:
     max_body_size: int = 8 * 1024 * 1024
 
 
+OUTPUT_FLUSH_WAIT = 2.0  # seconds a stop waits for finished responses to leave waitress's buffers
+
+
+def _pending_output(server: Any) -> bool:
+    return any(getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values()))
+
+
+def _close_everything(server: Any) -> None:
+    """Close the listener and every idle connection of a waitress server, and the others once
+    their response is out; its loop then ends.  Runs on the loop thread."""
+    for channel in list(server._map.values()):
+        if channel is server.trigger:
+            channel.del_channel()  # out of the loop; closed once no task can pull it any more
+        elif getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0):
+            channel.close_when_flushed = True  # a response is on its way: let it finish
+        else:
+            channel.close()  # the listener, idle keep-alive connections
+
+
 class _Response:
     """Wraps a response iterable to log the request and count it as in flight until closed."""
 
@@ -72,7 +91,10 @@ class Server:
         self.runtime = runtime
         self.sites = sites
         http_threads = sum(w.num for w in runtime.workers_group.workers if not w.background)
-        self.threads = threads or max(8, 2 * (runtime.num_threads + http_threads))
+        # A request holds a WSGI thread while PHP runs it: a few more than PHP threads keeps
+        # every PHP thread busy; more only adds GIL contention (measured: 8 threads ran hello
+        # at 60 % of the rate of 2).
+        self.threads = threads or runtime.num_threads + http_threads + 2
         self._in_flight = 0
         self._cond = threading.Condition()
         self._draining = False
@@ -97,7 +119,7 @@ class Server:
                 if not draining:
                     self._in_flight += 1
             if draining:
-                response = simple_response(503, "server shutting down\n", headers=[("Connection", "close")])
+                response = simple_response(503, "server shutting down\n")
                 start_response(response.status_line, response.headers)
                 return response.body
             try:
@@ -143,7 +165,7 @@ class Server:
 
     @property
     def ports(self) -> list[int]:
-        return [server.effective_port for server in self._servers]
+        return [int(server.effective_port) for server in self._servers]
 
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new requests, let in-flight ones finish (``grace`` seconds at most), close
@@ -153,10 +175,18 @@ class Server:
             if not self._cond.wait_for(lambda: self._in_flight == 0, grace):
                 logger.warning("%d request(s) still running after %.1f s", self._in_flight, grace,
                                extra={"worker": "-"})
+        # Let responses already handed to waitress leave its buffers, then close every socket
+        # from the server's own loop thread (closing under a running select() gives EBADF).
+        deadline = time.monotonic() + min(grace, OUTPUT_FLUSH_WAIT)
+        while time.monotonic() < deadline and any(_pending_output(server) for server in self._servers):
+            time.sleep(0.01)
         for server in self._servers:
-            server.close()
+            server.trigger.pull_trigger(lambda server=server: _close_everything(server))
         for loop in self._loops:
             loop.join(5.0)
+        for server in self._servers:
+            server.task_dispatcher.shutdown()
+            server.trigger.close()
         self.runtime.shutdown(grace)
         self._stopped.set()
 

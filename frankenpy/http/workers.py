@@ -30,8 +30,11 @@ class RequestQueue:
         exchange.handed_to_worker()
         with self._cond:
             self._items.append(exchange)
-            self._cond.notify_all()
-            if self._cond.wait_for(exchange.claimed.is_set, max_wait):
+            self._cond.notify()  # one idle worker thread is enough
+        if exchange.claimed.wait(max_wait):
+            return True
+        with self._cond:
+            if exchange.claimed.is_set():  # taken just now
                 return True
             self._items.remove(exchange)
             exchange.cancelled = True
@@ -42,10 +45,11 @@ class RequestQueue:
         with self._cond:
             self._cond.wait_for(lambda: self._items or thread.draining)
             if thread.draining:
+                if self._items:
+                    self._cond.notify()  # leave the request to another thread of the worker
                 return None
             exchange = self._items.popleft()
             exchange.claimed.set()
-            self._cond.notify_all()  # wake the submitter
             return exchange
 
     def wake(self) -> None:
