@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 3
+#define FP_ABI_VERSION 4
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -78,8 +78,9 @@ struct fp_request {
     /* --- what to run ------------------------------------------------------------------ */
     const char *script_path; /* file to execute; NULL to evaluate `code` instead */
     const char *code;        /* PHP code without the opening tag, when script_path is NULL */
-    /* $_SERVER entries, also answered by getenv(): NAME, VALUE, NAME, VALUE, ... */
-    const char *const *env;
+    /* $_SERVER entries, also answered by getenv(): env_pairs pairs packed in one block,
+     * "NAME\0VALUE\0NAME\0VALUE\0..." (one allocation for the host, none per string). */
+    const char *env;
     size_t env_pairs;
     char **argv; /* $argv / $argc; may be NULL */
     int argc;

@@ -169,9 +169,13 @@ static void fp_register_variables(zval *track_vars)
     if (!r) {
         return;
     }
+    const char *entry = r->env;
     for (size_t i = 0; i < r->env_pairs; i++) {
-        const char *value = r->env[2 * i + 1];
-        php_register_variable_safe((char *)r->env[2 * i], (char *)value, strlen(value), track_vars);
+        const char *name = entry;
+        const char *value = name + strlen(name) + 1;
+        size_t value_len = strlen(value);
+        php_register_variable_safe((char *)name, (char *)value, value_len, track_vars);
+        entry = value + value_len + 1;
     }
     if (script_req && script_req->worker_kind == FP_WORKER_BACKGROUND) {
         add_assoc_bool(track_vars, "FRANKENPHP_WORKER_BACKGROUND", 1);
@@ -185,11 +189,14 @@ static char *fp_getenv(const char *name, size_t name_len)
     if (!r) {
         return NULL;
     }
+    const char *entry = r->env;
     for (size_t i = 0; i < r->env_pairs; i++) {
-        const char *key = r->env[2 * i];
-        if (strlen(key) == name_len && memcmp(key, name, name_len) == 0) {
-            return (char *)r->env[2 * i + 1];
+        size_t key_len = strlen(entry);
+        const char *value = entry + key_len + 1;
+        if (key_len == name_len && memcmp(entry, name, name_len) == 0) {
+            return (char *)value;
         }
+        entry = value + strlen(value) + 1;
     }
     return NULL;
 }

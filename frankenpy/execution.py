@@ -118,21 +118,32 @@ def _encode(value: str | bytes | int | float | bool) -> bytes:
     return data
 
 
-class CStrings:
-    """NUL-terminated strings packed in one C buffer, with a ``char *[]`` pointing at each
-    (two allocations whatever the count).  Keeps its memory alive as long as it lives."""
+def pack_strings(items: Sequence[str]) -> bytes:
+    """``items`` as one block of NUL-terminated strings (the form of ``fp_request.env``);
+    ValueError if one holds a NUL byte."""
+    block = "\0".join(items).encode("utf-8", "surrogateescape")
+    if block.count(b"\0") != max(len(items) - 1, 0):
+        raise ValueError(f"NUL byte in one of {list(items)!r}")
+    return block  # ffi.new("char[]", block) adds the last NUL
 
-    def __init__(self, items: Sequence[str | bytes], *, null_terminated: bool = False) -> None:
-        encoded = [_encode(item) for item in items]
-        self.buffer = ffi.new("char[]", b"\0".join(encoded) + b"\0")
+
+def env_block(pairs: Sequence[tuple[str, str]]) -> Any:
+    """The C block of ``$_SERVER``/``getenv()`` pairs for ``fp_request.env``."""
+    return ffi.new("char[]", pack_strings([item for pair in pairs for item in pair]))
+
+
+class CArgv:
+    """A NULL-terminated ``char *argv[]`` and the strings it points into."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        block = pack_strings(argv)
+        self.buffer = ffi.new("char[]", block)
         pointers, offset = [], 0
-        for data in encoded:
+        for _ in argv:
             pointers.append(self.buffer + offset)
-            offset += len(data) + 1
-        if null_terminated:
-            pointers.append(ffi.NULL)
-        self.array = ffi.new("char *[]", pointers)
-        self.count = len(encoded)
+            offset = block.find(b"\0", offset) + 1
+        self.array = ffi.new("char *[]", [*pointers, ffi.NULL])
+        self.count = len(argv)
 
 
 @dataclass(frozen=True)
@@ -141,15 +152,17 @@ class ScriptArgs:
     built once per distinct call and reusable (the runtime caches them per script)."""
 
     script: Any
-    env: CStrings
-    argv: CStrings
+    env: Any
+    env_pairs: int
+    argv: CArgv
 
     @classmethod
     def build(cls, script: str | None, pairs: Sequence[tuple[str, str]], argv: Sequence[str]) -> ScriptArgs:
         return cls(
             script=ffi.new("char[]", _encode(script)) if script is not None else ffi.NULL,
-            env=CStrings([item for pair in pairs for item in pair]),
-            argv=CStrings(argv, null_terminated=True),
+            env=env_block(pairs),
+            env_pairs=len(pairs),
+            argv=CArgv(argv),
         )
 
 
@@ -166,13 +179,13 @@ class Request:
         return buf
 
     def set_env(self, pairs: Sequence[tuple[str, str]]) -> None:
-        strings = CStrings([item for pair in pairs for item in pair])
-        self._keep.append(strings)
-        self.struct.env = strings.array
+        block = env_block(pairs)
+        self._keep.append(block)
+        self.struct.env = block
         self.struct.env_pairs = len(pairs)
 
     def set_argv(self, argv: Sequence[str]) -> None:
-        strings = CStrings(argv, null_terminated=True)
+        strings = CArgv(argv)
         self._keep.append(strings)
         self.struct.argv = strings.array
         self.struct.argc = strings.count
@@ -181,8 +194,8 @@ class Request:
         """Point the struct at prepared script, environment and argv."""
         self._keep.append(args)
         self.struct.script_path = args.script
-        self.struct.env = args.env.array
-        self.struct.env_pairs = args.env.count // 2
+        self.struct.env = args.env
+        self.struct.env_pairs = args.env_pairs
         self.struct.argv = args.argv.array
         self.struct.argc = args.argv.count
 

@@ -119,9 +119,11 @@ class PHPApp:
         self, exchange: HTTPExchange, worker: Worker, start_response: StartResponse
     ) -> Iterable[bytes]:
         queue = request_queue(self.runtime.workers_group, worker.scope, worker.name)
-        if not queue.submit(exchange, self.max_wait_time):
+        queue.submit(exchange)
+        body = exchange.wait_for_worker(lambda: queue.withdraw(exchange), self.max_wait_time)
+        if body is None:
             return self._refuse(start_response, 503, f"no free thread of worker {worker.name!r}")
-        return exchange.wait_for_worker()
+        return body
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | None:
         """The whole request body, or None when it exceeds ``max_body_size``."""

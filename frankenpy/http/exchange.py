@@ -11,7 +11,6 @@ waiting WSGI thread through a queue, which that thread writes the same way.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -74,8 +73,7 @@ class HTTPExchange(Execution):
         self._write: Callable[[bytes], Any] | None = None
         self._body = memoryview(body)
         self._events: queue.SimpleQueue[Any] | None = None  # set when a worker runs it
-        self.claimed = threading.Event()  # a worker thread took it
-        self.cancelled = False  # the client stopped waiting for a worker (503)
+        self.claimed = False  # a worker thread took it (set under its RequestQueue's lock)
         self.worker_crashed = False
         self.client_gone = False  # a write to the client failed: PHP aborts the script
 
@@ -105,12 +103,21 @@ class HTTPExchange(Execution):
         self.request.struct.script_path = self.request.cstr(self.script)
         return self._finish(self.run().output)
 
-    def wait_for_worker(self) -> list[bytes]:
-        """Called on the WSGI thread after a worker claimed the request: write what the worker
-        flushes as it comes; returns the rest of the body."""
+    def wait_for_worker(self, withdraw: Callable[[], bool], max_wait: float | None) -> list[bytes] | None:
+        """On the WSGI thread, once the request is queued for a worker: write what the worker
+        flushes as it comes and return the rest of the body.  None when no worker thread took
+        the request within ``max_wait`` seconds and ``withdraw()`` took it back (503)."""
         assert self._events is not None
+        timeout = max_wait
         while True:
-            event = self._events.get()
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                if withdraw():
+                    return None
+                timeout = None  # claimed meanwhile: its response is coming
+                continue
+            timeout = None
             if isinstance(event, _End):
                 return self._finish(event.rest)
             self._emit(event)

@@ -25,20 +25,20 @@ class RequestQueue:
         self._items: deque[HTTPExchange] = deque()
         self._cond = threading.Condition()
 
-    def submit(self, exchange: HTTPExchange, max_wait: float | None) -> bool:
-        """Queue ``exchange``; False if no thread took it within ``max_wait`` seconds."""
+    def submit(self, exchange: HTTPExchange) -> None:
+        """Queue ``exchange`` for the next free thread of the worker."""
         exchange.handed_to_worker()
         with self._cond:
             self._items.append(exchange)
             self._cond.notify()  # one idle worker thread is enough
-        if exchange.claimed.wait(max_wait):
-            return True
+
+    def withdraw(self, exchange: HTTPExchange) -> bool:
+        """Take ``exchange`` back if no thread has claimed it yet (its client gets a 503)."""
         with self._cond:
-            if exchange.claimed.is_set():  # taken just now
-                return True
+            if exchange.claimed:
+                return False
             self._items.remove(exchange)
-            exchange.cancelled = True
-            return False
+            return True
 
     def take(self, thread: HTTPWorkerThread) -> HTTPExchange | None:
         """The next request for ``thread``, waiting for one; None once the thread drains."""
@@ -49,7 +49,7 @@ class RequestQueue:
                     self._cond.notify()  # leave the request to another thread of the worker
                 return None
             exchange = self._items.popleft()
-            exchange.claimed.set()
+            exchange.claimed = True
             return exchange
 
     def wake(self) -> None:
