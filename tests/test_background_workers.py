@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_for
 
 import frankenpy
 
@@ -47,17 +48,6 @@ HANDLE_ERROR = "frankenphp_get_worker_handle() can only be called from a backgro
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
-             interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def status(rt: frankenpy.Runtime, name: str, scope: int = frankenpy.GLOBAL_SCOPE) -> frankenpy.WorkerStatus:

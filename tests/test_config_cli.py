@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_for
 
 import frankenpy
 from frankenpy import cli
@@ -77,15 +78,6 @@ def write_config(directory: Path, text: str, name: str = "frankenpy.toml") -> Pa
     return write(directory / name, textwrap.dedent(text).lstrip("\n"))
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

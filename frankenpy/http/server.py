@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from waitress import wasyncore
 from waitress.server import create_server
 
 from ..runtime import Runtime
@@ -58,10 +59,14 @@ def _close_everything(server: Any) -> None:
     for channel in list(server._map.values()):
         if channel is server.trigger:
             channel.del_channel()  # out of the loop; closed once no task can pull it any more
+        elif channel is server:
+            # The listener; waitress's own close() would close the trigger too, under the feet
+            # of a stop() or a task thread still pulling it.
+            wasyncore.dispatcher.close(server)
         elif getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0):
             channel.close_when_flushed = True  # a response is on its way: let it finish
         else:
-            channel.close()  # the listener, idle keep-alive connections
+            channel.close()  # idle keep-alive connections
 
 
 class _Response:
