@@ -70,7 +70,8 @@ typedef struct fp_host {
     /* An HTTP worker waits for its next request: fill `next` and return 1, or return 0 when the
      * worker is drained.  Blocks as long as the host wants. */
     int (*next_request)(void *handle, fp_request **next);
-    /* The request that next_request() handed out is complete (its output was delivered). */
+    /* The request that next_request() handed out is complete: take what is left of its output
+     * (`output`, `output_len`) now, the glue frees it when this returns. */
     void (*request_done)(void *handle, fp_request *done);
 } fp_host;
 

@@ -413,6 +413,7 @@ static void finish_http_request(void)
     layers_shutdown();
     layers_startup(script_req, 0);
     host->request_done(script_req->handle, done);
+    fp_request_clear(done); /* the host copied what it needed in request_done() */
 }
 
 PHP_FUNCTION(frankenphp_handle_request)
@@ -453,9 +454,10 @@ PHP_FUNCTION(frankenphp_handle_request)
             zend_bailout(); /* exit(): the script ends; fp_execute() finishes the request */
         }
         /* The request fails (500), the worker lives on: keep its exit status clean. */
-        int exit_status = EG(exit_status);
+        int exit_status = EG(exit_status), was_fatal = fatal_error;
         zend_exception_error(EG(exception), E_ERROR);
         EG(exit_status) = exit_status;
+        fatal_error = was_fatal;
     }
     finish_http_request();
     RETURN_TRUE;
@@ -614,12 +616,14 @@ int fp_execute(fp_request *req)
 {
     req->exit_status = 0;
     req->exec_id = 0;
+    req->output_len = 0; /* a reused request keeps its buffer */
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
     script_req = current = req;
     prepare_request_info(req);
 
     fatal_error = 0;
+    host->restore_signals(); /* first learn the host's current SIGPROF disposition */
     int started = php_request_startup();
     host->restore_signals();
     if (started == FAILURE) {

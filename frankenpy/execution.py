@@ -166,11 +166,26 @@ class ScriptArgs:
         )
 
 
-class Request:
-    """The ``fp_request`` struct of one execution and the C memory it points to."""
+_REQUEST_SIZE = ffi.sizeof("fp_request")
+_ZERO_REQUEST = bytes(_REQUEST_SIZE)
+KEPT_OUTPUT_BUFFER = 1 << 20  # a reused request keeps an output buffer up to this size
 
-    def __init__(self) -> None:
-        self.struct = ffi.new("fp_request *")
+
+class Request:
+    """The ``fp_request`` struct of one execution and the C memory it points to.
+
+    ``shared`` is a PHP thread's own struct, reused execution after execution: it keeps its
+    output buffer (C reallocates it as it grows), which saves an allocation and a C call."""
+
+    def __init__(self, shared: Any = None) -> None:
+        self.shared = shared is not None
+        if shared is None:
+            self.struct = ffi.new("fp_request *")
+        else:
+            output, capacity = shared.output, shared.output_cap
+            ffi.memmove(shared, _ZERO_REQUEST, _REQUEST_SIZE)
+            shared.output, shared.output_cap = output, capacity
+            self.struct = shared
         self._keep: list[Any] = []
 
     def cstr(self, value: str | bytes | int | float | bool) -> Any:
@@ -237,9 +252,10 @@ class Execution:
         logger: logging.LoggerAdapter[logging.Logger] | None = None,
         worker_ready: Callable[[], None] | None = None,
         honor_initial_time_limit: bool = True,
+        reuse_request: bool = False,
     ) -> None:
         self.thread = thread
-        self.request = Request()
+        self.request = Request(thread.request if thread is not None and reuse_request else None)
         self.output = output
         self.timeout = timeout
         self.logger = logger or (thread.logger if thread is not None else php_logger_adapter)
@@ -320,7 +336,8 @@ class Execution:
                 time_limit=self.limit,
             )
         finally:
-            lib.fp_image_request_clear(self.thread.image.handle, req)
+            if not self.request.shared or req.output_cap > KEPT_OUTPUT_BUFFER:
+                lib.fp_image_request_clear(self.thread.image.handle, req)
 
     # --- callbacks ------------------------------------------------------------------------------
     def on_log(self, diagnostic: Diagnostic) -> None:

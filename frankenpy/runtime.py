@@ -251,15 +251,19 @@ class Runtime:
     ) -> Result:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        with self.borrow_thread() as thread:
-            assert thread is not None
-            execution = Execution(thread, output=output, timeout=timeout)
+        pool = self._running_pool()
+        thread = pool.acquire()
+        assert thread is not None
+        try:
+            execution = Execution(thread, output=output, timeout=timeout, reuse_request=True)
             request = execution.request
             request.apply(args)
             if code is not None:
                 request.struct.code = request.cstr(code)
             request.struct.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
             return execution.run()
+        finally:
+            pool.release(thread)
 
     @contextmanager
     def borrow_thread(self, timeout: float | None = None) -> Iterator[PHPThread | None]:

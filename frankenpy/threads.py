@@ -62,6 +62,7 @@ class PHPThread:
         self.name = name
         self.logger = php_log_adapter(name)
         self.started = False
+        self.request = ffi.new("fp_request *")  # reused by regular executions (execution.Request)
 
     def start(self) -> None:
         """Start the interpreter; raises RuntimeError with what PHP reported."""
@@ -86,6 +87,7 @@ class PHPThread:
 
     def shutdown(self) -> None:
         if self.started:
+            lib.fp_image_request_clear(self.image.handle, self.request)
             lib.fp_image_shutdown(self.image.handle)
             self.started = False
 
@@ -116,7 +118,10 @@ class ThreadPool:
     def release(self, thread: PHPThread) -> None:
         with self._cond:
             self._idle.append(thread)
-            self._cond.notify()
+            if self._closed:
+                self._cond.notify_all()  # close() waits for every thread to come back
+            elif self.waiting:
+                self._cond.notify()
 
     @property
     def busy(self) -> int:

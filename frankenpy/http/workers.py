@@ -96,8 +96,7 @@ class HTTPWorkerExecution(Execution):
     def request_done(self, request: Execution) -> None:
         assert isinstance(request, HTTPExchange)
         req = request.request.struct
-        rest = bytes(_native.ffi.buffer(req.output, req.output_len)) if req.output_len else b""
-        _native.lib.fp_image_request_clear(self.thread.image.handle, req)  # type: ignore[union-attr]
+        rest = bytes(_native.ffi.buffer(req.output, req.output_len)) if req.output_len else b""  # freed by C
         self.handled += 1
         self.worker_thread.requests += 1
         self.in_flight = None
