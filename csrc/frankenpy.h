@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 4
+#define FP_ABI_VERSION 5
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -54,8 +54,10 @@ typedef struct fp_host {
     /* A PHP diagnostic (warning, notice, fatal error ...) or an error_log() line.
      * `type` is the E_* constant (0 for error_log()), file/line may be NULL/0. */
     void (*log)(void *handle, int type, const char *file, uint32_t line, const char *message);
-    /* Response status and headers, "Name: value\n" lines, sent once per response before the
-     * first output byte (only when fp_request.http is set). */
+    /* Optional (may be NULL): the response's status and headers were just sent, before its
+     * first output byte (only when fp_request.http is set).  They are also left in the
+     * request's `response_code` and `headers` fields, where a host can read them without a
+     * callback. */
     void (*headers)(void *handle, int status, const char *lines, size_t len);
     /* Read up to `len` bytes of the request body into `buf`; returns 0 at its end. */
     size_t (*read_body)(void *handle, char *buf, size_t len);
@@ -108,6 +110,9 @@ struct fp_request {
     char *output;      /* collected output (FP_OUTPUT_BUFFER / FLUSH); freed by fp_request_clear */
     size_t output_len;
     size_t output_cap;
+    int headers_sent;  /* HTTP: status and headers are final (sent before the first output byte) */
+    char *headers;     /* HTTP: "Name: value\n" lines once headers_sent; freed by fp_request_clear */
+    size_t headers_len;
 };
 
 /* Everything above is also fed to cffi by csrc/build_native.py; the functions below live in the

@@ -12,7 +12,6 @@
 /* Host callbacks, implemented in Python as cffi `extern "Python+C"` functions. */
 int fp_py_output(void *handle, const char *data, size_t len);
 void fp_py_log(void *handle, int type, const char *file, uint32_t line, const char *message);
-void fp_py_headers(void *handle, int status, const char *lines, size_t len);
 size_t fp_py_read_body(void *handle, char *buf, size_t len);
 void fp_py_time_limit(void *handle, int64_t seconds);
 void fp_py_worker_ready(void *handle);
@@ -22,7 +21,7 @@ void fp_py_request_done(void *handle, fp_request *done);
 static void restore_host_signals(void);
 
 static const fp_host python_host = {
-    fp_py_output, fp_py_log, fp_py_headers, fp_py_read_body, fp_py_time_limit,
+    fp_py_output, fp_py_log, NULL /* headers: read from the request */, fp_py_read_body, fp_py_time_limit,
     fp_py_worker_ready, restore_host_signals, fp_py_next_request, fp_py_request_done,
 };
 

@@ -144,10 +144,20 @@ static int fp_send_headers(sapi_headers_struct *headers)
         smart_str_appendc(&lines, '\n');
     }
     smart_str_0(&lines);
-    r->response_code = headers->http_response_code ? headers->http_response_code : 200;
-    host->headers(r->handle, r->response_code, lines.s ? ZSTR_VAL(lines.s) : "",
-                  lines.s ? ZSTR_LEN(lines.s) : 0);
+    size_t len = lines.s ? ZSTR_LEN(lines.s) : 0;
+    char *copy = malloc(len + 1); /* outlives the request, like the output buffer */
+    if (copy) {
+        memcpy(copy, lines.s ? ZSTR_VAL(lines.s) : "", len + 1);
+    }
     smart_str_free(&lines);
+    free(r->headers);
+    r->headers = copy;
+    r->headers_len = copy ? len : 0;
+    r->response_code = headers->http_response_code ? headers->http_response_code : 200;
+    r->headers_sent = 1;
+    if (host->headers) {
+        host->headers(r->handle, r->response_code, r->headers ? r->headers : "", r->headers_len);
+    }
     return SAPI_HEADER_SENT_SUCCESSFULLY;
 }
 
@@ -617,6 +627,7 @@ int fp_execute(fp_request *req)
     req->exit_status = 0;
     req->exec_id = 0;
     req->output_len = 0; /* a reused request keeps its buffer */
+    req->headers_sent = 0;
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
     script_req = current = req;
@@ -685,6 +696,10 @@ void fp_request_clear(fp_request *req)
     free(req->output);
     req->output = NULL;
     req->output_len = req->output_cap = 0;
+    free(req->headers);
+    req->headers = NULL;
+    req->headers_len = 0;
+    req->headers_sent = 0;
     req->exit_status = req->end_reason = 0;
     req->exec_id = 0;
 }

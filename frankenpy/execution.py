@@ -326,6 +326,7 @@ class Execution:
             if self.watched:
                 self.thread.watchdog.unwatch(self)
         try:
+            self.collect(req)
             output = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
             return Result(
                 exit_status=req.exit_status,
@@ -350,14 +351,15 @@ class Execution:
             level = logging.INFO
         self.logger.log(level, "%s", diagnostic)
 
+    def collect(self, req: Any) -> None:
+        """Take what is needed from the finished request before its C memory goes (HTTP
+        executions read their response headers here)."""
+
     def on_output(self, data: bytes) -> bool:
         """Deliver output; False when its reader has gone away (the script is then aborted)."""
         if self.output is not None:
             self.output(data)
         return True
-
-    def on_headers(self, status: int, lines: list[str]) -> None:
-        """Response status and header lines (HTTP executions override this)."""
 
     def read_body(self, size: int) -> bytes:
         """Up to ``size`` bytes of the request body (HTTP executions override this)."""
@@ -428,14 +430,6 @@ def fp_py_worker_ready(handle: Any) -> None:
     execution = _execution(handle)
     if execution is not None:
         execution.on_ready()
-
-
-@ffi.def_extern(onerror=lambda *exc: php_logger.error("headers callback failed", exc_info=exc))
-def fp_py_headers(handle: Any, status: int, lines: Any, length: int) -> None:
-    execution = _execution(handle)
-    if execution is not None:
-        text = bytes(ffi.buffer(lines, length)).decode("latin-1")
-        execution.on_headers(status, [line for line in text.split("\n") if line])
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("body callback failed", exc_info=exc))

@@ -87,18 +87,20 @@ class PHPApp:
         body = self._read_body(environ)
         if body is None:
             return self._refuse(start_response, 413, "request body too large")
-        exchange = HTTPExchange(
-            environ, route, start_response, body=body, runtime_env=self.runtime.env,
-            # FrankenPHP marks requests served by a worker with FRANKENPHP_WORKER=1.
-            server_env={**self.env, "FRANKENPHP_WORKER": "1"} if worker is not None else self.env,
-        )
         if worker is not None:
+            exchange = HTTPExchange(
+                environ, route, start_response, body=body, runtime_env=self.runtime.env,
+                # FrankenPHP marks requests served by a worker with FRANKENPHP_WORKER=1.
+                server_env={**self.env, "FRANKENPHP_WORKER": "1"},
+            )
             return self._via_worker(exchange, worker, start_response)
         with self.runtime.borrow_thread(self.max_wait_time) as thread:
             if thread is None:
                 return self._refuse(start_response, 503, "no free PHP thread")
-            exchange.thread = thread
-            exchange.logger = thread.logger
+            exchange = HTTPExchange(
+                environ, route, start_response, body=body, runtime_env=self.runtime.env,
+                server_env=self.env, thread=thread,
+            )
             return exchange.run_classic()
 
     def _route(self, raw_path: str, query_string: str) -> Route:

@@ -16,11 +16,13 @@ from http import HTTPStatus
 from typing import Any
 from wsgiref.util import is_hop_by_hop
 
+from .. import _native
 from ..execution import Execution
 from ..threads import PHPThread
 from .routing import Route, cgi_environ
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
+ffi = _native.ffi
 
 class _End:
     """The worker finished the request; ``rest`` is the body not flushed before."""
@@ -64,9 +66,10 @@ class HTTPExchange(Execution):
         runtime_env: Mapping[str, str],
         server_env: Mapping[str, str],
         thread: PHPThread | None = None,
-        logger: Any = None,
     ) -> None:
-        super().__init__(thread, logger=logger)
+        # Classic requests run on `thread` and reuse its request struct; requests for a worker
+        # (thread None) get their own, which the worker's glue fills.
+        super().__init__(thread, reuse_request=thread is not None)
         self.start_response = start_response
         self.status = 200
         self.headers: list[tuple[str, str]] = []
@@ -74,8 +77,8 @@ class HTTPExchange(Execution):
         self._body = memoryview(body)
         self._events: queue.SimpleQueue[Any] | None = None  # set when a worker runs it
         self.claimed = False  # a worker thread took it (set under its RequestQueue's lock)
-        self.worker_crashed = False
         self.client_gone = False  # a write to the client failed: PHP aborts the script
+        self._have_headers = False
 
         cgi = cgi_environ(environ, route, extra=server_env)
         request = self.request
@@ -126,18 +129,23 @@ class HTTPExchange(Execution):
         """From now on the response is produced on a worker thread."""
         self._events = queue.SimpleQueue()
 
-    def finish_from_worker(self, rest: bytes, crashed: bool = False) -> None:
+    def finish_from_worker(self, rest: bytes) -> None:
         """The worker is done with this request (on the worker thread)."""
         assert self._events is not None
-        self.worker_crashed = crashed
         self._events.put(_End(rest))
 
     # --- SAPI callbacks ----------------------------------------------------------------------------
-    def on_headers(self, status: int, lines: list[str]) -> None:
-        self.status = status
-        self.headers = parse_header_lines(lines)
+    def collect(self, req: Any) -> None:
+        """Take PHP's status and headers from the request once it has sent them (on the thread
+        that runs PHP, while the request's C memory is alive)."""
+        if not self._have_headers and req.headers_sent:
+            self._have_headers = True
+            self.status = req.response_code
+            text = ffi.buffer(req.headers, req.headers_len)[:].decode("latin-1") if req.headers_len else ""
+            self.headers = parse_header_lines(text.split("\n"))
 
     def on_output(self, data: bytes) -> bool:
+        self.collect(self.request.struct)  # a flush: the headers went out first
         if self._events is not None:
             self._events.put(data)  # worker thread -> WSGI thread
             return not self.client_gone

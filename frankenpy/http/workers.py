@@ -96,7 +96,8 @@ class HTTPWorkerExecution(Execution):
     def request_done(self, request: Execution) -> None:
         assert isinstance(request, HTTPExchange)
         req = request.request.struct
-        rest = bytes(_native.ffi.buffer(req.output, req.output_len)) if req.output_len else b""  # freed by C
+        request.collect(req)  # the glue frees the request's memory when we return
+        rest = bytes(_native.ffi.buffer(req.output, req.output_len)) if req.output_len else b""
         self.handled += 1
         self.worker_thread.requests += 1
         self.in_flight = None
@@ -128,6 +129,6 @@ class HTTPWorkerThread(WorkerThread):
         if execution.in_flight is not None:
             # The glue answers a request cut short by exit() or a fatal error; never leave the
             # client waiting if it could not.
-            execution.in_flight.finish_from_worker(b"", crashed=True)
+            execution.in_flight.finish_from_worker(b"")
             execution.in_flight = None
         return execution.reached_loop
