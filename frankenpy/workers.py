@@ -194,6 +194,11 @@ class WorkerThread:
         return True
 
     @property
+    def halted(self) -> bool:
+        with self._lock:
+            return self.state == HALTED
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -220,7 +225,7 @@ class WorkerThread:
         """The execution of one run of the script."""
         return Execution(
             self.php,
-            output=self._log_output,
+            output=self.log_output,
             logger=self.log,
             worker_ready=self.mark_ready,
             honor_initial_time_limit=False,  # set_time_limit(0) semantics for workers
@@ -239,7 +244,7 @@ class WorkerThread:
             self.state = READY
         self.group.notify()
 
-    def _log_output(self, data: bytes) -> None:
+    def log_output(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
                 self.lifecycle_log.info("output: %s", line)
@@ -361,6 +366,7 @@ class WorkerGroup:
             seen.add(key)
             self.workers.append(worker)
         self.threads: list[WorkerThread] = []
+        self.http_queues: dict[tuple[int, str], Any] = {}  # HTTP workers' request queues
         self._cond = threading.Condition()
 
     @property
@@ -438,9 +444,7 @@ class WorkerGroup:
         running after ``grace`` seconds; waits (start_timeout) until each is ready or halted."""
         draining = []
         for thread in self.threads:
-            with thread._lock:
-                halted = thread.state == HALTED
-            if halted:
+            if thread.halted:
                 thread.join(FORCE_STOP_WAIT)  # its loop has ended or is logging the halt
             if thread.alive:
                 draining.append((thread, thread.runs))

@@ -63,8 +63,7 @@ class RequestQueue:
 def request_queue(group: WorkerGroup, scope: int, name: str) -> RequestQueue:
     """The request queue of HTTP worker ``name`` in ``scope`` (one per worker, shared by its
     threads)."""
-    queues: dict[tuple[int, str], RequestQueue] = group.__dict__.setdefault("http_queues", {})
-    return queues.setdefault((scope, name), RequestQueue())
+    return group.http_queues.setdefault((scope, name), RequestQueue())
 
 
 class HTTPWorkerExecution(Execution):
@@ -114,9 +113,6 @@ class HTTPWorkerThread(WorkerThread):
     @property
     def draining(self) -> bool:
         return self._stopping or self._drain_requested
-
-    def log_output(self, data: bytes) -> None:
-        self._log_output(data)
 
     def make_execution(self) -> Execution:
         return HTTPWorkerExecution(self)
