@@ -19,6 +19,7 @@ runtime that shuts down returns its images for the next runtime to start again.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -227,6 +228,16 @@ class Image:
     index: int
     directory: Path
     handle: object
+    # php.ini of the interpreter started on this image, None when it is not started.  A
+    # runtime that shuts down leaves its interpreters started: the next runtime with the same
+    # configuration reuses them as they are, any other shuts them down first (PHPThread.start).
+    running_ini: str | None = None
+
+    def stop(self) -> None:
+        """Shut the interpreter down (module shutdown), if one is started."""
+        if self.running_ini is not None:
+            lib.fp_image_shutdown(self.handle)
+            self.running_ini = None
 
     def extension(self, name: str) -> Path:
         """Path of this image's private copy of the shared extension ``name``."""
@@ -254,10 +265,17 @@ class ImagePool:
         return images
 
     def release(self, images: list[Image]) -> None:
-        """Give back images whose interpreter has been shut down."""
+        """Give back images no PHP code runs on any more (their interpreter may be started)."""
         with self._lock:
             self._free.extend(images)
             self._free.sort(key=lambda image: image.index)
+
+    def stop_idle(self) -> None:
+        """Shut down the interpreters left started on free images (memory back; the next
+        runtime starts them again).  Runs at exit, while no PHP code runs on them."""
+        with self._lock:
+            for image in self._free:
+                image.stop()
 
     @staticmethod
     def _load(index: int) -> Image:
@@ -284,3 +302,4 @@ class ImagePool:
 find_libphp()
 
 POOL = ImagePool()
+atexit.register(POOL.stop_idle)

@@ -155,7 +155,7 @@ class Runtime:
                 logger.error("PHP thread %s is still running a script; leaking it", thread.name,
                              extra={"worker": thread.name})
                 continue
-            thread.shutdown()
+            thread.detach()
             reusable.append(thread.image)
         self._watchdog.stop()
         POOL.release(reusable)

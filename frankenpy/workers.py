@@ -302,9 +302,6 @@ class WorkerThread:
                     self.state = STOPPED
                 drained, self._drain_requested = self._drain_requested, False
             if stopping:
-                # Each worker thread shuts its own interpreter down: in parallel, not one by one
-                # in Runtime.shutdown().
-                self.php.shutdown()
                 break
             if drained or (result is not None and result.ok):
                 # Cooperative restart: the script exited 0, or we drained it (restart_workers).
