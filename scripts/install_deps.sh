@@ -3,7 +3,7 @@
 #
 # Usage: bash scripts/install_deps.sh [--bench] [--dev]
 #   --bench  also install the tools the benchmarks compare against:
-#            wrk, supervisor, nginx, php8.2-fpm
+#            supervisor, nginx, php8.2-fpm
 #   --dev    also install Debian's PHP-Parser 4.x (package php-parser), needed only by
 #            scripts/gen_arginfo.sh to regenerate csrc/frankenphp_arginfo.h (which is committed)
 #
@@ -37,17 +37,19 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   php8.2-sqlite3   pdo_sqlite.so sqlite3.so
 #   php8.2-opcache   opcache.so
 #   gcc libc6-dev make  C toolchain for csrc/ (usually present already)
+#   wrk              HTTP load from another process (tests/test_http.py, benchmarks)
 apt_pkgs=(
     libphp8.2-embed php8.2-dev php8.2-cli php8.2-common
     php8.2-mbstring php8.2-sqlite3 php8.2-opcache
     gcc libc6-dev make
+    wrk
 )
 # cmake >= 3.18: use the one on PATH (e.g. from pip) if there is one, else Debian's (3.25).
 if ! command -v cmake >/dev/null 2>&1; then
     apt_pkgs+=(cmake)
 fi
 if [ "$want_bench" -eq 1 ]; then
-    apt_pkgs+=(wrk supervisor nginx php8.2-fpm)
+    apt_pkgs+=(supervisor nginx php8.2-fpm)
 fi
 if [ "$want_dev" -eq 1 ]; then
     apt_pkgs+=(php-parser)

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -1293,3 +1294,54 @@ def test_php_server_cli_rejects_missing_root() -> None:
     assert "--root" in lines[0]
     assert out == b""
 
+
+@pytest.mark.timeout(90)
+def test_php_server_worker_large_responses_under_load(tmp_path: Path) -> None:
+    """wrk (as fast as the server answers) fetches ~70 KB pages with headers and cookies from
+    a 2-thread HTTP worker of the php-server command.  Regression: the glue clears a request's
+    C struct after request_done(), and the WSGI thread used to free that struct's memory as soon
+    as it had the response: heap corruption, and glibc aborted the process within a second."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.skip("wrk is not installed (scripts/install_deps.sh installs it)")
+    root = tmp_path / "public"
+    write(root / "big.php", """<?php
+$n = 0;
+while (frankenphp_handle_request(function () use (&$n) {
+    $n++;
+    header('Content-Type: application/json');
+    setcookie('big', (string) $n);
+    echo json_encode(array_fill(0, 2000, ['id' => $n, 'name' => str_repeat('x', 20)]));
+})) { gc_collect_cycles(); }
+""")
+    port = free_port()
+    log = tmp_path / "server.log"
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "frankenpy", "php-server", "--root", str(root), "--listen",
+             f"127.0.0.1:{port}", "--threads", "2", "--worker", f"{root / 'big.php'}:2"],
+            env=env, stdout=sink, stderr=sink,
+        )
+    try:
+        def answers() -> Reply | None:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                return fetch(port, "GET", "/big.php", timeout=2)
+            except OSError:
+                return None
+
+        wait_for(answers, timeout=30, what="php-server to answer")
+        done = subprocess.run(
+            [wrk, "-t2", "-c32", "-d4s", f"http://127.0.0.1:{port}/big.php?page=json"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert proc.poll() is None, f"php-server died: {log.read_text()[-2000:]}"
+        assert done.returncode == 0, done.stderr
+        assert "Socket errors" not in done.stdout and "Non-2xx" not in done.stdout, done.stdout
+        reply = fetch(port, "GET", "/big.php")
+        assert reply.status == 200 and len(reply.body) > 60_000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

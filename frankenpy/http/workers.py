@@ -77,8 +77,10 @@ class HTTPWorkerExecution(Execution):
         self.reached_loop = False  # called frankenphp_handle_request(): booted
         self.handled = 0
         self.in_flight: HTTPExchange | None = None
+        self.retired: HTTPExchange | None = None  # answered, but its struct still in C's hands
 
     def next_request(self) -> Execution | None:
+        self.retired = None  # the glue is done with the previous request by now
         thread = self.worker_thread
         if not self.reached_loop:
             self.reached_loop = True
@@ -100,6 +102,9 @@ class HTTPWorkerExecution(Execution):
         self.handled += 1
         self.worker_thread.requests += 1
         self.in_flight = None
+        # The glue still clears the request's struct after this returns, and the WSGI thread
+        # may drop the exchange (and the struct's memory) as soon as it has the rest: keep it.
+        self.retired = request
         request.finish_from_worker(rest)
 
 
