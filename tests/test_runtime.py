@@ -801,27 +801,26 @@ def test_timeout_only_stops_its_own_execution(runtime: frankenpy.Runtime) -> Non
 
 
 @pytest.mark.timeout(30)
-def test_max_execution_time_ini_stops_busy_loop(make_runtime: MakeRuntime) -> None:
-    rt = make_runtime(num_threads=1, php_ini={"max_execution_time": 1})
+@pytest.mark.parametrize(
+    ("php_ini", "code"),
+    [
+        ({"max_execution_time": 1}, 'echo "started"; while (true) {}'),
+        ({}, 'set_time_limit(1); echo "started"; while (true) {}'),
+    ],
+    ids=["ini", "set_time_limit"],
+)
+def test_php_time_limit_stops_busy_loop(
+    make_runtime: MakeRuntime, php_ini: dict[str, int], code: str
+) -> None:
+    """max_execution_time (ini) and set_time_limit() are enforced per thread by frankenpy."""
+    rt = make_runtime(num_threads=1, php_ini=php_ini)
     started = time.monotonic()
-    result = rt.execute_code('echo "started"; while (true) {}')
+    result = rt.execute_code(code)
     elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 6, elapsed
     assert result.exit_status == 255
     assert any("Maximum execution time of 1 second exceeded" in e for e in result.errors), result.errors
     after = rt.execute_code('echo "next";')
-    assert (after.exit_status, after.output) == (0, b"next")
-
-
-@pytest.mark.timeout(30)
-def test_set_time_limit_in_script_stops_busy_loop(runtime1: frankenpy.Runtime) -> None:
-    started = time.monotonic()
-    result = runtime1.execute_code('set_time_limit(1); echo "started"; while (true) {}')
-    elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed < 6, elapsed
-    assert result.exit_status == 255
-    assert any("Maximum execution time of 1 second exceeded" in e for e in result.errors), result.errors
-    after = runtime1.execute_code('echo "next";')
     assert (after.exit_status, after.output) == (0, b"next")
 
 
