@@ -50,7 +50,8 @@ def ini_text(settings: Mapping[str, PHPValue]) -> str:
         else:
             raise ValueError(f"php_ini: option {key!r} has a {type(value).__name__} value")
         if not _INI_BARE_VALUE.match(text):
-            if '"' in text or "\n" in text or "\0" in text:
+            # (inside double quotes PHP would also expand ${NAME} from the environment)
+            if '"' in text or "\n" in text or "\0" in text or "${" in text:
                 raise ValueError(f"php_ini: option {key!r} has a value PHP's ini syntax cannot hold")
             text = f'"{text}"'
         lines.append(f"{key}={text}\n")
