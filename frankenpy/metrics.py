@@ -60,6 +60,16 @@ def collect(runtime: Runtime) -> list[Family]:
         families.append(Family(
             "frankenphp_worker_request_count", "counter", "Requests served by HTTP workers", samples
         ))
+        families.append(Family(
+            "frankenphp_busy_workers", "gauge", "HTTP worker threads handling a request",
+            [({"worker": name}, float(sum(s.busy for s in group))) for name, group in sorted(http.items())],
+        ))
+        queues = runtime.workers_group.http_queues
+        families.append(Family(
+            "frankenphp_worker_queue_depth", "gauge", "Requests waiting for a thread of the HTTP worker",
+            [({"worker": name}, float(len(queues.get((group[0].scope, group[0].name), ()))))
+             for name, group in sorted(http.items())],
+        ))
     return families
 
 

@@ -126,6 +126,7 @@ class WorkerStatus:
     last_exit_status: int | None
     last_error: str | None
     requests: int = 0
+    busy: bool = False  # HTTP workers: handling a request right now
 
 
 class WorkerThread:
@@ -218,7 +219,13 @@ class WorkerThread:
             last_exit_status=None if result is None else result.exit_status,
             last_error=None if result is None or result.ok else result.describe(),
             requests=self.requests,
+            busy=self.busy,
         )
+
+    @property
+    def busy(self) -> bool:
+        """Whether the thread is handling a request (HTTP workers override this)."""
+        return False
 
     # --- hooks for the thread kinds (HTTP workers override) ------------------------------------
     def make_execution(self) -> Execution:

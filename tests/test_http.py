@@ -1345,3 +1345,25 @@ while (frankenphp_handle_request(function () use (&$n) {
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_http_worker_busy_and_queue_metrics(base: Path, serve: Callable[..., Served]) -> None:
+    """frankenphp_busy_workers counts worker threads inside a request and
+    frankenphp_worker_queue_depth the requests waiting for one; both drop back to 0."""
+    served = serve(workers=[frankenpy.Worker("app", base / "public" / "worker.php", num=1)])
+
+    def metric(name: str) -> float:
+        text = served.runtime.metrics_text()
+        line = next(line for line in text.splitlines() if line.startswith(f'{name}{{worker="app"}}'))
+        return float(line.rsplit(" ", 1)[1])
+
+    slow = [threading.Thread(target=served.get, args=("/worker.php?sleep=1000",)) for _ in range(3)]
+    for t in slow:
+        t.start()
+    wait_for(lambda: metric("frankenphp_busy_workers") == 1 and metric("frankenphp_worker_queue_depth") == 2,
+             timeout=10, what="one request in the worker and two queued")
+    for t in slow:
+        t.join(20)
+    wait_for(lambda: metric("frankenphp_busy_workers") == 0 and metric("frankenphp_worker_queue_depth") == 0,
+             timeout=10, what="the worker idle again")

@@ -114,13 +114,21 @@ class HTTPWorkerThread(WorkerThread):
     def __init__(self, group: WorkerGroup, worker, index, php) -> None:  # type: ignore[no-untyped-def]
         super().__init__(group, worker, index, php)
         self.queue = request_queue(group, worker.scope, worker.name)
+        self.current_run: HTTPWorkerExecution | None = None
 
     @property
     def draining(self) -> bool:
         return self._stopping or self._drain_requested
 
     def make_execution(self) -> Execution:
-        return HTTPWorkerExecution(self)
+        execution = HTTPWorkerExecution(self)
+        self.current_run = execution
+        return execution
+
+    @property
+    def busy(self) -> bool:
+        run = self.current_run
+        return run is not None and run.in_flight is not None
 
     def on_drain(self) -> None:
         self.queue.wake()
