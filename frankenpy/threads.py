@@ -104,7 +104,7 @@ class ThreadPool:
 
     def __init__(self, threads: list[PHPThread]) -> None:
         self._idle = deque(threads)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # not reentrant: cheaper per call
         self._closed = False
         self.size = len(threads)
         self.waiting = 0  # callers queued for a thread (metrics)
