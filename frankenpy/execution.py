@@ -261,6 +261,7 @@ class Execution:
         self.logger = logger or (thread.logger if thread is not None else php_logger_adapter)
         self.worker_ready = worker_ready
         self.honor_initial_time_limit = honor_initial_time_limit
+        self.initial_limit = 0.0  # max_execution_time at start, when it was not applied
         self.diagnostics: list[Diagnostic] = []
         self.started = time.monotonic()
         self.deadline: float | None = None
@@ -378,7 +379,10 @@ class Execution:
 
     def on_time_limit(self, seconds: int) -> None:
         if not self.honor_initial_time_limit:
-            self.honor_initial_time_limit = True  # only the limit in force at start is skipped
+            # Only the limit in force at start is skipped (set_time_limit(0) semantics for
+            # workers); HTTP workers apply it to each request instead.
+            self.honor_initial_time_limit = True
+            self.initial_limit = float(seconds)
             return
         self.set_deadline(float(seconds) if seconds > 0 else None)
 

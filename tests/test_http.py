@@ -1367,3 +1367,28 @@ def test_http_worker_busy_and_queue_metrics(base: Path, serve: Callable[..., Ser
         t.join(20)
     wait_for(lambda: metric("frankenphp_busy_workers") == 0 and metric("frankenphp_worker_queue_depth") == 0,
              timeout=10, what="the worker idle again")
+
+
+@pytest.mark.timeout(60)
+def test_http_worker_max_execution_time_counts_per_request(base: Path) -> None:
+    """max_execution_time applies to each request of an HTTP worker (not to its whole life):
+    requests shorter than the limit pass however long the worker lives; one past it gets a
+    500, and the worker, restarted at once, serves the next request."""
+    rt = frankenpy.Runtime(num_threads=1, php_ini={"max_execution_time": 1}, workers=[
+        frankenpy.Worker("app", base / "public" / "worker.php", num=1),
+    ])
+    rt.start()
+    try:
+        app = PHPApp(rt, base / "public")
+        server = Server(rt, [Site("127.0.0.1", 0, app)])
+        server.start()
+        served = Served(rt, server, base, apps=[app])
+        for _ in range(3):  # 3 x 0.6 s: longer than the limit together, not one by one
+            assert served.get("/worker.php?sleep=600").status == 200
+        started = time.monotonic()
+        assert served.get("/worker.php?sleep=5000").status == 500
+        assert time.monotonic() - started < 4
+        assert served.get("/worker.php").status == 200
+        assert rt.workers()[0].crashes == 1
+    finally:
+        server.stop(grace=5)

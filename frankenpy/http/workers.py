@@ -92,6 +92,10 @@ class HTTPWorkerExecution(Execution):
         if exchange is not None:
             exchange.logger = thread.log
             self.in_flight = exchange
+            if self.initial_limit:
+                # max_execution_time counts per request, as in FrankenPHP's worker mode: past
+                # it the script is stopped, the request gets a 500, the worker restarts.
+                self.set_deadline(self.initial_limit)
         return exchange
 
     def request_done(self, request: Execution) -> None:
@@ -102,6 +106,7 @@ class HTTPWorkerExecution(Execution):
         self.handled += 1
         self.worker_thread.requests += 1
         self.in_flight = None
+        self.set_deadline(None)  # no time limit while waiting for the next request
         # The glue still clears the request's struct after this returns, and the WSGI thread
         # may drop the exchange (and the struct's memory) as soon as it has the rest: keep it.
         self.retired = request
