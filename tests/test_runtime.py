@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -1043,3 +1045,16 @@ def test_runtime_restarts_do_not_leak_threads_or_fds() -> None:
         cycle()
     assert threading.active_count() == threads
     assert abs(open_fds() - fds) <= 3
+
+
+@pytest.mark.timeout(60)
+def test_import_without_libphp_names_the_package_to_install(tmp_path: Path) -> None:
+    """Without libphp, importing frankenpy fails at once and says which Debian package to
+    install (checked in a fresh interpreter pointed at a libphp that does not exist)."""
+    env = {**os.environ, "FRANKENPY_LIBPHP": str(tmp_path / "no-libphp.so"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(frankenpy.__file__).parent.parent),
+                                                       os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", "import frankenpy"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "libphp8.2-embed" in done.stderr and "no-libphp.so" in done.stderr, done.stderr
