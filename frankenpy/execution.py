@@ -199,12 +199,6 @@ class Request:
         self.struct.env = block
         self.struct.env_pairs = len(pairs)
 
-    def set_argv(self, argv: Sequence[str]) -> None:
-        strings = CArgv(argv)
-        self._keep.append(strings)
-        self.struct.argv = strings.array
-        self.struct.argc = strings.count
-
     def apply(self, args: ScriptArgs) -> None:
         """Point the struct at prepared script, environment and argv."""
         self._keep.append(args)

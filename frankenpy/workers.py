@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .execution import Execution, Result, env_pairs, script_server_vars
+from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
 from .scopes import GLOBAL_SCOPE, metric_name, scope_label
 from .threads import PHPThread, WorkerLogAdapter, php_log_adapter
 
@@ -152,6 +152,15 @@ class WorkerThread:
         self._drain_requested = False
         self._thread: threading.Thread | None = None
         self.runs = 0  # runs of the script started so far
+        script = str(worker.path)
+        server = {
+            **script_server_vars(script, str(worker.path.parent)),
+            "FRANKENPHP_WORKER": worker.name if worker.background else "1",
+        }
+        # The same script, $_SERVER and $argv for every run: built once, in C form.
+        self._script_args = ScriptArgs.build(
+            script, env_pairs(group.runtime.env, worker.env, server), [script]
+        )
 
     # --- control (any thread) ----------------------------------------------------------------
     def launch(self) -> None:
@@ -264,19 +273,11 @@ class WorkerThread:
     def _run_once(self) -> tuple[Result, Execution]:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         execution = self.make_execution()
-        request = execution.request
-        req = request.struct
-        worker, script = self.worker, str(self.worker.path)
-        req.script_path = request.cstr(script)
-        req.worker_kind = 1 if worker.background else 2  # FP_WORKER_BACKGROUND / FP_WORKER_HTTP
+        execution.request.apply(self._script_args)
+        req = execution.request.struct
+        req.worker_kind = 1 if self.worker.background else 2  # FP_WORKER_BACKGROUND / FP_WORKER_HTTP
         req.worker_fd = read_fd
         req.output_mode = 1  # FP_OUTPUT_STREAM
-        server = {
-            **script_server_vars(script, str(worker.path.parent)),
-            "FRANKENPHP_WORKER": worker.name if worker.background else "1",
-        }
-        request.set_env(env_pairs(self.group.runtime.env, worker.env, server))
-        request.set_argv([script])
         with self._lock:
             if self._stopping or self._drain_requested:
                 os.close(read_fd)
