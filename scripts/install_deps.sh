@@ -3,7 +3,8 @@
 #
 # Usage: bash scripts/install_deps.sh [--bench] [--dev]
 #   --bench  also install the tools the benchmarks compare against:
-#            supervisor, nginx, php8.2-fpm
+#            supervisor, nginx, php8.2-fpm, and the C HTTP libraries bench_http_libs.py
+#            compares (libh2o-evloop-dev, libmicrohttpd-dev, libevent-dev)
 #   --dev    also install Debian's PHP-Parser 4.x (package php-parser), needed only by
 #            scripts/gen_arginfo.sh to regenerate csrc/frankenphp_arginfo.h (which is committed)
 #
@@ -50,6 +51,7 @@ if ! command -v cmake >/dev/null 2>&1; then
 fi
 if [ "$want_bench" -eq 1 ]; then
     apt_pkgs+=(supervisor nginx php8.2-fpm)
+    apt_pkgs+=(libh2o-evloop-dev libssl-dev libmicrohttpd-dev libevent-dev pkg-config)
 fi
 if [ "$want_dev" -eq 1 ]; then
     apt_pkgs+=(php-parser)
