@@ -2,8 +2,9 @@
 
 The C declarations come from the headers themselves, so Python and C cannot disagree on the
 layout of ``fp_request``: the types of ``frankenpy.h`` (up to its ``@cdef-types-end`` marker) and
-the whole of ``loader.h``, with preprocessor lines removed.  The extension is not linked against
-libphp; it loads private copies of it at run time (see ``frankenpy/images.py``).
+the whole of ``loader.h`` and ``page_share.h``, with preprocessor lines removed.  The extension is
+not linked against libphp; it loads private copies of it at run time (see
+``frankenpy/images.py``).
 """
 
 from pathlib import Path
@@ -25,6 +26,7 @@ ffibuilder = FFI()
 ffibuilder.cdef("#define FP_ABI_VERSION ...")
 ffibuilder.cdef(_cdef_text("frankenpy.h", "/* @cdef-types-end */"))
 ffibuilder.cdef(_cdef_text("loader.h"))
+ffibuilder.cdef(_cdef_text("page_share.h"))
 ffibuilder.cdef(
     """
     extern "Python+C" int fp_py_output(void *, const char *, size_t);
@@ -38,8 +40,8 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "frankenpy._native",
-    '#include "loader.h"',
-    sources=["csrc/loader.c"],  # relative: setuptools refuses absolute paths
+    '#include "loader.h"\n#include "page_share.h"',
+    sources=["csrc/loader.c", "csrc/page_share.c"],  # relative: setuptools refuses absolute paths
     include_dirs=["csrc"],
     libraries=["dl"],
     extra_compile_args=["-Wall", "-Wextra"],

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import logging
 import os
 import shutil
 import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -36,6 +37,8 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(f"frankenpy's C extension is not built ({exc}); install it: pip install .") from exc
 
 ffi, lib = _native.ffi, _native.lib
+
+logger = logging.getLogger("frankenpy.images")
 
 LIBPHP_SONAME = b"libphp.so"
 LIBPHP_CANDIDATES = ("/usr/lib/libphp8.2.so", "/usr/lib/x86_64-linux-gnu/libphp8.2.so", "/usr/lib/libphp.so")
@@ -221,6 +224,35 @@ def _extension_template(source: Path, cache: Path) -> Path:
     return template
 
 
+# FRANKENPY_SHARE_PAGES=0 keeps every copy's read-only pages private (to measure the sharing).
+SHARE_PAGES = os.environ.get("FRANKENPY_SHARE_PAGES", "1") != "0"
+_share_reported: set[Path] = set()  # sources whose sharing was logged (once each)
+
+
+def share_pages(copy: Path, source: Path) -> None:
+    """Map ``source`` over the identical read-only pages of its loaded private ``copy``
+    (``csrc/page_share.h``), so that every image shares them in the page cache with each other
+    and with every process that maps ``source``.  Pages that differ (the rewritten library names
+    in ``.dynstr``) stay private.  Never raises: sharing only saves memory."""
+    if not SHARE_PAGES:
+        return
+    result = ffi.new("fp_share_result *")
+    err = ffi.new("char[]", 512)
+    rc = lib.fp_share_pages(str(copy).encode(), str(source).encode(), result, err, len(err))
+    if rc == 1 or source in _share_reported:
+        return  # not loaded (an extension of another configuration), or already reported
+    _share_reported.add(source)
+    if rc != 0:
+        logger.warning("read-only pages of %s stay private: %s", copy.name, ffi.string(err).decode(),
+                       extra={"worker": "-"})
+    else:
+        # Pages kept private hold the rewritten library names (.dynstr): expected, said once.
+        logger.debug(
+            "%s: %d read-only pages shared with %s, %d kept private (bytes differ)",
+            copy.name, result.pages_shared, source, result.pages_kept, extra={"worker": "-"},
+        )
+
+
 @dataclass
 class Image:
     """One loaded interpreter copy.  ``handle`` is the loader's ``fp_image *``."""
@@ -232,6 +264,9 @@ class Image:
     # runtime that shuts down leaves its interpreters started: the next runtime with the same
     # configuration reuses them as they are, any other shuts them down first (PHPThread.start).
     running_ini: str | None = None
+    # This image's extension copies and the template each was made from (PHP loads the copies
+    # at every interpreter start-up: see share_extension_pages()).
+    extension_sources: dict[Path, Path] = field(default_factory=dict)
 
     def stop(self) -> None:
         """Shut the interpreter down (module shutdown), if one is started."""
@@ -244,7 +279,18 @@ class Image:
         source = extension_path(name)
         cache = self.directory.parent.parent
         template = _extension_template(source, cache)
-        return _bound_copy(template, self.directory / "ext" / template.name, self.index)
+        copy = _bound_copy(template, self.directory / "ext" / template.name, self.index)
+        self.extension_sources[copy] = template
+        return copy
+
+    def share_extension_pages(self) -> None:
+        """Share the read-only pages of the extension copies the interpreter just loaded with
+        their template, from which every image's copy of the extension is made: no page differs
+        (against Debian's file, the few pages ``patchelf`` changed would stay private in every
+        copy).  Runs after each start-up: PHP unloads extensions at module shutdown and maps
+        them anew."""
+        for copy, source in self.extension_sources.items():
+            share_pages(copy, source)
 
 
 class ImagePool:
@@ -295,6 +341,8 @@ class ImagePool:
         handle = lib.fp_image_open(str(php).encode(), str(sapi).encode(), err, len(err))
         if handle == ffi.NULL:
             raise ImageError(f"cannot load interpreter image {index}: {ffi.string(err).decode()}")
+        share_pages(php, libphp)
+        share_pages(sapi, SAPI_LIBRARY)
         return Image(index, directory, handle)
 
 

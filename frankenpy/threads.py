@@ -89,6 +89,7 @@ class PHPThread:
             detail = "; ".join(problems) or ffi.string(err).decode()
             raise RuntimeError(f"PHP thread {self.name} failed to start: {detail}")
         self.image.running_ini = self.ini
+        self.image.share_extension_pages()
         self.started = True
 
     def detach(self) -> None:
