@@ -777,9 +777,10 @@ def write_docs(command: str, header: str, table: str, verdicts: list[str], notes
         "- supervisord answers `stopAllProcesses(wait=True)` (and `supervisorctl stop all`) and",
         "  respawns exited programs on ticks of its 1 s main loop; it reaps after running the",
         "  transitions of that loop iteration, so a respawn takes one or two ticks.",
-        "- frankenpy's interpreter copies are files mapped by the process; the children use a private",
-        "  image cache, so no other process shares those pages and PSS is close to RSS. Several",
-        "  frankenpy processes using the same cache would share them.",
+        "- frankenpy's interpreter copies map their read-only pages from /usr/lib/libphp8.2.so (and",
+        "  extension templates) once verified equal, so every PHP thread shares libphp's text; what",
+        "  each worker adds is its writable data and heap. `FRANKENPY_SHARE_PAGES=0` shows the cost",
+        "  before that sharing.",
         "- The machine is shared and drifts: compare the ratios of one run, not runs with each other.",
     ]
     if notes:
