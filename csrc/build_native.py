@@ -25,6 +25,7 @@ ffibuilder = FFI()
 ffibuilder.cdef("#define FP_ABI_VERSION ...")
 ffibuilder.cdef(_cdef_text("frankenpy.h", "/* @cdef-types-end */"))
 ffibuilder.cdef(_cdef_text("loader.h"))
+ffibuilder.cdef(_cdef_text("router.h"))  # the php_server router (frankenpy/http/routing.py)
 ffibuilder.cdef(
     """
     extern "Python+C" int fp_py_output(void *, const char *, size_t);
@@ -38,8 +39,8 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "frankenpy._native",
-    '#include "loader.h"',
-    sources=["csrc/loader.c"],  # relative: setuptools refuses absolute paths
+    '#include "loader.h"\n#include "router.h"',
+    sources=["csrc/loader.c", "csrc/router.c"],  # relative: setuptools refuses absolute paths
     include_dirs=["csrc"],
     libraries=["dl"],
     extra_compile_args=["-Wall", "-Wextra"],
