@@ -979,8 +979,9 @@ int fp_static_decide(const fp_file_info *file, const char *name, size_t name_len
     if (fp_http_date_format(mtime, out->last_modified) != 0)
         out->last_modified[0] = '\0';   /* no Last-Modified for a year outside 0..9999 */
 
-    int get = eq_str(req->method.ptr ? req->method.ptr : "GET", req->method.ptr ? req->method.len : 3, "GET");
-    int head = present(req->method) && eq_str(req->method.ptr, req->method.len, "HEAD");
+    fp_str method = present(req->method) ? req->method : (fp_str){"GET", 3};
+    int get = eq_str(method.ptr, method.len, "GET");
+    int head = eq_str(method.ptr, method.len, "HEAD");
     if (!get && !head) {
         out->status = 405;
         return 0;

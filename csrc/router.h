@@ -8,8 +8,8 @@
  * - No Python, no global state, no locks: an fp_router is read-only after fp_router_init(),
  *   so any number of threads may route with it at once, without the GIL.
  * - No heap allocation per request: results are written into a caller-provided buffer; the
- *   file-system walk uses about 3 * FP_PATH_MAX bytes of stack (realpath(3) may allocate when
- *   it resolves a symlink whose target path is long; that is the only exception).
+ *   file-system walk uses about 4 * FP_PATH_MAX (16 KiB) of stack.  The one exception is
+ *   realpath(3), called only at a symlink, which may allocate for a target path over 1 KiB.
  * - Errno-style results: functions return 0 or a positive errno value, never set errno.
  * - Bytes in, bytes out: a request path is the already percent-decoded path (decoded exactly
  *   once by the HTTP layer; "%2e%2e" left in it is a literal file name).  Strings carry their
@@ -92,8 +92,8 @@ typedef struct fp_route {
     fp_str script_name;       /* PHP: URL path of the script ("/blog/index.php");
                                  STATIC: URL path of the file */
     fp_str script_filename;   /* PHP: root + script_name, symlinks below the root kept */
-    fp_str path_info;         /* PHP: what followed the script, raw ("/a//b/"); points into
-                                 the request path, not into the buffer */
+    fp_str path_info;         /* PHP: what followed the script, raw ("/a//b/"); a suffix of
+                                 the request path (not in the buffer), or empty */
     fp_str real_path;         /* PHP, STATIC: the resolved file (may be outside the root
                                  when follow_symlinks let a link lead there) */
     fp_str location;          /* REDIRECT: percent-encoded path + "/" + "?" + query */
@@ -122,7 +122,7 @@ typedef struct fp_file_info {
 
 /* The request's method and validator headers; an absent header has ptr == NULL. */
 typedef struct fp_static_request {
-    fp_str method;
+    fp_str method;            /* case-sensitive ("GET", "HEAD"); absent means GET */
     fp_str if_match;
     fp_str if_unmodified_since;
     fp_str if_none_match;

@@ -19,6 +19,7 @@ from frankenpy.http.routing import (
     FileChunks,
     Route,
     RouteKind,
+    Router,
     cgi_environ,
     environ_to_bytes,
     resolve,
@@ -452,6 +453,39 @@ def test_document_root_that_is_a_symlink_is_resolved(site: Path, tmp_path: Path)
 def test_missing_document_root_raises(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         resolve(tmp_path / "nope", "/")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        Router(tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"index": ""}, {"index": "a/b.php"}, {"index": ".."}, {"static_indexes": ["."]},
+     {"allowed_hidden": [""]}, {"split_extensions": ["php"]}],
+)
+def test_router_refuses_invalid_names(site: Path, options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Router(site, **options)
+
+
+def test_router_resolves_the_document_root_once(site: Path, tmp_path: Path) -> None:
+    """As FrankenPHP's resolve_root_symlink: a deploy that swaps a "current" link is seen by
+    the next Router (the next start), not in the middle of serving."""
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(site, tmp_path / "current")
+    router = Router(tmp_path / "current")
+    os.unlink(tmp_path / "current")
+    os.symlink(other, tmp_path / "current")
+    r = router.resolve("/style.css")
+    assert r.kind is RouteKind.STATIC and r.real_path == os.path.join(real(site), "style.css")
+    assert Router(tmp_path / "current").document_root == real(other)
+
+
+def test_redirect_location_stays_one_header_line(site: Path) -> None:
+    r = resolve(site, "/blog", query_string="a=1 2\r\nSet-Cookie: x\x7f")
+    assert r.kind is RouteKind.REDIRECT
+    assert r.location == "/blog/?a=1%202%0D%0ASet-Cookie:%20x%7F"
 
 
 ATTACKS = [
