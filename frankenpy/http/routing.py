@@ -100,7 +100,8 @@ class RouteKind(enum.Enum):
     REDIRECT = "redirect"
     """308 to :attr:`Route.location` (directory without its trailing slash)."""
     FORBIDDEN = "forbidden"
-    """403: hidden file, outside the document root, PHP source as static file."""
+    """403: hidden file, ``..``, a link out of the root (``follow_symlinks=False``), PHP source
+    as static file."""
     NOT_FOUND = "not_found"
     """404: nothing matched and there is no front controller."""
     BAD_REQUEST = "bad_request"
