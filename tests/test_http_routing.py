@@ -345,6 +345,7 @@ def test_directory_with_static_index(bare_site: Path) -> None:
         "/..\\..\\secret.txt",
         "/link_env.txt",  # symlink inside the root onto a hidden file
         "/gitlink/config",  # symlink inside the root onto a hidden directory
+        "/gitlink/missing",  # through it, even to a missing file (as "/.git/missing")
         "/link_out_env.txt",  # symlink out of the root onto a hidden file
         "/link_out_ssh/id_rsa",  # symlink out of the root onto a hidden directory
         "/link_out_src.txt",  # symlink out of the root onto PHP source, with a static name

@@ -327,7 +327,7 @@ static void test_refusals(void)
         "/.env", "/.htaccess", "/.git", "/.git/", "/.git/config", "/blog/.env", "/.env.php",
         "/.nonexistent", "/index.php/.git/config", "/.well-known/../.env", "/./index.php", "/.",
         "/..", "/../secret.txt", "/blog/../../secret.txt", "/..%2f..%2fsecret.txt",
-        "/link_env.txt", "/gitlink/config", "/link_out_env.txt", "/link_out_ssh/id_rsa",
+        "/link_env.txt", "/gitlink/config", "/gitlink/missing", "/link_out_env.txt", "/link_out_ssh/id_rsa",
         "/link_out_src.txt", "/legacy.phtml", "/config.inc", "/lib.php5", "/index.php~",
         "/wp-config.php.bak", "/settings.PHP.orig", "/conf.inc.dist", "/x.php.swp~", "/source.txt",
         "/a/./b", "/a/../b", "/empty/.keep",
