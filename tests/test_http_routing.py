@@ -7,6 +7,7 @@ directories and real symlinks (some pointing out of the root).
 from __future__ import annotations
 
 import os
+import threading
 import wsgiref.util
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -481,6 +482,26 @@ def test_router_resolves_the_document_root_once(site: Path, tmp_path: Path) -> N
     r = router.resolve("/style.css")
     assert r.kind is RouteKind.STATIC and r.real_path == os.path.join(real(site), "style.css")
     assert Router(tmp_path / "current").document_root == real(other)
+
+
+def test_router_from_many_threads(site: Path) -> None:
+    """One Router, eight threads at once (the C call runs without the GIL): same answers."""
+    router = Router(site)
+    paths = ["/style.css", "/info.php/a/b", "/blog", "/.env", "/some/route", "/link_out.txt", "/tpl/page.css"]
+    expected = [router.resolve(p, "q=1") for p in paths]
+    results: list[list[Route]] = []
+
+    def work() -> None:
+        results.append([router.resolve(paths[i % len(paths)], "q=1") for i in range(700)])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8
+    for got in results:
+        assert all(r == expected[i % len(paths)] for i, r in enumerate(got))
 
 
 def test_redirect_location_stays_one_header_line(site: Path) -> None:
