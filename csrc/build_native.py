@@ -2,8 +2,8 @@
 
 The C declarations come from the headers themselves, so Python and C cannot disagree on the
 layout of ``fp_request``: the types of ``frankenpy.h`` (up to its ``@cdef-types-end`` marker) and
-the whole of ``loader.h`` and ``page_share.h``, with preprocessor lines removed.  The extension is
-not linked against libphp; it loads private copies of it at run time (see
+the whole of ``loader.h``, ``page_share.h`` and ``router.h``, with preprocessor lines removed.
+The extension is not linked against libphp; it loads private copies of it at run time (see
 ``frankenpy/images.py``).
 """
 
@@ -27,6 +27,7 @@ ffibuilder.cdef("#define FP_ABI_VERSION ...")
 ffibuilder.cdef(_cdef_text("frankenpy.h", "/* @cdef-types-end */"))
 ffibuilder.cdef(_cdef_text("loader.h"))
 ffibuilder.cdef(_cdef_text("page_share.h"))
+ffibuilder.cdef(_cdef_text("router.h"))  # the php_server router (frankenpy/http/routing.py)
 ffibuilder.cdef(
     """
     extern "Python+C" int fp_py_output(void *, const char *, size_t);
@@ -40,8 +41,9 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "frankenpy._native",
-    '#include "loader.h"\n#include "page_share.h"',
-    sources=["csrc/loader.c", "csrc/page_share.c"],  # relative: setuptools refuses absolute paths
+    '#include "loader.h"\n#include "page_share.h"\n#include "router.h"',
+    # relative paths: setuptools refuses absolute ones
+    sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c"],
     include_dirs=["csrc"],
     libraries=["dl"],
     extra_compile_args=["-Wall", "-Wextra"],

@@ -85,7 +85,7 @@ def php_server_config(args: argparse.Namespace) -> Config:
     if args.threads:
         runtime["num_threads"] = args.threads
     server = ServerConfig(listen=args.listen, root=root, scope=GLOBAL_SCOPE, label="",
-                          metrics=args.metrics, workers=workers)
+                          metrics=args.metrics, follow_symlinks=args.follow_symlinks, workers=workers)
     return Config("php-server", runtime, [server])
 
 
@@ -106,7 +106,8 @@ def serve(config: Config, grace: float) -> None:
                 for server in config.servers:
                     host, port = parse_listen(server.listen)
                     app = PHPApp(runtime, server.root, scope=server.scope, env=server.env,
-                                 max_body_size=server.max_body_size, max_wait_time=server.max_wait_time)
+                                 max_body_size=server.max_body_size, max_wait_time=server.max_wait_time,
+                                 follow_symlinks=server.follow_symlinks)
                     sites.append(Site(host, port, app, metrics=server.metrics,
                                       max_body_size=server.max_body_size))
                 http = Server(runtime, sites)
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     php.add_argument("--opcache", action="store_true", help="enable opcache in each PHP thread")
     php.add_argument("--threads", type=int, default=0, help="regular PHP threads (default 2)")
     php.add_argument("--metrics", action="store_true", help="serve Prometheus metrics at /metrics")
+    php.add_argument("--no-follow-symlinks", dest="follow_symlinks", action="store_false",
+                     help="refuse (403) symlinks whose target is outside the root (for untrusted uploads)")
     return parser
 
 

@@ -11,6 +11,7 @@ opcache = true
 listen = "127.0.0.1:8080"
 root = "public"                 # relative to this file
 label = "api.example.com"       # scope label in metrics (default: the listen address)
+follow_symlinks = false         # 403 for symlinks out of root (default: true, followed)
 
 [[server.worker]]
 name = "mailer"
@@ -53,6 +54,7 @@ class ServerConfig:
     max_body_size: int = 8 * 1024 * 1024
     max_wait_time: float = 30.0
     metrics: bool = False
+    follow_symlinks: bool = True
     workers: list[Worker] = field(default_factory=list)
 
 
@@ -126,7 +128,10 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 _RUNTIME_KEYS = {"num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env"}
-_SERVER_KEYS = {"listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "worker"}
+_SERVER_KEYS = {
+    "listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "follow_symlinks",
+    "worker",
+}
 _WORKER_KEYS = {
     "name", "file", "num", "background", "env", "max_consecutive_failures", "match", "max_requests",
 }
@@ -211,6 +216,7 @@ def _parse_server(source: str, base: Path, index: int, data: Any) -> ServerConfi
         max_body_size=table.get("max_body_size", int, 8 * 1024 * 1024),
         max_wait_time=float(table.get("max_wait_time", (int, float), 30.0)),
         metrics=table.get("metrics", bool, False),
+        follow_symlinks=table.get("follow_symlinks", bool, True),
     )
     for number, item in enumerate(table.get("worker", list, []), 1):
         wtable = _Table(source, f"[[server]] #{index} [[server.worker]] #{number}", item, _WORKER_KEYS)

@@ -211,6 +211,7 @@ def full_config(tmp_path: Path, out_dir: Path) -> Path:
         max_body_size = 1024
         max_wait_time = 2.5
         metrics = true
+        follow_symlinks = false
 
         [[server.worker]]
         name = "mailer"
@@ -263,6 +264,7 @@ def test_load_full_config(tmp_path: Path, out_dir: Path, monkeypatch: pytest.Mon
     assert first.env == {"GREETING": "hello"} and second.env == {}
     assert (first.max_body_size, first.max_wait_time, first.metrics) == (1024, 2.5, True)
     assert (second.max_body_size, second.max_wait_time, second.metrics) == (8 * 1024 * 1024, 30.0, False)
+    assert (first.follow_symlinks, second.follow_symlinks) == (False, True)
 
     # Each server block is its own non-global scope, labelled (default label: the listen address).
     assert first.scope != frankenpy.GLOBAL_SCOPE and second.scope != frankenpy.GLOBAL_SCOPE
@@ -361,6 +363,9 @@ def bad_config_cases() -> list[Any]:
                      id="opcache-int"),
         pytest.param('[[server]]\nlisten = "127.0.0.1:18912"\nmetrics = "on"\n',
                      ["[[server]] #2", "key 'metrics'"], id="metrics-string"),
+        pytest.param('[[server]]\nlisten = "127.0.0.1:18912"\nfollow_symlinks = "no"\n',
+                     ["[[server]] #2", "key 'follow_symlinks'", "true or false"],
+                     id="follow-symlinks-string"),
         pytest.param('[[server]]\nlisten = "127.0.0.1:18912"\nmax_wait_time = true\n',
                      ["[[server]] #2", "key 'max_wait_time'"], id="max-wait-time-bool"),
         pytest.param('[[server]]\nlisten = "127.0.0.1:18912"\nenv = { A = [1] }\n',
@@ -572,6 +577,53 @@ def serving_config(tmp_path: Path, out_dir: Path, port: int) -> Path:
         background = true
         env = {{ OUT = {toml_str(out_dir)}, TAG = "parker" }}
     """)
+
+
+def linked_site(tmp_path: Path) -> Path:
+    """``site/public`` with a symlink ``tpl`` to a template directory outside the root."""
+    conf = tmp_path / "site"
+    write(conf / "public" / "index.php", PAGE)
+    write(conf / "shared" / "tpl" / "style.css", "tpl{}")
+    (conf / "public" / "tpl").symlink_to(conf / "shared" / "tpl", target_is_directory=True)
+    return conf
+
+
+def test_cli_run_follow_symlinks_per_server(
+    tmp_path: Path, run_frankenpy: Callable[..., Process]
+) -> None:
+    """``follow_symlinks = false`` in one [[server]] block refuses links out of its root; the
+    other block follows them (the default)."""
+    conf = linked_site(tmp_path)
+    strict, default = free_port(), free_port()
+    path = write_config(conf, f"""
+        [[server]]
+        listen = "127.0.0.1:{strict}"
+        root = "public"
+        follow_symlinks = false
+
+        [[server]]
+        listen = "127.0.0.1:{default}"
+        root = "public"
+    """)
+    proc = run_frankenpy("run", "--config", str(path))
+    status, body = proc.get_when_up(f"http://127.0.0.1:{default}/tpl/style.css")
+    assert (status, body) == (200, "tpl{}"), proc.stderr
+    status, body = proc.get_when_up(f"http://127.0.0.1:{strict}/tpl/style.css")
+    assert status == 403 and "tpl{}" not in body, proc.stderr
+
+
+@pytest.mark.parametrize("flag", [True, False], ids=["no-follow-symlinks", "default"])
+def test_cli_php_server_no_follow_symlinks(
+    tmp_path: Path, run_frankenpy: Callable[..., Process], flag: bool
+) -> None:
+    conf = linked_site(tmp_path)
+    port = free_port()
+    args = ["php-server", "--root", str(conf / "public"), "--listen", f"127.0.0.1:{port}"]
+    config = cli.php_server_config(cli.build_parser().parse_args(args + ["--no-follow-symlinks"] * flag))
+    assert config.servers[0].follow_symlinks is not flag
+    proc = run_frankenpy(*args, *(["--no-follow-symlinks"] if flag else []))
+    status, body = proc.get_when_up(f"http://127.0.0.1:{port}/tpl/style.css")
+    assert (status, body == "tpl{}") == ((403, False) if flag else (200, True)), proc.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -7,6 +7,7 @@ directories and real symlinks (some pointing out of the root).
 from __future__ import annotations
 
 import os
+import threading
 import wsgiref.util
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -19,6 +20,7 @@ from frankenpy.http.routing import (
     FileChunks,
     Route,
     RouteKind,
+    Router,
     cgi_environ,
     environ_to_bytes,
     resolve,
@@ -46,6 +48,11 @@ def site(tmp_path: Path) -> Path:
     (tmp_path / "private").mkdir()
     (tmp_path / "private" / "x.txt").write_text("private")
     (tmp_path / "private" / "index.php").write_text("<?php")
+    (tmp_path / ".env").write_text("OUTSIDE_PASSWORD=1")
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_rsa").write_text("PRIVATE KEY")
+    (tmp_path / ".cache" / "app" / "tpl").mkdir(parents=True)
+    (tmp_path / ".cache" / "app" / "tpl" / "page.css").write_text("tpl{}")
 
     files = {
         "index.php": "<?php echo 'front';",
@@ -92,6 +99,10 @@ def site(tmp_path: Path) -> Path:
     os.symlink("../private", root / "link_dir_out")
     os.symlink("../outside.php", root / "link_out.php")
     os.symlink(".env", root / "link_env.txt")
+    os.symlink("../.env", root / "link_out_env.txt")
+    os.symlink(str(tmp_path / ".ssh"), root / "link_out_ssh")
+    os.symlink("../outside.php", root / "link_out_src.txt")
+    os.symlink("../.cache/app/tpl", root / "tpl")  # a template directory linked out of the root
     os.symlink(".git", root / "gitlink")
     os.symlink("info.php", root / "source.txt")  # a static name over PHP source
     os.symlink("missing-target", root / "dangling.txt")
@@ -333,15 +344,12 @@ def test_directory_with_static_index(bare_site: Path) -> None:
         "/assets/../.env",
         "/..%2f..%2fsecret.txt",  # literal segment starting with "."
         "/..\\..\\secret.txt",
-        "/link_out.txt",  # symlink to a file outside the root
-        "/link_abs_out.txt",
-        "/link_dir_out/x.txt",  # through a symlinked directory outside the root
-        "/link_dir_out/",  # its index.php is outside too
-        "/link_dir_out",
-        "/link_out.php",  # PHP script outside the root
-        "/link_out.php/path/info",
         "/link_env.txt",  # symlink inside the root onto a hidden file
         "/gitlink/config",  # symlink inside the root onto a hidden directory
+        "/gitlink/missing",  # through it, even to a missing file (as "/.git/missing")
+        "/link_out_env.txt",  # symlink out of the root onto a hidden file
+        "/link_out_ssh/id_rsa",  # symlink out of the root onto a hidden directory
+        "/link_out_src.txt",  # symlink out of the root onto PHP source, with a static name
         "/legacy.phtml",  # PHP source that is not executed is not disclosed either
         "/config.inc",
         "/lib.php5",
@@ -352,8 +360,9 @@ def test_directory_with_static_index(bare_site: Path) -> None:
         "/source.txt",  # nor PHP source behind a symlink with a static name
     ],
 )
-def test_forbidden(site: Path, path: str) -> None:
-    r = resolve(site, path)
+@pytest.mark.parametrize("follow_symlinks", [True, False])
+def test_forbidden(site: Path, path: str, follow_symlinks: bool) -> None:
+    r = resolve(site, path, follow_symlinks=follow_symlinks)
     assert r.kind is RouteKind.FORBIDDEN and r.status == 403, (path, r)
     assert r.reason
     assert r.real_path == "" and r.script_filename == ""
@@ -369,13 +378,70 @@ def test_nul_byte_is_bad_request(site: Path, path: str) -> None:
     assert respond(r, {}).status == 400
 
 
-def test_front_controller_outside_root_is_forbidden(tmp_path: Path) -> None:
+def test_front_controller_linked_out_of_the_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (tmp_path / "real_index.php").write_text("<?php")
     os.symlink("../real_index.php", root / "index.php")
     r = resolve(root, "/anything")
-    assert r.kind is RouteKind.FORBIDDEN
+    assert r.kind is RouteKind.PHP and r.front_controller
+    assert r.script_filename == os.path.join(real(root), "index.php")
+    assert r.real_path == os.path.join(real(tmp_path), "real_index.php")
+    r = resolve(root, "/anything", follow_symlinks=False)
+    assert r.kind is RouteKind.FORBIDDEN and r.real_path == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# resolve(): symlinks out of the document root
+# ----------------------------------------------------------------------------------------------
+
+OUT_LINKS = [
+    # (path, kind, real path below tmp_path, script_name, path_info)
+    ("/link_out.txt", RouteKind.STATIC, "secret.txt", "/link_out.txt", ""),
+    ("/link_abs_out.txt", RouteKind.STATIC, "secret.txt", "/link_abs_out.txt", ""),
+    ("/link_dir_out/x.txt", RouteKind.STATIC, "private/x.txt", "/link_dir_out/x.txt", ""),
+    ("/link_dir_out/", RouteKind.PHP, "private/index.php", "/link_dir_out/index.php", ""),
+    ("/link_out.php", RouteKind.PHP, "outside.php", "/link_out.php", ""),
+    ("/link_out.php/path/info", RouteKind.PHP, "outside.php", "/link_out.php", "/path/info"),
+    # a link's target may sit below a hidden directory: only the link's own target name and
+    # the request path are checked
+    ("/tpl/page.css", RouteKind.STATIC, ".cache/app/tpl/page.css", "/tpl/page.css", ""),
+]
+
+
+@pytest.mark.parametrize(("path", "kind", "rel", "script_name", "path_info"), OUT_LINKS)
+def test_symlinks_out_of_the_root_are_followed(
+    site: Path, path: str, kind: RouteKind, rel: str, script_name: str, path_info: str
+) -> None:
+    """As Caddy's file_server, nginx and apache: a link in the root may lead out of it."""
+    r = resolve(site, path)
+    assert r.kind is kind and r.status == 200, r
+    assert r.real_path == os.path.join(real(site.parent), *rel.split("/"))
+    assert (r.script_name, r.path_info) == (script_name, path_info)
+    if kind is RouteKind.PHP:  # SCRIPT_FILENAME keeps the link, as FrankenPHP's
+        assert r.script_filename == os.path.join(real(site), *script_name.strip("/").split("/"))
+
+
+@pytest.mark.parametrize("path", [p for p, *_ in OUT_LINKS] + ["/link_dir_out", "/link_dir_out/nope"])
+def test_no_follow_symlinks_refuses_links_out_of_the_root(site: Path, path: str) -> None:
+    r = resolve(site, path, follow_symlinks=False)
+    assert r.kind is RouteKind.FORBIDDEN and r.status == 403, r
+    assert r.real_path == "" and r.reason
+
+
+def test_no_follow_symlinks_keeps_links_inside_the_root(site: Path) -> None:
+    r = resolve(site, "/link_in.css", follow_symlinks=False)
+    assert r.kind is RouteKind.STATIC and r.real_path == os.path.join(real(site), "style.css")
+    r = resolve(site, "/link_blog", follow_symlinks=False)
+    assert r.kind is RouteKind.REDIRECT and r.location == "/link_blog/"
+    r = resolve(site, "/link_blog/post.php", follow_symlinks=False)
+    assert r.kind is RouteKind.PHP and r.real_path == os.path.join(real(site), "blog", "post.php")
+    assert r.script_filename == os.path.join(real(site), "link_blog", "post.php")
+
+
+def test_redirect_through_a_link_out_of_the_root(site: Path) -> None:
+    r = resolve(site, "/link_dir_out")
+    assert r.kind is RouteKind.REDIRECT and r.location == "/link_dir_out/"
 
 
 def test_document_root_that_is_a_symlink_is_resolved(site: Path, tmp_path: Path) -> None:
@@ -389,25 +455,84 @@ def test_document_root_that_is_a_symlink_is_resolved(site: Path, tmp_path: Path)
 def test_missing_document_root_raises(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         resolve(tmp_path / "nope", "/")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        Router(tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"index": ""}, {"index": "a/b.php"}, {"index": ".."}, {"static_indexes": ["."]},
+     {"allowed_hidden": [""]}, {"split_extensions": ["php"]}],
+)
+def test_router_refuses_invalid_names(site: Path, options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Router(site, **options)
+
+
+def test_router_resolves_the_document_root_once(site: Path, tmp_path: Path) -> None:
+    """As FrankenPHP's resolve_root_symlink: a deploy that swaps a "current" link is seen by
+    the next Router (the next start), not in the middle of serving."""
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(site, tmp_path / "current")
+    router = Router(tmp_path / "current")
+    os.unlink(tmp_path / "current")
+    os.symlink(other, tmp_path / "current")
+    r = router.resolve("/style.css")
+    assert r.kind is RouteKind.STATIC and r.real_path == os.path.join(real(site), "style.css")
+    assert Router(tmp_path / "current").document_root == real(other)
+
+
+def test_router_from_many_threads(site: Path) -> None:
+    """One Router, eight threads at once (the C call runs without the GIL): same answers."""
+    router = Router(site)
+    paths = ["/style.css", "/info.php/a/b", "/blog", "/.env", "/some/route", "/link_out.txt", "/tpl/page.css"]
+    expected = [router.resolve(p, "q=1") for p in paths]
+    results: list[list[Route]] = []
+
+    def work() -> None:
+        results.append([router.resolve(paths[i % len(paths)], "q=1") for i in range(700)])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8
+    for got in results:
+        assert all(r == expected[i % len(paths)] for i, r in enumerate(got))
+
+
+def test_redirect_location_stays_one_header_line(site: Path) -> None:
+    r = resolve(site, "/blog", query_string="a=1 2\r\nSet-Cookie: x\x7f")
+    assert r.kind is RouteKind.REDIRECT
+    assert r.location == "/blog/?a=1%202%0D%0ASet-Cookie:%20x%7F"
 
 
 ATTACKS = [
     "/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/..\\secret.txt", "//../secret.txt",
-    "/link_out.txt", "/link_dir_out/x.txt", "/link_out.php", "/.env", "/link_env.txt",
+    "/.env", "/link_env.txt", "/link_out_env.txt", "/link_out_ssh/id_rsa", "/link_out_src.txt",
     "/index.php/../../secret.txt", "/blog/index.php/../../../secret.txt", "/\x00../secret.txt",
     "/" + "../" * 30 + "etc/passwd", "/" + "%2e%2e/" * 5 + "secret.txt", "/.git/../../secret.txt",
     wsgi("/\u2025/secret.txt"), wsgi("/\uff0e\uff0e/secret.txt"), "/./../secret.txt",
 ]
 
 
-@pytest.mark.parametrize("path", ATTACKS)
+LINK_ATTACKS = ["/link_out.txt", "/link_dir_out/x.txt", "/link_out.php", "/link_dir_out/index.php"]
+
+
+@pytest.mark.parametrize(
+    ("path", "follow_symlinks"),
+    [(p, True) for p in ATTACKS] + [(p, False) for p in ATTACKS + LINK_ATTACKS],
+)
 @pytest.mark.parametrize("with_front_controller", [True, False])
 def test_no_attack_reaches_outside_or_hidden(
-    site: Path, path: str, with_front_controller: bool
+    site: Path, path: str, follow_symlinks: bool, with_front_controller: bool
 ) -> None:
     if not with_front_controller:
         (site / "index.php").unlink()
-    r = resolve(site, path)
+    r = resolve(site, path, follow_symlinks=follow_symlinks)
     root = real(site)
     if r.kind in (RouteKind.STATIC, RouteKind.PHP):
         assert r.real_path.startswith(root + os.sep), r

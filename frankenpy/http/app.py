@@ -22,7 +22,7 @@ from ..scopes import GLOBAL_SCOPE
 from ..threads import WorkerLogAdapter
 from ..workers import Worker
 from .exchange import HTTPExchange, StartResponse
-from .routing import Route, RouteKind, resolve, respond, simple_response, wsgi_to_text
+from .routing import Route, RouteKind, Router, respond, simple_response, wsgi_to_text
 from .workers import request_queue
 
 logger = logging.getLogger("frankenpy.http")
@@ -37,6 +37,9 @@ class PHPApp:
 
     ``scope`` selects which HTTP workers of the runtime this app routes to (one app per server
     block, as FrankenPHP's ``php_server`` scopes).  ``env`` is added to ``$_SERVER``.
+    ``follow_symlinks=False`` refuses (403) every symlink whose target is outside the document
+    root, for roots that hold untrusted uploads; by default they are followed, as Caddy, nginx
+    and apache do.  The document root's own symlinks are resolved once, here.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class PHPApp:
         env: Mapping[str, str] | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         max_wait_time: float | None = 30.0,
+        follow_symlinks: bool = True,
     ) -> None:
         root = Path(document_root).absolute()
         if not root.is_dir():
@@ -59,6 +63,7 @@ class PHPApp:
         self.env = dict(env or {})
         self.max_body_size = max_body_size
         self.max_wait_time = max_wait_time
+        self.router = Router(root, follow_symlinks=follow_symlinks)
         http_workers = [w for w in runtime.workers_group.workers if not w.background and w.scope == scope]
         self._matched = [(w.match, w) for w in http_workers if w.match]
         self._by_file = {str(w.path): w for w in http_workers if not w.match}
@@ -104,13 +109,13 @@ class PHPApp:
             return exchange.run_classic()
 
     def _route(self, raw_path: str, query_string: str) -> Route:
-        """resolve(), with PHP routes cached for ROUTE_TTL seconds (as PHP's realpath cache
-        does): resolving costs about ten stat() calls."""
+        """The router's decision, with PHP routes cached for ROUTE_TTL seconds (as PHP's
+        realpath cache does): resolving costs an lstat() per path segment and probe."""
         now = time.monotonic()
         cached = self._routes.get(raw_path)
         if cached is not None and cached[0] > now:
             return cached[1]
-        route = resolve(self.document_root, raw_path, query_string=query_string)
+        route = self.router.resolve(raw_path, query_string)
         if route.kind is RouteKind.PHP:
             if len(self._routes) >= ROUTE_CACHE_SIZE:
                 self._routes.clear()

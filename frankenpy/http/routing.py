@@ -1,8 +1,12 @@
-"""FrankenPHP's ``php_server`` routing, static files and CGI variables, in pure Python.
+"""FrankenPHP's ``php_server`` routing, static files and CGI variables.
 
 Nothing here needs PHP: this module decides *what* a request is (a PHP script to run, a
 static file to send, a redirect or a refusal), serves static files, and builds the CGI/1.1
 ``$_SERVER`` variables for a PHP execution.
+
+The decisions are made in C, by the router of ``csrc/router.h`` (through ``frankenpy._native``),
+which the native HTTP server calls too: the rules exist once.  This module only converts
+between WSGI and the router, and does the I/O (opening the file, handing its bytes to WSGI).
 
 Routing follows what FrankenPHP's ``php_server`` (and its ``php-server`` command) expands to::
 
@@ -15,10 +19,11 @@ with these safety rules on top (FrankenPHP leaves them to the file system and Ca
 
 * a NUL byte in the path is a 400 (as in FrankenPHP);
 * a path segment starting with ``.`` (``.env``, ``.git/``, ``..``, ``.``) is a 403, except
-  ``.well-known`` (RFC 8615); the same rule applies to the *resolved* path below the root, so
-  a symlink to ``.env`` is refused too;
-* anything whose real path (``os.path.realpath``, symlinks followed) is outside the
-  document root is a 403;
+  ``.well-known`` (RFC 8615);
+* symlinks are followed, also out of the document root (as Caddy's file_server, nginx and
+  apache do), and the hidden rule applies to their targets too: a link onto ``.env`` or into
+  ``.git`` is a 403.  With ``follow_symlinks=False`` any link whose target is outside the
+  document root is a 403 (for roots that hold untrusted uploads);
 * a ``.php`` file is never served as a static file (it is executed or refused), nor are other
   PHP-source suffixes (``.phtml``, ``.phps``, ``.inc``, ...), editor/deploy copies of PHP
   source (``index.php~``, ``config.php.bak``) or a symlink whose target is one of those: all
@@ -37,27 +42,26 @@ from __future__ import annotations
 
 import enum
 import errno
-import mimetypes
 import os
-import re
 import stat
+import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from email.utils import formatdate, parsedate_to_datetime
+from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
+
+from .. import _native
 
 __all__ = [
     "DEFAULT_ALLOWED_HIDDEN",
     "DEFAULT_INDEX",
     "DEFAULT_SPLIT_EXTENSIONS",
     "DEFAULT_STATIC_INDEXES",
-    "PHP_SOURCE_SUFFIXES",
     "FileChunks",
     "Route",
     "RouteKind",
+    "Router",
     "StaticResponse",
     "cgi_environ",
     "environ_to_bytes",
@@ -67,6 +71,8 @@ __all__ = [
     "simple_response",
     "wsgi_to_text",
 ]
+
+ffi, lib = _native.ffi, _native.lib
 
 DEFAULT_INDEX = "index.php"
 """The PHP index file tried in a directory and, at the root, as the front controller."""
@@ -81,18 +87,6 @@ DEFAULT_STATIC_INDEXES: tuple[str, ...] = ("index.html", "index.txt")
 DEFAULT_ALLOWED_HIDDEN: frozenset[str] = frozenset({".well-known"})
 """Dot-segments that are public anyway (RFC 8615 ``/.well-known/``)."""
 
-PHP_SOURCE_SUFFIXES: frozenset[str] = frozenset(
-    {".phtml", ".php3", ".php4", ".php5", ".php7", ".php8", ".phps", ".phar", ".inc"}
-)
-"""Suffixes (compared lower-case) of files that hold PHP source but are not executed by the
-router: they are refused (403) rather than disclosed as static files."""
-
-_PHP_BACKUP_RE = re.compile(
-    r"\.(php\d?|phtml|inc)(~|\.(bak|backup|copy|dist|old|orig|sav|save|swo|swp|tmp)~?)$", re.IGNORECASE
-)
-"""Editor and deploy leftovers of PHP source (``index.php~``, ``config.php.bak``,
-``wp-config.php.orig``, ``settings.inc.dist``): refused (403) like the source itself."""
-
 CHUNK_SIZE = 64 * 1024
 
 
@@ -106,11 +100,22 @@ class RouteKind(enum.Enum):
     REDIRECT = "redirect"
     """308 to :attr:`Route.location` (directory without its trailing slash)."""
     FORBIDDEN = "forbidden"
-    """403: hidden file, outside the document root, PHP source as static file."""
+    """403: hidden file, ``..``, a link out of the root (``follow_symlinks=False``), PHP source
+    as static file."""
     NOT_FOUND = "not_found"
     """404: nothing matched and there is no front controller."""
     BAD_REQUEST = "bad_request"
     """400: the path cannot be a file name (NUL byte)."""
+
+
+_KINDS = {
+    lib.FP_ROUTE_PHP: RouteKind.PHP,
+    lib.FP_ROUTE_STATIC: RouteKind.STATIC,
+    lib.FP_ROUTE_REDIRECT: RouteKind.REDIRECT,
+    lib.FP_ROUTE_FORBIDDEN: RouteKind.FORBIDDEN,
+    lib.FP_ROUTE_NOT_FOUND: RouteKind.NOT_FOUND,
+    lib.FP_ROUTE_BAD_REQUEST: RouteKind.BAD_REQUEST,
+}
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ class Route:
     :attr:`script_filename` is ``document_root + script_name`` (FrankenPHP's
     ``SCRIPT_FILENAME``, symlinks inside the root not resolved) and :attr:`real_path` its
     resolved path.  For ``STATIC``: :attr:`script_name` is the URL path of the file and
-    :attr:`real_path` the resolved file to open.
+    :attr:`real_path` the resolved file to open.  A symlink may lead :attr:`real_path` out of
+    the document root (unless ``follow_symlinks=False``).
     """
 
     kind: RouteKind
@@ -167,97 +173,126 @@ def _text_to_bytes(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+def _wsgi_to_bytes(value: str) -> bytes:
+    """The raw bytes of a WSGI native string (or of real text, as UTF-8)."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return _text_to_bytes(value)
+
+
 def environ_to_bytes(variables: Mapping[str, str]) -> dict[bytes, bytes]:
     """The exact bytes of :func:`cgi_environ`'s result, as PHP should receive them."""
     return {_text_to_bytes(k): _text_to_bytes(v) for k, v in variables.items()}
 
 
 # ---------------------------------------------------------------------------------------------
-# Routing
+# Routing: csrc/router.c
 # ---------------------------------------------------------------------------------------------
 
-_OUTSIDE = object()  # sentinel: the candidate resolves outside the document root
+_no_clear = ffi.new_allocator(should_clear_after_alloc=False)
 
 
-def _inside(real: str, root_real: str) -> bool:
-    if real == root_real:
-        return True
-    prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
-    return real.startswith(prefix)
+def _text(s: Any) -> str:
+    return ffi.unpack(s.ptr, s.len).decode("utf-8", "surrogateescape") if s.ptr else ""
 
 
-def _is_hidden(segment: str, allowed_hidden: Collection[str]) -> bool:
-    return segment.startswith(".") and segment not in allowed_hidden
+class Router:
+    """A document root and its routing options, for the C router.
 
+    The document root's symlinks are resolved once, here (as FrankenPHP's
+    ``resolve_root_symlink`` does when it starts).  :meth:`resolve` is thread-safe; its
+    file-system work (an ``lstat()`` per path segment) runs without the GIL, which cffi
+    releases during the call.
 
-@dataclass
-class _Resolver:
-    root_real: str
-    allowed_hidden: Collection[str]
-    # reasons for refusals found while probing candidates
-    refusals: list[str] = field(default_factory=list)
+    Raises :class:`NotADirectoryError` when ``document_root`` is not a directory and
+    :class:`ValueError` for an invalid name (empty, with ``/``, ``.`` or ``..``).
+    """
 
-    def lookup(self, segments: list[str]) -> tuple[str, os.stat_result] | object | None:
-        """Resolve ``segments`` below the root.
+    def __init__(
+        self,
+        document_root: str | os.PathLike[str],
+        *,
+        index: str = DEFAULT_INDEX,
+        split_extensions: Collection[str] = DEFAULT_SPLIT_EXTENSIONS,
+        static_indexes: Collection[str] = DEFAULT_STATIC_INDEXES,
+        allowed_hidden: Collection[str] = DEFAULT_ALLOWED_HIDDEN,
+        follow_symlinks: bool = True,
+    ) -> None:
+        keep: list[Any] = []  # the C router keeps pointers to these: they live as long as self
 
-        Returns ``(real_path, stat)`` when the path exists inside the root and nothing on the
-        resolved path is hidden, :data:`_OUTSIDE` when it exists but resolves outside the root
-        or onto a hidden name (the reason is recorded), ``None`` when it does not exist.
-        """
-        logical = os.path.join(self.root_real, *segments) if segments else self.root_real
-        try:
-            st = os.stat(logical)  # follows symlinks; any error means "not there"
-        except (OSError, ValueError):
-            return None
-        real = os.path.realpath(logical)
-        if not _inside(real, self.root_real):
-            self.refusals.append(f"{'/'.join(segments)!r} resolves outside the document root")
-            return _OUTSIDE
-        if real != self.root_real:
-            rel_parts = os.path.relpath(real, self.root_real).split(os.sep)
-            if any(_is_hidden(p, self.allowed_hidden) for p in rel_parts):
-                self.refusals.append(f"{'/'.join(segments)!r} resolves to a hidden path")
-                return _OUTSIDE
-        return real, st
+        def c_names(names: Iterable[str]) -> tuple[Any, int]:
+            strings = [ffi.new("char[]", _text_to_bytes(n)) for n in names]
+            array = ffi.new("char *[]", strings or [ffi.NULL])
+            keep.extend((strings, array))
+            return array, len(strings)
 
+        options = ffi.new("fp_router_options *")
+        index_c = ffi.new("char[]", _text_to_bytes(index))
+        keep.append(index_c)
+        options.index = index_c
+        options.split_extensions, options.n_split_extensions = c_names(split_extensions)
+        options.static_indexes, options.n_static_indexes = c_names(static_indexes)
+        options.allowed_hidden, options.n_allowed_hidden = c_names(allowed_hidden)
+        options.follow_symlinks = 1 if follow_symlinks else 0
+        self._router = ffi.new("fp_router *")
+        root = os.fspath(document_root)
+        rc = lib.fp_router_init(self._router, os.fsencode(root), options)
+        if rc in (errno.ENOENT, errno.ENOTDIR):
+            raise NotADirectoryError(errno.ENOTDIR, "document root is not a directory", root)
+        if rc == errno.EINVAL:
+            raise ValueError(
+                "invalid routing option: index, static_indexes and allowed_hidden must be file"
+                " names, split_extensions must start with '.'"
+            )
+        if rc:
+            raise OSError(rc, os.strerror(rc), root)
+        self._keep = keep
+        self.follow_symlinks = follow_symlinks
+        self.document_root: str = ffi.string(self._router.root).decode("utf-8", "surrogateescape")
+        self._local = threading.local()
 
-def _url_path(segments: Iterable[str]) -> str:
-    return "/" + "/".join(segments)
+    def _buffer(self, size: int) -> Any:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.buf = _no_clear("char[]", max(size, 16384))
+        return buf
 
-
-def _quote_path(path: str) -> str:
-    return quote(_text_to_bytes(path), safe="/!$&'()*+,;=:@-._~")
-
-
-def _remainder_after(path: str, n: int) -> str:
-    """The raw part of ``path`` after its ``n``-th (0-based) non-empty segment: ``PATH_INFO``.
-    ``/a//x.php/b//c`` with n=1 -> ``/b//c``; ``/x.php`` -> ``""``; ``/x.php/`` -> ``/``."""
-    parts = path.split("/")
-    seen = -1
-    for k, part in enumerate(parts):
-        if part:
-            seen += 1
-            if seen == n:
-                return "/" + "/".join(parts[k + 1:]) if k + 1 < len(parts) else ""
-    return ""
-
-
-def _has_suffix(name: str, suffixes: Iterable[str]) -> bool:
-    lower = name.lower()
-    return any(lower.endswith(s) for s in suffixes)
-
-
-def _is_php_source(name: str, split_extensions: Iterable[str]) -> bool:
-    """True for a file name that must not be sent as a static file (PHP source or a copy)."""
-    return (
-        _has_suffix(name, split_extensions)
-        or _has_suffix(name, PHP_SOURCE_SUFFIXES)
-        or _PHP_BACKUP_RE.search(name) is not None
-    )
+    def resolve(self, path_info_raw: str, query_string: str = "") -> Route:
+        """See :func:`resolve`."""
+        path = _wsgi_to_bytes(path_info_raw or "/")
+        query = _wsgi_to_bytes(query_string) if query_string else b""
+        size = lib.fp_route_buffer_size(self._router, len(path), len(query))
+        buf = self._buffer(size)
+        out = ffi.new("fp_route *")
+        rc = lib.fp_route_resolve(self._router, path, len(path), query, len(query), buf, len(buf), out)
+        if rc:  # cannot happen with fp_route_buffer_size()'s buffer
+            raise OSError(rc, os.strerror(rc), "fp_route_resolve")
+        kind = _KINDS[out.kind]
+        root = self.document_root
+        if kind is RouteKind.PHP:
+            return Route(
+                kind, out.status, root,
+                script_name=_text(out.script_name),
+                script_filename=_text(out.script_filename),
+                path_info=path[len(path) - out.path_info.len:].decode("utf-8", "surrogateescape")
+                if out.path_info.len else "",
+                real_path=_text(out.real_path),
+                front_controller=bool(out.front_controller),
+            )
+        if kind is RouteKind.STATIC:
+            return Route(kind, out.status, root, script_name=_text(out.script_name),
+                         real_path=_text(out.real_path))
+        reason = ffi.string(out.reason).decode() if out.reason else ""
+        if kind is RouteKind.REDIRECT:
+            # A WSGI header value: the query's bytes as the native (latin-1) string they came as.
+            location = ffi.unpack(out.location.ptr, out.location.len).decode("latin-1")
+            return Route(kind, out.status, root, location=location, reason=reason)
+        return Route(kind, out.status, root, reason=reason)
 
 
 def resolve(
-    document_root: Path | str,
+    document_root: str | os.PathLike[str],
     path_info_raw: str,
     *,
     query_string: str = "",
@@ -265,6 +300,7 @@ def resolve(
     split_extensions: Collection[str] = DEFAULT_SPLIT_EXTENSIONS,
     static_indexes: Collection[str] = DEFAULT_STATIC_INDEXES,
     allowed_hidden: Collection[str] = DEFAULT_ALLOWED_HIDDEN,
+    follow_symlinks: bool = True,
 ) -> Route:
     """Decide what the request path ``path_info_raw`` maps to under ``document_root``.
 
@@ -280,119 +316,21 @@ def resolve(
     server: the file, or a directory's ``index.html``/``index.txt``; else 404.  Refusals (400,
     403) come first and win over every fallback: ``/.env`` is a 403, never the front controller.
 
+    This builds a :class:`Router` per call (the document root's symlinks are resolved each
+    time); a server keeps one :class:`Router` instead.
+
     Raises :class:`NotADirectoryError` when ``document_root`` is not a directory.
     """
-    root_real = os.path.realpath(os.fspath(document_root))
-    if not os.path.isdir(root_real):
-        raise NotADirectoryError(errno.ENOTDIR, "document root is not a directory", root_real)
-
-    def refuse(kind: RouteKind, reason: str) -> Route:
-        status = {RouteKind.BAD_REQUEST: 400, RouteKind.FORBIDDEN: 403, RouteKind.NOT_FOUND: 404}[kind]
-        return Route(kind, status, root_real, reason=reason)
-
-    path = wsgi_to_text(path_info_raw or "/")
-    if "\x00" in path:
-        return refuse(RouteKind.BAD_REQUEST, "NUL byte in the request path")
-    if not path.startswith("/"):
-        path = "/" + path
-    trailing_slash = path.endswith("/")
-    segments = [s for s in path.split("/") if s]
-    for seg in segments:
-        if seg == "..":
-            return refuse(RouteKind.FORBIDDEN, "parent directory reference in the request path")
-        if _is_hidden(seg, allowed_hidden):
-            return refuse(RouteKind.FORBIDDEN, f"hidden path segment {seg!r}")
-
-    res = _Resolver(root_real, allowed_hidden)
-
-    def forbidden() -> Route:
-        return refuse(RouteKind.FORBIDDEN, res.refusals[-1])
-
-    def php_route(script_segments: list[str], path_info: str, real: str, front: bool) -> Route:
-        script_name = _url_path(script_segments)
-        return Route(
-            RouteKind.PHP, 200, root_real,
-            script_name=script_name,
-            script_filename=os.path.join(root_real, *script_segments),
-            path_info=path_info,
-            real_path=real,
-            front_controller=front,
-        )
-
-    # (1) canonical directory URL: /dir -> /dir/ when /dir/index.php exists.
-    if segments and not trailing_slash:
-        found = res.lookup([*segments, index])
-        if found is _OUTSIDE:
-            return forbidden()
-        if isinstance(found, tuple) and stat.S_ISREG(found[1].st_mode):
-            location = _quote_path(_url_path(segments) + "/")
-            if query_string:
-                location += "?" + query_string
-            return Route(RouteKind.REDIRECT, 308, root_real, location=location,
-                         reason="directory without trailing slash")
-
-    # (2) the path itself, with split_path.
-    split_at = next(
-        (i for i, seg in enumerate(segments) if _has_suffix(seg, split_extensions)), None
+    router = Router(
+        document_root, index=index, split_extensions=split_extensions,
+        static_indexes=static_indexes, allowed_hidden=allowed_hidden,
+        follow_symlinks=follow_symlinks,
     )
-    if split_at is not None:
-        script_segments = segments[: split_at + 1]
-        found = res.lookup(script_segments)
-        if found is _OUTSIDE:
-            return forbidden()
-        if isinstance(found, tuple) and stat.S_ISREG(found[1].st_mode):
-            return php_route(script_segments, _remainder_after(path, split_at), found[0], front=False)
-    else:
-        found = res.lookup(segments)
-        if found is _OUTSIDE:
-            return forbidden()
-        if isinstance(found, tuple) and stat.S_ISREG(found[1].st_mode) and segments:
-            # the URL's name and the resolved name (a symlink "x.txt" -> "index.php")
-            for name in (segments[-1], os.path.basename(found[0])):
-                if _is_php_source(name, split_extensions):
-                    return refuse(RouteKind.FORBIDDEN, f"PHP source file {name!r} not served")
-            return Route(RouteKind.STATIC, 200, root_real, script_name=_url_path(segments),
-                         real_path=found[0])
-
-    # (3) the directory's index.php (reached with a trailing slash, see (1)).
-    found = res.lookup([*segments, index])
-    if found is _OUTSIDE:
-        return forbidden()
-    if isinstance(found, tuple) and stat.S_ISREG(found[1].st_mode):
-        return php_route([*segments, index], "", found[0], front=False)
-
-    # (4) the front controller.
-    found = res.lookup([index])
-    if found is _OUTSIDE:
-        return forbidden()
-    if isinstance(found, tuple) and stat.S_ISREG(found[1].st_mode):
-        return php_route([index], "", found[0], front=True)
-
-    # (5) file server for directories: index.html / index.txt.
-    if split_at is None:
-        found = res.lookup(segments)
-        if isinstance(found, tuple) and stat.S_ISDIR(found[1].st_mode):
-            for name in static_indexes:
-                idx = res.lookup([*segments, name])
-                if idx is _OUTSIDE:
-                    return forbidden()
-                if isinstance(idx, tuple) and stat.S_ISREG(idx[1].st_mode):
-                    if _is_php_source(os.path.basename(idx[0]), split_extensions):
-                        return refuse(RouteKind.FORBIDDEN, f"PHP source behind {name!r} not served")
-                    if segments and not trailing_slash:
-                        location = _quote_path(_url_path(segments) + "/")
-                        if query_string:
-                            location += "?" + query_string
-                        return Route(RouteKind.REDIRECT, 308, root_real, location=location,
-                                     reason="directory without trailing slash")
-                    return Route(RouteKind.STATIC, 200, root_real,
-                                 script_name=_url_path([*segments, name]), real_path=idx[0])
-
-    return refuse(RouteKind.NOT_FOUND, "no file matched and no front controller")
+    return router.resolve(path_info_raw, query_string)
 
 
 # ---------------------------------------------------------------------------------------------
-# Static files
+# Static files: the decisions in csrc/router.c, the I/O here
 # ---------------------------------------------------------------------------------------------
 
 
@@ -449,85 +387,37 @@ def simple_response(
     return StaticResponse(status, hdrs, [body])
 
 
-_TEXTUAL_TYPES = frozenset({"application/javascript", "application/json", "application/xml",
-                            "image/svg+xml"})
-_ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
-                   "xz": "application/x-xz", "br": "application/x-brotli",
-                   "compress": "application/x-compress"}
+_STATIC_HEADERS = (
+    ("if_match", "HTTP_IF_MATCH"),
+    ("if_unmodified_since", "HTTP_IF_UNMODIFIED_SINCE"),
+    ("if_none_match", "HTTP_IF_NONE_MATCH"),
+    ("if_modified_since", "HTTP_IF_MODIFIED_SINCE"),
+    ("range", "HTTP_RANGE"),
+    ("if_range", "HTTP_IF_RANGE"),
+)
 
 
-def _content_type(path: str) -> str:
-    """``Content-Type`` from the file name; ``charset=utf-8`` on textual types.  A compressed
-    file (``.tar.gz``) is sent as the compressed type: no ``Content-Encoding`` is added."""
-    ctype, encoding = mimetypes.guess_type(path, strict=False)
-    if encoding is not None:
-        return _ENCODING_TYPES.get(encoding, "application/octet-stream")
-    if ctype is None:
-        return "application/octet-stream"
-    if ctype.startswith("text/") or ctype in _TEXTUAL_TYPES:
-        return ctype + "; charset=utf-8"
-    return ctype
+def _decide(environ: Mapping[str, Any], method: str, st: os.stat_result, name: str) -> Any:
+    """fp_static_decide() for the open file ``st`` named ``name``."""
+    keep = []
+    request = ffi.new("fp_static_request *")
 
+    def put(field: Any, value: str) -> None:
+        data = ffi.from_buffer(_wsgi_to_bytes(value))
+        keep.append(data)
+        field.ptr, field.len = data, len(data)
 
-def _etag(st: os.stat_result) -> str:
-    """Strong validator from mtime (ns) and size, like Caddy's file server."""
-    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
-def _etag_list(header: str) -> list[str]:
-    return [t.strip() for t in header.split(",") if t.strip()]
-
-
-def _weak_match(header: str, etag: str) -> bool:
-    if header.strip() == "*":
-        return True
-    bare = etag.removeprefix("W/")
-    return any(t.removeprefix("W/") == bare for t in _etag_list(header))
-
-
-def _strong_match(header: str, etag: str) -> bool:
-    if header.strip() == "*":
-        return True
-    if etag.startswith("W/"):
-        return False
-    return any(t == etag for t in _etag_list(header))
-
-
-def _http_date(value: str) -> int | None:
-    try:
-        dt = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if dt is None or dt.tzinfo is None:
-        return None
-    return int(dt.timestamp())
-
-
-_RANGE_RE = re.compile(r"^bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
-    """``(first, last)`` inclusive for a satisfiable single byte range, ``False`` when it is
-    unsatisfiable (416), ``None`` when the header is to be ignored (malformed, several
-    ranges, other unit: a full 200 is sent)."""
-    m = _RANGE_RE.match(header.strip())
-    if not m:
-        return None
-    first_s, last_s = m.groups()
-    if not first_s and not last_s:
-        return None
-    if not first_s:  # suffix range: the last N bytes
-        n = int(last_s)
-        if n == 0 or size == 0:
-            return False
-        return max(0, size - n), size - 1
-    first = int(first_s)
-    last = int(last_s) if last_s else size - 1
-    if last_s and last < first:
-        return None  # invalid range-spec: ignore the header
-    if first >= size:
-        return False
-    return first, min(last, size - 1)
+    put(request.method, method)
+    for field, key in _STATIC_HEADERS:
+        value = environ.get(key)
+        if value is not None:
+            put(getattr(request, field), str(value))
+    info = ffi.new("fp_file_info *", (st.st_size, *divmod(st.st_mtime_ns, 1_000_000_000)))
+    out = ffi.new("fp_static_response *")
+    raw_name = os.fsencode(name)
+    if lib.fp_static_decide(info, raw_name, len(raw_name), request, out):
+        raise ValueError("fp_static_decide: invalid arguments")
+    return out
 
 
 def serve_static(
@@ -535,14 +425,15 @@ def serve_static(
 ) -> StaticResponse:
     """Serve the regular file ``path`` for the WSGI request ``environ``.
 
-    GET and HEAD only (405 with ``Allow`` otherwise).  Sends ``Content-Type`` (mimetypes),
-    ``Content-Length``, ``Last-Modified``, a strong ``ETag`` from mtime and size and
+    GET and HEAD only (405 with ``Allow`` otherwise).  Sends ``Content-Type`` (from the file
+    name), ``Content-Length``, ``Last-Modified``, a strong ``ETag`` from mtime and size and
     ``Accept-Ranges: bytes``.  Honours ``If-Match``/``If-Unmodified-Since`` (412),
     ``If-None-Match``/``If-Modified-Since`` (304), ``If-Range`` and a single
     ``Range: bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` (206 with ``Content-Range``; 416 with
     ``Content-Range: bytes */size`` when unsatisfiable; several ranges or a malformed header
-    are ignored and the whole file is sent).  A full GET body uses ``wsgi.file_wrapper`` when
-    the server offers it, otherwise a :class:`FileChunks` iterator; both close the file.
+    are ignored and the whole file is sent): the decisions of ``fp_static_decide()``
+    (csrc/router.h).  A full GET body uses ``wsgi.file_wrapper`` when the server offers it,
+    otherwise a :class:`FileChunks` iterator; both close the file.
 
     The file is opened with ``O_NOFOLLOW``: the caller passes the resolved path
     (:attr:`Route.real_path`), so a symlink appearing there after routing is refused (403).
@@ -568,66 +459,32 @@ def serve_static(
         raise
     handed_over = False
     try:
-        size = st.st_size
-        etag = _etag(st)
-        mtime = int(st.st_mtime)
-        validators = [("Last-Modified", formatdate(mtime, usegmt=True)), ("ETag", etag)]
-        base = [("Content-Type", _content_type(os.fspath(path))), ("Accept-Ranges", "bytes"),
-                *validators]
-
-        # RFC 9110 section 13.2.2: evaluation order of the preconditions.
-        if_match = environ.get("HTTP_IF_MATCH")
-        if if_match is not None:
-            if not _strong_match(if_match, etag):
-                return simple_response(412)
-        else:
-            ius = environ.get("HTTP_IF_UNMODIFIED_SINCE")
-            ius_t = _http_date(ius) if ius else None
-            if ius_t is not None and mtime > ius_t:
-                return simple_response(412)
-        inm = environ.get("HTTP_IF_NONE_MATCH")
-        if inm is not None:
-            if _weak_match(inm, etag):
-                return StaticResponse(304, validators, [])
-        else:
-            ims = environ.get("HTTP_IF_MODIFIED_SINCE")
-            ims_t = _http_date(ims) if ims else None
-            if ims_t is not None and mtime <= ims_t:
-                return StaticResponse(304, validators, [])
-
-        first, last = 0, size - 1
-        status = 200
-        range_header = environ.get("HTTP_RANGE")
-        if range_header and method == "GET":
-            if_range = environ.get("HTTP_IF_RANGE")
-            use_range = True
-            if if_range is not None:
-                if_range = if_range.strip()
-                if if_range.startswith(('"', "W/")):
-                    use_range = _strong_match(if_range, etag) and if_range != "*"
-                else:
-                    use_range = _http_date(if_range) == mtime
-            rng = _parse_range(range_header, size) if use_range else None
-            if rng is False:
-                return StaticResponse(416, [("Content-Range", f"bytes */{size}"),
-                                            ("Content-Length", "0"), *validators], [])
-            if isinstance(rng, tuple):
-                first, last = rng
-                status = 206
-        length = last - first + 1 if size else 0
-        headers = [*base, ("Content-Length", str(length))]
-        if status == 206:
-            headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
-        if method == "HEAD" or length == 0:
-            return StaticResponse(status, headers, [])
+        d = _decide(environ, method, st, os.fspath(path))
+        etag = ffi.string(d.etag).decode("ascii")
+        validators = [("ETag", etag)]
+        if d.last_modified[0] != b"\0":
+            validators.insert(0, ("Last-Modified", ffi.string(d.last_modified).decode("ascii")))
+        if d.status in (405, 412):
+            return simple_response(d.status, headers=[("Allow", "GET, HEAD")] if d.status == 405 else [])
+        if d.status == 304:
+            return StaticResponse(304, validators, [])
+        if d.status == 416:
+            return StaticResponse(416, [("Content-Range", f"bytes */{d.size}"),
+                                        ("Content-Length", "0"), *validators], [])
+        headers = [("Content-Type", ffi.string(d.content_type).decode("ascii")),
+                   ("Accept-Ranges", "bytes"), *validators, ("Content-Length", str(d.length))]
+        if d.status == 206:
+            headers.append(("Content-Range", f"bytes {d.offset}-{d.offset + d.length - 1}/{d.size}"))
+        if not d.send_body:
+            return StaticResponse(d.status, headers, [])
         wrapper = environ.get("wsgi.file_wrapper")
         body: Iterable[bytes]
-        if status == 200 and wrapper is not None:
+        if d.status == 200 and wrapper is not None:
             body = wrapper(fileobj, chunk_size)
         else:
-            body = FileChunks(fileobj, first, length, chunk_size)
+            body = FileChunks(fileobj, d.offset, d.length, chunk_size)
         handed_over = True
-        return StaticResponse(status, headers, body)
+        return StaticResponse(d.status, headers, body)
     finally:
         if not handed_over:
             fileobj.close()
@@ -663,6 +520,10 @@ def _split_host(host: str) -> tuple[str, str]:
         name, port = host.split(":")
         return name, port
     return host, ""
+
+
+def _quote_path(path: str) -> str:
+    return quote(_text_to_bytes(path), safe="/!$&'()*+,;=:@-._~")
 
 
 def _request_uri(environ: Mapping[str, Any]) -> str:

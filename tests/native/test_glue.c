@@ -28,6 +28,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -341,7 +342,9 @@ static size_t host_read_body(void *handle, char *buf, size_t len)
     if (n > len) {
         n = len;
     }
-    memcpy(buf, r->body + r->body_pos, n);
+    if (n) {   /* no body: r->body is NULL, and memcpy from NULL is undefined even for 0 bytes */
+        memcpy(buf, r->body + r->body_pos, n);
+    }
     r->body_pos += n;
     return n;
 }
@@ -1039,12 +1042,14 @@ static void group_time_limit(void)
 
 /* ---- 6. fp_interrupt ------------------------------------------------------------------------- */
 
-static volatile sig_atomic_t usr2_count;
+/* Atomic, not volatile sig_atomic_t: the handler runs on the PHP thread and the main thread
+ * reads the count (sig_atomic_t is only safe within one thread; TSan reports the race). */
+static atomic_int usr2_count;
 
 static void on_usr2(int signo)
 {
     (void)signo;
-    usr2_count++;
+    atomic_fetch_add(&usr2_count, 1);
 }
 
 static void interrupt_sleeping(const char *label, fp_request *q, rec *r)
@@ -1062,7 +1067,7 @@ static void interrupt_sleeping(const char *label, fp_request *q, rec *r)
         sleep_ms(1);
     }
     wait_in_sleep_syscall(tid, 2);
-    int signals_before = usr2_count;
+    int signals_before = atomic_load(&usr2_count);
     double t0 = now_s();
     CHECK(fp_interrupt(id, 1, SIGUSR2) == 1, "%s: fp_interrupt() of the running execution returned 0", label);
     int ended = runner_wait(&rn, 2.0);
@@ -1079,7 +1084,7 @@ static void interrupt_sleeping(const char *label, fp_request *q, rec *r)
     double elapsed = rn.ended - t0;
     fprintf(stdout, "  %s: returned %.2f ms after fp_interrupt()\n", label, elapsed * 1e3);
     CHECK(elapsed < 2.0, "%s: took %.3f s", label, elapsed);
-    CHECK(usr2_count > signals_before, "%s: the host's SIGUSR2 handler did not run", label);
+    CHECK(atomic_load(&usr2_count) > signals_before, "%s: the host's SIGUSR2 handler did not run", label);
     CHECK(q->end_reason == FP_END_INTERRUPT, "%s: end_reason %d", label, q->end_reason);
     CHECK(q->exit_status == 255 && rn.rc == 255, "%s: exit_status %d", label, q->exit_status);
     CHECK(q->exec_id == id, "%s: exec_id %llu != %llu", label, (unsigned long long)q->exec_id,
