@@ -7,11 +7,30 @@ The extension is not linked against libphp; it loads private copies of it at run
 ``frankenpy/images.py``).
 """
 
+import shlex
+import subprocess
 from pathlib import Path
 
 from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent
+
+
+def _pkg_config(package: str) -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) of ``package``; a clear error when it is missing."""
+    try:
+        cflags = subprocess.check_output(["pkg-config", "--cflags", package], text=True)
+        libs = subprocess.check_output(["pkg-config", "--libs", package], text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(
+            f"frankenpy: pkg-config cannot find {package} ({exc}); install libh2o-evloop-dev "
+            "libssl-dev pkg-config (scripts/install_deps.sh)"
+        ) from exc
+    return shlex.split(cflags), shlex.split(libs)
+
+
+# libh2o-evloop (Debian libh2o-evloop-dev, MIT): the native HTTP server's library.
+H2O_CFLAGS, H2O_LIBS = _pkg_config("libh2o-evloop")
 
 
 def _cdef_text(header: str, stop_marker: str | None = None) -> str:
@@ -28,6 +47,9 @@ ffibuilder.cdef(_cdef_text("frankenpy.h", "/* @cdef-types-end */"))
 ffibuilder.cdef(_cdef_text("loader.h"))
 ffibuilder.cdef(_cdef_text("page_share.h"))
 ffibuilder.cdef(_cdef_text("router.h"))  # the php_server router (frankenpy/http/routing.py)
+# The native HTTP server (frankenpy/http/native.py); handoff.h stays C-only (pthread types).
+ffibuilder.cdef(_cdef_text("http_server.h"))
+ffibuilder.cdef(_cdef_text("serve.h"))
 ffibuilder.cdef(
     """
     extern "Python+C" int fp_py_output(void *, const char *, size_t);
@@ -41,12 +63,15 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "frankenpy._native",
-    '#include "loader.h"\n#include "page_share.h"\n#include "router.h"',
+    '#include "loader.h"\n#include "page_share.h"\n#include "router.h"\n#include "serve.h"',
     # relative paths: setuptools refuses absolute ones
-    sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c"],
+    sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c",
+             "csrc/handoff.c", "csrc/http_server.c", "csrc/serve.c"],
     include_dirs=["csrc"],
-    libraries=["dl"],
-    extra_compile_args=["-Wall", "-Wextra"],
+    define_macros=[("H2O_USE_LIBUV", "0")],
+    libraries=["dl", "pthread"],
+    extra_compile_args=["-Wall", "-Wextra", *H2O_CFLAGS],
+    extra_link_args=H2O_LIBS,
 )
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 5
+#define FP_ABI_VERSION 6
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -89,6 +89,11 @@ struct fp_request {
     int argc;
     int output_mode; /* enum fp_output_mode */
     void *handle;    /* passed back to every fp_host callback */
+    /* Callbacks for this execution; NULL: the interpreter's (fp_startup's).  The native HTTP
+     * server (http_server.h) gives its requests C callbacks, so that no request enters Python.
+     * An HTTP worker's requests use their own table for output, headers, body and diagnostics;
+     * the worker script's table serves time_limit, worker_ready, next_request and request_done. */
+    const struct fp_host *host;
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */
     int worker_fd;           /* background: read end of the stop pipe (not owned), else -1 */

@@ -48,6 +48,12 @@ static int fatal_error; /* a fatal diagnostic was reported during the execution 
 
 static void prepare_request_info(fp_request *req);
 
+/* The callbacks of request `r`: its own table, else the interpreter's. */
+static inline const fp_host *host_of(const fp_request *r)
+{
+    return r && r->host ? r->host : host;
+}
+
 /* What sapi_activate() decided that we decide otherwise. */
 static void after_sapi_activate(fp_request *req)
 {
@@ -100,7 +106,7 @@ static size_t fp_ub_write(const char *str, size_t len)
         return len;
     }
     if (r->output_mode == FP_OUTPUT_STREAM) {
-        if (host->output(r->handle, str, len) != 0) {
+        if (host_of(r)->output(r->handle, str, len) != 0) {
             php_handle_aborted_connection(); /* bails out unless ignore_user_abort(true) */
         }
     } else {
@@ -120,7 +126,7 @@ static void fp_flush(void *server_context)
         sapi_send_headers();
     }
     if (r->output_len) {
-        int gone = host->output(r->handle, r->output, r->output_len) != 0;
+        int gone = host_of(r)->output(r->handle, r->output, r->output_len) != 0;
         r->output_len = 0;
         if (gone) {
             php_handle_aborted_connection();
@@ -155,8 +161,8 @@ static int fp_send_headers(sapi_headers_struct *headers)
     r->headers_len = copy ? len : 0;
     r->response_code = headers->http_response_code ? headers->http_response_code : 200;
     r->headers_sent = 1;
-    if (host->headers) {
-        host->headers(r->handle, r->response_code, r->headers ? r->headers : "", r->headers_len);
+    if (host_of(r)->headers) {
+        host_of(r)->headers(r->handle, r->response_code, r->headers ? r->headers : "", r->headers_len);
     }
     return SAPI_HEADER_SENT_SUCCESSFULLY;
 }
@@ -164,7 +170,7 @@ static int fp_send_headers(sapi_headers_struct *headers)
 static size_t fp_read_post(char *buf, size_t len)
 {
     fp_request *r = current;
-    return r && r->http ? host->read_body(r->handle, buf, len) : 0;
+    return r && r->http ? host_of(r)->read_body(r->handle, buf, len) : 0;
 }
 
 static char *fp_read_cookies(void)
@@ -215,7 +221,7 @@ static char *fp_getenv(const char *name, size_t name_len)
 static void fp_log_message(const char *message, int syslog_type)
 {
     (void)syslog_type;
-    host->log(current ? current->handle : NULL, 0, NULL, 0, message);
+    host_of(current)->log(current ? current->handle : NULL, 0, NULL, 0, message);
 }
 
 /* Every diagnostic passes through here before PHP's own handler (which may bail out). */
@@ -226,7 +232,7 @@ static void fp_error_cb(int type, zend_string *file, const uint32_t line, zend_s
         fatal_error = 1; /* not every fatal error bails out (uncaught exceptions, OOM unwind) */
     }
     if ((EG(error_reporting) & kind) || (kind & E_CORE)) {
-        host->log(current ? current->handle : NULL, kind, file ? ZSTR_VAL(file) : NULL, line,
+        host_of(current)->log(current ? current->handle : NULL, kind, file ? ZSTR_VAL(file) : NULL, line,
                   ZSTR_VAL(message));
     }
     php_error_cb(type, file, line, message);
@@ -242,7 +248,7 @@ static ZEND_INI_MH(fp_on_update_timeout)
     time_limit = ZEND_STRTOL(ZSTR_VAL(new_value), NULL, 10);
     EG(timeout_seconds) = 0;
     if (stage == ZEND_INI_STAGE_RUNTIME && script_req) {
-        host->time_limit(script_req->handle, time_limit);
+        host_of(script_req)->time_limit(script_req->handle, time_limit);
     }
     return SUCCESS;
 }
@@ -305,7 +311,7 @@ PHP_FUNCTION(frankenphp_get_worker_handle)
     GC_ADDREF(worker_handle); /* our reference; the resource list frees it at request end anyway */
     php_stream_to_zval(stream, return_value);
     if (first) {
-        host->worker_ready(r->handle);
+        host_of(r)->worker_ready(r->handle);
     }
 }
 
@@ -422,7 +428,7 @@ static void finish_http_request(void)
     fp_request *done = current;
     layers_shutdown();
     layers_startup(script_req, 0);
-    host->request_done(script_req->handle, done);
+    host_of(script_req)->request_done(script_req->handle, done);
     fp_request_clear(done); /* the host copied what it needed in request_done() */
 }
 
@@ -446,7 +452,7 @@ PHP_FUNCTION(frankenphp_handle_request)
         RETURN_THROWS();
     }
     fp_request *req = NULL;
-    if (!host->next_request(worker->handle, &req) || !req) {
+    if (!host_of(worker)->next_request(worker->handle, &req) || !req) {
         RETURN_FALSE; /* drained: the script leaves its loop */
     }
     layers_shutdown();
@@ -653,7 +659,7 @@ int fp_execute(fp_request *req)
     pthread_mutex_unlock(&exec_mu);
 
     if (time_limit > 0) {
-        host->time_limit(req->handle, time_limit);
+        host_of(req)->time_limit(req->handle, time_limit);
     }
     zend_first_try {
         run_script(req);

@@ -3,8 +3,8 @@
 #
 # Usage: bash scripts/install_deps.sh [--bench] [--dev]
 #   --bench  also install the tools the benchmarks compare against:
-#            supervisor, nginx, php8.2-fpm, and the C HTTP libraries bench_http_libs.py
-#            compares (libh2o-evloop-dev, libmicrohttpd-dev, libevent-dev)
+#            supervisor, nginx, php8.2-fpm, apache2 + libapache2-mod-php8.2, and the C HTTP
+#            libraries bench_http_libs.py compares (libmicrohttpd-dev, libevent-dev)
 #   --dev    also install Debian's PHP-Parser 4.x (package php-parser), needed only by
 #            scripts/gen_arginfo.sh to regenerate csrc/frankenphp_arginfo.h (which is committed)
 #
@@ -39,19 +39,23 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   php8.2-opcache   opcache.so
 #   gcc libc6-dev make  C toolchain for csrc/ (usually present already)
 #   wrk              HTTP load from another process (tests/test_http.py, benchmarks)
+#   libh2o-evloop-dev libssl-dev pkg-config
+#                    the native HTTP server's library (csrc/http_server.c; its headers
+#                    include OpenSSL's), found with pkg-config
 apt_pkgs=(
     libphp8.2-embed php8.2-dev php8.2-cli php8.2-common
     php8.2-mbstring php8.2-sqlite3 php8.2-opcache
     gcc libc6-dev make
     wrk
+    libh2o-evloop-dev libssl-dev pkg-config
 )
 # cmake >= 3.18: use the one on PATH (e.g. from pip) if there is one, else Debian's (3.25).
 if ! command -v cmake >/dev/null 2>&1; then
     apt_pkgs+=(cmake)
 fi
 if [ "$want_bench" -eq 1 ]; then
-    apt_pkgs+=(supervisor nginx php8.2-fpm)
-    apt_pkgs+=(libh2o-evloop-dev libssl-dev libmicrohttpd-dev libevent-dev pkg-config)
+    apt_pkgs+=(supervisor nginx php8.2-fpm apache2 libapache2-mod-php8.2)
+    apt_pkgs+=(libmicrohttpd-dev libevent-dev)
 fi
 if [ "$want_dev" -eq 1 ]; then
     apt_pkgs+=(php-parser)

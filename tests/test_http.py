@@ -1,10 +1,12 @@
-"""frankenpy.http end to end: a real waitress server in this process, real PHP, a real HTTP client.
+"""frankenpy.http end to end: a real server in this process, real PHP, a real HTTP client.
 
-Every test talks to :class:`frankenpy.http.server.Server` over TCP with :mod:`http.client` (raw
-sockets where the client library would hide what is on the wire).  PHP scripts are written into a
-temporary document root; they report what PHP saw as JSON, and touch sentinel files where the
-test must know whether PHP ran at all.  Time bounds are generous: other suites may share the
-machine's two cores.
+Every test runs against both servers (the ``server_kind`` fixture): the WSGI path
+(:class:`frankenpy.http.server.Server`, waitress + PHPApp) and the native server
+(:class:`frankenpy.http.native.NativeServer`, h2o in C).  Tests talk to them over TCP with
+:mod:`http.client` (raw sockets where the client library would hide what is on the wire).  PHP
+scripts are written into a temporary document root; they report what PHP saw as JSON, and touch
+sentinel files where the test must know whether PHP ran at all.  Time bounds are generous: other
+suites may share the machine's two cores.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from waitress import trigger as waitress_trigger
 
 import frankenpy
 from frankenpy.http.app import PHPApp
+from frankenpy.http.native import NativeServer
 from frankenpy.http.server import Server, Site
+
+SERVER_KINDS = ("wsgi", "native")
+
+
+def make_server(kind: str, rt: frankenpy.Runtime, sites: list[Site]) -> Server | NativeServer:
+    return NativeServer(rt, sites) if kind == "native" else Server(rt, sites)
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "TOPSECRET-" + secrets.token_hex(8)
@@ -325,7 +334,7 @@ class Served:
     """A started runtime and server; :meth:`stop` once (the fixture stops it otherwise)."""
 
     runtime: frankenpy.Runtime
-    server: Server
+    server: Server | NativeServer
     base: Path
     stopped: bool = False
     apps: list[PHPApp] = field(default_factory=list)
@@ -362,15 +371,16 @@ def start_server(
     num_threads: int = 2,
     workers: list[frankenpy.Worker] | None = None,
     app_options: list[dict[str, Any]] | None = None,
+    server_kind: str = "wsgi",
 ) -> Served:
-    """Runtime + server on ``base/public``; one Site (port 0) per entry of ``app_options``
-    (PHPApp keyword arguments); the first has /metrics."""
+    """Runtime + server (``server_kind``: "wsgi" or "native") on ``base/public``; one Site
+    (port 0) per entry of ``app_options`` (PHPApp keyword arguments); the first has /metrics."""
     rt = frankenpy.Runtime(num_threads=num_threads, workers=workers or [])
     rt.start()
     try:
         apps = [PHPApp(rt, base / "public", **opts) for opts in (app_options or [{}])]
         sites = [Site("127.0.0.1", 0, app, metrics=(i == 0)) for i, app in enumerate(apps)]
-        server = Server(rt, sites)
+        server = make_server(server_kind, rt, sites)
         server.start()
     except BaseException:
         rt.shutdown(5.0)
@@ -378,8 +388,14 @@ def start_server(
     return Served(rt, server, base, apps=apps)
 
 
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """Which server a test runs against: every test runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def site(tmp_path_factory: pytest.TempPathFactory, server_kind: str) -> Iterator[Served]:
     """One server shared by the tests that do not change its state: HTTP worker ``app``
     (worker.php, the default route of its file, one thread), HTTP worker ``api`` (``/api/*``),
     a background worker; a second site whose PHPApp has ``max_body_size=1024``."""
@@ -392,6 +408,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             frankenpy.Worker("bg", base / "workers" / "bg.php", background=True),
         ],
         app_options=[{}, {"max_body_size": 1024}],
+        server_kind=server_kind,
     )
     yield served
     served.stop(grace=5.0)
@@ -404,13 +421,13 @@ def base(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def serve(base: Path) -> Iterator[Callable[..., Served]]:
+def serve(base: Path, server_kind: str) -> Iterator[Callable[..., Served]]:
     """Factory for a server of the test's own on ``base`` (see :func:`start_server`); stopped at
     the end."""
     started: list[Served] = []
 
     def factory(**kwargs: Any) -> Served:
-        served = start_server(base, **kwargs)
+        served = start_server(base, server_kind=server_kind, **kwargs)
         started.append(served)
         return served
 
@@ -1139,7 +1156,7 @@ def test_new_request_during_graceful_stop_gets_503(serve: Callable[..., Served])
 
 @pytest.mark.timeout(60)
 def test_stop_survives_a_concurrent_wake_of_the_server_loop(
-    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, server_kind: str
 ) -> None:
     """stop() hands its close to waitress's loop thread through the trigger (queue a thunk,
     then write to the trigger's pipe).  A task thread may pull the same trigger in between
@@ -1147,6 +1164,8 @@ def test_stop_survives_a_concurrent_wake_of_the_server_loop(
     thunk must not leave stop() writing to a closed pipe.  Seen unforced in about one stop in
     ten under load; here the interleaving is forced: the first write of each pull stands for
     the task thread's, then the loop gets time to run the thunks."""
+    if server_kind != "wsgi":
+        pytest.skip("waitress's trigger: the WSGI server only")
     served = serve()
     assert served.get("/hello.php").status == 200
     real_pull = waitress_trigger.trigger._physical_pull
@@ -1381,7 +1400,7 @@ def test_http_worker_busy_and_queue_metrics(base: Path, serve: Callable[..., Ser
 
 
 @pytest.mark.timeout(60)
-def test_http_worker_max_execution_time_counts_per_request(base: Path) -> None:
+def test_http_worker_max_execution_time_counts_per_request(base: Path, server_kind: str) -> None:
     """max_execution_time applies to each request of an HTTP worker (not to its whole life):
     requests shorter than the limit pass however long the worker lives; one past it gets a
     500, and the worker, restarted at once, serves the next request."""
@@ -1391,7 +1410,7 @@ def test_http_worker_max_execution_time_counts_per_request(base: Path) -> None:
     rt.start()
     try:
         app = PHPApp(rt, base / "public")
-        server = Server(rt, [Site("127.0.0.1", 0, app)])
+        server = make_server(server_kind, rt, [Site("127.0.0.1", 0, app)])
         server.start()
         served = Served(rt, server, base, apps=[app])
         for _ in range(3):  # 3 x 0.6 s: longer than the limit together, not one by one

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
 
 from .. import _native
 from ..execution import Execution
@@ -19,11 +20,13 @@ from .exchange import HTTPExchange
 
 
 class RequestQueue:
-    """Requests waiting for a thread of one HTTP worker (FIFO)."""
+    """Requests waiting for a thread of one HTTP worker (FIFO).  Under the native server the
+    requests wait in a C queue instead; ``native`` is then (server, queue index), for len()."""
 
     def __init__(self) -> None:
         self._items: deque[HTTPExchange] = deque()
         self._cond = threading.Condition()
+        self.native: tuple[Any, int] | None = None
 
     def submit(self, exchange: HTTPExchange) -> None:
         """Queue ``exchange`` for the next free thread of the worker."""
@@ -57,7 +60,9 @@ class RequestQueue:
             self._cond.notify_all()
 
     def __len__(self) -> int:
-        return len(self._items)
+        native = self.native
+        waiting = _native.lib.fp_http_server_queue_length(*native) if native is not None else 0
+        return len(self._items) + waiting
 
 
 def request_queue(group: WorkerGroup, scope: int, name: str) -> RequestQueue:
@@ -113,32 +118,82 @@ class HTTPWorkerExecution(Execution):
         request.finish_from_worker(rest)
 
 
+class NativeHTTPWorkerExecution(Execution):
+    """One run of an HTTP worker's script under the native server: the script takes its
+    requests from the worker's C queue (csrc/serve.h); Python only sees the run's readiness,
+    its own output and diagnostics outside requests, and its end."""
+
+    def __init__(self, thread: HTTPWorkerThread, native: Any) -> None:
+        super().__init__(thread.php, output=thread.log_output, logger=thread.log)
+        self.worker_thread = thread
+        self.native = native
+
+    def run(self) -> Any:
+        req = self.request.struct
+        req.host = _native.lib.fp_native_worker_host()
+        req.handle = self.native  # the C callbacks forward to self.handle
+        _native.lib.fp_native_worker_begin(self.native, req, self.handle)
+        try:
+            return super().run()
+        finally:
+            _native.lib.fp_native_worker_end(self.native)
+
+    def on_ready(self) -> None:
+        self.worker_thread.mark_ready()
+
+
 class HTTPWorkerThread(WorkerThread):
     """A thread of an HTTP worker (see the module docstring)."""
+
+    native: Any = None  # fp_native_worker under the native server (see attach_native)
+    _python_requests = 0
 
     def __init__(self, group: WorkerGroup, worker, index, php) -> None:  # type: ignore[no-untyped-def]
         super().__init__(group, worker, index, php)
         self.queue = request_queue(group, worker.scope, worker.name)
         self.current_run: HTTPWorkerExecution | None = None
 
+    def attach_native(self, native: Any) -> None:
+        """From its next run on, the script takes requests from the native server's C queue."""
+        self.native = native
+
+    @property  # type: ignore[override]
+    def requests(self) -> int:
+        native = self.native
+        return self._python_requests + (int(_native.lib.fp_native_worker_requests(native)) if native else 0)
+
+    @requests.setter
+    def requests(self, value: int) -> None:
+        native = self.native
+        self._python_requests = value - (int(_native.lib.fp_native_worker_requests(native)) if native else 0)
+
     @property
     def draining(self) -> bool:
         return self._stopping or self._drain_requested
 
     def make_execution(self) -> Execution:
+        if self.native is not None:
+            self.current_run = None
+            return NativeHTTPWorkerExecution(self, self.native)
         execution = HTTPWorkerExecution(self)
         self.current_run = execution
         return execution
 
     @property
     def busy(self) -> bool:
+        if self.native is not None:
+            return bool(_native.lib.fp_native_worker_busy(self.native))
         run = self.current_run
         return run is not None and run.in_flight is not None
 
     def on_drain(self) -> None:
         self.queue.wake()
+        if self.native is not None:
+            _native.lib.fp_native_worker_drain(self.native)
 
     def reached_ready_in(self, execution: Execution) -> bool:
+        if isinstance(execution, NativeHTTPWorkerExecution):
+            return bool(_native.lib.fp_native_worker_reached_loop(self.native))
         assert isinstance(execution, HTTPWorkerExecution)
         if execution.in_flight is not None:
             # The glue answers a request cut short by exit() or a fatal error; never leave the

@@ -1,0 +1,1626 @@
+/* The native HTTP server on libh2o-evloop; see http_server.h. */
+#define _GNU_SOURCE
+#include "http_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <h2o.h>
+
+/* picohttpparser, as bundled and exported by libh2o-evloop (h2o's own request parser; Debian
+ * installs no header for it).  Used only to re-read a request head h2o already accepted. */
+struct phr_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len,
+                      const char **path, size_t *path_len, int *minor_version,
+                      struct phr_header *headers, size_t *num_headers, size_t last_len);
+
+#define MAX_SITES 16
+#define MAX_WORKER_ROUTES 64
+#define STATIC_CHUNK (64 * 1024)
+#define EXPIRE_INTERVAL_MS 50
+#define STOP_LINGER_NS 2000000000u /* longest wait for connections to close at stop */
+#define LOG_QUEUE_MAX (4 * 1024 * 1024) /* bytes of records kept when nobody takes them */
+
+typedef struct worker_route {
+    const char *pattern; /* NULL: by script file */
+    const char *script_filename;
+    int queue;
+} worker_route;
+
+typedef struct site {
+    fp_http_server *server;
+    fp_http_site conf;
+    h2o_globalconf_t globalconf;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listener;
+    int fd;
+    worker_route routes[MAX_WORKER_ROUTES];
+    int n_routes;
+    uint64_t max_wait_ns; /* 0: none */
+} site;
+
+typedef struct site_handler {
+    h2o_handler_t super;
+    site *site;
+} site_handler;
+
+struct fp_http_server {
+    site *sites[MAX_SITES];
+    int n_sites;
+    fp_handoff **queues;
+    int n_queues;
+    int python_queue;
+    int access_log;
+
+    h2o_loop_t *loop;
+    h2o_multithread_queue_t *mqueue;
+    h2o_multithread_receiver_t receiver; /* exchanges with output to send */
+    h2o_timeout_t expire_timeout;
+    h2o_timeout_entry_t expire_entry;
+    pthread_t thread;
+    int started;
+    atomic_int stopping;
+    atomic_int draining;
+
+    pthread_mutex_t mu; /* in_flight, the idle condition */
+    pthread_cond_t idle;
+    uint64_t in_flight;
+    atomic_uint_fast64_t requests, php_requests, rejected_503, client_gone;
+    atomic_int php_busy;
+
+    pthread_mutex_t log_mu;
+    pthread_cond_t log_cond;
+    char *logs;
+    size_t logs_len, logs_cap;
+    int logs_woken;
+};
+
+/* ---- exchanges ------------------------------------------------------------------------------ */
+
+struct fp_http_exchange {
+    fp_handoff_item link; /* first: a queue item is an exchange */
+    fp_request req;
+    fp_http_server *server;
+    site *site;
+
+    pthread_mutex_t mu; /* the fields shared between the loop and the PHP thread */
+    pthread_cond_t cond;
+    int refs;           /* the h2o request, the PHP side, a message in flight */
+    h2o_req_t *h2o;     /* NULL once h2o disposed the request (loop thread writes it) */
+    int gone;           /* the client went away before the response was complete */
+    int final;          /* the PHP side is done: everything is in `pending` */
+    int scheduled;      /* `message` is queued to the loop */
+    int status;         /* 0 until the headers are known */
+    char *header_lines;
+    size_t header_len;
+    char *pending;
+    size_t pending_len, pending_cap;
+    h2o_multithread_message_t message;
+
+    /* loop thread only */
+    h2o_generator_t generator;
+    int response_started;
+    int sending;        /* an h2o_send() awaits its proceed */
+    int final_sent;
+    char *inflight;     /* the buffer h2o is writing */
+    size_t inflight_cap;
+    int head;           /* HEAD: the body is produced, not sent */
+    uint64_t started_ns;
+
+    _Atomic uint64_t deadline_ns;
+    _Atomic int64_t limit_seconds;
+
+    char *data;         /* one block: request strings, $_SERVER pairs, body */
+    size_t body_len, body_pos;
+    const char *body;
+    char tag[64];
+    char line[256];     /* "METHOD target" for the access log */
+};
+
+static const fp_host exchange_host;
+
+static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message);
+
+static void server_request_done(fp_http_server *server)
+{
+    pthread_mutex_lock(&server->mu);
+    server->in_flight--;
+    if (server->in_flight == 0) {
+        pthread_cond_broadcast(&server->idle);
+    }
+    pthread_mutex_unlock(&server->mu);
+}
+
+static void exchange_unref(fp_http_exchange *ex)
+{
+    pthread_mutex_lock(&ex->mu);
+    int last = --ex->refs == 0;
+    pthread_mutex_unlock(&ex->mu);
+    if (!last) {
+        return;
+    }
+    pthread_mutex_destroy(&ex->mu);
+    pthread_cond_destroy(&ex->cond);
+    free(ex->header_lines);
+    free(ex->pending);
+    free(ex->inflight);
+    free(ex->data);
+    free(ex);
+}
+
+/* h2o disposes the request's pool: the request is over (answered, or its client gone). */
+static void on_h2o_dispose(void *slot)
+{
+    fp_http_exchange *ex = *(fp_http_exchange **)slot;
+    fp_http_server *server = ex->server;
+    pthread_mutex_lock(&ex->mu);
+    ex->h2o = NULL;
+    if (!ex->final_sent) {
+        ex->gone = 1;
+        atomic_fetch_add(&server->client_gone, 1);
+    }
+    pthread_cond_broadcast(&ex->cond); /* a PHP thread waiting for the client learns it left */
+    pthread_mutex_unlock(&ex->mu);
+    if (server->access_log && ex->line[0]) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s %d %.1f ms", ex->line, ex->gone ? 499 : ex->status,
+                 (double)(fp_monotonic_ns() - ex->started_ns) / 1e6);
+        log_record(server, "A", "-", msg);
+    }
+    atomic_fetch_add(&server->requests, 1);
+    server_request_done(server);
+    exchange_unref(ex);
+}
+
+static void on_generator_stop(h2o_generator_t *generator, h2o_req_t *req)
+{
+    (void)generator;
+    (void)req; /* on_h2o_dispose follows and marks the exchange gone */
+}
+
+static void pump(fp_http_exchange *ex);
+
+static void on_generator_proceed(h2o_generator_t *generator, h2o_req_t *req)
+{
+    (void)req;
+    fp_http_exchange *ex = H2O_STRUCT_FROM_MEMBER(fp_http_exchange, generator, generator);
+    ex->sending = 0;
+    pump(ex);
+}
+
+/* Parse PHP's "Name: value\n" lines into the response; hop-by-hop headers are the server's. */
+static void add_response_headers(h2o_req_t *req, const char *lines, size_t len)
+{
+    const char *p = lines, *end = lines + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol) {
+            eol = end;
+        }
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon && colon > p) {
+            const char *name = p;
+            size_t name_len = (size_t)(colon - p);
+            while (name_len && (name[name_len - 1] == ' ' || name[name_len - 1] == '\t')) {
+                name_len--;
+            }
+            const char *value = colon + 1;
+            const char *value_end = eol;
+            while (value < value_end && (*value == ' ' || *value == '\t')) {
+                value++;
+            }
+            while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t' || value_end[-1] == '\r')) {
+                value_end--;
+            }
+            h2o_iovec_t lower = h2o_strdup(&req->pool, name, name_len);
+            h2o_strtolower(lower.base, lower.len);
+            static const char *const hop[] = {"connection", "keep-alive", "proxy-authenticate",
+                                              "proxy-authorization", "te", "trailers",
+                                              "transfer-encoding", "upgrade"};
+            int skip = 0;
+            for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++) {
+                skip |= strlen(hop[i]) == lower.len && memcmp(hop[i], lower.base, lower.len) == 0;
+            }
+            if (lower.len == 14 && memcmp(lower.base, "content-length", 14) == 0) {
+                /* h2o frames the body itself; PHP's own Content-Length is only kept when it
+                 * agrees with what is sent (checked by the caller when the body is complete). */
+                char *endp;
+                unsigned long long n = strtoull(value, &endp, 10);
+                if (endp != value && endp == value_end) {
+                    req->res.content_length = n;
+                }
+                skip = 1;
+            }
+            if (!skip && name_len) {
+                /* h2o compares lower-case names; on the wire each dash-separated part is
+                 * capitalised, as waitress does ("Content-type" -> "Content-Type"). */
+                h2o_iovec_t wire = h2o_strdup(&req->pool, lower.base, lower.len);
+                for (size_t i = 0; i < wire.len; i++) {
+                    if ((i == 0 || wire.base[i - 1] == '-') && wire.base[i] >= 'a' && wire.base[i] <= 'z') {
+                        wire.base[i] = (char)(wire.base[i] - 32);
+                    }
+                }
+                h2o_add_header_by_str(&req->pool, &req->res.headers, lower.base, lower.len, 1,
+                                      wire.base, value, (size_t)(value_end - value));
+            }
+        }
+        p = eol + 1;
+    }
+}
+
+/* Loop thread: start the response once the headers are known, and send what is pending
+ * whenever h2o is not busy with the previous send. */
+static void pump(fp_http_exchange *ex)
+{
+    h2o_req_t *req = ex->h2o;
+    if (!req || ex->sending || ex->final_sent) {
+        return;
+    }
+    pthread_mutex_lock(&ex->mu);
+    int final = ex->final, status = ex->status;
+    if (!status && !final) {
+        pthread_mutex_unlock(&ex->mu);
+        return;
+    }
+    if (!ex->response_started) {
+        ex->response_started = 1;
+        req->res.status = status ? status : 200;
+        req->res.reason = "OK"; /* h2o writes the reason phrase as given; clients read the code */
+        req->res.content_length = SIZE_MAX;
+        if (ex->header_lines) {
+            add_response_headers(req, ex->header_lines, ex->header_len);
+        }
+        int bodiless = (status >= 100 && status < 200) || status == 204 || status == 304;
+        if (final && !bodiless) {
+            req->res.content_length = ex->pending_len; /* complete: no chunked encoding needed */
+        } else if (bodiless) {
+            req->res.content_length = SIZE_MAX;
+        } else {
+            req->res.content_length = SIZE_MAX; /* streamed: chunked, the length is unknown */
+        }
+    }
+    /* Swap the pending bytes into the in-flight buffer h2o writes from. */
+    char *buf = ex->pending;
+    size_t len = ex->pending_len, cap = ex->pending_cap;
+    ex->pending = ex->inflight;
+    ex->pending_cap = ex->inflight_cap;
+    ex->pending_len = 0;
+    ex->inflight = buf;
+    ex->inflight_cap = cap;
+    pthread_cond_broadcast(&ex->cond); /* back-pressure: the PHP thread may write again */
+    pthread_mutex_unlock(&ex->mu);
+
+    if (ex->response_started == 1) {
+        ex->response_started = 2;
+        h2o_start_response(req, &ex->generator);
+    }
+    if (!len && !final) {
+        return;
+    }
+    h2o_iovec_t body = h2o_iovec_init(buf, ex->head ? 0 : len);
+    ex->sending = 1;
+    if (final) {
+        ex->final_sent = 1;
+    }
+    h2o_send(req, &body, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void on_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    (void)receiver;
+    while (!h2o_linklist_is_empty(messages)) {
+        h2o_multithread_message_t *message = H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+        h2o_linklist_unlink(&message->link);
+        fp_http_exchange *ex = H2O_STRUCT_FROM_MEMBER(fp_http_exchange, message, message);
+        pthread_mutex_lock(&ex->mu);
+        ex->scheduled = 0;
+        pthread_mutex_unlock(&ex->mu);
+        pump(ex);
+        exchange_unref(ex);
+    }
+}
+
+/* PHP thread (under ex->mu): make sure the loop thread looks at the exchange soon. */
+static int schedule_locked(fp_http_exchange *ex)
+{
+    if (ex->scheduled || ex->gone) {
+        return 0;
+    }
+    ex->scheduled = 1;
+    ex->refs++;
+    return 1;
+}
+
+static void send_scheduled(fp_http_exchange *ex)
+{
+    h2o_multithread_send_message(&ex->server->receiver, &ex->message);
+}
+
+static void append_pending(fp_http_exchange *ex, const char *data, size_t len)
+{
+    if (ex->pending_len + len > ex->pending_cap) {
+        size_t cap = ex->pending_cap ? ex->pending_cap : 4096;
+        while (cap < ex->pending_len + len) {
+            cap *= 2;
+        }
+        char *grown = realloc(ex->pending, cap);
+        if (!grown) {
+            return; /* out of memory: drop output rather than crash */
+        }
+        ex->pending = grown;
+        ex->pending_cap = cap;
+    }
+    memcpy(ex->pending + ex->pending_len, data, len);
+    ex->pending_len += len;
+}
+
+/* ---- the exchange's host callbacks (PHP thread) --------------------------------------------- */
+
+static int ex_output(void *handle, const char *data, size_t len)
+{
+    fp_http_exchange *ex = handle;
+    pthread_mutex_lock(&ex->mu);
+    if (ex->gone) {
+        pthread_mutex_unlock(&ex->mu);
+        return -1;
+    }
+    append_pending(ex, data, len);
+    if (!ex->status) {
+        ex->status = ex->req.response_code ? ex->req.response_code : 200;
+    }
+    int send = schedule_locked(ex);
+    pthread_mutex_unlock(&ex->mu);
+    if (send) {
+        send_scheduled(ex);
+    }
+    pthread_mutex_lock(&ex->mu);
+    while (ex->pending_len > FP_HTTP_HIGH_WATER && !ex->gone) {
+        pthread_cond_wait(&ex->cond, &ex->mu);
+    }
+    int gone = ex->gone;
+    pthread_mutex_unlock(&ex->mu);
+    return gone ? -1 : 0;
+}
+
+static void ex_headers(void *handle, int status, const char *lines, size_t len)
+{
+    fp_http_exchange *ex = handle;
+    char *copy = malloc(len + 1);
+    if (copy) {
+        memcpy(copy, lines, len);
+        copy[len] = '\0';
+    }
+    pthread_mutex_lock(&ex->mu);
+    free(ex->header_lines);
+    ex->header_lines = copy;
+    ex->header_len = copy ? len : 0;
+    ex->status = status ? status : 200;
+    pthread_mutex_unlock(&ex->mu);
+}
+
+static void ex_log(void *handle, int type, const char *file, uint32_t line, const char *message)
+{
+    fp_http_exchange *ex = handle;
+    char kind[16];
+    snprintf(kind, sizeof kind, "%d", type);
+    if (file) {
+        size_t n = strlen(message) + strlen(file) + 32;
+        char *text = malloc(n);
+        if (text) {
+            snprintf(text, n, "%s\x1f%s\x1f%u", message, file, line);
+            log_record(ex->server, kind, ex->tag, text);
+            free(text);
+            return;
+        }
+    }
+    log_record(ex->server, kind, ex->tag, message);
+}
+
+static size_t ex_read_body(void *handle, char *buf, size_t len)
+{
+    fp_http_exchange *ex = handle;
+    size_t n = ex->body_len - ex->body_pos;
+    if (n > len) {
+        n = len;
+    }
+    memcpy(buf, ex->body + ex->body_pos, n);
+    ex->body_pos += n;
+    return n;
+}
+
+static void ex_time_limit(void *handle, int64_t seconds)
+{
+    fp_http_exchange_set_deadline(handle, seconds);
+}
+
+static const fp_host exchange_host = {
+    .output = ex_output,
+    .log = ex_log,
+    .headers = ex_headers,
+    .read_body = ex_read_body,
+    .time_limit = ex_time_limit,
+};
+
+void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds)
+{
+    atomic_store(&ex->limit_seconds, seconds);
+    atomic_store(&ex->deadline_ns, seconds > 0 ? fp_monotonic_ns() + (uint64_t)seconds * 1000000000u : 0);
+}
+
+uint64_t fp_http_exchange_deadline(fp_http_exchange *ex, int64_t *seconds)
+{
+    if (seconds) {
+        *seconds = atomic_load(&ex->limit_seconds);
+    }
+    return atomic_load(&ex->deadline_ns);
+}
+
+fp_request *fp_http_exchange_request(fp_http_exchange *ex, const char *tag)
+{
+    snprintf(ex->tag, sizeof ex->tag, "%s", tag ? tag : "-");
+    return &ex->req;
+}
+
+static void finish(fp_http_exchange *ex, int release)
+{
+    fp_request *r = &ex->req;
+    pthread_mutex_lock(&ex->mu);
+    if (!ex->status) {
+        ex->status = r->response_code ? r->response_code : 200;
+    }
+    if (!ex->header_lines && r->headers_sent && r->headers) {
+        ex->header_lines = strndup(r->headers, r->headers_len);
+        ex->header_len = ex->header_lines ? r->headers_len : 0;
+    }
+    if (r->output_len && !ex->gone) {
+        append_pending(ex, r->output, r->output_len);
+    }
+    r->output_len = 0;
+    ex->final = 1;
+    int send = schedule_locked(ex);
+    pthread_mutex_unlock(&ex->mu);
+    if (send) {
+        send_scheduled(ex);
+    }
+    atomic_store(&ex->deadline_ns, 0);
+    if (release) {
+        exchange_unref(ex);
+    }
+}
+
+void fp_http_exchange_finish(fp_http_exchange *ex)
+{
+    finish(ex, 1);
+}
+
+void fp_http_exchange_finish_keep(fp_http_exchange *ex)
+{
+    finish(ex, 0);
+}
+
+void fp_http_exchange_release(fp_http_exchange *ex)
+{
+    exchange_unref(ex);
+}
+
+void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *headers,
+                              const char *body, size_t body_len)
+{
+    pthread_mutex_lock(&ex->mu);
+    ex->status = status;
+    free(ex->header_lines);
+    ex->header_lines = headers ? strdup(headers) : NULL;
+    ex->header_len = ex->header_lines ? strlen(ex->header_lines) : 0;
+    if (!ex->gone) {
+        append_pending(ex, body, body_len);
+    }
+    pthread_mutex_unlock(&ex->mu);
+    finish(ex, 1);
+}
+
+/* ---- the log queue ---------------------------------------------------------------------------- */
+
+static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message)
+{
+    size_t k = strlen(kind) + 1, t = strlen(tag) + 1, m = strlen(message) + 1;
+    pthread_mutex_lock(&server->log_mu);
+    if (server->logs_len + k + t + m > server->logs_cap && server->logs_len + k + t + m <= LOG_QUEUE_MAX) {
+        size_t cap = server->logs_cap ? server->logs_cap : 16384;
+        while (cap < server->logs_len + k + t + m) {
+            cap *= 2;
+        }
+        char *grown = realloc(server->logs, cap);
+        if (grown) {
+            server->logs = grown;
+            server->logs_cap = cap;
+        }
+    }
+    if (server->logs_len + k + t + m <= server->logs_cap) {
+        char *p = server->logs + server->logs_len;
+        memcpy(p, kind, k);
+        memcpy(p + k, tag, t);
+        memcpy(p + k + t, message, m);
+        server->logs_len += k + t + m;
+        pthread_cond_signal(&server->log_cond);
+    }
+    pthread_mutex_unlock(&server->log_mu);
+}
+
+size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, int timeout_ms)
+{
+    pthread_mutex_lock(&server->log_mu);
+    if (!server->logs_len && !server->logs_woken && timeout_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&server->log_cond, &server->log_mu, &ts);
+    }
+    server->logs_woken = 0;
+    /* Whole records only. */
+    size_t taken = 0, pos = 0;
+    while (pos < server->logs_len) {
+        size_t rec = 0;
+        for (int field = 0; field < 3; field++) {
+            rec += strlen(server->logs + pos + rec) + 1;
+        }
+        if (taken + rec > len) {
+            break;
+        }
+        memcpy(buf + taken, server->logs + pos, rec);
+        taken += rec;
+        pos += rec;
+    }
+    memmove(server->logs, server->logs + pos, server->logs_len - pos);
+    server->logs_len -= pos;
+    pthread_mutex_unlock(&server->log_mu);
+    return taken;
+}
+
+void fp_http_server_wake_logs(fp_http_server *server)
+{
+    pthread_mutex_lock(&server->log_mu);
+    server->logs_woken = 1;
+    pthread_cond_broadcast(&server->log_cond);
+    pthread_mutex_unlock(&server->log_mu);
+}
+
+/* ---- answering without PHP (loop thread) --------------------------------------------------------- */
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 206: return "Partial Content";
+    case 304: return "Not Modified";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 412: return "Precondition Failed";
+    case 413: return "Request Entity Too Large";
+    case 416: return "Range Not Satisfiable";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+static void send_simple(h2o_req_t *req, int status, const char *message, int close)
+{
+    char body[128];
+    if (!message) {
+        snprintf(body, sizeof body, "%d %s\n", status, reason_phrase(status));
+        message = body;
+    }
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, "Content-Type",
+                   H2O_STRLIT("text/plain; charset=utf-8"));
+    if (close) {
+        req->http1_is_persistent = 0;
+    }
+    req->res.content_length = strlen(message);
+    h2o_send_inline(req, message, strlen(message));
+}
+
+typedef struct static_sender {
+    h2o_generator_t super;
+    int fd;
+    uint64_t offset, remaining;
+    char *buf;
+} static_sender;
+
+static void static_close(static_sender *s)
+{
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+}
+
+static void static_dispose(void *p)
+{
+    static_sender *s = p;
+    static_close(s);
+    free(s->buf);
+}
+
+static void static_proceed(h2o_generator_t *generator, h2o_req_t *req)
+{
+    static_sender *s = (static_sender *)generator;
+    size_t want = s->remaining < STATIC_CHUNK ? (size_t)s->remaining : STATIC_CHUNK;
+    ssize_t n = pread(s->fd, s->buf, want, (off_t)s->offset);
+    if (n <= 0) {
+        static_close(s);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_ERROR); /* the file shrank: cut the response */
+        return;
+    }
+    s->offset += (uint64_t)n;
+    s->remaining -= (uint64_t)n;
+    h2o_iovec_t body = h2o_iovec_init(s->buf, (size_t)n);
+    int final = s->remaining == 0;
+    if (final) {
+        static_close(s);
+    }
+    h2o_send(req, &body, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void static_stop(h2o_generator_t *generator, h2o_req_t *req)
+{
+    (void)req;
+    static_close((static_sender *)generator);
+}
+
+static fp_str header_str(h2o_req_t *req, const h2o_token_t *token)
+{
+    ssize_t i = h2o_find_header(&req->headers, token, -1);
+    fp_str s = {NULL, 0};
+    if (i != -1) {
+        s.ptr = req->headers.entries[i].value.base;
+        s.len = req->headers.entries[i].value.len;
+    }
+    return s;
+}
+
+/* The router's decisions (fp_static_decide), h2o for the bytes. */
+static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
+{
+    int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+    int is_head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
+    if (!is_get && !is_head) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
+        send_simple(req, 405, NULL, 0);
+        return;
+    }
+    /* O_NONBLOCK: a FIFO must not block the loop; O_NOFOLLOW: the router resolved the path. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+    if (fd < 0) {
+        send_simple(req, errno == ENOENT || errno == ENOTDIR ? 404 : 403, NULL, 0);
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        send_simple(req, 404, NULL, 0);
+        return;
+    }
+    fp_file_info info = {(uint64_t)st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+    fp_static_request sreq = {
+        .method = {req->method.base, req->method.len},
+        .if_match = header_str(req, H2O_TOKEN_IF_MATCH),
+        .if_unmodified_since = header_str(req, H2O_TOKEN_IF_UNMODIFIED_SINCE),
+        .if_none_match = header_str(req, H2O_TOKEN_IF_NONE_MATCH),
+        .if_modified_since = header_str(req, H2O_TOKEN_IF_MODIFIED_SINCE),
+        .range = header_str(req, H2O_TOKEN_RANGE),
+        .if_range = header_str(req, H2O_TOKEN_IF_RANGE),
+    };
+    fp_static_response d;
+    if (fp_static_decide(&info, path, path_len, &sreq, &d) != 0) {
+        close(fd);
+        send_simple(req, 500, NULL, 0);
+        return;
+    }
+    if (d.status == 405 || d.status == 412) {
+        close(fd);
+        if (d.status == 405) {
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
+        }
+        send_simple(req, d.status, NULL, 0);
+        return;
+    }
+    if (d.last_modified[0]) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LAST_MODIFIED, "Last-Modified",
+                       h2o_strdup(&req->pool, d.last_modified, SIZE_MAX).base, strlen(d.last_modified));
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ETAG, "ETag",
+                   h2o_strdup(&req->pool, d.etag, SIZE_MAX).base, strlen(d.etag));
+    req->res.status = d.status;
+    req->res.reason = reason_phrase(d.status);
+    if (d.status == 304 || d.status == 416) {
+        close(fd);
+        if (d.status == 416) {
+            char *range = h2o_mem_alloc_pool(&req->pool, 64);
+            int n = snprintf(range, 64, "bytes */%llu", (unsigned long long)d.size);
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
+            req->res.content_length = 0;
+        }
+        static h2o_generator_t nothing = {NULL, NULL};
+        h2o_start_response(req, &nothing);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, "Content-Type", d.content_type,
+                   strlen(d.content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, "Accept-Ranges", H2O_STRLIT("bytes"));
+    if (d.status == 206) {
+        char *range = h2o_mem_alloc_pool(&req->pool, 96);
+        int n = snprintf(range, 96, "bytes %llu-%llu/%llu", (unsigned long long)d.offset,
+                         (unsigned long long)(d.offset + d.length - 1), (unsigned long long)d.size);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
+    }
+    req->res.content_length = d.length;
+    if (!d.send_body) {
+        close(fd);
+        static h2o_generator_t nothing = {NULL, NULL};
+        h2o_start_response(req, &nothing);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return;
+    }
+    static_sender *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), static_dispose);
+    s->super.proceed = static_proceed;
+    s->super.stop = static_stop;
+    s->fd = fd;
+    s->offset = d.offset;
+    s->remaining = d.length;
+    s->buf = malloc(STATIC_CHUNK);
+    if (!s->buf) {
+        static_close(s);
+        send_simple(req, 500, NULL, 0);
+        return;
+    }
+    h2o_start_response(req, &s->super);
+    static_proceed(&s->super, req);
+}
+
+/* ---- building the request for PHP (loop thread) ---------------------------------------------------- */
+
+typedef struct strbuf {
+    char *p;
+    size_t len, cap;
+    int failed;
+} strbuf;
+
+static void sb_add(strbuf *b, const char *s, size_t n)
+{
+    if (b->failed) {
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 2048;
+        while (cap < b->len + n + 1) {
+            cap *= 2;
+        }
+        char *grown = realloc(b->p, cap);
+        if (!grown) {
+            b->failed = 1;
+            return;
+        }
+        b->p = grown;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+/* Append NAME\0VALUE\0; values with a NUL byte are cut there (PHP's strings are C strings here). */
+static void sb_pair(strbuf *b, size_t *pairs, const char *name, const char *value, size_t value_len)
+{
+    const char *nul = memchr(value, '\0', value_len);
+    if (nul) {
+        value_len = (size_t)(nul - value);
+    }
+    sb_add(b, name, strlen(name) + 1);
+    sb_add(b, value, value_len);
+    sb_add(b, "", 1);
+    (*pairs)++;
+}
+
+static void sb_pairs(strbuf *b, size_t *pairs, const char *block, size_t n)
+{
+    if (!block) {
+        return;
+    }
+    const char *p = block;
+    for (size_t i = 0; i < n; i++) {
+        size_t name_len = strlen(p);
+        const char *value = p + name_len + 1;
+        size_t value_len = strlen(value);
+        sb_add(b, p, name_len + 1);
+        sb_add(b, value, value_len + 1);
+        (*pairs)++;
+        p = value + value_len + 1;
+    }
+}
+
+static void split_host(const char *host, size_t len, fp_str *name, fp_str *port)
+{
+    name->ptr = host;
+    name->len = len;
+    port->ptr = "";
+    port->len = 0;
+    if (len && host[0] == '[') {
+        const char *end = memchr(host, ']', len);
+        if (end) {
+            name->ptr = host + 1;
+            name->len = (size_t)(end - host - 1);
+            const char *rest = end + 1;
+            size_t rest_len = len - (size_t)(rest - host);
+            if (rest_len && rest[0] == ':') {
+                port->ptr = rest + 1;
+                port->len = rest_len - 1;
+            }
+        }
+        return;
+    }
+    const char *colon = memchr(host, ':', len);
+    if (colon && !memchr(colon + 1, ':', len - (size_t)(colon + 1 - host))) {
+        name->len = (size_t)(colon - host);
+        port->ptr = colon + 1;
+        port->len = len - name->len - 1;
+    }
+}
+
+static void sockaddr_text(struct sockaddr *sa, char *addr, size_t addr_len, char *port, size_t port_len)
+{
+    addr[0] = port[0] = '\0';
+    if (getnameinfo(sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in),
+                    addr, (socklen_t)addr_len, port, (socklen_t)port_len, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        addr[0] = port[0] = '\0';
+    }
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decode once (an invalid escape stays as it is, as urllib's unquote does). */
+static size_t percent_decode(const char *in, size_t len, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int hi, lo;
+        if (in[i] == '%' && i + 2 < len + 0 && (hi = hexval((unsigned char)in[i + 1])) >= 0 &&
+            (lo = hexval((unsigned char)in[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = in[i];
+        }
+    }
+    return o;
+}
+
+typedef struct php_target {
+    const char *script_filename;
+    fp_str script_name, path_info;
+    int worker;
+} php_target;
+
+/* Build the exchange for `req` to run `target`.  NULL when out of memory. */
+static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_target *target)
+{
+    fp_http_exchange *ex = calloc(1, sizeof(*ex));
+    if (!ex) {
+        return NULL;
+    }
+    strbuf b = {0};
+    size_t pairs = 0;
+    sb_pairs(&b, &pairs, st->conf.env_before, st->conf.env_before_pairs);
+
+    /* HTTP_* from the request headers (h2o keeps their names lower-case); Content-Type and
+     * Content-Length are CGI's own variables; Proxy is dropped (httpoxy). */
+    fp_str content_type = {NULL, 0}, cookie = {NULL, 0}, authorization = {NULL, 0}, host = {NULL, 0};
+    for (size_t i = 0; i < req->headers.size; i++) {
+        h2o_header_t *h = req->headers.entries + i;
+        const char *name = h->name->base;
+        size_t name_len = h->name->len;
+        if (h2o_memis(name, name_len, H2O_STRLIT("content-type"))) {
+            content_type = (fp_str){h->value.base, h->value.len};
+            continue;
+        }
+        if (h2o_memis(name, name_len, H2O_STRLIT("content-length")) ||
+            h2o_memis(name, name_len, H2O_STRLIT("proxy"))) {
+            continue;
+        }
+        if (h2o_memis(name, name_len, H2O_STRLIT("cookie")) && !cookie.ptr) {
+            cookie = (fp_str){h->value.base, h->value.len};
+        } else if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
+            authorization = (fp_str){h->value.base, h->value.len};
+        } else if (h2o_memis(name, name_len, H2O_STRLIT("host"))) {
+            host = (fp_str){h->value.base, h->value.len};
+        }
+        char key[256];
+        if (name_len + 6 > sizeof key) {
+            continue;
+        }
+        memcpy(key, "HTTP_", 5);
+        for (size_t j = 0; j < name_len; j++) {
+            char c = name[j];
+            key[5 + j] = c == '-' ? '_' : (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
+        }
+        key[5 + name_len] = '\0';
+        sb_pair(&b, &pairs, key, h->value.base, h->value.len);
+    }
+    if (!host.ptr && req->authority.len) {
+        host = (fp_str){req->authority.base, req->authority.len};
+    }
+
+    struct sockaddr_storage ss;
+    char peer[64], peer_port[16], local[64], local_port[16];
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (sl) {
+        sockaddr_text((struct sockaddr *)&ss, peer, sizeof peer, peer_port, sizeof peer_port);
+    } else {
+        peer[0] = peer_port[0] = '\0';
+    }
+    sl = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
+    if (sl) {
+        sockaddr_text((struct sockaddr *)&ss, local, sizeof local, local_port, sizeof local_port);
+    } else {
+        local[0] = local_port[0] = '\0';
+    }
+    fp_str server_name = {local, strlen(local)}, server_port = {local_port, strlen(local_port)};
+    if (host.ptr && host.len) {
+        split_host(host.ptr, host.len, &server_name, &server_port);
+        if (!server_port.len) {
+            server_port = (fp_str){"80", 2};
+        }
+    }
+    const char *target_uri = req->input.path.base;
+    size_t target_len = req->input.path.len;
+    if (target_len && target_uri[0] != '/') {
+        /* absolute-form ("http://host/path?q"): REQUEST_URI is its path and query */
+        const char *scheme_end = memmem(target_uri, target_len, "://", 3);
+        if (scheme_end) {
+            const char *slash = memchr(scheme_end + 3, '/', target_len - (size_t)(scheme_end + 3 - target_uri));
+            size_t skip = slash ? (size_t)(slash - target_uri) : target_len;
+            target_uri += skip;
+            target_len -= skip;
+        }
+    }
+    const char *qmark = memchr(target_uri, '?', target_len);
+    size_t q = qmark ? (size_t)(qmark - target_uri) : SIZE_MAX;
+    const char *query = q != SIZE_MAX ? target_uri + q + 1 : "";
+    size_t query_len = q != SIZE_MAX ? target_len - q - 1 : 0;
+    char method[32];
+    size_t method_len = req->method.len < sizeof method - 1 ? req->method.len : sizeof method - 1;
+    for (size_t i = 0; i < method_len; i++) {
+        char c = req->method.base[i];
+        method[i] = c >= 'a' && c <= 'z' ? (char)(c - 32) : c;
+    }
+    method[method_len] = '\0';
+
+    sb_pair(&b, &pairs, "GATEWAY_INTERFACE", "CGI/1.1", 7);
+    sb_pair(&b, &pairs, "SERVER_SOFTWARE", "frankenpy", 9);
+    sb_pair(&b, &pairs, "SERVER_PROTOCOL", req->version >= 0x101 ? "HTTP/1.1" : "HTTP/1.0", 8);
+    sb_pair(&b, &pairs, "SERVER_NAME", server_name.ptr, server_name.len);
+    sb_pair(&b, &pairs, "SERVER_PORT", server_port.ptr, server_port.len);
+    sb_pair(&b, &pairs, "REQUEST_METHOD", method, method_len);
+    sb_pair(&b, &pairs, "REQUEST_URI", target_uri, target_len);
+    sb_pair(&b, &pairs, "REQUEST_SCHEME", "http", 4);
+    sb_pair(&b, &pairs, "QUERY_STRING", query, query_len);
+    sb_pair(&b, &pairs, "DOCUMENT_ROOT", st->conf.router->root, st->conf.router->root_len);
+    sb_pair(&b, &pairs, "DOCUMENT_URI", target->script_name.ptr, target->script_name.len);
+    sb_pair(&b, &pairs, "SCRIPT_NAME", target->script_name.ptr, target->script_name.len);
+    sb_pair(&b, &pairs, "SCRIPT_FILENAME", target->script_filename, strlen(target->script_filename));
+    sb_pair(&b, &pairs, "PATH_INFO", target->path_info.ptr ? target->path_info.ptr : "", target->path_info.len);
+    size_t self_pos = b.len;
+    sb_add(&b, "PHP_SELF", 9);
+    sb_add(&b, target->script_name.ptr, target->script_name.len);
+    sb_add(&b, target->path_info.ptr ? target->path_info.ptr : "", target->path_info.len);
+    sb_add(&b, "", 1);
+    pairs++;
+    (void)self_pos;
+    sb_pair(&b, &pairs, "REMOTE_ADDR", peer, strlen(peer));
+    sb_pair(&b, &pairs, "REMOTE_HOST", peer, strlen(peer));
+    sb_pair(&b, &pairs, "REMOTE_PORT", peer_port, strlen(peer_port));
+    sb_pair(&b, &pairs, "CONTENT_TYPE", content_type.ptr ? content_type.ptr : "", content_type.len);
+    char length[24] = "";
+    if (req->entity.base) {
+        snprintf(length, sizeof length, "%zu", req->entity.len);
+    }
+    sb_pair(&b, &pairs, "CONTENT_LENGTH", length, strlen(length));
+    sb_pairs(&b, &pairs, st->conf.env_after, st->conf.env_after_pairs);
+    if (target->worker) {
+        sb_pair(&b, &pairs, "FRANKENPHP_WORKER", "1", 1); /* as FrankenPHP marks worker requests */
+    }
+    size_t env_len = b.len;
+    /* The strings the request points to, after the pairs (offsets: the block may move). */
+    size_t off_method = b.len; sb_add(&b, method, method_len + 1);
+    size_t off_uri = b.len; sb_add(&b, target_uri, target_len); sb_add(&b, "", 1);
+    size_t off_query = b.len; sb_add(&b, query, query_len); sb_add(&b, "", 1);
+    size_t off_script = b.len; sb_add(&b, target->script_filename, strlen(target->script_filename) + 1);
+    size_t off_ctype = b.len; sb_add(&b, content_type.ptr ? content_type.ptr : "", content_type.len); sb_add(&b, "", 1);
+    size_t off_cookie = b.len; sb_add(&b, cookie.ptr ? cookie.ptr : "", cookie.len); sb_add(&b, "", 1);
+    size_t off_auth = b.len; sb_add(&b, authorization.ptr ? authorization.ptr : "", authorization.len); sb_add(&b, "", 1);
+    size_t off_body = b.len;
+    if (req->entity.len) {
+        sb_add(&b, req->entity.base, req->entity.len);
+    }
+    if (b.failed) {
+        free(b.p);
+        free(ex);
+        return NULL;
+    }
+    (void)env_len;
+    ex->data = b.p;
+    fp_request *r = &ex->req;
+    r->env = b.p;
+    r->env_pairs = pairs;
+    r->script_path = b.p + off_script;
+    r->output_mode = FP_OUTPUT_FLUSH;
+    r->handle = ex;
+    r->host = &exchange_host;
+    r->worker_fd = -1;
+    r->http = 1;
+    r->request_method = b.p + off_method;
+    r->request_uri = b.p + off_uri;
+    r->query_string = b.p + off_query;
+    r->content_type = content_type.ptr ? b.p + off_ctype : NULL;
+    r->cookie_data = cookie.ptr ? b.p + off_cookie : NULL;
+    r->authorization = authorization.ptr ? b.p + off_auth : NULL;
+    r->content_length = (int64_t)req->entity.len;
+    ex->body = b.p + off_body;
+    ex->body_len = req->entity.len;
+    ex->head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
+    return ex;
+}
+
+/* Queue `ex` (already linked to `req`) or answer 503 when the queue is closed. */
+static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
+{
+    fp_http_server *server = st->server;
+    pthread_mutex_init(&ex->mu, NULL);
+    pthread_cond_init(&ex->cond, NULL);
+    ex->server = server;
+    ex->site = st;
+    ex->h2o = req;
+    ex->refs = 2; /* the h2o request, the PHP side */
+    ex->generator.proceed = on_generator_proceed;
+    ex->generator.stop = on_generator_stop;
+    ex->started_ns = fp_monotonic_ns();
+    int n = snprintf(ex->line, sizeof ex->line, "%.*s %.*s", (int)req->method.len, req->method.base,
+                     (int)req->input.path.len, req->input.path.base);
+    (void)n;
+    fp_http_exchange **slot = h2o_mem_alloc_shared(&req->pool, sizeof(*slot), on_h2o_dispose);
+    *slot = ex;
+    pthread_mutex_lock(&server->mu);
+    server->in_flight++;
+    pthread_mutex_unlock(&server->mu);
+    if (fp_handoff_put(server->queues[queue], &ex->link) != 0) {
+        /* Stopping: answer here; the PHP side never sees it. */
+        atomic_fetch_add(&server->rejected_503, 1);
+        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
+                                 "503 Service Unavailable\n", 24);
+        return;
+    }
+    atomic_fetch_add(&server->php_requests, 1);
+}
+
+static int name_is(const struct phr_header *h, const char *name)
+{
+    size_t n = strlen(name);
+    return h->name_len == n && strncasecmp(h->name, name, n) == 0;
+}
+
+/* What h2o lets through and we refuse (400, connection closed; RFC 9112 6.1 and 6.3): a body
+ * framed both by Content-Length and Transfer-Encoding, or by several Content-Length headers
+ * (request smuggling: h2o takes one and ignores the others), and a head larger than
+ * FP_HTTP_MAX_HEAD (h2o alone accepts about 400 KiB).  h2o keeps neither framing header in
+ * req->headers, but the head is still at the start of the connection's input buffer until the
+ * response is sent (h2o 2.2 consumes it then), so it is parsed again here, with h2o's parser.
+ * Returns NULL, or the reason for the refusal. */
+static const char *check_request_head(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    if (!sock || !sock->input) {
+        return NULL;
+    }
+    const char *method, *path;
+    size_t method_len, path_len, num_headers = H2O_MAX_HEADERS;
+    int minor;
+    struct phr_header headers[H2O_MAX_HEADERS];
+    int head_len = phr_parse_request(sock->input->bytes, sock->input->size, &method, &method_len, &path,
+                                     &path_len, &minor, headers, &num_headers, 0);
+    if (head_len < 0) {
+        return NULL; /* not at the start of the buffer: nothing to re-check */
+    }
+    if ((size_t)head_len > FP_HTTP_MAX_HEAD) {
+        return "request head too large";
+    }
+    int lengths = 0, encodings = 0;
+    for (size_t i = 0; i < num_headers; i++) {
+        lengths += name_is(&headers[i], "content-length");
+        encodings += name_is(&headers[i], "transfer-encoding");
+    }
+    if (lengths && encodings) {
+        return "both Content-Length and Transfer-Encoding";
+    }
+    if (lengths > 1 || encodings > 1) {
+        return "repeated Content-Length or Transfer-Encoding";
+    }
+    return NULL;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    site *st = ((site_handler *)self)->site;
+    fp_http_server *server = st->server;
+
+    const char *bad = check_request_head(req);
+    if (bad) {
+        log_record(server, "S", "-", bad);
+        send_simple(req, 400, NULL, 1);
+        return 0;
+    }
+    if (req->entity.base && req->entity.len > st->conf.max_body_size) {
+        send_simple(req, 413, NULL, 1);
+        return 0;
+    }
+    if (atomic_load(&server->draining)) {
+        atomic_fetch_add(&server->rejected_503, 1);
+        send_simple(req, 503, "server shutting down\n", 0);
+        return 0;
+    }
+
+    /* The path part of the target, percent-decoded once. */
+    const char *raw = req->path.base;
+    size_t raw_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    const char *query = req->query_at != SIZE_MAX ? req->path.base + req->query_at + 1 : "";
+    size_t query_len = req->query_at != SIZE_MAX ? req->path.len - req->query_at - 1 : 0;
+    char *path = h2o_mem_alloc_pool(&req->pool, raw_len + 2);
+    size_t path_len = percent_decode(raw, raw_len, path);
+    if (path_len == 0) {
+        path[path_len++] = '/';
+    }
+    path[path_len] = '\0';
+
+    if (memchr(path, '\0', path_len)) {
+        send_simple(req, 400, NULL, 0);
+        return 0;
+    }
+    if (st->conf.metrics && path_len == 8 && memcmp(path, "/metrics", 8) == 0) {
+        php_target t = {"", {"/metrics", 8}, {"", 0}, 0};
+        fp_http_exchange *ex = make_exchange(st, req, &t);
+        if (!ex) {
+            send_simple(req, 500, NULL, 0);
+            return 0;
+        }
+        hand_off(st, req, ex, server->python_queue);
+        return 0;
+    }
+
+    php_target target = {NULL, {NULL, 0}, {NULL, 0}, 0};
+    int queue = 0;
+    for (int i = 0; i < st->n_routes; i++) {
+        worker_route *w = &st->routes[i];
+        if (w->pattern && fnmatch(w->pattern, path, 0) == 0) {
+            target.script_filename = w->script_filename;
+            target.script_name = (fp_str){path, path_len};
+            target.path_info = (fp_str){"", 0};
+            target.worker = 1;
+            queue = w->queue;
+            break;
+        }
+    }
+    if (!target.worker) {
+        size_t buf_len = fp_route_buffer_size(st->conf.router, path_len, query_len);
+        char *buf = h2o_mem_alloc_pool(&req->pool, buf_len);
+        fp_route route;
+        if (fp_route_resolve(st->conf.router, path, path_len, query, query_len, buf, buf_len, &route) != 0) {
+            send_simple(req, 500, NULL, 0);
+            return 0;
+        }
+        switch (route.kind) {
+        case FP_ROUTE_STATIC:
+            serve_static(req, route.real_path.ptr, route.real_path.len);
+            return 0;
+        case FP_ROUTE_REDIRECT: {
+            char *body = h2o_mem_alloc_pool(&req->pool, route.location.len + 32);
+            snprintf(body, route.location.len + 32, "Redirecting to %s\n", route.location.ptr);
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, "Location", route.location.ptr,
+                           route.location.len);
+            send_simple(req, 308, body, 0);
+            return 0;
+        }
+        case FP_ROUTE_PHP:
+            break;
+        default:
+            send_simple(req, route.status, NULL, 0);
+            return 0;
+        }
+        target.script_filename = route.script_filename.ptr;
+        target.script_name = route.script_name;
+        target.path_info = route.path_info;
+        for (int i = 0; i < st->n_routes; i++) {
+            worker_route *w = &st->routes[i];
+            if (!w->pattern && (strcmp(w->script_filename, route.real_path.ptr) == 0 ||
+                                strcmp(w->script_filename, route.script_filename.ptr) == 0)) {
+                target.script_filename = w->script_filename;
+                target.worker = 1;
+                queue = w->queue;
+                break;
+            }
+        }
+    }
+    fp_http_exchange *ex = make_exchange(st, req, &target);
+    if (!ex) {
+        send_simple(req, 500, NULL, 0);
+        return 0;
+    }
+    hand_off(st, req, ex, queue);
+    return 0;
+}
+
+/* ---- the loop thread ----------------------------------------------------------------------------- */
+
+static void answer_expired(fp_http_server *server, fp_handoff_item *item)
+{
+    while (item) {
+        fp_handoff_item *next = item->next;
+        fp_http_exchange *ex = (fp_http_exchange *)item;
+        atomic_fetch_add(&server->rejected_503, 1);
+        log_record(server, "S", "-", "503: no free PHP thread within max_wait_time");
+        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
+                                 "503 Service Unavailable\n", 24);
+        item = next;
+    }
+}
+
+static void on_expire_tick(h2o_timeout_entry_t *entry)
+{
+    fp_http_server *server = H2O_STRUCT_FROM_MEMBER(fp_http_server, expire_entry, entry);
+    uint64_t now = fp_monotonic_ns();
+    /* A queue serves the requests of every site: the shortest max_wait_time of the sites
+     * applies to it (sites usually share one). */
+    uint64_t max_wait = 0;
+    for (int i = 0; i < server->n_sites; i++) {
+        uint64_t w = server->sites[i]->max_wait_ns;
+        if (w && (!max_wait || w < max_wait)) {
+            max_wait = w;
+        }
+    }
+    if (max_wait) {
+        for (int q = 0; q < server->n_queues; q++) {
+            answer_expired(server, fp_handoff_expire(server->queues[q], now, max_wait));
+        }
+    }
+    h2o_timeout_link(server->loop, &server->expire_timeout, &server->expire_entry);
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    if (err) {
+        return;
+    }
+    site *st = listener->data;
+    h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+    if (sock) {
+        h2o_accept(&st->accept_ctx, sock);
+    }
+}
+
+static void close_listeners(fp_http_server *server)
+{
+    for (int i = 0; i < server->n_sites; i++) {
+        site *st = server->sites[i];
+        if (st->listener) {
+            h2o_socket_read_stop(st->listener);
+            h2o_socket_close(st->listener);
+            st->listener = NULL;
+        }
+    }
+}
+
+static void *loop_main(void *arg)
+{
+    fp_http_server *server = arg;
+    while (!atomic_load(&server->stopping)) {
+        h2o_evloop_run(server->loop, 100);
+    }
+    /* Stop: close the listeners first (a connection the kernel would accept now would never be
+     * served), answer every queued request with 503, then let h2o close the connections: those
+     * waiting for their next request time out at once (req_timeout 0), the others once their
+     * response is out.  At most STOP_LINGER_NS. */
+    close_listeners(server);
+    for (int q = 0; q < server->n_queues; q++) {
+        answer_expired(server, fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+    }
+    uint64_t until = fp_monotonic_ns() + STOP_LINGER_NS;
+    for (;;) {
+        int open = 0;
+        for (int i = 0; i < server->n_sites; i++) {
+            h2o_context_t *ctx = &server->sites[i]->ctx;
+            ctx->http1.req_timeout.timeout = 0;
+            open |= !h2o_linklist_is_empty(&ctx->http1._conns);
+        }
+        if (!open || fp_monotonic_ns() >= until) {
+            break;
+        }
+        h2o_evloop_run(server->loop, 10);
+    }
+    return NULL;
+}
+
+/* ---- the public API -------------------------------------------------------------------------------- */
+
+fp_http_server *fp_http_server_new(int access_log, char *err, size_t err_len)
+{
+    fp_http_server *server = calloc(1, sizeof(*server));
+    if (!server) {
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    server->access_log = access_log;
+    pthread_mutex_init(&server->mu, NULL);
+    pthread_cond_init(&server->idle, NULL);
+    pthread_mutex_init(&server->log_mu, NULL);
+    pthread_cond_init(&server->log_cond, NULL);
+    server->loop = h2o_evloop_create();
+    server->mqueue = h2o_multithread_create_queue(server->loop);
+    h2o_multithread_register_receiver(server->mqueue, &server->receiver, on_messages);
+    if (fp_http_server_add_queue(server) != 0) { /* classic: 0 */
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    server->python_queue = fp_http_server_add_queue(server);
+    return server;
+}
+
+int fp_http_server_add_queue(fp_http_server *server)
+{
+    fp_handoff **grown = realloc(server->queues, sizeof(*grown) * (size_t)(server->n_queues + 1));
+    if (!grown) {
+        return -1;
+    }
+    server->queues = grown;
+    fp_handoff *q = malloc(sizeof(*q));
+    if (!q || fp_handoff_init(q) != 0) {
+        free(q);
+        return -1;
+    }
+    server->queues[server->n_queues] = q;
+    return server->n_queues++;
+}
+
+int fp_http_server_python_queue(fp_http_server *server)
+{
+    return server->python_queue;
+}
+
+static int listen_on(const char *host, int port, char *err, size_t err_len, int *bound_port)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res;
+    char port_text[16];
+    snprintf(port_text, sizeof port_text, "%d", port);
+    int rc = getaddrinfo(host, port_text, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, err_len, "%s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), on = 1;
+    if (fd < 0) {
+        snprintf(err, err_len, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *err, size_t err_len)
+{
+    if (server->n_sites == MAX_SITES) {
+        snprintf(err, err_len, "at most %d sites", MAX_SITES);
+        return -1;
+    }
+    site *st = calloc(1, sizeof(*st));
+    if (!st) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
+    st->fd = listen_on(conf->host, conf->port, err, err_len, &conf->bound_port);
+    if (st->fd < 0) {
+        free(st);
+        return -1;
+    }
+    st->server = server;
+    st->conf = *conf;
+    st->max_wait_ns = conf->max_wait_time > 0 ? (uint64_t)(conf->max_wait_time * 1e9) : 0;
+    h2o_config_init(&st->globalconf);
+    st->globalconf.server_name = h2o_iovec_init(H2O_STRLIT("frankenpy"));
+    /* One more byte than allowed: a body just over the limit reaches on_req, which answers
+     * 413 (h2o answers larger ones itself, with 413 too, and closes). */
+    st->globalconf.max_request_entity_size = conf->max_body_size + 1;
+    h2o_hostconf_t *host = h2o_config_register_host(&st->globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    site_handler *handler = (site_handler *)h2o_create_handler(path, sizeof(*handler));
+    handler->super.on_req = on_req;
+    handler->site = st;
+    h2o_context_init(&st->ctx, server->loop, &st->globalconf);
+    st->accept_ctx.ctx = &st->ctx;
+    st->accept_ctx.hosts = st->globalconf.hosts;
+    st->listener = h2o_evloop_socket_create(server->loop, st->fd, H2O_SOCKET_FLAG_DONT_READ);
+    st->listener->data = st;
+    server->sites[server->n_sites] = st;
+    return server->n_sites++;
+}
+
+int fp_http_server_add_worker_route(fp_http_server *server, int site_index, const char *pattern,
+                                    const char *script_filename, int queue)
+{
+    if (site_index < 0 || site_index >= server->n_sites || queue < 0 || queue >= server->n_queues) {
+        return -1;
+    }
+    site *st = server->sites[site_index];
+    if (st->n_routes == MAX_WORKER_ROUTES) {
+        return -1;
+    }
+    st->routes[st->n_routes++] = (worker_route){pattern, script_filename, queue};
+    return 0;
+}
+
+int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
+{
+    for (int i = 0; i < server->n_sites; i++) {
+        h2o_socket_read_start(server->sites[i]->listener, on_accept);
+    }
+    h2o_timeout_init(server->loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
+    server->expire_entry.cb = on_expire_tick;
+    h2o_timeout_link(server->loop, &server->expire_timeout, &server->expire_entry);
+    int rc = pthread_create(&server->thread, NULL, loop_main, server);
+    if (rc != 0) {
+        snprintf(err, err_len, "pthread_create: %s", strerror(rc));
+        return -1;
+    }
+    server->started = 1;
+    return 0;
+}
+
+void fp_http_server_drain(fp_http_server *server)
+{
+    atomic_store(&server->draining, 1);
+}
+
+uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&server->mu);
+    while (server->in_flight > 0) {
+        if (pthread_cond_timedwait(&server->idle, &server->mu, &ts) == ETIMEDOUT) {
+            break;
+        }
+    }
+    uint64_t left = server->in_flight;
+    pthread_mutex_unlock(&server->mu);
+    return left;
+}
+
+void fp_http_server_stop(fp_http_server *server)
+{
+    if (server->started) {
+        atomic_store(&server->draining, 1);
+        atomic_store(&server->stopping, 1);
+        h2o_multithread_send_message(&server->receiver, NULL); /* wake the loop */
+        pthread_join(server->thread, NULL);
+        server->started = 0;
+    } else {
+        close_listeners(server);
+    }
+    for (int q = 0; q < server->n_queues; q++) {
+        fp_handoff_close(server->queues[q]);
+    }
+    fp_http_server_wake_logs(server);
+}
+
+void fp_http_server_free(fp_http_server *server)
+{
+    /* The h2o contexts and loop are left allocated: connections h2o still holds refer to them,
+     * and h2o 2.2 has no way to close them all from outside.  A server is made once per
+     * process run, so this is a bounded leak. */
+    for (int q = 0; q < server->n_queues; q++) {
+        fp_handoff_destroy(server->queues[q]);
+        free(server->queues[q]);
+    }
+    free(server->queues);
+    free(server->logs);
+    pthread_mutex_destroy(&server->log_mu);
+    pthread_cond_destroy(&server->log_cond);
+}
+
+void fp_http_server_counters(fp_http_server *server, fp_http_counters *out)
+{
+    out->requests = atomic_load(&server->requests);
+    out->php_requests = atomic_load(&server->php_requests);
+    out->rejected_503 = atomic_load(&server->rejected_503);
+    out->client_gone = atomic_load(&server->client_gone);
+    out->php_busy = (uint64_t)atomic_load(&server->php_busy);
+    pthread_mutex_lock(&server->mu);
+    out->in_flight = server->in_flight;
+    pthread_mutex_unlock(&server->mu);
+}
+
+void fp_http_server_busy(fp_http_server *server, int delta)
+{
+    atomic_fetch_add(&server->php_busy, delta);
+}
+
+size_t fp_http_server_queue_length(fp_http_server *server, int queue)
+{
+    return queue >= 0 && queue < server->n_queues ? fp_handoff_length(server->queues[queue]) : 0;
+}
+
+fp_http_exchange *fp_http_take(fp_http_server *server, int queue, const volatile int *drain)
+{
+    if (queue < 0 || queue >= server->n_queues) {
+        return NULL;
+    }
+    return (fp_http_exchange *)fp_handoff_take(server->queues[queue], drain);
+}
+
+void fp_http_wake(fp_http_server *server, int queue)
+{
+    if (queue >= 0 && queue < server->n_queues) {
+        fp_handoff_wake(server->queues[queue]);
+    }
+}

@@ -1,0 +1,263 @@
+"""The native HTTP server: requests are parsed, routed and answered in C; Python supervises.
+
+:class:`NativeServer` has the role of :class:`frankenpy.http.server.Server` (same
+:class:`~frankenpy.http.server.Site` list, ``start``/``stop(grace)``/``serve_forever``), but no
+request enters Python: libh2o-evloop parses HTTP on one C loop thread (csrc/http_server.h), the
+php_server router decides there, static files are sent from there, and PHP requests are handed
+through C queues (csrc/handoff.h) to PHP threads that never come back to Python per request:
+
+- each regular PHP thread is borrowed from the runtime's pool by a Python thread that calls
+  ``fp_serve()`` once (GIL released) and serves classic requests in C until the server stops
+  (while the server runs, ``Runtime.execute_*`` waits for a thread: all of them serve HTTP);
+- HTTP worker threads keep their Python lifecycle (boot, restart, backoff, halt), but their
+  script takes its requests from the worker's C queue (``fp_native_worker_host()``).
+
+Python runs for lifecycle events, for ``/metrics`` (a C queue of its own), and for diagnostics
+and the access log, which C queues and one Python thread logs in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from .. import _native
+from ..execution import _FATAL, _WARNING, Diagnostic, pack_strings
+from ..runtime import Runtime
+from ..threads import WorkerLogAdapter, php_log_adapter
+from .app import PHPApp
+from .server import Site, StopSignals, access_logger
+from .workers import HTTPWorkerThread, request_queue
+
+ffi, lib = _native.ffi, _native.lib
+logger = WorkerLogAdapter(logging.getLogger("frankenpy.http"), {"worker": "-"})
+
+LOG_BATCH = 256 * 1024  # bytes of log records taken per call
+LOG_WAIT_MS = 200
+
+
+def _block(pairs: dict[str, str]) -> tuple[Any, int]:
+    if not pairs:
+        return ffi.NULL, 0
+    return ffi.new("char[]", pack_strings([item for pair in pairs.items() for item in pair])), len(pairs)
+
+
+class NativeServer:
+    """Serves ``sites`` (whose apps must be :class:`PHPApp`) with the native server until
+    :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``."""
+
+    def __init__(self, runtime: Runtime, sites: list[Site], *, access_log: bool = False) -> None:
+        for site in sites:
+            if not isinstance(site.app, PHPApp):
+                raise TypeError("the native server serves PHPApp sites only; mount other WSGI apps "
+                                "with frankenpy.http.server.Server")
+        self.runtime = runtime
+        self.sites = sites
+        self.access_log = access_log
+        self._server: Any = None
+        self._keep: list[Any] = []
+        self._ports: list[int] = []
+        self._threads: list[threading.Thread] = []
+        self._stop_flag = ffi.new("int *")
+        self._log_thread: threading.Thread | None = None
+        self._logging = True
+        self._stopped = threading.Event()
+        self._php_loggers: dict[str, WorkerLogAdapter] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind every listener, hand HTTP workers their C queues, start serving."""
+        err = ffi.new("char[]", 512)
+        server = lib.fp_http_server_new(1 if self.access_log else 0, err, len(err))
+        if server == ffi.NULL:
+            raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
+        self._server = server
+        group = self.runtime.workers_group
+        workers = [t for t in group.threads if isinstance(t, HTTPWorkerThread)]
+        queues: dict[tuple[int, str], int] = {}
+        for thread in workers:
+            key = (thread.worker.scope, thread.worker.name)
+            if key not in queues:
+                queues[key] = lib.fp_http_server_add_queue(server)
+                request_queue(group, *key).native = (server, queues[key])
+        try:
+            for site in self.sites:
+                self._add_site(site, queues, err)
+        except BaseException:
+            lib.fp_http_server_stop(server)
+            raise
+        self._rebind_workers(workers, queues)
+        pool_size = self.runtime.num_threads
+        self.runtime.lent_threads = (pool_size, lambda: self.counters()["php_busy"])
+        for index in range(pool_size):
+            self._spawn(self._serve_classic, f"php-http-{index}", index)
+        self._spawn(self._serve_python, "http-python")
+        self._log_thread = self._spawn(self._drain_logs, "http-logs")
+        if lib.fp_http_server_start(server, err, len(err)) != 0:
+            self.stop(0)
+            raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
+        for site, port in zip(self.sites, self._ports, strict=True):
+            logger.info("serving on http://%s:%s/ (native)", site.host, port)
+
+    def _add_site(self, site: Site, queues: dict[tuple[int, str], int], err: Any) -> None:
+        app = site.app
+        assert isinstance(app, PHPApp)
+        conf = ffi.new("fp_http_site *")
+        host = ffi.new("char[]", site.host.encode())
+        before, n_before = _block(dict(self.runtime.env))
+        after, n_after = _block(app.env)
+        self._keep += [conf, host, before, after, app.router]
+        conf.host = host
+        conf.port = site.port
+        conf.router = app.router._router
+        conf.max_body_size = min(site.max_body_size, app.max_body_size)
+        conf.max_wait_time = app.max_wait_time or 0.0
+        conf.metrics = 1 if site.metrics else 0
+        conf.env_before, conf.env_before_pairs = before, n_before
+        conf.env_after, conf.env_after_pairs = after, n_after
+        index = lib.fp_http_server_add_site(self._server, conf, err, len(err))
+        if index < 0:
+            raise OSError(f"{site.host}:{site.port}: {ffi.string(err).decode()}")
+        self._ports.append(int(conf.bound_port))
+        routes = [(pattern, worker) for pattern, worker in app._matched]
+        routes += [(None, worker) for worker in app._by_file.values()]
+        for pattern, worker in routes:
+            pattern_c = ffi.new("char[]", pattern.encode()) if pattern else ffi.NULL
+            script = ffi.new("char[]", str(worker.path).encode())
+            self._keep += [pattern_c, script]
+            lib.fp_http_server_add_worker_route(self._server, index, pattern_c, script,
+                                                queues[(worker.scope, worker.name)])
+
+    def _rebind_workers(self, workers: list[HTTPWorkerThread], queues: dict[tuple[int, str], int]) -> None:
+        """Give each HTTP worker thread its C queue and run its script again, so that its next
+        run takes requests in C; waits until each is ready again (or halted)."""
+        if not workers:
+            return
+        runs = []
+        for thread in workers:
+            tag = ffi.new("char[]", thread.worker.name.encode())
+            self._keep.append(tag)
+            native = lib.fp_native_worker_new(
+                self._server, queues[(thread.worker.scope, thread.worker.name)], thread.php.image.handle,
+                tag, thread.worker.max_requests or 0,
+            )
+            thread.attach_native(native)
+            runs.append((thread, thread.runs))
+            if thread.alive:
+                thread.drain(stop=False)
+            else:
+                thread.launch()
+        group = self.runtime.workers_group
+        group._wait_settled(workers, self.runtime.start_timeout)
+
+    def _spawn(self, target: Any, name: str, *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def _serve_classic(self, index: int) -> None:
+        tag = ffi.new("char[]", f"php-{index}".encode())
+        try:
+            with self.runtime.borrow_thread(None) as php:
+                if php is None:
+                    return
+                lib.fp_serve(self._server, php.image.handle, tag, self._stop_flag)  # GIL released
+        except RuntimeError:
+            return  # the runtime shut down first
+
+    def _serve_python(self) -> None:
+        queue = lib.fp_http_server_python_queue(self._server)
+        while True:
+            exchange = lib.fp_http_take(self._server, queue, self._stop_flag)
+            if exchange == ffi.NULL:
+                return
+            try:
+                body = self.runtime.metrics_text().encode()
+                lib.fp_http_exchange_respond(exchange, 200, b"Content-Type: text/plain; version=0.0.4\n",
+                                             body, len(body))
+            except Exception:
+                logger.exception("/metrics failed")
+                lib.fp_http_exchange_respond(exchange, 500, b"Content-Type: text/plain\n", b"error\n", 6)
+
+    def _drain_logs(self) -> None:
+        buf = ffi.new("char[]", LOG_BATCH)
+        while True:
+            n = lib.fp_http_server_take_logs(self._server, buf, LOG_BATCH, LOG_WAIT_MS)
+            if n:
+                self._emit_logs(ffi.buffer(buf, n)[:])
+            elif not self._logging:
+                return
+
+    def _emit_logs(self, data: bytes) -> None:
+        fields = data.split(b"\0")
+        for i in range(0, len(fields) - 2, 3):
+            kind, tag, message = (f.decode("utf-8", "replace") for f in fields[i:i + 3])
+            if kind == "A":
+                access_logger.info("%s", message)
+                continue
+            if kind == "S":
+                logger.warning("%s", message)
+                continue
+            text, _, where = message.partition("\x1f")
+            file, _, line = where.partition("\x1f")
+            diagnostic = Diagnostic(type=int(kind), message=text, file=file or None,
+                                    line=int(line) if line.isdigit() else 0)
+            if diagnostic.type & _FATAL:
+                level = logging.ERROR
+            elif diagnostic.type & _WARNING or not diagnostic.type:
+                level = logging.WARNING
+            else:
+                level = logging.INFO
+            adapter = self._php_loggers.get(tag)
+            if adapter is None:
+                adapter = self._php_loggers[tag] = php_log_adapter(tag)
+            adapter.log(level, "%s", diagnostic)
+
+    @property
+    def ports(self) -> list[int]:
+        return list(self._ports)
+
+    def counters(self) -> dict[str, int]:
+        """The server's own counters (requests, php_requests, in_flight, rejected_503,
+        client_gone, php_busy), read from C."""
+        out = ffi.new("fp_http_counters *")
+        lib.fp_http_server_counters(self._server, out)
+        return {name: int(getattr(out, name)) for name in
+                ("requests", "php_requests", "in_flight", "rejected_503", "client_gone", "php_busy")}
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Refuse new requests (503), let in-flight ones finish (``grace`` seconds at most),
+        close the listeners, then shut the runtime down (draining its workers)."""
+        server = self._server
+        if server is None or self._stopped.is_set():
+            return
+        lib.fp_http_server_drain(server)
+        left = lib.fp_http_server_wait_idle(server, int(grace * 1000))  # GIL released
+        if left:
+            logger.warning("%d request(s) still running after %.1f s", left, grace)
+        lib.fp_http_server_stop(server)
+        self._stop_flag[0] = 1
+        lib.fp_http_wake(server, 0)
+        for thread in self._threads:
+            if thread is not self._log_thread:
+                thread.join(max(grace, 5.0))
+        self.runtime.lent_threads = None
+        for queue in self.runtime.workers_group.http_queues.values():
+            queue.native = None
+        self.runtime.shutdown(grace)
+        self._logging = False
+        lib.fp_http_server_wake_logs(server)
+        if self._log_thread is not None:
+            self._log_thread.join(5.0)
+        lib.fp_http_server_free(server)
+        self._stopped.set()
+
+    def serve_forever(self, grace: float = 30.0) -> None:
+        """Serve until SIGTERM or SIGINT (main thread only), then :meth:`stop`."""
+        with StopSignals() as stop:
+            try:
+                stop.wait()
+            finally:
+                self.stop(grace)
