@@ -175,16 +175,17 @@ class Request:
     """The ``fp_request`` struct of one execution and the C memory it points to.
 
     ``shared`` is a PHP thread's own struct, reused execution after execution: it keeps its
-    output buffer (C reallocates it as it grows), which saves an allocation and a C call."""
+    output buffer (C reallocates it as it grows), which saves an allocation and a C call, and
+    the previous response's header block, which the glue frees (both belong to the glue)."""
 
     def __init__(self, shared: Any = None) -> None:
         self.shared = shared is not None
         if shared is None:
             self.struct = ffi.new("fp_request *")
         else:
-            output, capacity = shared.output, shared.output_cap
+            output, capacity, headers = shared.output, shared.output_cap, shared.headers
             ffi.memmove(shared, _ZERO_REQUEST, _REQUEST_SIZE)
-            shared.output, shared.output_cap = output, capacity
+            shared.output, shared.output_cap, shared.headers = output, capacity, headers
             self.struct = shared
         self._keep: list[Any] = []
 
