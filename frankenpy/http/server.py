@@ -9,6 +9,9 @@ forks; cheroot had 300+ ms p99; uvicorn with a2wsgi was slower.
 
 A graceful stop: new requests get 503, in-flight ones finish (up to the grace period), the
 listeners close, then the runtime drains its workers.
+
+Malformed requests never reach the app: waitress answers them (400, 413, 431, 501) and closes
+the connection; :class:`StrictRequestParser` removes two of its leniencies.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import create_server
 
 from ..runtime import Runtime
@@ -44,6 +49,28 @@ class Site:
     app: WSGIApp
     metrics: bool = False
     max_body_size: int = 8 * 1024 * 1024
+
+
+class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
+    """waitress's request parser, refusing (400, connection closed) what waitress would serve:
+
+    - a request line without an HTTP version (HTTP/0.9 form), which waitress runs as HTTP/1.0;
+    - both Content-Length and Transfer-Encoding (RFC 9112 section 6.3: an error, or at least the
+      connection MUST close after the response).  waitress decodes the chunked body and keeps
+      the connection open, which smuggles a request past any front proxy that framed the
+      message by its Content-Length instead.
+    """
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if not self.version:
+            raise ParsingError("request line without an HTTP version")
+        if self.chunked and "CONTENT_LENGTH" in self.headers:
+            raise ParsingError("both Content-Length and Transfer-Encoding")
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    parser_class = StrictRequestParser
 
 
 OUTPUT_FLUSH_WAIT = 2.0  # seconds a stop waits for finished responses to leave waitress's buffers
@@ -162,6 +189,7 @@ class Server:
                 ident="frankenpy",
                 clear_untrusted_proxy_headers=True,
             )
+            server.channel_class = _Channel
             self._servers.append(server)
             loop = threading.Thread(target=server.run, name=f"http-{site.port}", daemon=True)
             loop.start()

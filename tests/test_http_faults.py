@@ -1,0 +1,273 @@
+"""Fault suite, HTTP part: malformed and hostile HTTP against the real server on 127.0.0.1.
+
+Raw sockets send what a well-behaved client library never would.  Every path of the document
+root runs ``index.php``, which appends each run to a log file: a hostile request must get a 4xx
+answer or a closed connection, never reach PHP (the log stays as it was), and the server must
+serve a normal request right after.  Time bounds are generous (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+import frankenpy
+from frankenpy.http.app import PHPApp
+from frankenpy.http.server import Server, Site
+
+RECORDER_PHP = """<?php
+file_put_contents({log}, $_SERVER['REQUEST_METHOD'] . ' ' . $_SERVER['REQUEST_URI'] . "\\n",
+                  FILE_APPEND | LOCK_EX);
+echo 'recorded ', strlen(file_get_contents('php://input'));
+"""
+
+# Streams ~8 MiB in 64 KiB flushes, then records whether PHP saw the client leave.
+STREAM_PHP = """<?php
+ignore_user_abort(false);
+register_shutdown_function(function () {{
+    file_put_contents({out}, connection_aborted() ? 'aborted' : 'completed');
+}});
+$chunk = str_repeat('s', 65536);
+for ($i = 0; $i < 128; $i++) {{
+    echo $chunk;
+    flush();
+    usleep(20000);
+}}
+"""
+
+MAX_BODY = 64 * 1024
+
+
+class Site_:
+    def __init__(self, base: Path, server: Server) -> None:
+        self.base, self.server = base, server
+        self.log = base / "runs.log"
+        self.port = int(server.ports[0])
+
+    def runs(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site_]:
+    base = tmp_path_factory.mktemp("faults")
+    root = base / "public"
+    root.mkdir()
+    (root / "index.php").write_text(RECORDER_PHP.format(log=repr(str(base / "runs.log"))))
+    (root / "stream.php").write_text(STREAM_PHP.format(out=repr(str(base / "stream.txt"))))
+    rt = frankenpy.Runtime(num_threads=2)
+    rt.start()
+    app = PHPApp(rt, root, max_body_size=MAX_BODY)
+    server = Server(rt, [Site("127.0.0.1", 0, app, max_body_size=MAX_BODY)])
+    try:
+        server.start()
+        yield Site_(base, server)
+    finally:
+        server.stop(grace=5.0)
+
+
+def exchange(port: int, data: bytes, timeout: float = 20.0) -> bytes:
+    """Send ``data``, read until the server closes the connection; everything it sent."""
+    return exchange_ex(port, data, timeout)[0]
+
+
+def exchange_ex(
+    port: int, data: bytes, timeout: float = 20.0, idle: float | None = None
+) -> tuple[bytes, bool]:
+    """Send ``data`` and read what comes back: (bytes, whether the server closed the
+    connection).  With ``idle``, stop once nothing more came for that many seconds after a
+    first byte (a connection kept alive)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # refused before all was sent
+            pass
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if idle is not None:
+                    sock.settimeout(idle)
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            if idle is None or not received:
+                raise
+            return received, False
+    return received, True
+
+
+def normal_request_works(site: Site_, path: str = "/after") -> None:
+    reply = exchange(site.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert reply.endswith(b"recorded 0"), reply[-200:]
+    assert site.runs()[-1] == f"GET {path}"
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else 0
+
+
+HOSTILE = {
+    "garbage-request-line": b"GARBAGE\r\n\r\n",
+    "request-line-without-version": b"GET /x\r\nHost: x\r\n\r\n",
+    "header-without-colon": b"GET /x HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n",
+    "header-name-with-space": b"GET /x HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+    "oversized-header": b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n",
+    "many-headers": (
+        b"GET /x HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(3000)) + b"\r\n"
+    ),
+    "oversized-request-line": b"GET /" + b"a" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "content-length-not-a-number": b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nabc",
+    "content-length-negative": b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\nabcde",
+    "content-length-plus-sign": b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nabcde",
+    "content-length-twice-differing": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"
+    ),
+    "content-length-beyond-max-body": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\nabc"
+    ),
+    "content-length-and-chunked": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    ),
+    "unknown-transfer-encoding": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc"
+    ),
+    "chunked-not-last": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"
+    ),
+    "bad-chunk-size": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    ),
+    "chunked-body-beyond-max-body": (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"4000\r\n" + b"c" * 0x4000 + b"\r\n" for _ in range(5)) + b"0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_request_is_refused_before_php(site: Site_, name: str) -> None:
+    """waitress refuses these (400, 413, 431, 501) and closes the connection; the request line
+    without a version and Content-Length + Transfer-Encoding it served (and kept the connection
+    open) until frankenpy's StrictRequestParser."""
+    before = site.runs()
+    reply, closed = exchange_ex(site.port, HOSTILE[name])
+    status = status_of(reply)
+    assert status in (400, 413, 431, 501), reply[:300]
+    assert closed
+    assert b"\r\nconnection: close" in reply.lower(), reply[:300]
+    assert reply.count(b"HTTP/1.") == 1, reply  # nothing pipelined behind it was served
+    assert site.runs() == before, f"{name} reached PHP"
+    normal_request_works(site)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /\x00x HTTP/1.1", b"GET /%00x HTTP/1.1", b"GET /index.php%00.txt HTTP/1.1"],
+    ids=["raw-nul", "encoded-nul", "encoded-nul-extension"],
+)
+def test_nul_in_the_path_is_refused_before_php_and_the_connection_lives(
+    site: Site_, request_line: bytes
+) -> None:
+    """waitress passes a NUL in the path on; the app answers 400 itself (keep-alive)."""
+    before = site.runs()
+    reply, closed = exchange_ex(site.port, request_line + b"\r\nHost: x\r\n\r\n", idle=1.0)
+    assert status_of(reply) == 400, reply[:300]
+    assert not closed
+    assert site.runs() == before
+    normal_request_works(site)
+
+
+@pytest.mark.timeout(60)
+def test_valid_request_then_garbage_on_the_same_connection(site: Site_) -> None:
+    """A pipelined valid request is served; the garbage after it gets a 400 and the connection
+    closes; nothing of the garbage reaches PHP."""
+    before = site.runs()
+    reply = exchange(site.port, b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    assert b"recorded 0" in reply
+    assert b"HTTP/1.0 400" in reply or b"HTTP/1.1 400" in reply, reply[-300:]
+    assert site.runs() == [*before, "GET /first"]
+    normal_request_works(site)
+
+
+@pytest.mark.timeout(60)
+def test_client_disconnecting_mid_body_never_reaches_php(site: Site_) -> None:
+    before = site.runs()
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"b" * 1000)
+        time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as sock:  # chunked too
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n" + b"b" * 50)
+        time.sleep(0.2)
+    normal_request_works(site)
+    assert site.runs() == [*before, "GET /after"]
+
+
+@pytest.mark.timeout(60)
+def test_client_disconnecting_mid_response_aborts_the_script(site: Site_) -> None:
+    record = site.base / "stream.txt"
+    record.unlink(missing_ok=True)
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream.php HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while len(received) < 200_000:
+            chunk = sock.recv(65536)
+            assert chunk
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+    wait_for(record.exists, timeout=15, what="the streaming script to end")
+    assert record.read_text() == "aborted"
+    normal_request_works(site)
+
+
+@pytest.mark.timeout(60)
+def test_slowloris_connections_do_not_block_the_server(site: Site_) -> None:
+    """Connections that trickle a request's head (or, head complete, its body) byte by byte
+    hold no PHP thread and no WSGI thread: normal requests are served meanwhile, and none of
+    the partial requests runs."""
+    before = site.runs()
+    heads = [b"GET /slow-head HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 200] * 30
+    heads += [b"POST /slow-body HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"b" * 150] * 10
+    socks = [socket.create_connection(("127.0.0.1", site.port), timeout=10) for _ in heads]
+    stop, sent = threading.Event(), [0]
+
+    def trickle() -> None:
+        for i in range(max(map(len, heads))):
+            for sock, head in zip(socks, heads, strict=True):
+                try:
+                    sock.sendall(head[i : i + 1])
+                except OSError:
+                    pass
+            sent[0] = i + 1
+            if stop.wait(0.02):
+                return
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        wait_for(lambda: sent[0] >= 20, timeout=10, what="the slow clients to start")
+        for n in range(10):
+            started = time.monotonic()
+            normal_request_works(site, f"/during-{n}")
+            assert time.monotonic() - started < 5.0
+            time.sleep(0.1)
+        assert not stop.is_set() and trickler.is_alive(), "the slow clients finished too early"
+    finally:
+        stop.set()
+        trickler.join()
+        for sock in socks:
+            sock.close()
+    assert [r for r in site.runs()[len(before):] if "slow" in r] == []
+    normal_request_works(site)
