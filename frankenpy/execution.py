@@ -262,6 +262,7 @@ class Execution:
         self.deadline: float | None = None
         self.limit: float | None = None  # the limit that set the deadline, for messages
         self.stopped = False  # fp_interrupt() reached it
+        self.output_error: Exception | None = None  # output that could not be delivered
         self.watched = False  # registered with the watchdog (only once it has a deadline)
         self.lock = threading.Lock()
         self.handle = ffi.new_handle(self)
@@ -357,6 +358,13 @@ class Execution:
             self.output(data)
         return True
 
+    def output_failed(self, exc: Exception) -> None:
+        """Output could not be delivered (``exc``): the glue stops the script; the caller
+        learns it from :attr:`output_error` (the runtime raises it)."""
+        if self.output_error is None:
+            self.output_error = exc
+        self.logger.error("output lost, script stopped: %r", exc)
+
     def read_body(self, size: int) -> bytes:
         """Up to ``size`` bytes of the request body (HTTP executions override this)."""
         return b""
@@ -388,15 +396,20 @@ def _execution(handle: Any) -> Execution | None:
 
 def _output_failed(exc_type: Any, exc: Any, tb: Any) -> int:
     php_logger.error("output callback failed", exc_info=(exc_type, exc, tb))
-    return 0
+    return -1  # never lose output silently: PHP stops the script as if its reader had gone
 
 
 @ffi.def_extern(onerror=_output_failed)
 def fp_py_output(handle: Any, data: Any, length: int) -> int:
     execution = _execution(handle)
-    if execution is not None and not execution.on_output(bytes(ffi.buffer(data, length))):
-        return -1  # the client is gone
-    return 0
+    if execution is None:
+        return 0
+    try:
+        delivered = execution.on_output(bytes(ffi.buffer(data, length)))
+    except Exception as exc:  # the output is lost (MemoryError, the caller's callable ...)
+        execution.output_failed(exc)
+        return -1  # PHP stops the script as if its reader had gone
+    return 0 if delivered else -1  # -1: the client is gone
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("log callback failed", exc_info=exc))

@@ -216,7 +216,8 @@ class Runtime:
 
         ``env`` adds to ``$_SERVER`` and ``getenv()``; ``argv`` sets ``$argv``/``$argc``
         (default: ``[path]``); ``timeout`` stops the script after that many seconds;
-        ``output`` receives the output as it is written instead of collecting it."""
+        ``output`` receives the output as it is written instead of collecting it (if it raises,
+        the script is stopped and this method raises that exception)."""
         # (an absolute str is taken as is: abspath() costs more than the rest of this method)
         script = path if isinstance(path, str) and path[:1] == "/" else os.path.abspath(os.fspath(path))
         if not os.path.isfile(script):
@@ -273,7 +274,10 @@ class Runtime:
                 request.struct.code = request.cstr(code)
             request.struct.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
             request.struct.output_limit = self.max_output_size or 0
-            return execution.run()
+            result = execution.run()
+            if execution.output_error is not None:
+                raise execution.output_error  # the script was stopped: its output is incomplete
+            return result
         finally:
             pool.release(thread)
 

@@ -271,3 +271,40 @@ def test_slowloris_connections_do_not_block_the_server(site: Site_) -> None:
             sock.close()
     assert [r for r in site.runs()[len(before):] if "slow" in r] == []
     normal_request_works(site)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fail_at", [1, 3], ids=["before-anything-was-sent", "mid-response"])
+def test_output_lost_on_the_host_side_is_never_a_clean_response(
+    site: Site_, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    """Fault injection: delivering a chunk of the body fails on the host (as a MemoryError
+    would).  The script is stopped; the client gets a 500 if nothing was sent yet, otherwise
+    a connection closed without the chunked terminator: never a complete-looking body."""
+    from frankenpy.http.exchange import HTTPExchange
+
+    record = site.base / "stream.txt"
+    record.unlink(missing_ok=True)
+    original, calls = HTTPExchange.on_output, [0]
+
+    def failing_on_output(self: HTTPExchange, data: bytes) -> bool:
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise MemoryError("injected")
+        return original(self, data)
+
+    monkeypatch.setattr(HTTPExchange, "on_output", failing_on_output)
+    reply, closed = exchange_ex(site.port, b"GET /stream.php HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert closed
+    if fail_at == 1:
+        assert status_of(reply) == 500, reply[:300]
+        assert b"s" * 1000 not in reply
+    else:
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
+        assert len(body) >= 2 * 65536
+        assert not body.endswith(b"0\r\n\r\n"), "a truncated body ended like a complete one"
+    wait_for(record.exists, timeout=15, what="the script to end")
+    assert record.read_text() == "aborted"  # stopped at once, not streamed into the void
+    monkeypatch.undo()
+    normal_request_works(site)

@@ -181,3 +181,29 @@ def test_failed_output_allocation_is_a_fatal_error_not_silent_truncation() -> No
     assert any("Out of memory collecting the output" in e for e in errors), errors
     assert 0 < output_len < 1 << 30
     assert after == "after"
+
+
+def test_a_failing_output_callable_stops_the_script_and_raises(
+    make_runtime: Callable[..., frankenpy.Runtime], tmp_path: Path
+) -> None:
+    """Output the host cannot take is never dropped silently: the script stops (as when an
+    HTTP client leaves) and execute_code() raises the callable's exception."""
+    rt = make_runtime(num_threads=1)
+    record = tmp_path / "aborted.txt"
+    seen: list[bytes] = []
+
+    def reader(data: bytes) -> None:
+        seen.append(data)
+        if len(seen) == 2:
+            raise OSError("reader broke")
+
+    code = (
+        f"register_shutdown_function(function () {{ file_put_contents('{record}', "
+        "connection_aborted() ? 'aborted' : 'completed'); });"
+        "for ($i = 0; $i < 1000; $i++) { echo $i, ' '; flush(); }"
+    )
+    with pytest.raises(OSError, match="reader broke"):
+        rt.execute_code(code, output=reader)
+    assert len(seen) == 2
+    assert record.read_text() == "aborted"
+    assert rt.execute_code("echo 'next';").output == b"next"

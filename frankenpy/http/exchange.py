@@ -155,6 +155,10 @@ class HTTPExchange(Execution):
             return not self.client_gone
         return self._emit(data)
 
+    def output_failed(self, exc: Exception) -> None:
+        super().output_failed(exc)
+        self.client_gone = True  # nothing more is written; _finish() breaks the response
+
     def read_body(self, size: int) -> bytes:
         chunk, self._body = self._body[:size], self._body[size:]
         return bytes(chunk)
@@ -170,6 +174,11 @@ class HTTPExchange(Execution):
         whatever was flushed, with the length of the body the script produced: a HEAD response
         started early would be framed as chunked, and the server would then send a chunked
         terminator as its body and close the connection."""
+        if self.output_error is not None:
+            # Part of the body is lost: the server answers 500 if nothing was sent yet, and
+            # otherwise closes the connection without the response's end (the client sees
+            # the truncation instead of a complete-looking short body).
+            raise RuntimeError("PHP output lost") from self.output_error
         bodiless = 100 <= self.status < 200 or self.status in (204, 304)
         if self._write is None and not bodiless:
             if not any(name.lower() == "content-length" for name, _ in self.headers):
