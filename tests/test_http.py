@@ -196,6 +196,18 @@ register_shutdown_function(function () {
     }
 });
 """
+OUTPUT_HANDLER_PHP = """<?php
+ob_start(function ($buffer) {
+    header('X-Handler: saw ' . strlen($buffer));
+    return strtoupper($buffer);
+});
+echo 'handled';
+"""
+SHUTDOWN_FATAL_PHP = """<?php
+register_shutdown_function(function () {
+    undefined_function_in_shutdown();
+});
+"""
 GZIP_PHP = """<?php
 ob_start('ob_gzhandler');
 echo str_repeat('compress me ', 500);
@@ -298,6 +310,8 @@ def build_site(base: Path) -> Path:
     write(root / "sleep.php", SLEEP_PHP)
     write(root / "shutdown.php", SHUTDOWN_PHP)
     write(root / "gzip.php", GZIP_PHP)
+    write(root / "output_handler.php", OUTPUT_HANDLER_PHP)
+    write(root / "shutdown_fatal.php", SHUTDOWN_FATAL_PHP)
     write(root / "destructor.php", DESTRUCTOR_PHP)
     write(root / "flush_twice.php", FLUSH_TWICE_PHP)
     write(root / "big.php", BIG_OUTPUT_PHP)
@@ -784,6 +798,15 @@ def test_shutdown_function_sets_status_and_headers(site: Served, body: bool) -> 
     assert reply.status == 503, reply.wire
     assert reply.header("X-Shutdown") == "ran"
     assert reply.body == (b"from shutdown" if body else b"")
+
+
+@pytest.mark.timeout(30)
+def test_output_handler_and_shutdown_fatal_error_shape_the_response(site: Served) -> None:
+    """An output handler run at request end may still set headers; a fatal error in a shutdown
+    function still turns the status into 500 (nothing was sent before)."""
+    reply = site.get("/output_handler.php")
+    assert (reply.status, reply.header("X-Handler"), reply.body) == (200, "saw 7", b"HANDLED"), reply.wire
+    assert site.get("/shutdown_fatal.php").status == 500
 
 
 @pytest.mark.timeout(30)
