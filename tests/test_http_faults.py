@@ -11,8 +11,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import wait_for
@@ -88,9 +89,9 @@ def exchange_ex(
             sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):  # refused before all was sent
             pass
-        received = b""
+        received = bytearray()
         try:
-            while chunk := sock.recv(65536):
+            while chunk := sock.recv(1 << 16):
                 received += chunk
                 if idle is not None:
                     sock.settimeout(idle)
@@ -99,8 +100,8 @@ def exchange_ex(
         except TimeoutError:
             if idle is None or not received:
                 raise
-            return received, False
-    return received, True
+            return bytes(received), False
+    return bytes(received), True
 
 
 def normal_request_works(site: Site_, path: str = "/after") -> None:
@@ -308,3 +309,113 @@ def test_output_lost_on_the_host_side_is_never_a_clean_response(
     assert record.read_text() == "aborted"  # stopped at once, not streamed into the void
     monkeypatch.undo()
     normal_request_works(site)
+
+
+# --- clients that stop reading ------------------------------------------------------------------
+# 64 MiB of output: more than waitress buffers (16 MiB) before it blocks the writing thread.
+FLOOD_PHP = """<?php
+register_shutdown_function(function () {{
+    file_put_contents({out}, connection_aborted() ? 'aborted' : 'completed');
+}});
+$chunk = str_repeat('f', 1 << 20);
+for ($i = 0; $i < 64; $i++) {{
+    echo $chunk;
+}}
+"""
+FLOOD_WORKER_PHP = """<?php
+$chunk = str_repeat('f', 1 << 20);
+while (frankenphp_handle_request(function () use ($chunk) {
+    if (isset($_GET['flood'])) {
+        for ($i = 0; $i < 64; $i++) {
+            echo $chunk;
+        }
+    }
+    echo 'worker ok';
+})) {
+}
+"""
+
+
+def stalled_client(port: int, path: str) -> socket.socket:
+    """A client that sends a request and never reads its response (small receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+@pytest.fixture
+def flood_server(tmp_path: Path) -> Iterator[Callable[..., tuple[Server, Path]]]:
+    servers: list[Server] = []
+
+    def start(**options: Any) -> tuple[Server, Path]:
+        (tmp_path / "flood.php").write_text(FLOOD_PHP.format(out=repr(str(tmp_path / "flood.txt"))))
+        (tmp_path / "worker.php").write_text(FLOOD_WORKER_PHP)
+        workers = [frankenpy.Worker("w", tmp_path / "worker.php", num=1)]
+        rt = frankenpy.Runtime(num_threads=1, workers=workers)
+        rt.start()
+        server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, tmp_path))], **options)
+        server.start()
+        servers.append(server)
+        return server, tmp_path
+
+    yield start
+    for server in servers:
+        if not server._stopped.is_set():
+            server.stop(grace=1.0)
+
+
+def get_ok(port: int, path: str, expected: bytes) -> None:
+    reply = exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(expected), reply[-200:]
+
+
+@pytest.mark.timeout(60)
+def test_client_that_stops_reading_is_dropped_after_client_timeout(
+    flood_server: Callable[..., tuple[Server, Path]],
+) -> None:
+    """waitress blocks the thread writing to a client that stopped reading, for as long as the
+    client keeps its connection open: the only PHP thread (and the only worker thread) would be
+    held for ever.  After ``client_timeout`` seconds without progress the connection is closed
+    and the script aborted, as for a client that went away."""
+    server, base = flood_server(client_timeout=2)
+    port = server.ports[0]
+    classic = stalled_client(port, "/flood.php")
+    worker = stalled_client(port, "/worker.php?flood=1")
+    try:
+        wait_for(lambda: (base / "flood.txt").exists(), timeout=20, what="the classic script to end")
+        assert (base / "flood.txt").read_text() == "aborted"
+        started = time.monotonic()
+        get_ok(port, "/worker.php", b"worker ok")  # the worker's only thread is free again
+        reply = exchange(port, b"GET /flood.php?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]  # and the only PHP thread
+        assert len(reply) > 64 << 20 and reply.endswith(b"\r\n0\r\n\r\n")
+        assert time.monotonic() - started < 15
+    finally:
+        classic.close()
+        worker.close()
+
+
+@pytest.mark.timeout(60)
+def test_stop_does_not_wait_for_clients_that_stopped_reading(
+    flood_server: Callable[..., tuple[Server, Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the grace period, stop() closes connections whose output is still pending, which
+    frees the threads blocked writing to them: no PHP thread is left running (leaked)."""
+    server, base = flood_server()  # default client_timeout (120 s): only stop() can help
+    port = server.ports[0]
+    socks = [stalled_client(port, "/flood.php"), stalled_client(port, "/worker.php?flood=1")]
+    try:
+        time.sleep(1.0)  # both responses are stuck in waitress's buffers by now
+        started = time.monotonic()
+        server.stop(grace=1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
+    assert elapsed < 12, f"stop() took {elapsed:.1f} s"
+    assert (base / "flood.txt").read_text() == "aborted"
+    messages = [r.getMessage() for r in caplog.records]
+    leaks = [m for m in messages if "leak" in m or ("still running" in m and "request(s)" not in m)]
+    assert not leaks, leaks

@@ -80,9 +80,9 @@ def _pending_output(server: Any) -> bool:
     return any(getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values()))
 
 
-def _close_everything(server: Any) -> None:
+def _close_everything(server: Any, force: bool) -> None:
     """Close the listener and every idle connection of a waitress server, and the others once
-    their response is out; its loop then ends.  Runs on the loop thread."""
+    their response is out (``force``: now); its loop then ends.  Runs on the loop thread."""
     for channel in list(server._map.values()):
         if channel is server.trigger:
             channel.del_channel()  # out of the loop; closed once no task can pull it any more
@@ -91,9 +91,35 @@ def _close_everything(server: Any) -> None:
             # of a stop() or a task thread still pulling it.
             wasyncore.dispatcher.close(server)
         elif getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0):
-            channel.close_when_flushed = True  # a response is on its way: let it finish
+            if force:
+                channel.handle_close()  # see _close_stalled()
+            else:
+                channel.close_when_flushed = True  # a response is on its way: let it finish
         else:
             channel.close()  # idle keep-alive connections
+
+
+def _close_stalled(server: Any) -> None:
+    """Extend waitress's periodic clean-up (on its loop thread) to connections whose client
+    stopped reading a response.  waitress closes idle connections after ``channel_timeout``,
+    but not those: their unsent output stays, and once 16 MiB of it wait
+    (``outbuf_high_watermark``) waitress blocks the task thread writing it, and the PHP thread
+    behind it, for as long as the client keeps the connection open.  handle_close() wakes that
+    writer, which then sees a client that went away (the script is aborted)."""
+    maintenance = server.maintenance
+
+    def close_stalled(now: float) -> None:
+        maintenance(now)
+        cutoff = now - server.adj.channel_timeout
+        stalled = [
+            channel for channel in server.active_channels.values()
+            if channel.total_outbufs_len and channel.last_activity < cutoff
+        ]
+        if stalled:
+            # Not now: this runs while the loop collects the sockets to select() on.
+            server.trigger.pull_trigger(lambda: [channel.handle_close() for channel in stalled])
+
+    server.maintenance = close_stalled
 
 
 class _Response:
@@ -117,11 +143,20 @@ class _Response:
 
 
 class Server:
-    """Serves ``sites`` over HTTP with waitress until :meth:`stop`."""
+    """Serves ``sites`` over HTTP with waitress until :meth:`stop`.
 
-    def __init__(self, runtime: Runtime, sites: list[Site], *, threads: int | None = None) -> None:
+    ``client_timeout``: a connection that neither sends nor takes a byte for that many seconds
+    is closed, also in the middle of a response (its script is then aborted).
+    """
+
+    def __init__(
+        self, runtime: Runtime, sites: list[Site], *, threads: int | None = None, client_timeout: int = 120
+    ) -> None:
+        if not isinstance(client_timeout, int) or isinstance(client_timeout, bool) or client_timeout < 1:
+            raise ValueError(f"client_timeout must be an integer >= 1 (seconds), got {client_timeout!r}")
         self.runtime = runtime
         self.sites = sites
+        self.client_timeout = client_timeout
         http_threads = sum(w.num for w in runtime.workers_group.workers if not w.background)
         # A request holds a WSGI thread while PHP runs it: a few more than PHP threads keeps
         # every PHP thread busy; more only adds GIL contention (measured: 8 threads ran hello
@@ -188,8 +223,11 @@ class Server:
                 max_request_body_size=site.max_body_size + 1,  # the app answers 413 itself
                 ident="frankenpy",
                 clear_untrusted_proxy_headers=True,
+                channel_timeout=self.client_timeout,
+                cleanup_interval=min(30, self.client_timeout),
             )
             server.channel_class = _Channel
+            _close_stalled(server)
             self._servers.append(server)
             loop = threading.Thread(target=server.run, name=f"http-{site.port}", daemon=True)
             loop.start()
@@ -205,7 +243,8 @@ class Server:
         the listeners, then shut the runtime down (draining its workers)."""
         with self._cond:
             self._draining = True
-            if not self._cond.wait_for(lambda: self._in_flight == 0, grace):
+            finished = self._cond.wait_for(lambda: self._in_flight == 0, grace)
+            if not finished:
                 logger.warning("%d request(s) still running after %.1f s", self._in_flight, grace,
                                extra={"worker": "-"})
         # Let responses already handed to waitress leave its buffers, then close every socket
@@ -213,8 +252,11 @@ class Server:
         deadline = time.monotonic() + min(grace, OUTPUT_FLUSH_WAIT)
         while time.monotonic() < deadline and any(_pending_output(server) for server in self._servers):
             time.sleep(0.01)
+        # Past the grace, what is still being written goes to clients that stopped reading (or
+        # to scripts that run on): close those connections too, which frees their threads.
+        force = not finished or any(_pending_output(server) for server in self._servers)
         for server in self._servers:
-            server.trigger.pull_trigger(lambda server=server: _close_everything(server))
+            server.trigger.pull_trigger(lambda server=server: _close_everything(server, force))
         for loop in self._loops:
             loop.join(5.0)
         for server in self._servers:
