@@ -58,7 +58,10 @@ class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
     - both Content-Length and Transfer-Encoding (RFC 9112 section 6.3: an error, or at least the
       connection MUST close after the response).  waitress decodes the chunked body and keeps
       the connection open, which smuggles a request past any front proxy that framed the
-      message by its Content-Length instead.
+      message by its Content-Length instead;
+    - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 section 6.1: faulty framing, close the
+      connection).  waitress ignores the header there and reads the chunked body that follows
+      as the next request on a kept-alive connection.
     """
 
     def parse_header(self, header_plus: bytes) -> None:
@@ -67,6 +70,8 @@ class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
             raise ParsingError("request line without an HTTP version")
         if self.chunked and "CONTENT_LENGTH" in self.headers:
             raise ParsingError("both Content-Length and Transfer-Encoding")
+        if self.version == "1.0" and "TRANSFER_ENCODING" in self.headers:
+            raise ParsingError("Transfer-Encoding in an HTTP/1.0 request")
 
 
 class _Channel(HTTPChannel):  # type: ignore[misc]
