@@ -144,6 +144,8 @@ HOSTILE = {
         b"POST /x HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"GET /smuggled HTTP/1.0\r\nHost: x\r\n\r\n"
     ),
+    "http11-without-host": b"GET /x HTTP/1.1\r\nX-A: 1\r\n\r\n",
+    "http11-two-hosts": b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     "unknown-transfer-encoding": (
         b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc"
     ),
@@ -163,10 +165,11 @@ HOSTILE = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_request_is_refused_before_php(site: Site_, name: str) -> None:
-    """waitress refuses these (400, 413, 431, 501) and closes the connection.  It served three
-    of them until frankenpy's StrictRequestParser: the request line without a version, and
-    Content-Length + Transfer-Encoding and HTTP/1.0 + Transfer-Encoding (both with a second,
-    smuggled request behind, which it also ran)."""
+    """waitress refuses these (400, 413, 431, 501) and closes the connection.  It served five
+    of them until frankenpy's StrictRequestParser: the request line without a version, the
+    HTTP/1.1 requests without a Host or with two, and Content-Length + Transfer-Encoding and
+    HTTP/1.0 + Transfer-Encoding (both with a second, smuggled request behind, which it also
+    ran)."""
     before = site.runs()
     reply, closed = exchange_ex(site.port, HOSTILE[name])
     status = status_of(reply)

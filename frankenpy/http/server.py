@@ -61,7 +61,9 @@ class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
       message by its Content-Length instead;
     - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 section 6.1: faulty framing, close the
       connection).  waitress ignores the header there and reads the chunked body that follows
-      as the next request on a kept-alive connection.
+      as the next request on a kept-alive connection;
+    - an HTTP/1.1 request without a Host header or with several (RFC 9112 section 3.2: 400).
+      waitress joins repeated ones into "a, b", which then reaches ``$_SERVER['HTTP_HOST']``.
     """
 
     def parse_header(self, header_plus: bytes) -> None:
@@ -72,6 +74,8 @@ class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
             raise ParsingError("both Content-Length and Transfer-Encoding")
         if self.version == "1.0" and "TRANSFER_ENCODING" in self.headers:
             raise ParsingError("Transfer-Encoding in an HTTP/1.0 request")
+        if self.version == "1.1" and "," in self.headers.get("HOST", ","):
+            raise ParsingError("an HTTP/1.1 request needs exactly one Host header")
 
 
 class _Channel(HTTPChannel):  # type: ignore[misc]
