@@ -428,3 +428,10 @@ def test_stop_does_not_wait_for_clients_that_stopped_reading(
     messages = [r.getMessage() for r in caplog.records]
     leaks = [m for m in messages if "leak" in m or ("still running" in m and "request(s)" not in m)]
     assert not leaks, leaks
+
+
+def test_client_timeout_is_validated() -> None:
+    rt = frankenpy.Runtime(num_threads=1)  # never started: Server() only reads its workers
+    for bad in (0, -1, 1.5, "60", True):
+        with pytest.raises(ValueError, match="client_timeout"):
+            Server(rt, [], client_timeout=bad)  # type: ignore[arg-type]
