@@ -235,6 +235,7 @@ typedef struct rec {
 /* Diagnostics logged without an execution (handle NULL): startup messages. */
 static int null_handle_logs;
 static int startup_log_type_seen = -1; /* type of the first one */
+static int zend_extension_failure_logged; /* zend_extension's "Failed loading" (libphp's stderr) */
 
 static void rec_init(rec *r)
 {
@@ -309,6 +310,9 @@ static void host_log(void *handle, int type, const char *file, uint32_t line, co
         if (__atomic_add_fetch(&null_handle_logs, 1, __ATOMIC_SEQ_CST) == 1 && message &&
             strstr(message, "nonexistent")) {
             startup_log_type_seen = type;
+        }
+        if (message && strstr(message, "Failed loading /nonexistent/fp_zend_ext.so")) {
+            zend_extension_failure_logged = 1;
         }
         return;
     }
@@ -1615,6 +1619,8 @@ static void group_startup_errors(void)
     /* This group's ini loads an extension that does not exist: fp_startup() still succeeds and
      * reports the problem through log() with a NULL handle. */
     CHECK(null_handle_logs >= 1, "no startup diagnostic for the missing extension");
+    /* zend_extension loading reports with fprintf(stderr): the host's log gets it instead. */
+    CHECK(zend_extension_failure_logged, "zend_extension's 'Failed loading' did not reach log()");
     CHECK(startup_log_type_seen >= 0, "no startup diagnostic recorded");
     KNOWN_BUG(startup_log_type_seen == 32 /* E_CORE_WARNING */,
               "startup diagnostics reach log() with type %d and a preformatted 'PHP Warning:  ...' "
@@ -1839,7 +1845,8 @@ static const group groups[] = {
     {"chdir", "memory_limit=32M\n", group_chdir},
     {"fds", "memory_limit=32M\n", group_fds},
     {"signals", "memory_limit=32M\n", group_signals},
-    {"startup_errors", "memory_limit=32M\nextension=/nonexistent/frankenpy_native_test.so\n",
+    {"startup_errors",
+     "memory_limit=32M\nextension=/nonexistent/frankenpy_native_test.so\nzend_extension=/nonexistent/fp_zend_ext.so\n",
      group_startup_errors},
     {"http", "memory_limit=32M\n", group_http},
     {"http_worker", "memory_limit=32M\n", group_http_worker},
