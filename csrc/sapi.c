@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -427,6 +428,82 @@ static pid_t hook_waitpid(pid_t pid, int *status, int options)
     return hook_wait4(pid, status, options, NULL);
 }
 
+/* popen()/pclose(): glibc's pclose() retries its own waitpid() after EINTR, inside libc where no
+ * hook reaches, and exec(), shell_exec(), system(), passthru() and popen() end with it.  This
+ * popen() (glibc's way: posix_spawn of /bin/sh -c) keeps the child's pid, so that pclose() can
+ * wait through hook_wait4().  Its pipe end is always close-on-exec, so no other child inherits
+ * it (what POSIX asks of popen()).  More streams at once than the table holds use libc's. */
+static FILE *(*real_popen)(const char *, const char *);
+static int (*real_pclose)(FILE *);
+typedef struct popen_child {
+    FILE *stream;
+    pid_t pid;
+} popen_child;
+static popen_child popen_children[8];
+
+static FILE *hook_popen(const char *command, const char *mode)
+{
+    popen_child *slot = NULL;
+    for (size_t i = 0; i < sizeof(popen_children) / sizeof(popen_children[0]) && !slot; i++) {
+        slot = popen_children[i].stream ? NULL : &popen_children[i];
+    }
+    int reading = mode[0] == 'r';
+    if (!slot || (mode[0] != 'r' && mode[0] != 'w')) {
+        return real_popen(command, mode);
+    }
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return NULL;
+    }
+    int child_end = reading ? fds[1] : fds[0], parent_end = reading ? fds[0] : fds[1];
+    int target = reading ? STDOUT_FILENO : STDIN_FILENO;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (child_end == target) {
+        /* dup2() onto itself would keep close-on-exec: move it out of the way first. */
+        posix_spawn_file_actions_adddup2(&actions, child_end, parent_end);
+        child_end = parent_end;
+    }
+    posix_spawn_file_actions_adddup2(&actions, child_end, target);
+    char *argv[] = {"sh", "-c", (char *)command, NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, "/bin/sh", &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(reading ? fds[1] : fds[0]);
+    FILE *stream = rc == 0 ? fdopen(parent_end, reading ? "r" : "w") : NULL;
+    if (!stream) {
+        close(parent_end);
+        if (rc == 0) {
+            while (real_wait4(pid, NULL, 0, NULL) < 0 && errno == EINTR) {
+            }
+        }
+        errno = rc ? rc : errno;
+        return NULL;
+    }
+    slot->stream = stream;
+    slot->pid = pid;
+    return stream;
+}
+
+static int hook_pclose(FILE *stream)
+{
+    popen_child *child = NULL;
+    for (size_t i = 0; i < sizeof(popen_children) / sizeof(popen_children[0]) && !child; i++) {
+        child = popen_children[i].stream == stream ? &popen_children[i] : NULL;
+    }
+    if (!child) {
+        return real_pclose(stream);
+    }
+    pid_t pid = child->pid;
+    child->stream = NULL;
+    fclose(stream);
+    int status = 0;
+    pid_t rc;
+    while ((rc = hook_wait4(pid, &status, 0, NULL)) < 0 && errno == EINTR) {
+    }
+    return rc == pid ? status : -1; /* 0: given up (the execution is being stopped) */
+}
+
 static int hook_flock(int fd, int operation)
 {
     if (!(operation & LOCK_NB) && stop_requested()) {
@@ -621,6 +698,8 @@ static int interpose_libphp(void)
         {"waitpid", (void *)hook_waitpid, (void **)&real_waitpid},
         {"wait4", (void *)hook_wait4, (void **)&real_wait4},
         {"flock", (void *)hook_flock, (void **)&real_flock},
+        {"popen", (void *)hook_popen, (void **)&real_popen},
+        {"pclose", (void *)hook_pclose, (void **)&real_pclose},
         {"write", (void *)hook_write, (void **)&real_write},
         {"dup", (void *)hook_dup, (void **)&real_dup},
         {"close", (void *)hook_close, (void **)&real_close},
@@ -642,6 +721,8 @@ static int interpose_libphp(void)
     FP_REAL(waitpid);
     FP_REAL(wait4);
     FP_REAL(flock);
+    FP_REAL(popen);
+    FP_REAL(pclose);
     FP_REAL(write);
     FP_REAL(dup);
     FP_REAL(close);

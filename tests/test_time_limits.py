@@ -92,6 +92,8 @@ BLOCKING = {
     ),
     "connect": "stream_socket_client('tcp://127.0.0.1:{port}', $errno, $errstr, 30);",
     "flock": "$f = fopen('{lock}', 'r+'); flock($f, LOCK_EX);",
+    "exec": "exec('sleep 30');",
+    "popen": "$p = popen('sleep 30', 'r'); fread($p, 10); pclose($p);",
     "proc_close": (
         "$p = proc_open('sleep 30', [], $pipes); echo proc_get_status($p)['pid'], ' '; proc_close($p);"
     ),
