@@ -479,3 +479,34 @@ def test_output_around_the_output_layer_never_reaches_the_host_stdout() -> None:
 def test_math_inf_is_no_deadline(runtime1: frankenpy.Runtime) -> None:
     result = runtime1.execute_code("echo 1;", timeout=math.inf)
     assert result.ok and result.time_limit is None
+
+
+@pytest.mark.timeout(60)
+def test_http_worker_waits_for_requests_without_its_own_time_limit(make_runtime, php_file) -> None:  # type: ignore[no-untyped-def]
+    """A worker script's set_time_limit() before its loop is enforced now (it used to be dropped
+    as the start-up limit), but never while the worker waits for a request."""
+    from wsgiref.util import setup_testing_defaults
+
+    from frankenpy.http.app import PHPApp
+
+    script = php_file(
+        """
+        set_time_limit(1);
+        while (frankenphp_handle_request(function () { echo 'served'; })) {}
+        """,
+        name="worker.php",
+    )
+    rt = make_runtime(num_threads=1, workers=[frankenpy.Worker("app", script)])
+    app = PHPApp(rt, script.parent)
+
+    def get() -> tuple[str, bytes]:
+        environ: dict = {"PATH_INFO": "/worker.php", "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        status: list[str] = []
+        body = b"".join(app(environ, lambda s, h, exc=None: status.append(s)))
+        return status[0], body
+
+    for _ in range(2):
+        time.sleep(1.5)  # idle for longer than the script's limit: before and after a request
+        assert get() == ("200 OK", b"served")
+    assert rt.workers()[0].crashes == 0
