@@ -7,6 +7,10 @@
  * RTLD_LOCAL | RTLD_DEEPBIND.  Every static and every PHP global below therefore exists once per
  * PHP thread: one copy is driven by one OS thread at a time, which is all NTS PHP asks for.
  *
+ * Signal handlers, interval timers, stdout/stderr and the working directory belong to the whole
+ * process: fp_startup() redirects this copy of libphp's calls that would change them (its GOT,
+ * see interpose.h and the hooks in sapi.c), and chdir() goes through the host.
+ *
  * The layer owns no policy: it starts an interpreter, runs one execution as told by an
  * fp_request, reports what happened through the fp_host callbacks and result fields, and can be
  * interrupted from another thread.  Threads, time limits, restarts and backoff live in Python.

@@ -319,7 +319,6 @@ static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
 static int (*real_setitimer)(__itimer_which_t, const struct itimerval *, struct itimerval *);
 static int (*real_poll)(struct pollfd *, nfds_t, int);
 static int (*real_select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
-static pid_t (*real_waitpid)(pid_t, int *, int);
 static pid_t (*real_wait4)(pid_t, int *, int, struct rusage *);
 static int (*real_flock)(int, int);
 static ssize_t (*real_write)(int, const void *, size_t);
@@ -390,7 +389,7 @@ static int hook_select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval
 static void *reap_child(void *arg)
 {
     pid_t pid = (pid_t)(intptr_t)arg;
-    while (real_waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    while (real_wait4(pid, NULL, 0, NULL) < 0 && errno == EINTR) {
     }
     return NULL;
 }
@@ -695,7 +694,7 @@ static int interpose_libphp(void)
         {"alarm", (void *)hook_alarm, NULL},
         {"poll", (void *)hook_poll, (void **)&real_poll},
         {"select", (void *)hook_select, (void **)&real_select},
-        {"waitpid", (void *)hook_waitpid, (void **)&real_waitpid},
+        {"waitpid", (void *)hook_waitpid, NULL},
         {"wait4", (void *)hook_wait4, (void **)&real_wait4},
         {"flock", (void *)hook_flock, (void **)&real_flock},
         {"popen", (void *)hook_popen, (void **)&real_popen},
@@ -718,7 +717,6 @@ static int interpose_libphp(void)
     FP_REAL(setitimer);
     FP_REAL(poll);
     FP_REAL(select);
-    FP_REAL(waitpid);
     FP_REAL(wait4);
     FP_REAL(flock);
     FP_REAL(popen);

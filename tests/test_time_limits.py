@@ -320,9 +320,14 @@ def test_profiler_through_startup_executions_timeouts_and_shutdown() -> None:
     """A 1 kHz profiler while runtimes start, run scripts on two threads, time out and shut down:
     PHP neither takes its SIGPROF handler nor arms or disarms ITIMER_PROF."""
     proc = run_child(PROFILER.replace("0.002, 0.002", "0.001, 0.001") + """
+    import tempfile, os
+    stuck = os.path.join(tempfile.mkdtemp(), "stuck.php")
+    with open(stuck, "w") as f:  # ignores its drain: force-stopped at shutdown
+        f.write("<?php $h = frankenphp_get_worker_handle(); for (;;) { usleep(100000); }")
     results = []
     for cycle in range(2):
-        rt = frankenpy.Runtime(2, php_ini={"max_execution_time": 30}).start()
+        rt = frankenpy.Runtime(2, php_ini={"max_execution_time": 30},
+                               workers=[frankenpy.Worker("stuck", stuck, background=True)]).start()
         def work(n):
             for i in range(40):
                 r = rt.execute_code("echo str_repeat('x', 1000); $a = []; "
@@ -335,7 +340,8 @@ def test_profiler_through_startup_executions_timeouts_and_shutdown() -> None:
         [t.start() for t in threads]
         burn(0.3)
         [t.join() for t in threads]
-        rt.shutdown()
+        rt.shutdown(grace=0.2)
+        results.append(rt.workers()[0].state == "stopped")
         results.append(profiler_alive())
     from frankenpy.images import POOL
     POOL.stop_idle()  # module shutdown of every interpreter, under the profiler too
@@ -344,7 +350,7 @@ def test_profiler_through_startup_executions_timeouts_and_shutdown() -> None:
     print(json.dumps({"all": all(results), "n": len(results)}))
     """)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"all": True, "n": 2 * (2 * 43 + 1) + 1}
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"all": True, "n": 2 * (2 * 43 + 2) + 1}
 
 
 @pytest.mark.timeout(60)
