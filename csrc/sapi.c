@@ -309,8 +309,9 @@ static ZEND_NAMED_FUNCTION(fp_pcntl_signal)
  *  - never arms or disarms ITIMER_PROF (zend_unset_timeout() would disarm a host profiler's
  *    timer) nor alarm() (a script cannot handle SIGALRM here, whose default kills the host);
  *  - stops waiting once its execution is interrupted: PHP's stream layer restarts poll() with its
- *    full timeout after EINTR (php_sock_stream_wait_for_data) and proc_close() loops on
- *    waitpid() EINTR, so the interrupt's EINTR alone does not end those waits;
+ *    full timeout after EINTR (php_sock_stream_wait_for_data), reads a pipe again after EINTR,
+ *    and proc_close() loops on waitpid() EINTR, so the interrupt's EINTR alone does not end
+ *    those waits;
  *  - writes nothing to the host's stdout/stderr: output written around PHP's output layer (after
  *    php_output_deactivate(), by start-up code, by zend_extension loading) goes to the execution
  *    or to host->log().
@@ -322,6 +323,7 @@ static int (*real_select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
 static pid_t (*real_wait4)(pid_t, int *, int, struct rusage *);
 static int (*real_flock)(int, int);
 static ssize_t (*real_write)(int, const void *, size_t);
+static ssize_t (*real_read)(int, void *, size_t);
 static size_t (*real_fwrite)(const void *, size_t, size_t, FILE *);
 static int (*real_fputs)(const char *, FILE *);
 static int (*real_fputc)(int, FILE *);
@@ -501,6 +503,20 @@ static int hook_pclose(FILE *stream)
     while ((rc = hook_wait4(pid, &status, 0, NULL)) < 0 && errno == EINTR) {
     }
     return rc == pid ? status : -1; /* 0: given up (the execution is being stopped) */
+}
+
+/* PHP's plain-file streams read a pipe again after EINTR (exec()'s output, proc_open() pipes):
+ * once stopped, a read that could block returns EINTR at once.  Regular files never block, and
+ * shutdown functions and destructors still include and read them. */
+static ssize_t hook_read(int fd, void *buf, size_t len)
+{
+    struct stat st;
+    if (stop_requested() && fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ||
+                                                    S_ISCHR(st.st_mode))) {
+        errno = EINTR;
+        return -1;
+    }
+    return real_read(fd, buf, len);
 }
 
 static int hook_flock(int fd, int operation)
@@ -700,6 +716,7 @@ static int interpose_libphp(void)
         {"popen", (void *)hook_popen, (void **)&real_popen},
         {"pclose", (void *)hook_pclose, (void **)&real_pclose},
         {"write", (void *)hook_write, (void **)&real_write},
+        {"read", (void *)hook_read, (void **)&real_read},
         {"dup", (void *)hook_dup, (void **)&real_dup},
         {"close", (void *)hook_close, (void **)&real_close},
         {"fwrite", (void *)hook_fwrite, (void **)&real_fwrite},
@@ -722,6 +739,7 @@ static int interpose_libphp(void)
     FP_REAL(popen);
     FP_REAL(pclose);
     FP_REAL(write);
+    FP_REAL(read);
     FP_REAL(dup);
     FP_REAL(close);
     FP_REAL(fwrite);

@@ -583,7 +583,8 @@ static uint64_t wait_for_execution(double timeout_s)
     return id;
 }
 
-/* Wait until thread `tid` of this process blocks in (clock_)nanosleep; 1 if seen. */
+/* Wait until thread `tid` of this process blocks in a sleep, poll, select, wait4, read or flock
+ * syscall; 1 if seen. */
 static int wait_in_sleep_syscall(pid_t tid, double timeout_s)
 {
     char path[64];
@@ -597,7 +598,9 @@ static int wait_in_sleep_syscall(pid_t tid, double timeout_s)
         long nr = -1;
         int got = fscanf(f, "%ld", &nr);
         fclose(f);
-        if (got == 1 && (nr == SYS_nanosleep || nr == SYS_clock_nanosleep)) {
+        if (got == 1 && (nr == SYS_nanosleep || nr == SYS_clock_nanosleep || nr == SYS_poll || nr == SYS_ppoll ||
+                         nr == SYS_select || nr == SYS_pselect6 || nr == SYS_wait4 || nr == SYS_read ||
+                         nr == SYS_flock)) {
             return 1;
         }
         sleep_ms(1);
@@ -1156,6 +1159,24 @@ static void group_interrupt(void)
     q.script_path = path;
     interrupt_sleeping("sleep(30) in a file", &q, &r);
     fp_request_clear(&q);
+
+    /* Waits that PHP restarts after EINTR (php_sock_stream_wait_for_data() polls again with its
+     * full timeout, proc_close() loops on waitpid()): libphp's poll()/waitpid() give up once the
+     * execution is interrupted. */
+    static const char *const waits[][2] = {
+        {"socket read", "ini_set('default_socket_timeout', '30');"
+                        "$p = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, 0); fread($p[0], 1);"},
+        {"stream_select", "$p = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, 0);"
+                          "$r = [$p[0]]; $w = $e = null; stream_select($r, $w, $e, 30);"},
+        {"proc_close", "$p = proc_open('sleep 3', [], $pipes); proc_close($p);"},
+        {"exec", "exec('sleep 3');"},
+    };
+    for (size_t i = 0; i < sizeof(waits) / sizeof(waits[0]); i++) {
+        rec_reset(&r);
+        req_init(&q, &r, waits[i][1], FP_OUTPUT_BUFFER);
+        interrupt_sleeping(waits[i][0], &q, &r);
+        fp_request_clear(&q);
+    }
 
     /* A CPU loop, no signal: the VM interrupt flag alone stops it. */
     rec_reset(&r);
