@@ -97,14 +97,8 @@ static int patch_table(const struct link_map *lm, const phdr_query *ph, const El
     return patched;
 }
 
-int fp_interpose(const void *inside, fp_interposition *table, size_t count)
+static int interpose_map(const struct link_map *lm, fp_interposition *table, size_t count)
 {
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(inside, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm) {
-        errno = ENOENT;
-        return -1;
-    }
     phdr_query ph = {lm->l_addr, NULL, 0};
     dl_iterate_phdr(find_phdr, &ph);
 
@@ -146,4 +140,25 @@ int fp_interpose(const void *inside, fp_interposition *table, size_t count)
         total += n;
     }
     return total;
+}
+
+int fp_interpose(const void *inside, fp_interposition *table, size_t count)
+{
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1(inside, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm) {
+        errno = ENOENT;
+        return -1;
+    }
+    return interpose_map(lm, table, count);
+}
+
+int fp_interpose_handle(void *handle, fp_interposition *table, size_t count)
+{
+    struct link_map *lm = NULL;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0 || !lm) {
+        errno = ENOENT;
+        return -1;
+    }
+    return interpose_map(lm, table, count);
 }

@@ -12,8 +12,9 @@
  *  - Slots in the RELRO segment (full RELRO) are made writable for the write and read-only again.
  *  - `original` receives what the first rewritten slot held, i.e. the function the object called
  *    until now (normally libc's).  A replacement calls it to pass a call through.
- *  - Not thread-safe with respect to the object itself: call it before the object's code runs on
- *    any thread (the glue does it before php_module_startup()).
+ *  - Each slot is replaced with one aligned store, so a thread calling through it meanwhile gets
+ *    either function; the glue redirects libphp before php_module_startup() and each shared
+ *    extension right after it, before any script runs.
  *  - Calling it twice on an object with the same table is harmless: the slots already hold the
  *    replacements and `original` is left alone.
  * Plain libc, no dependency.
@@ -34,5 +35,8 @@ typedef struct fp_interposition {
  * Returns the number of slots rewritten, or -1 with errno set (object not found, EINVAL for a
  * dynamic section we do not understand, or mprotect's errno). */
 int fp_interpose(const void *inside, fp_interposition *table, size_t count);
+
+/* The same for the object of a dlopen() handle. */
+int fp_interpose_handle(void *handle, fp_interposition *table, size_t count);
 
 #endif

@@ -30,6 +30,7 @@
 #include <php_output.h>
 #include <ext/spl/spl_exceptions.h>
 #include <zend_exceptions.h>
+#include <zend_extensions.h>
 #include <zend_ini.h>
 #include <zend_signal.h>
 #include <zend_smart_str.h>
@@ -690,6 +691,12 @@ static int hook_fprintf_chk(FILE *f, int flag, const char *format, ...)
     return rc;
 }
 
+static int hook_vfprintf_chk(FILE *f, int flag, const char *format, va_list ap)
+{
+    int fd = std_fd(f);
+    return fd ? vprintf_to(fd, format, ap) : __vfprintf_chk(f, flag, format, ap);
+}
+
 static int hook_printf_chk(int flag, const char *format, ...)
 {
     (void)flag;
@@ -700,34 +707,40 @@ static int hook_printf_chk(int flag, const char *format, ...)
     return rc;
 }
 
+/* What the hooks replace, in libphp and in every shared extension this copy loads (Debian's
+ * ftp.so and redis.so call poll() themselves, ftp's my_poll() restarting it after EINTR;
+ * opcache.so and fileinfo.so write to stderr/stdout). */
+static fp_interposition hooks[] = {
+    {"sigaction", (void *)hook_sigaction, (void **)&real_sigaction},
+    {"signal", (void *)hook_signal, NULL},
+    {"setitimer", (void *)hook_setitimer, (void **)&real_setitimer},
+    {"alarm", (void *)hook_alarm, NULL},
+    {"poll", (void *)hook_poll, (void **)&real_poll},
+    {"select", (void *)hook_select, (void **)&real_select},
+    {"waitpid", (void *)hook_waitpid, NULL},
+    {"wait4", (void *)hook_wait4, (void **)&real_wait4},
+    {"flock", (void *)hook_flock, (void **)&real_flock},
+    {"popen", (void *)hook_popen, (void **)&real_popen},
+    {"pclose", (void *)hook_pclose, (void **)&real_pclose},
+    {"write", (void *)hook_write, (void **)&real_write},
+    {"read", (void *)hook_read, (void **)&real_read},
+    {"dup", (void *)hook_dup, (void **)&real_dup},
+    {"close", (void *)hook_close, (void **)&real_close},
+    {"fwrite", (void *)hook_fwrite, (void **)&real_fwrite},
+    {"fputs", (void *)hook_fputs, (void **)&real_fputs},
+    {"fputc", (void *)hook_fputc, (void **)&real_fputc},
+    {"puts", (void *)hook_puts, NULL},
+    {"putchar", (void *)hook_putchar, NULL},
+    {"__fprintf_chk", (void *)hook_fprintf_chk, NULL},
+    {"__printf_chk", (void *)hook_printf_chk, NULL},
+    {"__vfprintf_chk", (void *)hook_vfprintf_chk, NULL},
+};
+#define FP_HOOKS (sizeof(hooks) / sizeof(hooks[0]))
+
 /* Redirect this copy of libphp's imports to the hooks above. */
 static int interpose_libphp(void)
 {
-    fp_interposition table[] = {
-        {"sigaction", (void *)hook_sigaction, (void **)&real_sigaction},
-        {"signal", (void *)hook_signal, NULL},
-        {"setitimer", (void *)hook_setitimer, (void **)&real_setitimer},
-        {"alarm", (void *)hook_alarm, NULL},
-        {"poll", (void *)hook_poll, (void **)&real_poll},
-        {"select", (void *)hook_select, (void **)&real_select},
-        {"waitpid", (void *)hook_waitpid, NULL},
-        {"wait4", (void *)hook_wait4, (void **)&real_wait4},
-        {"flock", (void *)hook_flock, (void **)&real_flock},
-        {"popen", (void *)hook_popen, (void **)&real_popen},
-        {"pclose", (void *)hook_pclose, (void **)&real_pclose},
-        {"write", (void *)hook_write, (void **)&real_write},
-        {"read", (void *)hook_read, (void **)&real_read},
-        {"dup", (void *)hook_dup, (void **)&real_dup},
-        {"close", (void *)hook_close, (void **)&real_close},
-        {"fwrite", (void *)hook_fwrite, (void **)&real_fwrite},
-        {"fputs", (void *)hook_fputs, (void **)&real_fputs},
-        {"fputc", (void *)hook_fputc, (void **)&real_fputc},
-        {"puts", (void *)hook_puts, NULL},
-        {"putchar", (void *)hook_putchar, NULL},
-        {"__fprintf_chk", (void *)hook_fprintf_chk, NULL},
-        {"__printf_chk", (void *)hook_printf_chk, NULL},
-    };
-    int patched = fp_interpose((const void *)php_request_startup, table, sizeof(table) / sizeof(table[0]));
+    int patched = fp_interpose((const void *)php_request_startup, hooks, FP_HOOKS);
     /* What libphp does not import, the hooks still call: libc's own. */
 #define FP_REAL(name) if (!real_##name) real_##name = name
     FP_REAL(sigaction);
@@ -747,6 +760,25 @@ static int interpose_libphp(void)
     FP_REAL(fputc);
 #undef FP_REAL
     return patched;
+}
+
+/* The same for the shared extensions php_module_startup() loaded into this copy (each image
+ * has copies of its own, bound to its libphp). */
+static int interpose_extensions(void)
+{
+    zend_module_entry *module;
+    ZEND_HASH_MAP_FOREACH_PTR(&module_registry, module) {
+        if (module->handle && fp_interpose_handle(module->handle, hooks, FP_HOOKS) < 0) {
+            return -1;
+        }
+    } ZEND_HASH_FOREACH_END();
+    for (zend_llist_element *e = zend_extensions.head; e; e = e->next) {
+        zend_extension *ext = (zend_extension *)e->data;
+        if (ext->handle && fp_interpose_handle(ext->handle, hooks, FP_HOOKS) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- frankenphp_* functions ----------------------------------------------------------------- */
@@ -1046,6 +1078,12 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     /* php_module_startup() installs PHP's error callback: wrap it now. */
     php_error_cb = zend_error_cb;
     zend_error_cb = fp_error_cb;
+    if (interpose_extensions() < 0) {
+        snprintf(err, err_len, "cannot redirect an extension's imports: %s", strerror(errno));
+        startup_done = 1;
+        fp_shutdown();
+        return -1;
+    }
     SG(options) |= SAPI_OPTION_NO_CHDIR;
 
     zend_ini_entry *timeout = zend_hash_str_find_ptr(EG(ini_directives), ZEND_STRL("max_execution_time"));

@@ -516,3 +516,20 @@ def test_http_worker_waits_for_requests_without_its_own_time_limit(make_runtime,
         time.sleep(1.5)  # idle for longer than the script's limit: before and after a request
         assert get() == ("200 OK", b"served")
     assert rt.workers()[0].crashes == 0
+
+
+@pytest.mark.timeout(60)
+def test_shared_extension_waits_are_redirected_too(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """Shared extensions call libc themselves (sockets.so's select(), ftp.so's and redis.so's
+    poll()): each copy's extensions get the same hooks as its libphp.  An interrupted
+    socket_select() returns 0 like a timeout instead of failing with EINTR."""
+    rt = make_runtime(num_threads=1, extensions=["sockets"])
+    started = time.monotonic()
+    result = rt.execute_code(
+        "socket_create_pair(AF_UNIX, SOCK_STREAM, 0, $p); $r = [$p[0]]; $w = $e = null;"
+        "socket_select($r, $w, $e, 30);",
+        timeout=0.3,
+    )
+    assert time.monotonic() - started < BOUND
+    assert result.timed_out and result.exit_status == 255
+    assert not any("Interrupted system call" in e for e in result.errors), result.errors
