@@ -467,6 +467,9 @@ static FILE *hook_popen(const char *command, const char *mode)
         child_end = parent_end;
     }
     posix_spawn_file_actions_adddup2(&actions, child_end, target);
+    if (child_end == parent_end) {
+        posix_spawn_file_actions_addclose(&actions, parent_end);
+    }
     char *argv[] = {"sh", "-c", (char *)command, NULL};
     pid_t pid;
     int rc = posix_spawn(&pid, "/bin/sh", &actions, NULL, argv, environ);
