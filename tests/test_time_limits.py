@@ -476,7 +476,7 @@ def test_output_around_the_output_layer_never_reaches_the_host_stdout() -> None:
         else:
             assert got_output == output, (name, got_output)
         assert got_status == status, (name, got_status)
-        cli = subprocess.run(["php", "-n", "-d", "display_errors=0", "-r", code], capture_output=True,
+        cli = subprocess.run(["php8.2", "-n", "-d", "display_errors=0", "-r", code], capture_output=True,
                              timeout=30)
         assert cli.returncode == status, f"{name}: php-cli says {cli.returncode}, frankenpy {got_status}"
     assert report["stderr"] == [["to stderr"], 0]
