@@ -204,8 +204,9 @@ class Watchdog:
                 try:
                     execution.interrupt(limit or 0)
                 except Exception:  # one bad execution must not keep the others running
-                    _watchdog_logger.exception("watchdog %s: interrupting %r failed", self._thread.name,
-                                               execution, extra={"worker": self._thread.name})
+                    worker = execution.logger.extra.get("worker", "-") if execution.logger.extra else "-"
+                    _watchdog_logger.exception("watchdog %s: stopping %s failed", self._thread.name, worker,
+                                               extra={"worker": worker})
                 deadline = now + STOP_RETRY
             next_check = deadline if next_check is None else min(next_check, deadline)
         if next_check is None:

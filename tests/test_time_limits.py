@@ -190,7 +190,7 @@ def test_watchdog_survives_an_exception(
             wait_for(lambda: "hostile" in caplog.text, timeout=5, what="the watchdog's log of the failure")
         finally:
             thread.watchdog.unwatch(hostile)
-    assert "frankenpy-watchdog" in caplog.text  # names its thread
+    assert f"frankenpy-watchdog: stopping {thread.name} failed" in caplog.text  # names the worker
     started = time.monotonic()
     result = runtime1.execute_code("sleep(30);", timeout=0.3)
     assert result.timed_out and time.monotonic() - started < BOUND
