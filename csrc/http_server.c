@@ -447,8 +447,9 @@ static size_t ex_read_body(void *handle, char *buf, size_t len)
     return n;
 }
 
-static void ex_time_limit(void *handle, int64_t seconds)
+static void ex_time_limit(void *handle, int64_t seconds, int initial)
 {
+    (void)initial; /* max_execution_time at start, or set_time_limit(): both count from now */
     fp_http_exchange_set_deadline(handle, seconds);
 }
 

@@ -11,7 +11,7 @@
 /* Python's callbacks (frankenpy/execution.py), for what a worker reports once per run. */
 int fp_py_output(void *handle, const char *data, size_t len);
 void fp_py_log(void *handle, int type, const char *file, uint32_t line, const char *message);
-void fp_py_time_limit(void *handle, int64_t seconds);
+void fp_py_time_limit(void *handle, int64_t seconds, int initial);
 void fp_py_worker_ready(void *handle);
 
 /* ---- the deadline watcher ----------------------------------------------------------------------
@@ -129,7 +129,7 @@ struct fp_native_worker {
     volatile int drain;
     int reached_loop;
     int run_requests;     /* handled in this run (max_requests) */
-    int64_t request_limit;  /* max_execution_time per request; -1 until the run reports it */
+    int64_t request_limit;  /* max_execution_time per request (0: none) */
     _Atomic uint64_t requests;
     _Atomic int busy;
     fp_http_exchange *current;  /* handed out, not yet done */
@@ -163,7 +163,7 @@ void fp_native_worker_begin(fp_native_worker *w, fp_request *script, void *py_ha
     fp_native_worker_undrain(w); /* a drain was for the previous run */
     w->reached_loop = 0;
     w->run_requests = 0;
-    w->request_limit = -1;
+    w->request_limit = 0;
     w->slot.script = script;
     watch(&w->slot);
 }
@@ -206,10 +206,10 @@ static size_t w_read_body(void *handle, char *buf, size_t len)
     return 0; /* the worker script itself has no request body */
 }
 
-static void w_time_limit(void *handle, int64_t seconds)
+static void w_time_limit(void *handle, int64_t seconds, int initial)
 {
     fp_native_worker *w = handle;
-    if (w->request_limit < 0) {
+    if (initial) {
         /* max_execution_time at start counts per request, as in FrankenPHP's worker mode. */
         w->request_limit = seconds;
         return;
@@ -217,7 +217,7 @@ static void w_time_limit(void *handle, int64_t seconds)
     if (w->current) {
         fp_http_exchange_set_deadline(w->current, seconds);
     } else {
-        fp_py_time_limit(w->py_handle, seconds); /* boot or between requests: Python's watchdog */
+        fp_py_time_limit(w->py_handle, seconds, 0); /* boot or between requests: Python's watchdog */
     }
 }
 
@@ -232,9 +232,6 @@ static int w_next_request(void *handle, fp_request **next)
     release_retired(w); /* the glue is done with the previous request by now */
     if (!w->reached_loop) {
         w->reached_loop = 1;
-        if (w->request_limit < 0) {
-            w->request_limit = 0;
-        }
         fp_py_worker_ready(w->py_handle); /* booted: once per run */
     }
     if (w->max_requests && w->run_requests >= w->max_requests) {
