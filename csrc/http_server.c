@@ -124,7 +124,6 @@ struct fp_http_exchange {
     char *inflight;     /* the buffer h2o is writing */
     size_t inflight_cap;
     int head;           /* HEAD: the body is produced, not sent */
-    uint64_t started_ns;
 
     _Atomic uint64_t deadline_ns;
     _Atomic int64_t limit_seconds;
@@ -133,7 +132,6 @@ struct fp_http_exchange {
     size_t body_len, body_pos;
     const char *body;
     char tag[64];
-    char line[256];     /* "METHOD target" for the access log */
 };
 
 static const fp_host exchange_host;
@@ -180,12 +178,6 @@ static void on_h2o_dispose(void *slot)
     }
     pthread_cond_broadcast(&ex->cond); /* a PHP thread waiting for the client learns it left */
     pthread_mutex_unlock(&ex->mu);
-    if (server->access_log && ex->line[0]) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s %d %.1f ms", ex->line, ex->gone ? 499 : ex->status,
-                 (double)(fp_monotonic_ns() - ex->started_ns) / 1e6);
-        log_record(server, "A", "-", msg);
-    }
     atomic_fetch_add(&server->requests, 1);
     server_request_done(server);
     exchange_unref(ex);
@@ -1119,10 +1111,6 @@ static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
     ex->refs = 2; /* the h2o request, the PHP side */
     ex->generator.proceed = on_generator_proceed;
     ex->generator.stop = on_generator_stop;
-    ex->started_ns = fp_monotonic_ns();
-    int n = snprintf(ex->line, sizeof ex->line, "%.*s %.*s", (int)req->method.len, req->method.base,
-                     (int)req->input.path.len, req->input.path.base);
-    (void)n;
     fp_http_exchange **slot = h2o_mem_alloc_shared(&req->pool, sizeof(*slot), on_h2o_dispose);
     *slot = ex;
     pthread_mutex_lock(&server->mu);
@@ -1183,10 +1171,32 @@ static const char *check_request_head(h2o_req_t *req)
     return NULL;
 }
 
+/* The opt-in access log: one line per request when h2o disposes it (answered or abandoned). */
+typedef struct access_entry {
+    fp_http_server *server;
+    h2o_req_t *req;
+    uint64_t started_ns;
+} access_entry;
+
+static void on_access_dispose(void *p)
+{
+    access_entry *a = p;
+    h2o_req_t *req = a->req;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%.*s %.*s %d %.1f ms", (int)req->input.method.len, req->input.method.base,
+             (int)(req->input.path.len < 400 ? req->input.path.len : 400), req->input.path.base,
+             req->res.status, (double)(fp_monotonic_ns() - a->started_ns) / 1e6);
+    log_record(a->server, "A", "-", msg);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     site *st = ((site_handler *)self)->site;
     fp_http_server *server = st->server;
+    if (server->access_log) {
+        access_entry *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), on_access_dispose);
+        *a = (access_entry){server, req, fp_monotonic_ns()};
+    }
 
     const char *bad = check_request_head(req);
     if (bad) {

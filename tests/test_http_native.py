@@ -1,0 +1,326 @@
+"""What only the native HTTP server (frankenpy.http.native, csrc/http_server.c) does.
+
+Everything both servers share is in tests/test_http.py, which runs against both.  Here: bad
+requests refused before anything reaches PHP (and the server serving on), many concurrent
+keep-alive connections, time limits enforced in C, a disconnecting client, large streamed
+responses, the opt-in access log and PHP diagnostics reaching ``logging`` in batches.
+Real sockets on 127.0.0.1, real PHP; bounds are generous (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+import frankenpy
+from frankenpy.http.app import PHPApp
+from frankenpy.http.native import NativeServer
+from frankenpy.http.server import Site
+
+
+def build_root(base: Path) -> Path:
+    root = base / "public"
+    root.mkdir()
+    out = base / "out"
+    out.mkdir()
+    (root / "hello.php").write_text("<?php echo 'hello from PHP';\n")
+    (root / "sentinel.php").write_text(f"<?php touch('{out}/ran-' . ($_GET['id'] ?? 'x')); echo 'ran';\n")
+    (root / "sleep.php").write_text("<?php usleep((int) ($_GET['ms'] ?? 1000) * 1000); echo 'slept';\n")
+    (root / "warn.php").write_text(
+        "<?php trigger_error('native warning ' . $_GET['n'], E_USER_WARNING); echo 'ok';\n"
+    )
+    (root / "big.php").write_text(
+        "<?php $n = (int) $_GET['kb']; $flush = isset($_GET['flush']);\n"
+        "for ($i = 0; $i < $n; $i++) {\n"
+        "    echo str_pad((string) $i, 1023, '.'), \"\\n\"; if ($flush) flush();\n"
+        "}\n"
+    )
+    (root / "slow_stream.php").write_text(
+        "<?php register_shutdown_function(function () {\n"
+        f"    file_put_contents('{out}/stream.txt', connection_aborted() ? 'aborted' : 'completed');\n"
+        "});\n"
+        "for ($i = 0; $i < 100; $i++) { echo str_repeat('x', 1024), \"\\n\"; flush(); usleep(50000); }\n"
+    )
+    return root
+
+
+class Native:
+    def __init__(self, base: Path, *, access_log: bool = False, **runtime_options: Any) -> None:
+        self.base = base
+        self.runtime = frankenpy.Runtime(**{"num_threads": 2, **runtime_options})
+        self.runtime.start()
+        try:
+            app = PHPApp(self.runtime, base / "public", max_body_size=1024)
+            self.server = NativeServer(self.runtime, [Site("127.0.0.1", 0, app)], access_log=access_log)
+            self.server.start()
+        except BaseException:
+            self.runtime.shutdown(5.0)
+            raise
+        self.port = self.server.ports[0]
+
+    def stop(self) -> None:
+        self.server.stop(grace=5.0)
+
+
+@pytest.fixture
+def native(tmp_path: Path) -> Iterator[Callable[..., Native]]:
+    build_root(tmp_path)
+    started: list[Native] = []
+
+    def factory(**options: Any) -> Native:
+        served = Native(tmp_path, **options)
+        started.append(served)
+        return served
+
+    yield factory
+    for served in started:
+        served.stop()
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, bool]:
+    """Send ``data``; read until the server closes (True) or ``timeout`` passes (False)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+        return received, True
+
+
+def dechunk(body: bytes) -> bytes:
+    decoded, rest = b"", body
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return decoded
+        decoded, rest = decoded + rest[:size], rest[size + 2:]
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """Status and (de-chunked) body of GET ``path`` on a fresh connection."""
+    reply, _ = exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if b"\r\ntransfer-encoding: chunked" in head.lower():
+        body = dechunk(body)
+    return int(head.split(b" ", 2)[1]), body
+
+
+BAD_REQUESTS = {
+    "malformed request line": b"GET /sentinel.php?id=1 HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    "not HTTP at all": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    "oversized headers": (
+        b"GET /sentinel.php?id=2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+    ),
+    "bad Content-Length": b"POST /sentinel.php?id=3 HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n1x",
+    "negative Content-Length": (
+        b"POST /sentinel.php?id=4 HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\nabc"
+    ),
+    "Content-Length and Transfer-Encoding": (
+        b"POST /sentinel.php?id=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ),
+    "Transfer-Encoding then Content-Length": (
+        b"POST /sentinel.php?id=6 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ),
+    "two Content-Length": (
+        b"POST /sentinel.php?id=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+    ),
+    "unknown Transfer-Encoding": (
+        b"POST /sentinel.php?id=8 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nxx"
+    ),
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_request_gets_400_and_a_closed_connection(native: Callable[..., Native], name: str) -> None:
+    """Each malformed request gets 400 and the connection closed (even though the client keeps
+    it open and follows with a valid request on it), nothing reaches PHP, and the server goes
+    on serving a valid request on a new connection."""
+    served = native()
+    follow_up = b"GET /sentinel.php?id=smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply, closed = exchange(served.port, BAD_REQUESTS[name] + follow_up)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert closed, "the server kept the connection open"
+    assert reply.count(b"HTTP/1.1 ") == 1, reply  # the follow-up was never answered
+    assert list((served.base / "out").iterdir()) == []  # PHP never ran
+    assert get(served.port, "/hello.php") == (200, b"hello from PHP")
+
+
+@pytest.mark.timeout(60)
+def test_413_above_max_body_size_without_running_php(native: Callable[..., Native]) -> None:
+    served = native()
+    for body in (b"x" * 1025, b"x" * 100_000):
+        head = f"POST /sentinel.php?id=big HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        reply, closed = exchange(served.port, head.encode() + body)
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+        assert closed
+    reply, _ = exchange(served.port, b"POST /sentinel.php?id=ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        b"Content-Length: 1024\r\n\r\n" + b"x" * 1024)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+    assert [p.name for p in (served.base / "out").iterdir()] == ["ran-ok"]
+
+
+@pytest.mark.timeout(120)
+def test_512_keep_alive_connections(native: Callable[..., Native]) -> None:
+    """512 connections open at once, each sending request after request on the same
+    connection (keep-alive) for a few seconds: every response is a 200 with PHP's body, no
+    connection is closed or reset, and the server still answers afterwards."""
+    served = native()
+    request = b"GET /hello.php HTTP/1.1\r\nHost: x\r\n\r\n"
+    expected_tail = b"\r\n\r\nhello from PHP"
+    conns = [socket.create_connection(("127.0.0.1", served.port), timeout=30) for _ in range(512)]
+    sel = selectors.DefaultSelector()
+    try:
+        for sock in conns:
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, bytearray())
+        answered = 0
+        errors: list[str] = []
+        deadline = time.monotonic() + 4.0
+        rounds = 0
+        while time.monotonic() < deadline and not errors:
+            rounds += 1
+            for sock in conns:
+                sock.sendall(request)
+            pending = set(conns)
+            round_deadline = time.monotonic() + 30
+            while pending and time.monotonic() < round_deadline:
+                for key, _ in sel.select(timeout=1.0):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    data = sock.recv(65536)
+                    if not data:
+                        errors.append("connection closed by the server")
+                        pending.discard(sock)
+                        sel.unregister(sock)
+                        continue
+                    buf = key.data
+                    buf += data
+                    if buf.endswith(expected_tail):
+                        if not buf.startswith(b"HTTP/1.1 200 "):
+                            errors.append(bytes(buf[:100]).decode("latin-1"))
+                        buf.clear()
+                        answered += 1
+                        pending.discard(sock)
+            if pending:
+                errors.append(f"{len(pending)} connections got no answer in round {rounds}")
+        assert errors == []
+        assert rounds >= 2 and answered == rounds * 512
+    finally:
+        sel.close()
+        for sock in conns:
+            sock.close()
+    assert get(served.port, "/hello.php") == (200, b"hello from PHP")
+
+
+@pytest.mark.timeout(60)
+def test_classic_max_execution_time_is_enforced_in_c(native: Callable[..., Native]) -> None:
+    """max_execution_time stops a classic request (its PHP thread never returns to Python
+    between requests: C's deadline watcher interrupts it); the thread then serves on."""
+    served = native(php_ini={"max_execution_time": 1})
+    started = time.monotonic()
+    status, _ = get(served.port, "/sleep.php?ms=10000")
+    assert status == 500
+    assert time.monotonic() - started < 5
+    assert get(served.port, "/sleep.php?ms=200") == (200, b"slept")  # under the limit: fine
+    for _ in range(4):  # both PHP threads still serve
+        assert get(served.port, "/hello.php") == (200, b"hello from PHP")
+
+
+@pytest.mark.timeout(60)
+def test_client_gone_aborts_the_script(native: Callable[..., Native]) -> None:
+    """A client that disconnects in the middle of a streamed response: the next output of the
+    script fails and PHP aborts it (connection_aborted() in its shutdown function)."""
+    served = native()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"GET /slow_stream.php HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    marker = served.base / "out" / "stream.txt"
+    wait_for(marker.exists, timeout=10, what="the script to end")
+    assert marker.read_text() == "aborted"
+    assert served.server.counters()["client_gone"] >= 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flush", [False, True])
+def test_large_response_arrives_whole(native: Callable[..., Native], flush: bool) -> None:
+    """3 MB from PHP, in one piece or flushed 1 kB at a time (more than the back-pressure
+    threshold of 256 kB): every byte arrives, in order."""
+    served = native()
+    status, body = get(served.port, "/big.php?kb=3000" + ("&flush=1" if flush else ""))
+    assert status == 200
+    lines = body.split(b"\n")
+    assert len(lines) == 3001 and lines[-1] == b""
+    assert all(line.rstrip(b".") == str(i).encode() for i, line in enumerate(lines[:-1]))
+
+
+@pytest.mark.timeout(60)
+def test_access_log_is_opt_in(native: Callable[..., Native], caplog: pytest.LogCaptureFixture) -> None:
+    quiet = native()
+    with caplog.at_level(logging.INFO, logger="frankenpy.access"):
+        assert get(quiet.port, "/hello.php")[0] == 200
+        time.sleep(0.6)  # longer than one wait of the log thread
+        assert [r for r in caplog.records if r.name == "frankenpy.access"] == []
+        loud = native(access_log=True)
+        assert get(loud.port, "/hello.php?x=1")[0] == 200
+        assert get(loud.port, "/nothing/here.txt")[0] == 404
+
+        def lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name == "frankenpy.access"]
+
+        wait_for(lambda: len(lines()) >= 2, timeout=10, what="two access log lines")
+        assert any("GET /hello.php?x=1 200" in line for line in lines()), lines()
+        assert any("GET /nothing/here.txt 404" in line for line in lines()), lines()
+
+
+@pytest.mark.timeout(60)
+def test_php_diagnostics_reach_logging_in_batches(
+    native: Callable[..., Native], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Warnings of classic requests are queued in C and logged by one Python thread: every one
+    arrives, with PHP's text, at WARNING on frankenpy.php, naming the PHP thread."""
+    served = native()
+    with caplog.at_level(logging.INFO, logger="frankenpy.php"):
+        for n in range(50):
+            assert get(served.port, f"/warn.php?n={n}")[0] == 200
+
+        def warnings() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "native warning" in r.getMessage()]
+
+        wait_for(lambda: len(warnings()) == 50, timeout=10, what="50 warnings")
+    assert all(r.levelno == logging.WARNING and r.name == "frankenpy.php" for r in warnings())
+    assert all("[php-" in r.getMessage() and "warn.php" in r.getMessage() for r in warnings())
+
+
+@pytest.mark.timeout(60)
+def test_server_refuses_non_php_apps(tmp_path: Path) -> None:
+    rt = frankenpy.Runtime(num_threads=1)
+    with pytest.raises(TypeError, match="PHPApp"):
+        NativeServer(rt, [Site("127.0.0.1", 0, lambda environ, start_response: [])])
+
+
+@pytest.mark.timeout(60)
+def test_port_in_use_is_a_clear_error(native: Callable[..., Native]) -> None:
+    first = native()
+    rt = frankenpy.Runtime(num_threads=1)
+    rt.start()
+    try:
+        app = PHPApp(rt, first.base / "public")
+        with pytest.raises(OSError, match=f"127.0.0.1:{first.port}"):
+            NativeServer(rt, [Site("127.0.0.1", first.port, app)]).start()
+    finally:
+        rt.shutdown(5.0)
