@@ -260,13 +260,14 @@ static void w_request_done(void *handle, fp_request *done)
         return;
     }
     set_watched_exchange(&w->slot, NULL);
-    /* The glue clears `done` after this returns: keep the exchange until the next take. */
-    fp_http_exchange_finish_keep(ex);
+    /* Counted before the response leaves: a client that has it sees the counters moved. */
     w->current = NULL;
     w->retired = ex;
     w->run_requests++;
     atomic_fetch_add(&w->requests, 1);
     atomic_store(&w->busy, 0);
+    /* The glue clears `done` after this returns: keep the exchange until the next take. */
+    fp_http_exchange_finish_keep(ex);
 }
 
 static const fp_host worker_host = {
