@@ -8,7 +8,8 @@
   like FrankenPHP's ``php-server``.
 
 Each runs until SIGTERM or SIGINT, then stops gracefully: in-flight requests finish, workers
-are drained.
+are drained.  The HTTP server is the native one (:mod:`frankenpy.http.native`) unless
+``--server wsgi`` (or ``server = "wsgi"`` in the TOML's ``[runtime]``) picks waitress.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, ServerConfig, load, parse_listen
+from .config import HTTP_SERVERS, Config, ConfigError, ServerConfig, load, parse_listen
 from .scopes import GLOBAL_SCOPE
 from .workers import Worker
 
@@ -89,17 +90,18 @@ def php_server_config(args: argparse.Namespace) -> Config:
     return Config("php-server", runtime, [server])
 
 
-def serve(config: Config, grace: float) -> None:
+def serve(config: Config, grace: float, *, access_log: bool = False) -> None:
     """Start the runtime and every server of ``config``; serve until SIGTERM/SIGINT, then stop
     gracefully.  A signal during start-up is honoured as soon as the runtime has started."""
     from .http.app import PHPApp
+    from .http.native import NativeServer
     from .http.server import Server, Site, StopSignals
     from .runtime import Runtime
 
     with StopSignals() as stop:
         runtime = Runtime(**config.runtime, workers=config.workers)  # type: ignore[arg-type]
         runtime.start()
-        http = None
+        http: Server | NativeServer | None = None
         try:
             if not stop.event.is_set():
                 sites = []
@@ -110,7 +112,10 @@ def serve(config: Config, grace: float) -> None:
                                  follow_symlinks=server.follow_symlinks)
                     sites.append(Site(host, port, app, metrics=server.metrics,
                                       max_body_size=server.max_body_size))
-                http = Server(runtime, sites)
+                if config.http_server == "wsgi":
+                    http = Server(runtime, sites)
+                else:
+                    http = NativeServer(runtime, sites, access_log=access_log)
                 http.start()
                 stop.wait()
         finally:
@@ -125,10 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request (frankenpy.access)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on stop (default 30)")
+    server_choice = argparse.ArgumentParser(add_help=False)
+    server_choice.add_argument(
+        "--server", choices=HTTP_SERVERS, default=argparse.SUPPRESS,
+        help="HTTP server: native (h2o in C, the default) or wsgi (waitress); overrides the config",
+    )
+    parser.add_argument("--server", choices=HTTP_SERVERS, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("run", help="serve the servers and workers of a TOML configuration")
+    run = commands.add_parser("run", parents=[server_choice],
+                              help="serve the servers and workers of a TOML configuration")
     run.add_argument("--config", required=True, help="TOML file (see frankenpy.config)")
-    php = commands.add_parser("php-server", help="serve a directory with PHP")
+    php = commands.add_parser("php-server", parents=[server_choice], help="serve a directory with PHP")
     php.add_argument("--root", default=".", help="document root (default: .)")
     php.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     php.add_argument("--worker", action="append", default=[], metavar="FILE[:NUM]", help="HTTP worker")
@@ -151,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             config = php_server_config(args)
         else:
             config = load(args.config if args.command == "run" else DEMO_CONFIG)
-        serve(config, args.grace)
+        if args.server:
+            config.http_server = args.server
+        serve(config, args.grace, access_log=args.access_log)
     except ConfigError as exc:
         print(f"frankenpy: {exc}", file=sys.stderr)
         return 2

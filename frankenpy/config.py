@@ -2,6 +2,7 @@
 
 ```toml
 [runtime]                       # optional: the PHP threads shared by every server
+server = "native"               # the HTTP server: "native" (default, h2o in C) or "wsgi" (waitress)
 num_threads = 4
 php_ini = { memory_limit = "128M" }
 extensions = ["ctype", "mbstring"]
@@ -36,6 +37,7 @@ from .scopes import next_scope, set_scope_label
 from .workers import Worker
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+HTTP_SERVERS = ("native", "wsgi")  # frankenpy.http.native.NativeServer, frankenpy.http.server.Server
 
 
 class ConfigError(ValueError):
@@ -65,6 +67,7 @@ class Config:
     source: str
     runtime: dict[str, Any]
     servers: list[ServerConfig]
+    http_server: str = "native"  # one of HTTP_SERVERS
 
     @property
     def workers(self) -> list[Worker]:
@@ -127,7 +130,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_RUNTIME_KEYS = {"num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env"}
+_RUNTIME_KEYS = {"num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env", "server"}
 _SERVER_KEYS = {
     "listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "follow_symlinks",
     "worker",
@@ -158,7 +161,11 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
     """Validate an already parsed configuration; relative paths are taken from ``base``."""
     base = base or Path.cwd()
     top = _Table(source, "top level", dict(data), {"runtime", "server"})
-    runtime = _parse_runtime(_Table(source, "[runtime]", top.get("runtime", dict, {}), _RUNTIME_KEYS))
+    runtime_table = _Table(source, "[runtime]", top.get("runtime", dict, {}), _RUNTIME_KEYS)
+    runtime = _parse_runtime(runtime_table)
+    http_server = runtime_table.get("server", str, "native")
+    if http_server not in HTTP_SERVERS:
+        raise runtime_table.error("server", f"must be one of {', '.join(HTTP_SERVERS)}, not {http_server!r}")
     servers_data = top.get("server", list, [])
     if not servers_data:
         raise ConfigError(f"{source}: top level: at least one [[server]] table is required")
@@ -172,7 +179,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
                 f"{seen[address]!r}"
             )
         seen[address] = server.listen
-    return Config(source, runtime, servers)
+    return Config(source, runtime, servers, http_server)
 
 
 def _parse_runtime(table: _Table) -> dict[str, Any]:

@@ -361,6 +361,10 @@ def bad_config_cases() -> list[Any]:
                      id="extensions-not-strings"),
         pytest.param("[runtime]\nopcache = 1\n", ["[runtime]", "key 'opcache'", "true or false"],
                      id="opcache-int"),
+        pytest.param("[runtime]\nserver = 'apache'\n",
+                     ["[runtime]", "key 'server'", "native, wsgi", "'apache'"], id="server-unknown"),
+        pytest.param("[runtime]\nserver = true\n", ["[runtime]", "key 'server'", "a string"],
+                     id="server-bool"),
         pytest.param('[[server]]\nlisten = "127.0.0.1:18912"\nmetrics = "on"\n',
                      ["[[server]] #2", "key 'metrics'"], id="metrics-string"),
         pytest.param('[[server]]\nlisten = "127.0.0.1:18912"\nfollow_symlinks = "no"\n',
@@ -624,6 +628,42 @@ def test_cli_php_server_no_follow_symlinks(
     proc = run_frankenpy(*args, *(["--no-follow-symlinks"] if flag else []))
     status, body = proc.get_when_up(f"http://127.0.0.1:{port}/tpl/style.css")
     assert (status, body == "tpl{}") == ((403, False) if flag else (200, True)), proc.stderr
+
+
+@pytest.mark.parametrize(("toml", "option", "expected"), [
+    ("", [], "native"),
+    ('server = "wsgi"\n', [], "wsgi"),
+    ('server = "wsgi"\n', ["--server", "native"], "native"),
+    ("", ["--server", "wsgi"], "wsgi"),
+])
+def test_http_server_choice(tmp_path: Path, toml: str, option: list[str], expected: str) -> None:
+    """The native server is the default; [runtime] server = "wsgi" or --server choose, the
+    command line winning."""
+    path = write(tmp_path / "frankenpy.toml", f'[runtime]\n{toml}[[server]]\nlisten = "127.0.0.1:18915"\n')
+    assert load(path).http_server == ("wsgi" if toml else "native")
+    args = cli.build_parser().parse_args(["run", "--config", str(path), *option])
+    config = load(path)
+    if args.server:
+        config.http_server = args.server
+    assert config.http_server == expected
+    php = cli.build_parser().parse_args(["php-server", "--root", str(tmp_path), *option])
+    assert cli.php_server_config(php).http_server == "native"
+    assert php.server == (option[1] if option else None)
+
+
+@pytest.mark.parametrize("server", ["native", "wsgi"])
+def test_cli_php_server_serves_with_either_server(
+    tmp_path: Path, run_frankenpy: Callable[..., Process], server: str
+) -> None:
+    write(tmp_path / "www" / "index.php", "<?php echo 'served by ', PHP_SAPI;\n")
+    port = free_port()
+    proc = run_frankenpy("php-server", "--server", server, "--root", str(tmp_path / "www"),
+                         "--listen", f"127.0.0.1:{port}")
+    status, body = proc.get_when_up(f"http://127.0.0.1:{port}/")
+    assert (status, body) == (200, "served by frankenphp"), proc.stderr
+    assert ("(native)" in proc.stderr) == (server == "native"), proc.stderr
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait(STOP_TIMEOUT) == 0, proc.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
