@@ -4,24 +4,29 @@
 Servers (each bound to 127.0.0.1 only, each started by this script and stopped by it):
 
 * ``frankenpy classic``: ``python3 -m frankenpy php-server --root DIR --listen 127.0.0.1:PORT
-  --threads 2 --opcache`` (a subprocess);
+  --threads 2 --opcache`` (a subprocess; the native server, h2o in C);
 * ``frankenpy worker``: the same with ``--worker DIR/worker.php:N``; ``worker.php`` loops on
   ``frankenphp_handle_request()`` and produces the same pages (``/worker.php`` is routed to the
   worker, ``?page=json`` selects the JSON page);
+* ``classic-wsgi``, ``worker-wsgi``: the same two with ``--server wsgi`` (waitress + PHPApp);
+* ``apache prefork + mod_php``: Debian's apache2 with libapache2-mod-php8.2, a private
+  configuration (prefork, 40 processes, keep-alive, opcache on) in a temporary directory;
 * ``nginx + php-fpm``: Debian's nginx (``worker_processes 2``) and php8.2-fpm (``pm = static``,
   4 children, opcache on), both in the foreground with configuration files, pid file, socket and
   logs in a temporary directory (system services are not touched);
 * ``php -S``: ``php8.2 -S 127.0.0.1:PORT -t DIR`` (the built-in server, stock CLI ini).
 
-Pages: ``hello`` (``<?php echo "Hello, World!";``) and ``json`` (``json_encode`` of 1,000 rows of
-5 fields, plus a ``Content-Type`` header and a cookie).  Every server is first checked to return
-the expected body, headers and opcache state; then each (page, server) pair gets a short warm-up
-and ``wrk -t2 -c32 -d10s --latency``, page by page with the servers interleaved so that the
-machine's drift hits them alike.  All servers run during the whole measurement (idle ones cost
-nothing measurable).
+Pages: ``hello`` (``<?php echo "Hello, World!";``), ``json`` (``json_encode`` of 1,000 rows of
+5 fields, plus a ``Content-Type`` header and a cookie) and ``static`` (a 10 kB text file; frankenpy
+native and nginx only).  Then 512 keep-alive connections for 10 s on the native worker's hello
+page (``wrk -c512``), with the server's resident memory sampled every second.  Every server is
+first checked to return the expected body, headers and opcache state; then each (page, server)
+pair gets a short warm-up and ``wrk -t2 -c32 -d10s --latency``, page by page with the servers
+interleaved so that the machine's drift hits them alike.  All servers run during the whole
+measurement (idle ones cost nothing measurable).
 
 Reported: req/s, p50 and p99 latency, errors, whether the server keeps connections alive, and
-the ratios worker/fpm (target >= 1.5) and classic/fpm (target >= 1.0) with MET/MISSED.
+every target of issue 8 with MET/MISSED (see ``verdicts``).
 
 Usage::
 
@@ -54,6 +59,9 @@ from pathlib import Path
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 HELLO_BODY = b"Hello, World!"
+STATIC_BODY = b"".join(b"%05d static line of ten kB file......................................\n" % i
+                       for i in range(142))[:10240]
+PAGES = ("hello", "json", "static")
 COOKIE = "bench=json-page"
 TARGETS = {"worker": 1.5, "classic": 1.0}
 
@@ -243,6 +251,11 @@ def verify(server: Server) -> None:
     if not any(c.startswith(COOKIE) for c in headers.get("set-cookie", [])):
         raise RuntimeError(f"json: no Set-Cookie {COOKIE!r}: {headers.get('set-cookie')}")
     server.keep_alive["json"] = keep
+    if "static" in server.paths:
+        status, headers, body, keep = fetch(server.port, server.paths["static"])
+        if status != 200 or body != STATIC_BODY:
+            raise RuntimeError(f"static: status {status}, {len(body)} bytes")
+        server.keep_alive["static"] = keep
     status, _, body, _ = fetch(server.port, server.paths["opcache"])
     server.opcache = body.decode(errors="replace") if status == 200 else f"? ({status})"
 
@@ -258,20 +271,25 @@ def write_docroot(root: Path) -> None:
     (root / "json.php").write_text(JSON_PHP)
     (root / "worker.php").write_text(WORKER_PHP)
     (root / "opcache.php").write_text(OPCACHE_PHP)
+    (root / "10k.txt").write_bytes(STATIC_BODY)
     root.chmod(0o755)
 
 
 def frankenpy_server(key: str, tmp: Path, root: Path, worker_threads: int) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "frankenpy", "--grace", "3", "php-server", "--root", str(root),
-            "--listen", f"{HOST}:{port}", "--threads", "2", "--opcache"]
-    if key == "worker":
+    mode, _, kind = key.partition("-")  # "classic", "worker", "classic-wsgi", "worker-wsgi"
+    argv = [sys.executable, "-m", "frankenpy", "--grace", "3", "php-server", "--server", kind or "native",
+            "--root", str(root), "--listen", f"{HOST}:{port}", "--threads", "2", "--opcache"]
+    suffix = " (wsgi)" if kind else ""
+    if mode == "worker":
         argv += ["--worker", f"{root / 'worker.php'}:{worker_threads}"]
         paths = {"hello": "/worker.php", "json": "/worker.php?page=json"}
-        label = f"frankenpy worker ({worker_threads} thr)"
+        label = f"frankenpy worker ({worker_threads} thr){suffix}"
     else:
         paths = {"hello": "/hello.php", "json": "/json.php"}
-        label = "frankenpy classic"
+        label = f"frankenpy classic{suffix}"
+        if not kind:
+            paths["static"] = "/10k.txt"
     paths["opcache"] = "/opcache.php"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
@@ -333,11 +351,48 @@ def fpm_server(tmp: Path, root: Path, php_fpm: str, nginx: str) -> Server:
     if root_user:
         fpm_argv.append("-R")
     nginx_argv = [nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "nginx-error.log")]
-    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php"}
+    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php", "static": "/10k.txt"}
     return Server("nginx + php-fpm (4 static)", "fpm", port, paths, [
         Proc("php-fpm", fpm_argv, d / "php-fpm.out", fpm_env),
         Proc("nginx", nginx_argv, d / "nginx.out"),
     ])
+
+
+APACHE_MODULES = "/usr/lib/apache2/modules"
+
+
+def apache_server(tmp: Path, root: Path, apache: str) -> Server:
+    """Debian's apache2, prefork with 40 processes and mod_php, configured from scratch in a
+    temporary directory (the system's /etc/apache2 is not read, no service is touched)."""
+    if not os.path.exists(f"{APACHE_MODULES}/libphp8.2.so"):
+        raise FileNotFoundError("libapache2-mod-php8.2")
+    port = free_port()
+    d = tmp / "apache"
+    d.mkdir()
+    (d / "php.ini").write_text(
+        "zend_extension=opcache.so\nopcache.enable=1\nopcache.memory_consumption=32\nopcache.jit=off\n"
+        "display_errors=stderr\nlog_errors=1\n"
+    )
+    modules = ["mpm_prefork", "authz_core", "mime", "dir"]
+    user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
+    (d / "apache2.conf").write_text(
+        f"ServerRoot {d}\nServerName 127.0.0.1\nListen {HOST}:{port}\nPidFile {d / 'apache.pid'}\n"
+        f"ErrorLog {d / 'error.log'}\nLogLevel warn\n{user}"
+        + "".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so\n" for m in modules)
+        + f"LoadModule php_module {APACHE_MODULES}/libphp8.2.so\n"
+        "StartServers 40\nMinSpareServers 40\nMaxSpareServers 40\nServerLimit 40\nMaxRequestWorkers 40\n"
+        "MaxConnectionsPerChild 0\nKeepAlive On\nMaxKeepAliveRequests 0\nKeepAliveTimeout 5\n"
+        "TypesConfig /etc/mime.types\n"
+        f"PHPIniDir {d}\n"
+        f"DocumentRoot {root}\n"
+        f"<Directory {root}>\n  Require all granted\n</Directory>\n"
+        "<FilesMatch \\.php$>\n  SetHandler application/x-httpd-php\n</FilesMatch>\n"
+    )
+    env = dict(os.environ, PHP_INI_SCAN_DIR="", APACHE_RUN_DIR=str(d), APACHE_LOCK_DIR=str(d))
+    argv = [apache, "-f", str(d / "apache2.conf"), "-DFOREGROUND"]
+    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php"}
+    return Server("apache prefork + mod_php (40)", "apache", port, paths,
+                  [Proc("apache2", argv, d / "apache.out", env)])
 
 
 def php_s_server(tmp: Path, root: Path, php: str) -> Server:
@@ -413,8 +468,10 @@ def need(name: str) -> str:
 def table(servers: list[Server], results: dict[tuple[str, str], WrkResult | str]) -> str:
     rows = ["| server | page | req/s | p50 ms | p99 ms | errors | keep-alive | opcache |",
             "|---|---|---:|---:|---:|---|---|---|"]
-    for page in ("hello", "json"):
+    for page in PAGES:
         for s in servers:
+            if page not in s.paths:
+                continue
             r = results.get((s.key, page), s.error or "not run")
             ka = "?" if page not in s.keep_alive else ("yes" if s.keep_alive[page] else "no")
             if isinstance(r, WrkResult):
@@ -425,20 +482,93 @@ def table(servers: list[Server], results: dict[tuple[str, str], WrkResult | str]
     return "\n".join(rows)
 
 
-def verdicts(results: dict[tuple[str, str], WrkResult | str]) -> tuple[list[str], bool]:
+@dataclass
+class ManyConnections:
+    """512 keep-alive connections for a while: wrk's result and the server's RSS samples (MB)."""
+
+    result: WrkResult | str
+    rss: list[float]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def many_connections(wrk: str, server: Server, duration: float) -> ManyConnections:
+    """wrk -c512 on the hello page while sampling the server process's RSS every second."""
+    import threading
+
+    pid = server.procs[0].popen.pid if server.procs[0].popen else 0
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            try:
+                samples.append(rss_mb(pid))
+            except OSError:
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result: WrkResult | str = run_wrk(wrk, server.url("hello"), duration, 2, 512)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        result = f"wrk failed: {exc}"
+    done.set()
+    sampler.join()
+    return ManyConnections(result, samples)
+
+
+def verdicts(results: dict[tuple[str, str], WrkResult | str],
+             many: ManyConnections | None) -> tuple[list[str], bool]:
+    """Every target of issue 8, MET or MISSED (n/a counts as missed)."""
+
+    def get(key: str, page: str) -> WrkResult | None:
+        r = results.get((key, page))
+        return r if isinstance(r, WrkResult) else None
+
     lines, all_met = [], True
-    for key, target in TARGETS.items():
-        for page in ("hello", "json"):
-            mine, base = results.get((key, page)), results.get(("fpm", page))
-            if isinstance(mine, WrkResult) and isinstance(base, WrkResult) and base.rps > 0:
-                ratio = mine.rps / base.rps
-                met = ratio >= target
-                lines.append(f"- {key} / nginx+fpm, {page}: {ratio:.2f}x (target >= {target}x): "
-                             f"{'MET' if met else 'MISSED'}")
-            else:
-                met = False
-                lines.append(f"- {key} / nginx+fpm, {page}: n/a (target >= {target}x): MISSED")
-            all_met = all_met and met
+
+    def verdict(text: str, met: bool | None, detail: str) -> None:
+        nonlocal all_met
+        all_met = all_met and bool(met)
+        lines.append(f"- {text}: {detail}: {'MET' if met else 'MISSED'}")
+
+    for text, mine, base, factor in (
+        ("worker mode, hello >= 1.5x nginx + php-fpm", ("worker", "hello"), ("fpm", "hello"), 1.5),
+        ("worker mode, hello >= apache prefork + mod_php", ("worker", "hello"), ("apache", "hello"), 1.0),
+        ("classic mode, hello >= nginx + php-fpm", ("classic", "hello"), ("fpm", "hello"), 1.0),
+        ("worker mode, json >= apache prefork + mod_php", ("worker", "json"), ("apache", "json"), 1.0),
+        ("10 kB static file >= nginx", ("classic", "static"), ("fpm", "static"), 1.0),
+    ):
+        a, b = get(*mine), get(*base)
+        if a and b and b.rps > 0:
+            verdict(text, a.rps / b.rps >= factor, f"{a.rps / b.rps:.2f}x")
+        else:
+            verdict(text, None, "n/a")
+    for key in ("worker", "classic"):
+        a, b = get(key, "hello"), get("fpm", "hello")
+        if a and b:
+            verdict(f"{key} mode, hello p99 at 32 connections <= nginx + php-fpm's", a.p99 <= b.p99,
+                    f"{a.p99:.2f} ms vs {b.p99:.2f} ms")
+        else:
+            verdict(f"{key} mode, hello p99 at 32 connections <= nginx + php-fpm's", None, "n/a")
+    if many is not None and isinstance(many.result, WrkResult) and len(many.rss) >= 4:
+        early, last = many.rss[1], many.rss[-1]
+        flat = last <= early * 1.10 + 4.0  # within 10 % (+4 MB of allocator slack) of second 2
+        ok = many.result.errors == "0" and flat
+        verdict("512 keep-alive connections, worker hello: no errors, RSS flat", ok,
+                f"{many.result.rps:,.0f} req/s, errors {many.result.errors}, p99 {many.result.p99:.1f} ms, "
+                f"RSS {early:.1f} MB at 2 s -> {last:.1f} MB at the end "
+                f"(samples {', '.join(f'{x:.0f}' for x in many.rss)})")
+    else:
+        verdict("512 keep-alive connections, worker hello: no errors, RSS flat", None,
+                "n/a" if many is None else str(many.result))
     return lines, all_met
 
 
@@ -447,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement (about 1 min in all)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, 3 with --quick)")
     parser.add_argument("--worker-threads", type=int, default=2, help="threads of the HTTP worker (2)")
-    parser.add_argument("--servers", default="classic,worker,fpm,phpS",
-                        help="comma-separated subset of classic,worker,fpm,phpS")
+    parser.add_argument("--servers", default="classic,worker,classic-wsgi,worker-wsgi,fpm,apache",
+                        help="comma-separated subset of classic,worker,classic-wsgi,worker-wsgi,fpm,"
+                             "apache,phpS")
     parser.add_argument("--append-docs", metavar="FILE", help="append the results as a markdown section")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
@@ -470,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         builders: dict[str, Callable[[], Server]] = {
             "classic": lambda: frankenpy_server("classic", tmp, root, args.worker_threads),
             "worker": lambda: frankenpy_server("worker", tmp, root, args.worker_threads),
+            "classic-wsgi": lambda: frankenpy_server("classic-wsgi", tmp, root, args.worker_threads),
+            "worker-wsgi": lambda: frankenpy_server("worker-wsgi", tmp, root, args.worker_threads),
+            "apache": lambda: apache_server(tmp, root, need("apache2")),
             "fpm": lambda: fpm_server(tmp, root, need("php-fpm8.2"), need("nginx")),
             "phpS": lambda: php_s_server(tmp, root, need("php8.2")),
         }
@@ -494,9 +628,9 @@ def main(argv: list[str] | None = None) -> int:
                 server.error = f"failed: {exc}"
                 print(f"{server.label:28} :{server.port}  {server.error}\n{server.tail()}", file=sys.stderr,
                       flush=True)
-        for page in ("hello", "json"):
+        for page in PAGES:
             for server in servers:
-                if server.error:
+                if server.error or page not in server.paths:
                     continue
                 try:
                     run_wrk(wrk, server.url(page), warmup, 2, 32)
@@ -511,6 +645,13 @@ def main(argv: list[str] | None = None) -> int:
                 for proc in server.procs:
                     if not proc.alive():
                         server.error = f"{proc.name} died during the run"
+        many = None
+        native_worker = next((s for s in servers if s.key == "worker" and not s.error), None)
+        if native_worker is not None:
+            many = many_connections(wrk, native_worker, max(duration, 10.0))
+            outcome = many.result if isinstance(many.result, str) else (
+                f"{many.result.rps:,.0f} req/s, errors {many.result.errors}")
+            print(f"512 connections: {outcome}; RSS MB {[round(x) for x in many.rss]}", flush=True)
     finally:
         for server in servers:
             for proc in reversed(server.procs):
@@ -524,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     elapsed = time.monotonic() - t0
-    lines, all_met = verdicts(results)
+    lines, all_met = verdicts(results, many)
     command = shlex.join(["python3", "scripts/bench_http.py", *(argv or sys.argv[1:])])
     text = "\n".join([
         "",
@@ -548,9 +689,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{platform_line()}; load average before the run {load_before}.",
             "",
             "Pages: `hello` is `<?php echo \"Hello, World!\";`; `json` json_encodes 1,000 rows of 5 fields, "
-            "sets `Content-Type: application/json` and a cookie. frankenpy classic: `php-server --threads 2 "
-            f"--opcache`; worker: the same plus `--worker worker.php:{args.worker_threads}` "
+            "sets `Content-Type: application/json` and a cookie; `static` is a 10 kB text file. "
+            "frankenpy classic: `php-server --threads 2 "
+            f"--opcache` (native server; `(wsgi)`: `--server wsgi`); worker: the same plus "
+            f"`--worker worker.php:{args.worker_threads}` "
             "(`/worker.php`, `?page=json`); nginx 2 workers + php8.2-fpm pm=static 4 children, opcache on; "
+            "apache2 prefork, 40 processes, mod_php 8.2, opcache on; 512 connections: "
+            "`wrk -t2 -c512` on the native worker's hello page, RSS of the frankenpy process each second; "
             "`php8.2 -S` with the stock CLI ini. keep-alive: whether the server kept the connection "
             "open after the response (`php -S` closes every connection, which wrk counts as read errors).",
             text,
