@@ -17,12 +17,14 @@ void fp_py_time_limit(void *handle, int64_t seconds);
 void fp_py_worker_ready(void *handle);
 int fp_py_next_request(void *handle, fp_request **next);
 void fp_py_request_done(void *handle, fp_request *done);
+void fp_py_stderr_output(void *handle, const char *data, size_t len);
 
 static void restore_host_signals(void);
 
 static const fp_host python_host = {
     fp_py_output, fp_py_log, NULL /* headers: read from the request */, fp_py_read_body, fp_py_time_limit,
     fp_py_worker_ready, restore_host_signals, fp_py_next_request, fp_py_request_done,
+    fp_py_stderr_output,
 };
 
 /* ---- SIGPROF ----------------------------------------------------------------------------------

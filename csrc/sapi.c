@@ -18,9 +18,11 @@
 #include <php_variables.h>
 #include <php_ini.h>
 #include <php_output.h>
+#include <php_streams.h>
 #include <ext/spl/spl_exceptions.h>
 #include <zend_exceptions.h>
 #include <zend_ini.h>
+#include <zend_ini_scanner.h>
 #include <zend_signal.h>
 #include <zend_smart_str.h>
 
@@ -45,15 +47,14 @@ static uint64_t running_exec; /* under exec_mu: id of the execution in progress,
 static pthread_t running_thread;
 static int interrupted;
 static int fatal_error; /* a fatal diagnostic was reported during the execution */
+static size_t stdin_pos; /* read position in script_req->stdin_data, shared by every STDIN stream */
 
 static void prepare_request_info(fp_request *req);
 
 /* What sapi_activate() decided that we decide otherwise. */
 static void after_sapi_activate(fp_request *req)
 {
-    if (!req->http) {
-        SG(headers_sent) = 1; /* like the CLI: header() is a no-op without an HTTP response */
-    }
+    (void)req;
     /* HEAD runs like GET and the host drops the body, so that it can announce the body's
      * Content-Length (RFC 9110 9.3.2) instead of none. */
     SG(request_info).headers_only = 0;
@@ -128,6 +129,139 @@ static void fp_flush(void *server_context)
     }
 }
 
+/* ---- standard streams ------------------------------------------------------------------------
+ * The host's fds 0, 1 and 2 are not the script's.  STDIN, STDOUT, STDERR (CLI-style executions)
+ * and php://stdin, php://stdout, php://stderr, php://fd/0-2 (every execution) are streams of
+ * the execution instead: stdin reads fp_request.stdin_data, stdout is the execution's output
+ * (written past PHP's output buffers, as the CLI writes to fd 1), stderr is collected or handed
+ * to the host.  In an HTTP request stdout would corrupt the response: it goes where stderr goes. */
+enum { FP_STDIN, FP_STDOUT, FP_STDERR };
+
+static void append_stderr(fp_request *r, const char *data, size_t len)
+{
+    if (r->stderr_len + len > r->stderr_cap) {
+        size_t cap = r->stderr_cap ? r->stderr_cap : 1024;
+        while (cap < r->stderr_len + len) {
+            cap *= 2;
+        }
+        char *grown = realloc(r->stderr_output, cap); /* outlives the request, like output */
+        if (!grown) {
+            return;
+        }
+        r->stderr_output = grown;
+        r->stderr_cap = cap;
+    }
+    memcpy(r->stderr_output + r->stderr_len, data, len);
+    r->stderr_len += len;
+}
+
+static ssize_t fp_std_write(php_stream *stream, const char *buf, size_t count)
+{
+    fp_request *r = script_req;
+    if (!r) {
+        return (ssize_t)count;
+    }
+    if ((uintptr_t)stream->abstract == FP_STDOUT && !current->http) {
+        fp_ub_write(buf, count);
+    } else if (!r->http && r->worker_kind == FP_WORKER_NONE) {
+        append_stderr(r, buf, count);
+    } else if (host->stderr_output) {
+        host->stderr_output(r->handle, buf, count);
+    }
+    return (ssize_t)count;
+}
+
+static ssize_t fp_std_read(php_stream *stream, char *buf, size_t count)
+{
+    fp_request *r = script_req;
+    size_t left = r && r->stdin_data && stdin_pos < r->stdin_len ? r->stdin_len - stdin_pos : 0;
+    if ((uintptr_t)stream->abstract != FP_STDIN || left == 0) {
+        stream->eof = 1;
+        return 0;
+    }
+    size_t n = count < left ? count : left;
+    memcpy(buf, r->stdin_data + stdin_pos, n);
+    stdin_pos += n;
+    return (ssize_t)n;
+}
+
+static int fp_std_close(php_stream *stream, int close_handle)
+{
+    (void)stream; (void)close_handle;
+    return 0;
+}
+
+static int fp_std_flush(php_stream *stream)
+{
+    (void)stream;
+    return 0;
+}
+
+static const php_stream_ops fp_std_ops = {
+    fp_std_write, fp_std_read, fp_std_close, fp_std_flush, "STDIO", NULL, NULL, NULL, NULL,
+};
+
+/* php:// with the std streams answered here, everything else by PHP's own wrapper. */
+static const php_stream_wrapper *php_wrapper;
+static php_stream_wrapper_ops fp_php_wrapper_ops;
+static php_stream_wrapper fp_php_wrapper;
+
+static php_stream *open_std_stream(int which)
+{
+    static const char *const uris[] = {"php://stdin", "php://stdout", "php://stderr"};
+    php_stream *stream = php_stream_alloc(&fp_std_ops, (void *)(uintptr_t)which, NULL, which == FP_STDIN ? "rb" : "wb");
+    /* what stream_get_meta_data() shows for the CLI's */
+    stream->wrapper = &fp_php_wrapper;
+    stream->orig_path = estrdup(uris[which]);
+    return stream;
+}
+
+static php_stream *fp_php_opener(php_stream_wrapper *wrapper, const char *path, const char *mode, int options,
+                                 zend_string **opened_path, php_stream_context *context STREAMS_DC)
+{
+    static const char *const names[][2] = {{"stdin", "fd/0"}, {"stdout", "fd/1"}, {"stderr", "fd/2"}};
+    if (!strncasecmp(path, "php://", 6)) {
+        for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+            if (!strcasecmp(path + 6, names[which][0]) || !strcmp(path + 6, names[which][1])) {
+                return open_std_stream(which);
+            }
+        }
+    }
+    return php_wrapper->wops->stream_opener(wrapper, path, mode, options, opened_path, context STREAMS_REL_CC);
+}
+
+static void replace_php_wrapper(void)
+{
+    HashTable *wrappers = php_stream_get_url_stream_wrappers_hash_global();
+    php_wrapper = zend_hash_str_find_ptr(wrappers, ZEND_STRL("php"));
+    if (!php_wrapper) {
+        return;
+    }
+    fp_php_wrapper_ops = *php_wrapper->wops;
+    fp_php_wrapper_ops.stream_opener = fp_php_opener;
+    fp_php_wrapper = *php_wrapper;
+    fp_php_wrapper.wops = &fp_php_wrapper_ops;
+    zend_hash_str_update_ptr(wrappers, ZEND_STRL("php"), &fp_php_wrapper);
+}
+
+static void register_std_constant(const char *name, int which)
+{
+    zend_constant c;
+    php_stream_to_zval(open_std_stream(which), &c.value);
+    ZEND_CONSTANT_SET_FLAGS(&c, CONST_CS, PHP_USER_CONSTANT);
+    c.name = zend_string_init_interned(name, strlen(name), 0);
+    zend_register_constant(&c);
+}
+
+/* What the CLI gives a script beyond php_request_startup() (sapi/cli/php_cli.c do_cli). */
+static void cli_request_startup(void)
+{
+    register_std_constant("STDIN", FP_STDIN);
+    register_std_constant("STDOUT", FP_STDOUT);
+    register_std_constant("STDERR", FP_STDERR);
+    zend_is_auto_global(ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_SERVER)); /* $_SERVER even when jit */
+}
+
 /* ---- headers, body, cookies, variables ------------------------------------------------------ */
 
 static int fp_send_headers(sapi_headers_struct *headers)
@@ -173,23 +307,62 @@ static char *fp_read_cookies(void)
     return r ? (char *)r->cookie_data : NULL;
 }
 
+/* Register one $_SERVER / $_ENV entry through the input filter, as CGI and FPM do: ext/filter
+ * keeps the raw value for filter_input() and registers the value filter.default makes of it (it
+ * then returns 0: nothing is left for us to register). */
+static void register_filtered(const char *name, const char *value, size_t value_len, zval *track_vars,
+                              int filter_arg)
+{
+    char *filtered = (char *)value; /* only PARSE_STRING lets the filter replace it */
+    size_t filtered_len = value_len;
+    if (sapi_module.input_filter(filter_arg, name, &filtered, value_len, &filtered_len)) {
+        php_register_variable_safe((char *)name, filtered, filtered_len, track_vars);
+    }
+}
+
+/* The execution's NAME/VALUE pairs (fp_request.env) into `track_vars`. */
+static void register_env_pairs(const fp_request *r, zval *track_vars, int filter_arg)
+{
+    const char *entry = r->env;
+    for (size_t i = 0; i < r->env_pairs; i++) {
+        const char *name = entry;
+        const char *value = name + strlen(name) + 1;
+        size_t value_len = strlen(value);
+        register_filtered(name, value, value_len, track_vars, filter_arg);
+        entry = value + value_len + 1;
+    }
+}
+
 static void fp_register_variables(zval *track_vars)
 {
     fp_request *r = current;
     if (!r) {
         return;
     }
-    const char *entry = r->env;
-    for (size_t i = 0; i < r->env_pairs; i++) {
-        const char *name = entry;
-        const char *value = name + strlen(name) + 1;
-        size_t value_len = strlen(value);
-        php_register_variable_safe((char *)name, (char *)value, value_len, track_vars);
-        entry = value + value_len + 1;
-    }
+    register_env_pairs(r, track_vars, PARSE_SERVER);
     if (script_req && script_req->worker_kind == FP_WORKER_BACKGROUND) {
         add_assoc_bool(track_vars, "FRANKENPHP_WORKER_BACKGROUND", 1);
     }
+}
+
+/* $_ENV: the process environment (PHP's own importer), then the execution's pairs over it, so
+ * that $_ENV agrees with getenv().  PHP builds $_ENV only when a script uses it (jit). */
+static void (*php_import_env)(zval *array_ptr);
+
+static void fp_import_environment_variables(zval *array_ptr)
+{
+    php_import_env(array_ptr);
+    if (current) {
+        register_env_pairs(current, array_ptr, PARSE_ENV);
+    }
+}
+
+/* Like the CLI's: header() works and headers_sent() turns true at the first output, but outside
+ * HTTP no header is kept (headers_list() stays empty, as under php-cli). */
+static int fp_header_handler(sapi_header_struct *header, sapi_header_op_enum op, sapi_headers_struct *headers)
+{
+    (void)header; (void)op; (void)headers;
+    return current && current->http ? SAPI_HEADER_ADD : 0;
 }
 
 /* getenv() answers from the execution's environment first; PHP falls back to the process's. */
@@ -507,7 +680,7 @@ static sapi_module_struct fp_sapi = {
     NULL,           /* get_stat */
     fp_getenv,
     php_error,
-    NULL,           /* header_handler */
+    fp_header_handler,
     fp_send_headers,
     NULL,           /* send_header */
     fp_read_post,
@@ -526,6 +699,44 @@ static void replace_function(const char *name, zif_handler handler, zif_handler 
         *original = fn->internal_function.handler;
         fn->internal_function.handler = handler;
     }
+}
+
+/* ---- ini check -------------------------------------------------------------------------------
+ * PHP's parser stops at the first bad line of the ini entries and only warns about it: parse each
+ * line of the host's ini on its own, so that the one at fault can be named. */
+static char ini_error[256];
+
+static void capture_ini_error(int type, zend_string *file, const uint32_t line, zend_string *message)
+{
+    (void)type; (void)file; (void)line;
+    snprintf(ini_error, sizeof(ini_error), "%s", ZSTR_VAL(message));
+}
+
+static void ignore_ini_entry(zval *arg1, zval *arg2, zval *arg3, int callback_type, void *arg)
+{
+    (void)arg1; (void)arg2; (void)arg3; (void)callback_type; (void)arg;
+}
+
+static int check_ini_lines(const char *ini, char *err, size_t err_len)
+{
+    void (*error_cb)(int, zend_string *, const uint32_t, zend_string *) = zend_error_cb;
+    zend_error_cb = capture_ini_error;
+    int failed = 0;
+    for (const char *line = ini; *line && !failed;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char *copy = estrndup(line, len);
+        ini_error[0] = '\0';
+        if (zend_parse_ini_string(copy, 0, ZEND_INI_SCANNER_NORMAL, ignore_ini_entry, NULL) == FAILURE) {
+            size_t msg_len = strcspn(ini_error, "\n");
+            snprintf(err, err_len, "php.ini line %s cannot be parsed: %.*s", copy, (int)msg_len, ini_error);
+            failed = 1;
+        }
+        efree(copy);
+        line = end ? end + 1 : line + len;
+    }
+    zend_error_cb = error_cb;
+    return failed ? -1 : 0;
 }
 
 int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_len)
@@ -560,6 +771,16 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
         sapi_shutdown();
         return -1;
     }
+    if (check_ini_lines(ini, err, err_len) != 0) {
+        php_module_shutdown();
+        sapi_shutdown();
+        free(fp_sapi.ini_entries);
+        fp_sapi.ini_entries = NULL;
+        return -1;
+    }
+    replace_php_wrapper();
+    php_import_env = php_import_environment_variables;
+    php_import_environment_variables = fp_import_environment_variables;
     /* php_module_startup() installs PHP's error callback: wrap it now. */
     php_error_cb = zend_error_cb;
     zend_error_cb = fp_error_cb;
@@ -610,6 +831,10 @@ static void prepare_request_info(fp_request *req)
 
 static void run_script(fp_request *req)
 {
+    if (!req->http && req->worker_kind != FP_WORKER_HTTP) {
+        cli_request_startup();
+    }
+    CG(skip_shebang) = 1; /* a "#!" first line is not output, in included files too (CLI, CGI) */
     if (req->script_path) {
         zend_file_handle file;
         zend_stream_init_filename(&file, req->script_path);
@@ -627,6 +852,8 @@ int fp_execute(fp_request *req)
     req->exit_status = 0;
     req->exec_id = 0;
     req->output_len = 0; /* a reused request keeps its buffer */
+    req->stderr_len = 0;
+    stdin_pos = 0;
     req->headers_sent = 0;
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
@@ -699,6 +926,9 @@ void fp_request_clear(fp_request *req)
     free(req->headers);
     req->headers = NULL;
     req->headers_len = 0;
+    free(req->stderr_output);
+    req->stderr_output = NULL;
+    req->stderr_len = req->stderr_cap = 0;
     req->headers_sent = 0;
     req->exit_status = req->end_reason = 0;
     req->exec_id = 0;
