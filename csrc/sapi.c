@@ -208,11 +208,8 @@ static php_stream_wrapper fp_php_wrapper;
 
 static php_stream *open_std_stream(int which)
 {
-    static const char *const uris[] = {"php://stdin", "php://stdout", "php://stderr"};
     php_stream *stream = php_stream_alloc(&fp_std_ops, (void *)(uintptr_t)which, NULL, which == FP_STDIN ? "rb" : "wb");
-    /* what stream_get_meta_data() shows for the CLI's */
-    stream->wrapper = &fp_php_wrapper;
-    stream->orig_path = estrdup(uris[which]);
+    stream->wrapper = &fp_php_wrapper; /* stream_get_meta_data(): "wrapper_type" PHP, as the CLI's */
     return stream;
 }
 
@@ -244,21 +241,29 @@ static void replace_php_wrapper(void)
     zend_hash_str_update_ptr(wrappers, ZEND_STRL("php"), &fp_php_wrapper);
 }
 
-static void register_std_constant(const char *name, int which)
+/* The constants' names, made once: interning them at every execution costs more than the rest.
+ * Persistent strings with a reference of ours, so that no request end frees them. */
+static zend_string *std_names[3];
+
+static void make_std_names(void)
 {
-    zend_constant c;
-    php_stream_to_zval(open_std_stream(which), &c.value);
-    ZEND_CONSTANT_SET_FLAGS(&c, CONST_CS, PHP_USER_CONSTANT);
-    c.name = zend_string_init_interned(name, strlen(name), 0);
-    zend_register_constant(&c);
+    static const char *const names[] = {"STDIN", "STDOUT", "STDERR"};
+    for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+        std_names[which] = zend_string_init(names[which], strlen(names[which]), 1);
+        zend_string_hash_val(std_names[which]);
+    }
 }
 
 /* What the CLI gives a script beyond php_request_startup() (sapi/cli/php_cli.c do_cli). */
 static void cli_request_startup(void)
 {
-    register_std_constant("STDIN", FP_STDIN);
-    register_std_constant("STDOUT", FP_STDOUT);
-    register_std_constant("STDERR", FP_STDERR);
+    for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+        zend_constant c;
+        php_stream_to_zval(open_std_stream(which), &c.value);
+        ZEND_CONSTANT_SET_FLAGS(&c, CONST_CS, 0);
+        c.name = zend_string_copy(std_names[which]); /* the constant's reference, released at request end */
+        zend_register_constant(&c);
+    }
     zend_is_auto_global(ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_SERVER)); /* $_SERVER even when jit */
 }
 
@@ -779,6 +784,7 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
         return -1;
     }
     replace_php_wrapper();
+    make_std_names();
     php_import_env = php_import_environment_variables;
     php_import_environment_variables = fp_import_environment_variables;
     /* php_module_startup() installs PHP's error callback: wrap it now. */
@@ -805,6 +811,9 @@ void fp_shutdown(void)
     sapi_shutdown();
     free(fp_sapi.ini_entries);
     fp_sapi.ini_entries = NULL;
+    for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+        zend_string_release_ex(std_names[which], 1);
+    }
     startup_done = 0;
 }
 
