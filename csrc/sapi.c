@@ -5,7 +5,9 @@
 #define _GNU_SOURCE /* memrchr() in PHP headers, RTLD flags */
 #include "frankenpy.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -259,7 +261,8 @@ static void cli_request_startup(void)
 {
     for (int which = FP_STDIN; which <= FP_STDERR; which++) {
         zend_constant c;
-        php_stream_to_zval(open_std_stream(which), &c.value);
+        php_stream *stream = open_std_stream(which); /* (a macro argument is evaluated twice) */
+        php_stream_to_zval(stream, &c.value);
         ZEND_CONSTANT_SET_FLAGS(&c, CONST_CS, 0);
         c.name = zend_string_copy(std_names[which]); /* the constant's reference, released at request end */
         zend_register_constant(&c);
@@ -314,13 +317,13 @@ static char *fp_read_cookies(void)
 
 /* Register one $_SERVER / $_ENV entry through the input filter, as CGI and FPM do: ext/filter
  * keeps the raw value for filter_input() and registers the value filter.default makes of it (it
- * then returns 0: nothing is left for us to register). */
+ * then returns 0: nothing is left for us to register).  filter_arg -1: no filter. */
 static void register_filtered(const char *name, const char *value, size_t value_len, zval *track_vars,
                               int filter_arg)
 {
     char *filtered = (char *)value; /* only PARSE_STRING lets the filter replace it */
     size_t filtered_len = value_len;
-    if (sapi_module.input_filter(filter_arg, name, &filtered, value_len, &filtered_len)) {
+    if (filter_arg < 0 || sapi_module.input_filter(filter_arg, name, &filtered, value_len, &filtered_len)) {
         php_register_variable_safe((char *)name, filtered, filtered_len, track_vars);
     }
 }
@@ -357,8 +360,14 @@ static void (*php_import_env)(zval *array_ptr);
 static void fp_import_environment_variables(zval *array_ptr)
 {
     php_import_env(array_ptr);
-    if (current) {
+    if (!current) {
+        return;
+    }
+    zval *env = &PG(http_globals)[TRACK_VARS_ENV];
+    if (Z_TYPE_P(env) == IS_ARRAY && Z_ARR_P(array_ptr) == Z_ARR_P(env)) {
         register_env_pairs(current, array_ptr, PARSE_ENV);
+    } else { /* getenv() without arguments: the filter would register into $_ENV instead */
+        register_env_pairs(current, array_ptr, -1);
     }
 }
 
@@ -706,6 +715,97 @@ static void replace_function(const char *name, zif_handler handler, zif_handler 
     }
 }
 
+/* ---- GC threshold --------------------------------------------------------------------------------
+ * php_request_startup() empties the cycle collector's root buffer (gc_reset()) but keeps its
+ * threshold, which grows by 10,000 roots after each collection that frees little
+ * (gc_adjust_threshold() in Zend/zend_gc.c): one script's garbage would tune the collector of the
+ * next.  The threshold lives in zend_gc.c's static gc_globals, which Debian's stripped libphp does
+ * not export, so the word is found once per copy: among this copy's writable words that hold the
+ * threshold, the one zend_gc_get_status() reads back after a change.  Found exactly once, or the
+ * reset is left out (a missed reset only changes when collections run). */
+static uint32_t *gc_threshold_word;
+static uint32_t gc_threshold_default;
+
+struct gc_search {
+    const void *base; /* this copy's libphp */
+    uint32_t *found;
+    int matches;
+};
+
+static void gc_probe_range(struct gc_search *search, uintptr_t start, uintptr_t end)
+{
+    for (uint32_t *word = (uint32_t *)((start + 3) & ~(uintptr_t)3); (uintptr_t)(word + 1) <= end; word++) {
+        if (*word != gc_threshold_default) {
+            continue;
+        }
+        zend_gc_status status;
+        *word = gc_threshold_default + 7; /* this thread alone runs this copy: nobody else reads it */
+        zend_gc_get_status(&status);
+        *word = gc_threshold_default;
+        if (status.threshold == gc_threshold_default + 7) {
+            search->found = word;
+            search->matches++;
+        }
+    }
+}
+
+static int gc_search_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct gc_search *search = data;
+    int mine = 0;
+    uintptr_t relro_start = 0, relro_end = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && info->dlpi_addr + ph->p_vaddr == (uintptr_t)search->base) {
+            mine = 1;
+        } else if (ph->p_type == PT_GNU_RELRO) { /* read-only once relocated: never written */
+            relro_start = info->dlpi_addr + ph->p_vaddr;
+            relro_end = relro_start + ph->p_memsz;
+        }
+    }
+    if (!mine) {
+        return 0;
+    }
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W)) {
+            continue;
+        }
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr, end = start + ph->p_memsz;
+        if (relro_end > start && relro_start < end) {
+            gc_probe_range(search, start, relro_start > start ? relro_start : start);
+            start = relro_end > start ? relro_end : start;
+        }
+        if (start < end) {
+            gc_probe_range(search, start, end);
+        }
+    }
+    return 1;
+}
+
+static void find_gc_threshold(void)
+{
+    zend_gc_status status;
+    zend_gc_get_status(&status);
+    Dl_info info;
+    if (status.threshold == 0 || !dladdr((void *)zend_gc_get_status, &info)) {
+        return; /* collector disabled at start-up: no threshold to keep */
+    }
+    gc_threshold_default = status.threshold;
+    struct gc_search search = {info.dli_fbase, NULL, 0};
+    dl_iterate_phdr(gc_search_object, &search);
+    gc_threshold_word = search.matches == 1 ? search.found : NULL;
+}
+
+/* Before each request start-up. */
+static void reset_gc_threshold(void)
+{
+    if (gc_threshold_word && *gc_threshold_word != gc_threshold_default) {
+        *gc_threshold_word = gc_threshold_default;
+    }
+}
+
 /* ---- ini check -------------------------------------------------------------------------------
  * PHP's parser stops at the first bad line of the ini entries and only warns about it: parse each
  * line of the host's ini on its own, so that the one at fault can be named. */
@@ -785,6 +885,7 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     }
     replace_php_wrapper();
     make_std_names();
+    find_gc_threshold();
     php_import_env = php_import_environment_variables;
     php_import_environment_variables = fp_import_environment_variables;
     /* php_module_startup() installs PHP's error callback: wrap it now. */
@@ -831,7 +932,7 @@ static void prepare_request_info(fp_request *req)
     SG(request_info).content_type = req->content_type;
     SG(request_info).content_length = req->content_length;
     SG(request_info).no_headers = !req->http;
-    SG(sapi_headers).http_response_code = 200;
+    SG(sapi_headers).http_response_code = req->http ? 200 : 0; /* http_response_code(): false, as the CLI */
     if (req->http && req->authorization) {
         php_handle_auth_data(req->authorization); /* freed by sapi_deactivate() */
     }
@@ -870,6 +971,7 @@ int fp_execute(fp_request *req)
     prepare_request_info(req);
 
     fatal_error = 0;
+    reset_gc_threshold();
     host->restore_signals(); /* first learn the host's current SIGPROF disposition */
     int started = php_request_startup();
     host->restore_signals();

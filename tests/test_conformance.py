@@ -356,3 +356,17 @@ def test_server_superglobal_exists_from_the_start(rt: frankenpy.Runtime, tmp_pat
     script = tmp_path / "g.php"
     script.write_text("<?php " + code)
     assert rt.execute_file(script).output == b"bool(true)\nint(1)\n"
+
+
+@pytest.mark.timeout(60)
+def test_gc_threshold_is_reset_for_each_execution(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(num_threads=1, php_ini={"memory_limit": "512M"})
+    default = int(run(rt, 'echo gc_status()["threshold"];').output)
+    # Collections that free nothing make PHP raise the threshold (zend_gc.c gc_adjust_threshold).
+    tuned = run(rt, """
+        $keep = [];
+        for ($i = 0; $i < 200000; $i++) { $o = new stdClass; $o->self = $o; $keep[] = $o; }
+        echo gc_status()["threshold"];
+    """)
+    assert int(tuned.output) > default
+    assert int(run(rt, 'echo gc_status()["threshold"];').output) == default
