@@ -50,6 +50,7 @@ static pthread_t running_thread;
 static int interrupted;
 static int fatal_error; /* a fatal diagnostic was reported during the execution */
 static size_t stdin_pos; /* read position in script_req->stdin_data, shared by every STDIN stream */
+static bool register_argc_argv; /* the ini setting (each execution sets PG(register_argc_argv)) */
 
 static void prepare_request_info(fp_request *req);
 
@@ -886,6 +887,7 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     replace_php_wrapper();
     make_std_names();
     find_gc_threshold();
+    register_argc_argv = PG(register_argc_argv); /* php_ini may turn it off */
     php_import_env = php_import_environment_variables;
     php_import_environment_variables = fp_import_environment_variables;
     /* php_module_startup() installs PHP's error callback: wrap it now. */
@@ -936,7 +938,7 @@ static void prepare_request_info(fp_request *req)
     if (req->http && req->authorization) {
         php_handle_auth_data(req->authorization); /* freed by sapi_deactivate() */
     }
-    PG(register_argc_argv) = req->argv != NULL;
+    PG(register_argc_argv) = register_argc_argv && req->argv != NULL;
 }
 
 static void run_script(fp_request *req)

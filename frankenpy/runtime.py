@@ -22,9 +22,10 @@ logger = logging.getLogger("frankenpy")
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
 _INI_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # What php.ini takes unquoted: words (paths, numbers, bare words such as On), and expressions of
-# constants and numbers with the ini operators and parentheses (E_ALL & ~E_DEPRECATED).
+# constants and numbers with the ini operators and parentheses (E_ALL & ~E_DEPRECATED); an
+# operator alone ("&") is a string.
 _INI_WORDS = re.compile(r"^[A-Za-z0-9_.\-+/:,@]+( [A-Za-z0-9_.\-+/:,@]+)*$")
-_INI_EXPRESSION = re.compile(r"^[\w\s|&^~!()]*[|&^~!()][\w\s|&^~!()]*$")
+_INI_EXPRESSION = re.compile(r"^(?=.*\w)(?=.*[|&^~!()])[\w\s|&^~!()]+$")
 # Every PHP thread has its own opcache segment: keep the defaults small (PHP's are 128 MB and an
 # 8 MB interned-strings buffer, which alone costs each thread ~2 MB of resident memory).
 OPCACHE_DEFAULTS = {

@@ -79,6 +79,7 @@ def test_after_output_headers_are_sent_as_under_php_cli(rt: frankenpy.Runtime) -
     code = 'echo "x"; header("X-Late: 1"); var_dump(headers_sent($file, $line), $line > 0);'
     result = rt.execute_code(code)
     assert result.output == b"xbool(true)\nbool(true)\n"
+    assert run(rt, "var_dump(http_response_code());").output == b"bool(false)\n"
     assert any("Cannot modify header information - headers already sent" in e for e in result.errors)
 
 
@@ -198,6 +199,12 @@ def test_php_ini_value_php_cannot_parse_names_its_key(value: str) -> None:
     assert runtime.state == "stopped"
 
 
+@pytest.mark.timeout(30)
+def test_php_ini_operator_alone_is_a_string(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(num_threads=1, php_ini={"arg_separator.output": "&", "highlight.html": "~"})
+    assert run(rt, 'echo ini_get("arg_separator.output"), ini_get("highlight.html");').output == b"&~"
+
+
 @pytest.mark.parametrize("value", ["1\nextension=evil.so", "a\rb", "a\0b"])
 def test_php_ini_values_that_cannot_be_written_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="memory_limit"):
@@ -221,6 +228,21 @@ def json_str(text: str) -> str:
     import json
 
     return json.dumps(text)
+
+
+@pytest.mark.timeout(30)
+def test_getenv_without_arguments_has_the_execution_environment(rt: frankenpy.Runtime) -> None:
+    code = 'var_dump(getenv()["FROM_CALL"] ?? null, isset(getenv()["PATH"]));'
+    assert run(rt, code, env={"FROM_CALL": "x"}).output == b'string(1) "x"\nbool(true)\n'
+
+
+@pytest.mark.timeout(30)
+def test_register_argc_argv_off_is_honoured(make_runtime: MakeRuntime) -> None:
+    code = 'var_dump(isset($argv), isset($_SERVER["argv"]));'
+    assert run(make_runtime(num_threads=1), code).output == b"bool(true)\nbool(true)\n"
+    off = make_runtime(num_threads=1, php_ini={"register_argc_argv": "Off"})
+    assert run(off, code).output == php_cli(code, "-d", "register_argc_argv=Off").stdout
+    assert run(off, code).output == b"bool(false)\nbool(false)\n"
 
 
 @pytest.mark.timeout(30)
