@@ -164,7 +164,7 @@ static ssize_t fp_std_write(php_stream *stream, const char *buf, size_t count)
     if (!r) {
         return (ssize_t)count;
     }
-    if ((uintptr_t)stream->abstract == FP_STDOUT && !current->http) {
+    if ((uintptr_t)stream->abstract == FP_STDOUT && current && !current->http) {
         fp_ub_write(buf, count);
     } else if (!r->http && r->worker_kind == FP_WORKER_NONE) {
         append_stderr(r, buf, count);
@@ -233,10 +233,11 @@ static php_stream *fp_php_opener(php_stream_wrapper *wrapper, const char *path, 
 static void replace_php_wrapper(void)
 {
     HashTable *wrappers = php_stream_get_url_stream_wrappers_hash_global();
-    php_wrapper = zend_hash_str_find_ptr(wrappers, ZEND_STRL("php"));
-    if (!php_wrapper) {
-        return;
+    php_stream_wrapper *found = zend_hash_str_find_ptr(wrappers, ZEND_STRL("php"));
+    if (!found || found == &fp_php_wrapper) {
+        return; /* (module start-up registers PHP's own again: keep that one as the fallback) */
     }
+    php_wrapper = found;
     fp_php_wrapper_ops = *php_wrapper->wops;
     fp_php_wrapper_ops.stream_opener = fp_php_opener;
     fp_php_wrapper = *php_wrapper;
@@ -791,7 +792,7 @@ static void find_gc_threshold(void)
     zend_gc_get_status(&status);
     Dl_info info;
     if (status.threshold == 0 || !dladdr((void *)zend_gc_get_status, &info)) {
-        return; /* collector disabled at start-up: no threshold to keep */
+        return; /* zend.enable_gc=0: the collector has no buffer, nor threshold, yet */
     }
     gc_threshold_default = status.threshold;
     struct gc_search search = {info.dli_fbase, NULL, 0};
@@ -835,7 +836,7 @@ static int check_ini_lines(const char *ini, char *err, size_t err_len)
         ini_error[0] = '\0';
         if (zend_parse_ini_string(copy, 0, ZEND_INI_SCANNER_NORMAL, ignore_ini_entry, NULL) == FAILURE) {
             size_t msg_len = strcspn(ini_error, "\n");
-            snprintf(err, err_len, "php.ini line %s cannot be parsed: %.*s", copy, (int)msg_len, ini_error);
+            snprintf(err, err_len, "php.ini line '%s' cannot be parsed: %.*s", copy, (int)msg_len, ini_error);
             failed = 1;
         }
         efree(copy);
@@ -888,8 +889,11 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     make_std_names();
     find_gc_threshold();
     register_argc_argv = PG(register_argc_argv); /* php_ini may turn it off */
-    php_import_env = php_import_environment_variables;
-    php_import_environment_variables = fp_import_environment_variables;
+    if (php_import_environment_variables != fp_import_environment_variables) {
+        /* (a plain variable of libphp: a restarted interpreter still has ours in it) */
+        php_import_env = php_import_environment_variables;
+        php_import_environment_variables = fp_import_environment_variables;
+    }
     /* php_module_startup() installs PHP's error callback: wrap it now. */
     php_error_cb = zend_error_cb;
     zend_error_cb = fp_error_cb;

@@ -392,3 +392,21 @@ def test_gc_threshold_is_reset_for_each_execution(make_runtime: MakeRuntime) -> 
     """)
     assert int(tuned.output) > default
     assert int(run(rt, 'echo gc_status()["threshold"];').output) == default
+
+
+RESTARTS = r"""
+import frankenpy
+for precision in (10, 11, 12):  # each runtime takes over the interpreter the last one left
+    with frankenpy.Runtime(num_threads=1, php_ini={"precision": precision}) as rt:
+        r = rt.execute_code('echo $_ENV["X"], getenv()["X"], file_get_contents("php://stdin"),'
+                            ' ini_get("precision"); fwrite(STDERR, "e");', env={"X": "x"}, stdin=b"in")
+        print(r.output.decode(), r.stderr.decode())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_interpreter_restarted_with_another_ini_keeps_its_streams_and_env() -> None:
+    proc = subprocess.run([sys.executable, "-c", RESTARTS], capture_output=True, timeout=50,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.decode().split("\n")[:3] == ["xxin10 e", "xxin11 e", "xxin12 e"]
