@@ -261,6 +261,18 @@ static ZEND_NAMED_FUNCTION(fp_chdir)
     php_chdir(execute_data, return_value);
 }
 
+/* ---- pcntl_fork() ---------------------------------------------------------------------------
+ * fork() would copy the whole host process with only the calling thread in it: the child would
+ * return into the host's (Python's) code with every other thread gone and their locks held for
+ * ever.  Refused the way a failed fork is reported: a warning and -1, no child. */
+static ZEND_NAMED_FUNCTION(fp_pcntl_fork)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    php_error_docref(NULL, E_WARNING,
+                     "it would fork the whole host process; frankenpy refuses it");
+    RETURN_LONG(-1);
+}
+
 static void restore_cwd(void)
 {
     if (cwd_saved_fd >= 0) {
@@ -523,7 +535,9 @@ static void replace_function(const char *name, zif_handler handler, zif_handler 
 {
     zend_function *fn = zend_hash_str_find_ptr(CG(function_table), name, strlen(name));
     if (fn && fn->type == ZEND_INTERNAL_FUNCTION) {
-        *original = fn->internal_function.handler;
+        if (original) {
+            *original = fn->internal_function.handler;
+        }
         fn->internal_function.handler = handler;
     }
 }
@@ -571,6 +585,7 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
         fp_on_update_timeout(timeout, timeout->value, NULL, NULL, NULL, ZEND_INI_STAGE_STARTUP);
     }
     replace_function("chdir", fp_chdir, &php_chdir);
+    replace_function("pcntl_fork", fp_pcntl_fork, NULL);
     startup_done = 1;
     return 0;
 }

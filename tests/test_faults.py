@@ -1,0 +1,393 @@
+"""Fault suite: shutdown/restart races, the thread pool, images, hostile scripts, crash cycles.
+
+Anything that could take the interpreter down (a PHP thread reused or shut down under a running
+script) runs in a child process, and the test asserts on its exit code and output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+import frankenpy
+from frankenpy import images, threads
+from frankenpy.images import POOL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_child(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python with this worktree's frankenpy and cache dir."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )
+
+
+def assert_clean_exit(done: subprocess.CompletedProcess[str], expect: str) -> None:
+    assert done.returncode == 0, f"child died with {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert expect in done.stdout, done.stdout + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+# A script that keeps the interpreter busy (allocating) well past any grace period used here.
+BUSY = ('$t = microtime(true); $a = [];'
+        ' while (microtime(true) - $t < 1.5) { $a[] = str_repeat("x", 100); if (count($a) > 1000) $a = []; }'
+        ' echo "done";')
+
+
+# --- defect 1: shutdown never hands back a PHP thread that still runs a script -------------------
+
+@pytest.mark.timeout(60)
+def test_shutdown_does_not_give_a_running_interpreter_to_the_next_runtime() -> None:
+    done = run_child(f"""
+        import threading, time, frankenpy
+        rt = frankenpy.Runtime(1); rt.start()
+        res = {{}}
+        def run():
+            try: res['r'] = rt.execute_code({BUSY!r})
+            except BaseException as e: res['e'] = e
+        t = threading.Thread(target=run); t.start(); time.sleep(0.3)
+        rt.shutdown(grace=0.1)
+        rt2 = frankenpy.Runtime(1); rt2.start()
+        r2 = rt2.execute_code('for ($i = 0; $i < 200000; $i++) {{ $b[] = str_repeat("y", 20); }} echo "two";')
+        t.join()
+        r = res['r']
+        print("second", r2.output.decode(), "first", r.exit_status, r.errors)
+        rt2.shutdown()
+    """)
+    assert_clean_exit(done, "second two first 255")
+    assert "Maximum execution time of 0 seconds exceeded" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_stop_idle_at_exit_leaves_a_running_interpreter_alone() -> None:
+    done = run_child(f"""
+        import threading, time, frankenpy
+        rt = frankenpy.Runtime(1); rt.start()
+        t = threading.Thread(target=lambda: rt.execute_code({BUSY!r}), daemon=True)
+        t.start(); time.sleep(0.3)
+        rt.shutdown(grace=0.1)
+        frankenpy.images.POOL.stop_idle()   # what atexit does
+        time.sleep(1.5)
+        print("survived")
+    """)
+    assert_clean_exit(done, "survived")
+
+
+# bcrypt does not check the VM's interrupt flag: a script inside one hash survives a force-stop
+# until the hash is done.
+SLOW_HASH = 'password_hash("x", PASSWORD_BCRYPT, ["cost" => 14]); echo "hashed";'
+
+
+@pytest.mark.timeout(60)
+def test_an_execution_that_survives_its_force_stop_gets_its_image_back_only_when_it_returns() -> None:
+    done = run_child(f"""
+        import threading, time, frankenpy
+        from frankenpy import threads
+        from frankenpy.images import POOL
+        threads.FORCE_STOP_WAIT = 0.05
+        rt = frankenpy.Runtime(1); rt.start()
+        image = rt._threads[0].image
+        res = {{}}
+        t = threading.Thread(target=lambda: res.setdefault('r', rt.execute_code({SLOW_HASH!r})))
+        t.start(); time.sleep(0.2)
+        rt.shutdown(grace=0.05)
+        assert image not in POOL._free, "image handed back while its script runs"
+        POOL.stop_idle()
+        rt2 = frankenpy.Runtime(1); rt2.start()
+        assert rt2._threads[0].image is not image
+        print("other", rt2.execute_code('echo 2;').output.decode())
+        t.join()
+        assert image in POOL._free, "image not given back once its script returned"
+        print("first", res['r'].exit_status, res['r'].output.decode())
+        rt2.shutdown()
+        rt3 = frankenpy.Runtime(2); rt3.start()
+        indexes = sorted(t.image.index for t in rt3._threads)
+        print("reused", indexes, rt3.execute_code('echo 3;').output.decode())
+        rt3.shutdown()
+    """)
+    assert_clean_exit(done, "other 2")
+    assert "first 255" in done.stdout  # stopped once the hash returned
+    assert "reused [0, 1] 3" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_survives_its_force_stop_gets_its_image_back_when_it_ends(tmp_path: Path) -> None:
+    script = tmp_path / "w.php"
+    script.write_text('<?php frankenphp_get_worker_handle(); for (;;) { ' + SLOW_HASH + ' }')
+    done = run_child(f"""
+        import time, frankenpy
+        from frankenpy import threads, workers
+        from frankenpy.images import POOL
+        threads.FORCE_STOP_WAIT = workers.FORCE_STOP_WAIT = 0.05
+        rt = frankenpy.Runtime(1, workers=[frankenpy.Worker("w", {str(script)!r}, background=True)])
+        rt.start()
+        time.sleep(0.3)
+        image = rt._threads[1].image
+        wt = rt.workers_group.threads[0]
+        rt.shutdown(grace=0.05)
+        assert image not in POOL._free, "worker's image handed back while its script runs"
+        POOL.stop_idle()
+        wt.join(10)
+        assert not wt.alive
+        deadline = time.monotonic() + 5
+        while image not in POOL._free and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert image in POOL._free, "worker's image not given back"
+        rt2 = frankenpy.Runtime(2); rt2.start()
+        print("reused", rt2.execute_code('echo 1;').output.decode())
+        rt2.shutdown()
+    """)
+    assert_clean_exit(done, "reused 1")
+
+
+# --- defect 10: the thread pool serves callers in arrival order -----------------------------------
+
+@pytest.mark.timeout(60)
+def test_pool_serves_waiters_in_arrival_order_against_greedy_callers(runtime1: frankenpy.Runtime) -> None:
+    pool = runtime1._pool
+    assert pool is not None
+    held = pool.acquire()
+    order: list[str] = []
+
+    def caller(name: str) -> None:
+        thread = pool.acquire(10.0)
+        assert thread is not None
+        order.append(name)
+        pool.release(thread)
+        # Greedy: come straight back.  A newcomer must queue behind those already waiting.
+        thread = pool.acquire(10.0)
+        assert thread is not None
+        order.append(name + "2")
+        pool.release(thread)
+
+    callers = []
+    for i, name in enumerate("ABCDE"):
+        t = threading.Thread(target=caller, args=(name,))
+        t.start()
+        callers.append(t)
+        wait_for(lambda n=i + 1: pool.waiting == n, what=f"caller {name} queued")
+    pool.release(held)
+    for t in callers:
+        t.join(10)
+    assert order == ["A", "B", "C", "D", "E", "A2", "B2", "C2", "D2", "E2"]
+
+
+@pytest.mark.timeout(60)
+def test_a_waiter_is_never_starved_by_contending_callers(runtime1: frankenpy.Runtime) -> None:
+    stop = threading.Event()
+    served = [0]
+
+    def hammer() -> None:
+        while not stop.is_set():
+            with runtime1.borrow_thread(5.0) as thread:
+                assert thread is not None
+                served[0] += 1
+                time.sleep(0.001)
+
+    hammers = [threading.Thread(target=hammer) for _ in range(6)]
+    for t in hammers:
+        t.start()
+    try:
+        wait_for(lambda: served[0] > 50, what="contention")
+        waits = []
+        for _ in range(20):
+            began = time.monotonic()
+            with runtime1.borrow_thread(2.0) as thread:
+                assert thread is not None, "a waiter timed out while others were served"
+            waits.append(time.monotonic() - began)
+        # FIFO: at most the 6 callers ahead (1 ms each, plus scheduling on a loaded machine).
+        assert max(waits) < 1.5, waits
+    finally:
+        stop.set()
+        for t in hammers:
+            t.join(10)
+
+
+@pytest.mark.timeout(30)
+def test_pool_timeouts_are_exact_and_leave_no_waiter_behind(runtime1: frankenpy.Runtime) -> None:
+    with runtime1.borrow_thread() as held:
+        assert held is not None
+        began = time.monotonic()
+        with runtime1.borrow_thread(0.3) as thread:
+            assert thread is None
+        waited = time.monotonic() - began
+        assert 0.3 <= waited < 1.0
+        assert runtime1.queue_depth == 0
+    assert runtime1.execute_code("echo 1;").output == b"1"
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_wakes_queued_callers_with_runtime_error(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    rt = make_runtime(num_threads=1)
+    outcome: list[object] = []
+    blocker = threading.Thread(target=lambda: rt.execute_code("usleep(300000);"))
+    blocker.start()
+    wait_for(lambda: rt.busy_threads == 1, what="busy thread")
+
+    def waiter() -> None:
+        try:
+            outcome.append(rt.execute_code("echo 1;"))
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    waiter_thread = threading.Thread(target=waiter)
+    waiter_thread.start()
+    wait_for(lambda: rt.queue_depth == 1, what="queued caller")
+    rt.shutdown(grace=5)
+    blocker.join(5)
+    waiter_thread.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+    assert "shut down" in str(outcome[0])
+
+
+# --- defect 11: failed starts keep the image pool flat ------------------------------------------
+
+def _halting_worker(tmp_path: Path) -> frankenpy.Worker:
+    script = tmp_path / "halt.php"
+    script.write_text("<?php exit(3);")
+    return frankenpy.Worker("halts", str(script), background=True, max_consecutive_failures=0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("failure", ["missing extension", "not an extension", "worker halts"])
+def test_failing_starts_reuse_images(tmp_path: Path, failure: str) -> None:
+    def attempt() -> None:
+        if failure == "missing extension":
+            rt = frankenpy.Runtime(2, extensions=[str(tmp_path / "nope.so")])
+        elif failure == "not an extension":
+            rt = frankenpy.Runtime(2, extensions=["/usr/lib/x86_64-linux-gnu/libz.so.1"])
+        else:
+            rt = frankenpy.Runtime(1, workers=[_halting_worker(tmp_path)])
+        with pytest.raises((RuntimeError, images.ImageError)):
+            rt.start()
+        assert rt.state == "stopped"
+
+    attempt()
+    count, free = POOL._count, len(POOL._free)
+    for _ in range(5):
+        attempt()
+    assert (POOL._count, len(POOL._free)) == (count, free)
+    with frankenpy.Runtime(2) as rt:
+        assert rt.execute_code("echo 1;").output == b"1"
+    assert POOL._count == count
+
+
+class _InterruptAfterStartup:
+    """frankenpy.threads.lib whose fp_image_startup is interrupted right after PHP started."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def fp_image_startup(self, *args: object) -> int:
+        self.real.fp_image_startup(*args)  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(60)
+def test_start_interrupted_after_php_started_leaves_a_usable_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    ini = {"memory_limit": "37M"}  # a configuration no other test leaves started
+    frankenpy.Runtime(1).start().shutdown()  # at least one free image
+    count = POOL._count
+    monkeypatch.setattr(threads, "lib", _InterruptAfterStartup(threads.lib))
+    rt = frankenpy.Runtime(1, php_ini=ini)
+    with pytest.raises(KeyboardInterrupt):
+        rt.start()
+    monkeypatch.undo()
+    with frankenpy.Runtime(1, php_ini=ini) as rt:
+        assert rt.execute_code('echo ini_get("memory_limit");').output == b"37M"
+    assert POOL._count == count
+
+
+# --- suspected: restart_workers() racing shutdown(), shutdown() during start() -------------------
+
+WORKER = """<?php
+$h = frankenphp_get_worker_handle();
+for (;;) {
+    $r = [$h]; $w = $e = [];
+    if (stream_select($r, $w, $e, 1) > 0 && fread($h, 1) === '') { exit(0); }
+}
+"""
+
+
+@pytest.mark.timeout(90)
+def test_restart_workers_racing_shutdown_leaves_nothing_running(tmp_path: Path) -> None:
+    script = tmp_path / "w.php"
+    script.write_text(WORKER.replace("exit(0);", "usleep(100000); exit(0);"))  # slow to drain
+    done = run_child(f"""
+        import random, threading, time, frankenpy
+        rng = random.Random(7)
+        for round in range(12):
+            worker = frankenpy.Worker("w", {str(script)!r}, num=2, background=True)
+            rt = frankenpy.Runtime(1, workers=[worker])
+            rt.start()
+            outcome = []
+            def restart():
+                began = time.monotonic()
+                try:
+                    rt.restart_workers(grace=2); outcome.append("restarted")
+                except RuntimeError as exc:
+                    outcome.append("refused")
+                took.append(time.monotonic() - began)
+            took = []
+            t = threading.Thread(target=restart); t.start()
+            time.sleep(rng.uniform(0, 0.15))
+            rt.shutdown(grace=2)
+            t.join(30)
+            assert not t.is_alive(), "restart_workers() hangs"
+            assert took[0] < 3, f"restart_workers() took {{took[0]:.1f}} s"
+            assert not any(w.alive for w in rt.workers_group.threads), "a worker runs after shutdown"
+            assert outcome in (["restarted"], ["refused"]), outcome
+        print("rounds ok")
+    """, timeout=120)
+    assert_clean_exit(done, "rounds ok")
+
+
+@pytest.mark.timeout(90)
+def test_shutdown_during_start_stops_start_and_releases_everything(tmp_path: Path) -> None:
+    script = tmp_path / "slow.php"
+    script.write_text("<?php usleep(400000);\n" + WORKER.removeprefix("<?php"))
+    done = run_child(f"""
+        import threading, time, frankenpy
+        from frankenpy.images import POOL
+        frankenpy.Runtime(3).start().shutdown()      # warm the image pool
+        free = len(POOL._free)
+        for delay in (0.0, 0.01, 0.05, 0.2):
+            worker = frankenpy.Worker("slow", {str(script)!r}, num=2, background=True)
+            rt = frankenpy.Runtime(1, workers=[worker])
+            outcome = []
+            def start():
+                try:
+                    rt.start(); outcome.append("started")
+                except RuntimeError as exc:
+                    outcome.append(str(exc))
+            t = threading.Thread(target=start); t.start()
+            time.sleep(delay)
+            began = time.monotonic()
+            rt.shutdown(grace=2)
+            took = time.monotonic() - began
+            t.join(30)
+            assert outcome and outcome[0] != "started" or rt.state == "stopped", outcome
+            assert rt.state == "stopped", rt.state
+            assert not any(w.alive for w in rt.workers_group.threads)
+            assert took < 5, took
+            assert len(POOL._free) == free, (len(POOL._free), free)
+            print(delay, outcome)
+        print("all ok")
+    """, timeout=120)
+    assert_clean_exit(done, "all ok")
+    assert "shut down during start()" in done.stdout
