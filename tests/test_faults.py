@@ -7,6 +7,7 @@ script) runs in a child process, and the test asserts on its exit code and outpu
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -391,3 +392,173 @@ def test_shutdown_during_start_stops_start_and_releases_everything(tmp_path: Pat
     """, timeout=120)
     assert_clean_exit(done, "all ok")
     assert "shut down during start()" in done.stdout
+
+
+# --- suspected: extensions bound to another image's copy of the extension they call --------------
+
+def _dynamic_symbols(path: Path, which: str) -> set[str]:
+    out = subprocess.run(["nm", "-D", which, str(path)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def test_every_extension_calling_another_declares_it() -> None:
+    """An extension importing symbols another shared extension defines must list it in
+    EXTENSION_DEPENDS (Debian's files have no DT_NEEDED on it): checked for every installed one."""
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) is not installed")
+    found = sorted(images.EXTENSION_DIR.glob("*.so"))
+    defined = {p.stem: _dynamic_symbols(p, "--defined-only") for p in found}
+    missing = []
+    for path in found:
+        imports = _dynamic_symbols(path, "--undefined-only")
+        for other, symbols in defined.items():
+            declared = images.EXTENSION_DEPENDS.get(path.stem, ())
+            if other != path.stem and imports & symbols and other not in declared:
+                missing.append(f"{path.stem} -> {other} ({sorted(imports & symbols)[0]}, ...)")
+    assert not missing
+
+
+XML_WORKLOAD = r"""
+$xsl = new DOMDocument();
+$xsl->loadXML('<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">'
+    . '<xsl:template match="/"><out><xsl:value-of select="count(//i)"/></out></xsl:template>'
+    . '</xsl:stylesheet>');
+$p = new XSLTProcessor(); $p->importStylesheet($xsl);
+$ok = 0;
+for ($k = 0; $k < 150; $k++) {
+    $d = new DOMDocument(); $root = $d->createElement('r'); $d->appendChild($root);
+    for ($j = 0; $j <= $k % 17; $j++) { $root->appendChild($d->createElement('i', "v$j")); }
+    if ($p->transformToDoc($d)->documentElement->textContent == (string)($k % 17 + 1)) $ok++;
+    $r = new XMLReader(); $r->XML($d->saveXML()); $n = 0;
+    while ($r->read()) {
+        if ($r->nodeType == XMLReader::ELEMENT && $r->name == 'i') {
+            $node = $r->expand();
+            if ($node instanceof DOMElement && $node->textContent == "v$n") $n++;
+        }
+    }
+    if ($n == $k % 17 + 1) $ok++;
+}
+echo $ok;
+"""
+
+
+@pytest.mark.timeout(120)
+def test_xsl_xmlreader_and_dom_on_8_threads_in_parallel() -> None:
+    if not (images.EXTENSION_DIR / "xsl.so").is_file():
+        pytest.skip("php8.2-xml is not installed (scripts/install_deps.sh installs it)")
+    done = run_child(f"""
+        import threading, frankenpy
+        rt = frankenpy.Runtime(8, extensions=["dom", "xsl", "xmlreader"]); rt.start()
+        bad = []
+        def run():
+            for _ in range(3):
+                r = rt.execute_code({XML_WORKLOAD!r})
+                if r.output != b"300" or r.errors:
+                    bad.append((r.output, r.errors[:2]))
+        ts = [threading.Thread(target=run) for _ in range(8)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        rt.shutdown()
+        print("bad", len(bad), bad[:3])
+    """, timeout=110)
+    assert_clean_exit(done, "bad 0 []")
+
+
+# --- suspected: the image cache built by several processes and threads at once ---------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_cached_copy_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    source = images.find_libphp()
+    target = tmp_path / "0007" / "libphp.so"
+    images._bound_copy(source, target, 7)
+    good = target.read_bytes()
+    target.write_bytes(b"" if damage == "empty" else good[: len(good) // 2])
+    images._bound_copy(source, target, 7)
+    assert target.read_bytes() == good
+    template = images._extension_template(images.extension_path("ctype"), tmp_path)
+    data = template.read_bytes()
+    template.write_bytes(b"" if damage == "empty" else data[:1000])
+    assert images._extension_template(images.extension_path("ctype"), tmp_path).read_bytes() == data
+
+
+@pytest.mark.timeout(60)
+def test_threads_making_the_same_extension_template_at_once(tmp_path: Path) -> None:
+    """Two runtimes starting on two threads make the same template: each must get a whole one
+    (they shared one temp file name, and patchelf read a file being rewritten)."""
+    for attempt in range(5):
+        cache = tmp_path / str(attempt)
+        results: list[object] = []
+
+        def make(cache: Path = cache, results: list[object] = results) -> None:
+            try:
+                results.append(images._extension_template(images.extension_path("pdo_sqlite"), cache))
+            except images.ImageError as exc:
+                results.append(exc)
+
+        makers = [threading.Thread(target=make) for _ in range(6)]
+        for t in makers:
+            t.start()
+        for t in makers:
+            t.join(30)
+        assert all(isinstance(r, Path) and images._complete_elf(r) for r in results), results
+        assert [p.name for p in (cache / "templates").iterdir()] == [results[0].name]  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(120)
+def test_processes_and_threads_building_a_fresh_cache_at_once(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    child = """
+        import threading, frankenpy
+        errors = []
+        def one(i):
+            try:
+                with frankenpy.Runtime(2, extensions=["ctype", "tokenizer", "pdo_sqlite", "posix"]) as rt:
+                    r = rt.execute_code(
+                        'echo ctype_digit("1") && token_name(T_ECHO) && count(PDO::getAvailableDrivers());'
+                    )
+                    assert r.output == b"1", (r.output, r.errors)
+            except BaseException as exc:
+                errors.append(repr(exc))
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        print("errors", errors)
+    """
+    env = {**os.environ, "FRANKENPY_CACHE_DIR": str(cache)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(child)], env=env, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=100)
+        assert proc.returncode == 0, err[-3000:]
+        assert "errors []" in out, out + err[-3000:]
+    leftovers = [p.name for p in cache.rglob(".*") if p.name != ".lock"]
+    assert not leftovers, leftovers
+
+
+def test_pruning_spares_version_directories_that_a_live_process_uses(tmp_path: Path) -> None:
+    import fcntl
+
+    current, used, unused = (tmp_path / name for name in ("current", "used", "unused"))
+    for directory in (current, used, unused):
+        (directory / "0000").mkdir(parents=True)
+        (directory / "0000" / "libphp.so").write_bytes(b"x")
+    lock = os.open(used / images.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # as _use_version() of another process holds it
+    old = time.time() - 2 * images.STALE_AFTER
+    for directory in (used, unused):
+        os.utime(directory, (old, old))
+    try:
+        images._prune_stale_versions(current)
+        assert used.is_dir() and (used / "0000" / "libphp.so").is_file()
+        assert not unused.exists()
+    finally:
+        os.close(lock)
+    images._prune_stale_versions(current)
+    assert not used.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current"]
+    images._use_version(used)  # a process that comes later makes it again
+    assert (used / images.LOCK_NAME).is_file()
+    os.close(images._version_locks.pop(used))
