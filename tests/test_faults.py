@@ -562,3 +562,253 @@ def test_pruning_spares_version_directories_that_a_live_process_uses(tmp_path: P
     images._use_version(used)  # a process that comes later makes it again
     assert (used / images.LOCK_NAME).is_file()
     os.close(images._version_locks.pop(used))
+
+
+# --- hostile scripts ---------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_pcntl_fork_is_refused_and_forks_nothing() -> None:
+    done = run_child("""
+        import os, frankenpy
+        with frankenpy.Runtime(1) as rt:
+            r = rt.execute_code('$pid = pcntl_fork(); echo $pid, " ", getmypid();')
+        print("pid", os.getpid(), "result", r.output.decode(), r.errors)
+    """, timeout=30)
+    assert_clean_exit(done, "result -1 ")
+    assert done.stdout.count("result") == 1, done.stdout  # no forked copy of the host printed
+    pid = done.stdout.split()[1]
+    assert f"result -1 {pid}" in done.stdout
+    assert "would fork the whole host process" in done.stdout
+
+
+CHAIN_SLEEPING = ('$f = function () use (&$f) { usleep(1000); register_shutdown_function($f); };'
+                  ' register_shutdown_function($f);')
+CHAIN_GREEDY = ('$f = function () use (&$f) { register_shutdown_function($f); };'
+                ' register_shutdown_function($f);')
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("code", [CHAIN_SLEEPING, CHAIN_SLEEPING + " for (;;) {}", CHAIN_GREEDY],
+                         ids=["sleeping chain", "loop then chain", "greedy chain"])
+def test_endless_shutdown_function_chains_end(make_runtime, code: str) -> None:  # type: ignore[no-untyped-def]
+    rt = make_runtime(num_threads=1, php_ini={"memory_limit": "64M"})
+    began = time.monotonic()
+    r = rt.execute_code(code, timeout=0.5)
+    assert time.monotonic() - began < 3.0
+    assert r.fatal_error is not None, r
+    assert "Maximum execution time" in r.errors[-1] or "Allowed memory size" in r.errors[-1]
+    assert rt.execute_code("echo 'next';").output == b"next"
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_ends_an_endless_shutdown_function_chain() -> None:
+    done = run_child(f"""
+        import threading, time, frankenpy
+        rt = frankenpy.Runtime(1, php_ini={{"memory_limit": "-1"}}); rt.start()
+        results = []
+        caller = threading.Thread(target=lambda: results.append(rt.execute_code({CHAIN_SLEEPING!r})))
+        caller.start()
+        time.sleep(0.4)
+        began = time.monotonic()
+        rt.shutdown(grace=0.2)
+        took = time.monotonic() - began
+        caller.join(5)
+        assert took < 3.0, took
+        print("result", type(results[0]).__name__, results[0].errors[-1])
+        rt2 = frankenpy.Runtime(1, php_ini={{"memory_limit": "-1"}}); rt2.start()
+        print("next", rt2.execute_code("echo 2;").output.decode())
+    """)
+    assert_clean_exit(done, "result Result PHP Fatal error:  Maximum execution time")
+    assert "next 2" in done.stdout
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.timeout(60)
+def test_unbounded_memory_and_recursion_end_at_memory_limit(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    rt = make_runtime(num_threads=1, php_ini={"memory_limit": "32M"})
+    scripts = [
+        '$a = []; for (;;) { $a[] = str_repeat("x", 1 << 20); }',
+        '$s = "x"; for (;;) { $s .= $s; }',
+        # User functions call each other on PHP's own (heap) stack, not the C stack.
+        "function f($n) { return f($n + 1) + 1; } f(0);",
+    ]
+    rt.execute_code(scripts[0])
+    before = _rss()
+    for _ in range(10):
+        for code in scripts:
+            r = rt.execute_code(code)
+            assert r.exit_status == 255 and "Allowed memory size" in r.errors[-1], r
+    assert rt.execute_code("echo 'ok';").output == b"ok"
+    assert _rss() - before < 64 << 20  # the memory is given back after each script
+
+
+RECURSE = 'function f($n) { return $n ? array_map("f", [$n - 1])[0] : 0; } echo f(%d), " ok";'
+
+
+@pytest.mark.timeout(60)
+def test_recursion_through_internal_callbacks_within_the_documented_bound() -> None:
+    """Recursion through internal functions (array_map, usort, ...) uses the C stack of the
+    calling thread, as in php-cli (PHP 8.2 has no stack limit).  Measured: about 10,000 levels
+    fit in the default 8 MiB stack, as in php-cli; a thread with a bigger stack goes deeper."""
+    done = run_child(f"""
+        import threading, frankenpy
+        rt = frankenpy.Runtime(1, php_ini={{"memory_limit": "-1"}}); rt.start()
+        print("main", rt.execute_code({RECURSE % 5000!r}).output.decode())
+        out = []
+        threading.stack_size(64 << 20)
+        t = threading.Thread(target=lambda: out.append(rt.execute_code({RECURSE % 50000!r}).output.decode()))
+        t.start(); t.join()
+        print("big stack", out[0])
+        rt.shutdown()
+    """)
+    assert_clean_exit(done, "main 0 ok")
+    assert "big stack 0 ok" in done.stdout
+
+
+# --- shutdown and restart at random points --------------------------------------------------------
+
+BG_FLAKY = """<?php
+$h = frankenphp_get_worker_handle();
+for (;;) {
+    $r = [$h]; $w = $e = [];
+    if (stream_select($r, $w, $e, 0, 20000) > 0 && fread($h, 1) === '') { exit(0); }
+    if (mt_rand(0, 10) == 0) { exit(mt_rand(0, 1)); }   // crash or restart at random
+}
+"""
+HTTP_WORKER = """<?php
+while (frankenphp_handle_request(function () { echo "hi"; })) {}
+"""
+
+
+@pytest.mark.timeout(110)
+def test_shutdown_and_restart_at_random_points(tmp_path: Path) -> None:
+    (tmp_path / "bg.php").write_text(BG_FLAKY)
+    (tmp_path / "http.php").write_text(HTTP_WORKER)
+    done = run_child(f"""
+        import random, threading, time, frankenpy
+        SCRIPTS = ['echo 1;', 'usleep(20000); echo 2;', 'exit(3);', 'undefined_function();',
+                   '$t = microtime(true); while (microtime(true) - $t < 0.05) {{}}',
+                   'echo str_repeat("x", 100000);', 'usleep(300000);']
+        rng = random.Random(20261129)
+        bad, calls, refused, lingering, rounds = [], 0, 0, [], []
+        for round in range(14):
+            workers = [frankenpy.Worker("bg", {str(tmp_path / "bg.php")!r}, background=True,
+                                        max_consecutive_failures=-1),
+                       frankenpy.Worker("http", {str(tmp_path / "http.php")!r})]
+            rt = frankenpy.Runtime(2, workers=workers, start_timeout=5)
+            stop = threading.Event()
+            def caller(seed):
+                global calls, refused
+                r = random.Random(seed)
+                while not stop.is_set():
+                    try:
+                        res = rt.execute_code(r.choice(SCRIPTS), timeout=r.choice([None, 0.1, 1.0]))
+                        if not isinstance(res, frankenpy.Result):
+                            bad.append(repr(res))
+                        calls += 1
+                    except RuntimeError as exc:
+                        refused += 1
+                        time.sleep(0.005)
+                    except BaseException as exc:
+                        bad.append(repr(exc))
+            def restarter(seed):
+                r = random.Random(seed)
+                while not stop.is_set():
+                    time.sleep(r.uniform(0, 0.1))
+                    try:
+                        rt.restart_workers(grace=r.choice([0.0, 0.05, 1.0]))
+                    except RuntimeError:
+                        pass
+                    except BaseException as exc:
+                        bad.append("restart: " + repr(exc))
+            early = rng.random() < 0.3   # shut down while start() runs
+            helpers = [threading.Thread(target=caller, args=(rng.random(),)) for _ in range(3)]
+            helpers.append(threading.Thread(target=restarter, args=(rng.random(),)))
+            starter = threading.Thread(target=lambda: rt.start() if not early else None)
+            if early:
+                def start():
+                    try: rt.start()
+                    except RuntimeError: pass
+                starter = threading.Thread(target=start)
+            starter.start()
+            if not early:
+                starter.join(30)
+            for t in helpers: t.start()
+            time.sleep(rng.uniform(0, 0.4))
+            began = time.monotonic()
+            rt.shutdown(grace=rng.choice([0.0, 0.05, 0.5]))
+            took = time.monotonic() - began
+            stop.set()
+            # The next round starts at once: an execution still running here must not end up
+            # on the next runtime's interpreters.
+            lingering += [starter, *helpers]
+            if took > 10: bad.append(f"round {{round}}: shutdown took {{took:.1f}} s")
+            rounds.append(rt)
+        for t in lingering:
+            t.join(20)
+            if t.is_alive(): bad.append("a thread hangs")
+        for rt in rounds:
+            if any(w.alive for w in rt.workers_group.threads): bad.append("a worker is alive")
+        print("calls", calls, "refused", refused, "bad", bad[:5])
+    """, timeout=105)
+    assert_clean_exit(done, "bad []")
+
+
+# --- crash/restart cycles: nothing grows ------------------------------------------------------------
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _tasks() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.timeout(110)
+def test_1000_worker_crash_restart_cycles_leak_nothing(tmp_path: Path, make_runtime) -> None:  # type: ignore[no-untyped-def]
+    counter = tmp_path / "runs"
+    script = tmp_path / "crashy.php"
+    # Crash (exit 1) and cooperative restart (exit 0) alternate: no backoff sleep ever.
+    script.write_text(f"""<?php
+        frankenphp_get_worker_handle();
+        $n = (int)@file_get_contents({str(counter)!r});
+        file_put_contents({str(counter)!r}, $n + 1);
+        echo "run $n";
+        exit($n % 2);
+    """)
+    rt = make_runtime(num_threads=1, workers=[
+        frankenpy.Worker("crashy", str(script), background=True, max_consecutive_failures=-1)])
+    worker = rt.workers_group.threads[0]
+    wait_for(lambda: worker.runs >= 100, timeout=60, what="warm-up runs")
+    fds, tasks, active, rss = _fds(), _tasks(), threading.active_count(), _rss()
+    start = worker.runs
+    wait_for(lambda: worker.runs >= start + 1000, timeout=90, what="1,000 more runs")
+    status = rt.workers()[0]
+    assert status.crashes >= 500 and status.restarts >= 500, status
+    # (a run in progress holds a few fds of its own: its pipe, PHP's dup of it, the counter file)
+    now = _fds()
+    assert abs(now - fds) <= 8, (fds, now)
+    assert _tasks() == tasks and threading.active_count() == active
+    assert _rss() - rss < 20 << 20, (rss, _rss())
+
+
+@pytest.mark.timeout(110)
+def test_runtime_start_shutdown_cycles_leak_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bg.php").write_text(WORKER)
+    def cycle() -> None:
+        workers = [frankenpy.Worker("bg", str(tmp_path / "bg.php"), background=True)]
+        with frankenpy.Runtime(2, workers=workers) as rt:
+            assert rt.execute_code("echo 1;").output == b"1"
+
+    for _ in range(5):
+        cycle()
+    fds, tasks, rss, images_loaded = _fds(), _tasks(), _rss(), POOL._count
+    for _ in range(40):
+        cycle()
+    assert abs(_fds() - fds) <= 2 and _tasks() == tasks
+    assert POOL._count == images_loaded
+    assert _rss() - rss < 20 << 20
