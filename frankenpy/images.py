@@ -11,7 +11,9 @@ Debian 12: 32 images run in parallel at about 6.5 MB RSS each.  ``dlmopen`` name
 rejected: glibc fits about 11 and crashes as soon as PHP loads a shared extension.
 
 Copies are cached on disk under ``$FRANKENPY_CACHE_DIR`` (default ``~/.cache/frankenpy``), keyed
-by the identity of the source files, and written atomically, so concurrent processes share them.
+by the identity of the source files.  Processes and threads may build the cache at once: files are
+written under unique temp names, fsynced and renamed into place, damaged ones are rebuilt, and a
+process holds a shared lock on the directory it uses so that no other process prunes it.
 
 Images are never unloaded (unloading PHP is not safe): a process keeps a pool of them, and a
 runtime that shuts down returns its images for the next runtime to start again.
@@ -161,10 +163,13 @@ def _prune_stale_versions(current: Path) -> None:
         return
     now = time.time()
     for entry in current.parent.iterdir():
-        if entry == current or entry.name == "templates" or entry.name.startswith(".") or not entry.is_dir():
+        if entry == current or entry.name == "templates" or not entry.is_dir():
             continue
         try:
             if now - entry.stat().st_mtime <= STALE_AFTER:
+                continue
+            if entry.name.startswith(".trash-"):  # left by a pruner that died
+                shutil.rmtree(entry, ignore_errors=True)
                 continue
             fd = os.open(entry / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:

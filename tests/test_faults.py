@@ -792,7 +792,7 @@ def test_1000_worker_crash_restart_cycles_leak_nothing(tmp_path: Path, make_runt
     # (a run in progress holds a few fds of its own: its pipe, PHP's dup of it, the counter file)
     now = _fds()
     assert abs(now - fds) <= 8, (fds, now)
-    assert _tasks() == tasks and threading.active_count() == active
+    assert _tasks() <= tasks and threading.active_count() <= active  # (<=: other tests' may end)
     assert _rss() - rss < 20 << 20, (rss, _rss())
 
 
@@ -809,6 +809,6 @@ def test_runtime_start_shutdown_cycles_leak_nothing(tmp_path: Path) -> None:
     fds, tasks, rss, images_loaded = _fds(), _tasks(), _rss(), POOL._count
     for _ in range(40):
         cycle()
-    assert abs(_fds() - fds) <= 2 and _tasks() == tasks
+    assert _fds() - fds <= 2 and _tasks() <= tasks
     assert POOL._count == images_loaded
     assert _rss() - rss < 20 << 20
