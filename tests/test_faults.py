@@ -86,6 +86,39 @@ def test_stop_idle_at_exit_leaves_a_running_interpreter_alone() -> None:
     assert_clean_exit(done, "survived")
 
 
+@pytest.mark.timeout(90)
+def test_server_stop_during_a_long_classic_request(tmp_path: Path) -> None:
+    """SIGTERM to php-server while a classic request runs longer than the grace period."""
+    # Server.stop() itself waits up to 5 s for its connections: run past that.
+    (tmp_path / "slow.php").write_text("<?php " + BUSY.replace("< 1.5", "< 8"))
+    done = run_child(f"""
+        import http.client, threading, time, frankenpy
+        from frankenpy.http.app import PHPApp
+        from frankenpy.http.server import Server, Site
+        rt = frankenpy.Runtime(1); rt.start()
+        server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, {str(tmp_path)!r}))]); server.start()
+        answer = []
+        def get():
+            conn = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=20)
+            try:
+                conn.request("GET", "/slow.php"); answer.append(conn.getresponse().status)
+            except Exception as exc:
+                answer.append(type(exc).__name__)
+        client = threading.Thread(target=get); client.start()
+        while rt.busy_threads == 0: time.sleep(0.01)
+        server.stop(grace=0.1)
+        rt2 = frankenpy.Runtime(1); rt2.start()
+        r = rt2.execute_code('for ($i = 0; $i < 100000; $i++) {{ $b[] = "y$i"; }} echo count($b);')
+        print("next", r.output.decode())
+        client.join(20)
+        frankenpy.images.POOL.stop_idle()
+        time.sleep(0.5)
+        print("answered", answer)
+    """)
+    assert_clean_exit(done, "next 100000")
+    assert "answered" in done.stdout
+
+
 # bcrypt does not check the VM's interrupt flag: a script inside one hash survives a force-stop
 # until the hash is done.
 SLOW_HASH = 'password_hash("x", PASSWORD_BCRYPT, ["cost" => 14]); echo "hashed";'
