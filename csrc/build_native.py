@@ -59,6 +59,7 @@ ffibuilder.cdef(
     extern "Python+C" void fp_py_worker_ready(void *);
     extern "Python+C" int fp_py_next_request(void *, fp_request **);
     extern "Python+C" void fp_py_request_done(void *, fp_request *);
+    extern "Python+C" void fp_py_stderr_output(void *, const char *, size_t);
     """
 )
 ffibuilder.set_source(

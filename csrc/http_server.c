@@ -445,12 +445,28 @@ static void ex_time_limit(void *handle, int64_t seconds, int initial)
     fp_http_exchange_set_deadline(handle, seconds);
 }
 
+/* php://stderr (and php://stdout, which would corrupt the response) of a request: logged as
+ * error_log() lines are. */
+static void ex_stderr(void *handle, const char *data, size_t len)
+{
+    fp_http_exchange *ex = handle;
+    while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) {
+        len--;
+    }
+    char *line = len ? strndup(data, len) : NULL;
+    if (line) {
+        log_record(ex->server, "0", ex->tag, line);
+        free(line);
+    }
+}
+
 static const fp_host exchange_host = {
     .output = ex_output,
     .log = ex_log,
     .headers = ex_headers,
     .read_body = ex_read_body,
     .time_limit = ex_time_limit,
+    .stderr_output = ex_stderr,
 };
 
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds)

@@ -13,6 +13,7 @@ int fp_py_output(void *handle, const char *data, size_t len);
 void fp_py_log(void *handle, int type, const char *file, uint32_t line, const char *message);
 void fp_py_time_limit(void *handle, int64_t seconds, int initial);
 void fp_py_worker_ready(void *handle);
+void fp_py_stderr_output(void *handle, const char *data, size_t len);
 
 /* ---- the deadline watcher ----------------------------------------------------------------------
  * One thread for the process: every WATCH_INTERVAL it looks at the executions that serve an
@@ -221,6 +222,11 @@ static void w_time_limit(void *handle, int64_t seconds, int initial)
     }
 }
 
+static void w_stderr(void *handle, const char *data, size_t len)
+{
+    fp_py_stderr_output(((fp_native_worker *)handle)->py_handle, data, len);
+}
+
 static void w_worker_ready(void *handle)
 {
     fp_py_worker_ready(((fp_native_worker *)handle)->py_handle);
@@ -278,6 +284,7 @@ static const fp_host worker_host = {
     .worker_ready = w_worker_ready,
     .next_request = w_next_request,
     .request_done = w_request_done,
+    .stderr_output = w_stderr,
 };
 
 const fp_host *fp_native_worker_host(void)

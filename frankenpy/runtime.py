@@ -21,7 +21,11 @@ logger = logging.getLogger("frankenpy")
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
 _INI_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_INI_BARE_VALUE = re.compile(r"^[A-Za-z0-9_.\-+/:,@ ]*$")
+# What php.ini takes unquoted: words (paths, numbers, bare words such as On), and expressions of
+# constants and numbers with the ini operators and parentheses (E_ALL & ~E_DEPRECATED); an
+# operator alone ("&") is a string.
+_INI_WORDS = re.compile(r"^[A-Za-z0-9_.\-+/:,@]+( [A-Za-z0-9_.\-+/:,@]+)*$")
+_INI_EXPRESSION = re.compile(r"^(?=.*\w)(?=.*[|&^~!()])[\w\s|&^~!()]+$")
 # Every PHP thread has its own opcache segment: keep the defaults small (PHP's are 128 MB and an
 # 8 MB interned-strings buffer, which alone costs each thread ~2 MB of resident memory).
 OPCACHE_DEFAULTS = {
@@ -36,8 +40,17 @@ DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024  # bytes an execution may collect in 
 PREPARED_SCRIPTS = 256  # execute_file() calls without env/argv reuse their C arguments per script
 
 
+def _ini_quote(text: str) -> str:
+    """``text`` as a literal php.ini value: single-quoted pieces (no escapes, no ${} expansion
+    inside), with each ``'`` as a double-quoted piece; PHP joins adjacent pieces."""
+    pieces = text.split("'")
+    return '"\'"'.join(f"'{piece}'" if piece else "" for piece in pieces)
+
+
 def ini_text(settings: Mapping[str, PHPValue]) -> str:
-    """php.ini lines for ``settings``; ValueError naming the option at fault."""
+    """php.ini lines for ``settings``, each value as the same line of a php.ini file would read
+    (words, constants and expressions bare, anything else quoted); ValueError naming the option
+    at fault.  A value PHP's parser then refuses fails the runtime's start, naming its line."""
     lines = []
     for key, value in settings.items():
         if not isinstance(key, str) or not _INI_KEY.match(key):
@@ -50,11 +63,10 @@ def ini_text(settings: Mapping[str, PHPValue]) -> str:
             text = str(value)
         else:
             raise ValueError(f"php_ini: option {key!r} has a {type(value).__name__} value")
-        if not _INI_BARE_VALUE.match(text):
-            # (inside double quotes PHP would also expand ${NAME} from the environment)
-            if '"' in text or "\n" in text or "\0" in text or "${" in text:
-                raise ValueError(f"php_ini: option {key!r} has a value PHP's ini syntax cannot hold")
-            text = f'"{text}"'
+        if "\n" in text or "\r" in text or "\0" in text:
+            raise ValueError(f"php_ini: option {key!r} has a value PHP's ini syntax cannot hold")
+        if text and not _INI_WORDS.match(text) and not _INI_EXPRESSION.match(text):
+            text = _ini_quote(text)
         lines.append(f"{key}={text}\n")
     return "".join(lines)
 
@@ -112,6 +124,8 @@ class Runtime:
         self.lent_threads: tuple[int, Callable[[], int]] | None = None
         self._watchdog = Watchdog(name)
         self._state_lock = threading.Lock()
+        self._start_done = threading.Event()  # set when start() has returned or raised
+        self._stop_grace = 1.0  # shutdown()'s grace, for a shutdown that arrives during start()
         self.state = "new"
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -126,17 +140,22 @@ class Runtime:
             self._watchdog.start()
             self._images = POOL.acquire(self.num_threads + self.workers_group.thread_count)
             for image in self._images:
+                self._check_not_stopped()
                 thread = PHPThread(image, self.ini_for(image), self._watchdog, f"php-{image.index}")
                 thread.start()
                 self._threads.append(thread)
             self._pool = ThreadPool(self._threads[: self.num_threads])
             self.workers_group.start(self._threads[self.num_threads :])
+            with self._state_lock:
+                self._check_not_stopped()
+                self.state = "running"
         except BaseException:
-            self.workers_group.stop(grace=1.0)
-            self._teardown()
+            self.workers_group.stop(self._stop_grace)
+            self._teardown(self._stop_grace)
             self.state = "stopped"
             raise
-        self.state = "running"
+        finally:
+            self._start_done.set()
         logger.info(
             "runtime %s started %d PHP threads (%d for workers) in %.1f ms",
             self.name, len(self._threads), len(self._threads) - self.num_threads,
@@ -145,34 +164,59 @@ class Runtime:
         return self
 
     def shutdown(self, grace: float = 30.0) -> None:
-        """Drain workers (force-stopping scripts still running after ``grace`` seconds), wait for
-        running executions, stop every interpreter.  Idempotent."""
+        """Drain workers and wait for running executions; force-stop scripts still running
+        after ``grace`` seconds (waiting up to FORCE_STOP_WAIT more for them), then let go of
+        every interpreter.  From another thread during start(), makes start() raise
+        RuntimeError and returns once it has.  Idempotent."""
         with self._state_lock:
-            if self.state in ("stopping", "stopped", "new"):
-                self.state = "stopped" if self.state == "new" else self.state
-                return
-            self.state = "stopping"
+            state = self.state
+            if state == "new":
+                self.state = "stopped"
+            elif state in ("starting", "running"):
+                self.state = "stopping"
+                self._stop_grace = grace
+        if state == "starting":
+            self.workers_group.close()  # cuts start()'s wait for the workers short
+            self._start_done.wait()  # start() sees the state and tears everything down
+            return
+        if state != "running":
+            return
         self.workers_group.stop(grace)
-        if self._pool is not None:
-            self._pool.close(grace)
-        self._teardown()
+        self._teardown(grace)
         self.state = "stopped"
 
-    def _teardown(self) -> None:
-        # A worker script that survived its force-stop still runs on its interpreter: leave
-        # that one alone (and out of the pool) rather than pull PHP from under it.
-        in_use = {id(t.php) for t in self.workers_group.threads if t.alive}
-        reusable = []
+    def _check_not_stopped(self) -> None:
+        if self.state != "starting":
+            raise RuntimeError(f"runtime {self.name} was shut down during start()")
+
+    def _teardown(self, grace: float) -> None:
+        """Give every interpreter back to the image pool, each once no script runs on it:
+        a regular execution or a worker script still running (force-stopped, but not back yet)
+        keeps its interpreter until it returns; only then is its image released."""
+        pool, self._pool = self._pool, None
+        back = set(pool.close(grace, self._release_thread) if pool is not None else ())
+        pooled = set(pool.threads) if pool is not None else set()
+        by_php = {id(t.php): t for t in self.workers_group.threads}
+        owned = {id(t.image) for t in self._threads}
         for thread in self._threads:
-            if id(thread) in in_use:
-                logger.error("PHP thread %s is still running a script; leaking it", thread.name,
+            if thread in pooled and thread not in back:
+                continue  # ThreadPool.close() calls _release_thread when it is back
+            worker = by_php.get(id(thread))
+            if worker is not None and worker.when_php_free(self._release_thread):
+                logger.error("PHP thread %s is still running a worker script; its interpreter "
+                             "is released when the script ends", thread.name,
                              extra={"worker": thread.name})
                 continue
-            thread.detach()
-            reusable.append(thread.image)
+            self._release_thread(thread)
+        # Images whose PHP thread never started (start() failed before it).
+        POOL.release([image for image in self._images if id(image) not in owned])
         self._watchdog.stop()
-        POOL.release(reusable)
         self._threads, self._images = [], []
+
+    @staticmethod
+    def _release_thread(thread: PHPThread) -> None:
+        thread.detach()
+        POOL.release([thread.image])
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -214,13 +258,15 @@ class Runtime:
         argv: Sequence[str] | None = None,
         timeout: float | None = None,
         output: Callable[[bytes], Any] | None = None,
+        stdin: bytes | None = None,
     ) -> Result:
         """Run a PHP file on an idle PHP thread (waiting for one) and return its result.
 
-        ``env`` adds to ``$_SERVER`` and ``getenv()``; ``argv`` sets ``$argv``/``$argc``
-        (default: ``[path]``); ``timeout`` stops the script after that many seconds;
-        ``output`` receives the output as it is written instead of collecting it (if it raises,
-        the script is stopped and this method raises that exception)."""
+        ``env`` adds to ``$_SERVER``, ``$_ENV`` and ``getenv()``; ``argv`` sets
+        ``$argv``/``$argc`` (default: ``[path]``); ``timeout`` stops the script after that many
+        seconds; ``output`` receives the output as it is written instead of collecting it (if it
+        raises, the script is stopped and this method raises that exception); ``stdin`` is what
+        ``STDIN`` / ``php://stdin`` read (default: nothing)."""
         # (an absolute str is taken as is: abspath() costs more than the rest of this method)
         script = path if isinstance(path, str) and path[:1] == "/" else os.path.abspath(os.fspath(path))
         if not os.path.isfile(script):
@@ -234,7 +280,7 @@ class Runtime:
                 self._prepared[script] = args
         else:
             args = self._prepare(script, env, argv)
-        return self._execute(args, None, timeout, output)
+        return self._execute(args, None, timeout, output, stdin)
 
     def execute_code(
         self,
@@ -244,11 +290,12 @@ class Runtime:
         argv: Sequence[str] | None = None,
         timeout: float | None = None,
         output: Callable[[bytes], Any] | None = None,
+        stdin: bytes | None = None,
     ) -> Result:
         """Run PHP code given without its ``<?php`` tag; otherwise like :meth:`execute_file`."""
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
-        return self._execute(self._prepare(None, env, argv), code, timeout, output)
+        return self._execute(self._prepare(None, env, argv), code, timeout, output, stdin)
 
     def _prepare(
         self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
@@ -263,8 +310,11 @@ class Runtime:
         code: str | None,
         timeout: float | None,
         output: Callable[[bytes], Any] | None,
+        stdin: bytes | None = None,
     ) -> Result:
         check_timeout(timeout)  # before waiting for a thread
+        if stdin is not None and not isinstance(stdin, bytes):
+            raise TypeError(f"stdin must be bytes, not {type(stdin).__name__}")
         pool = self._running_pool()
         thread = pool.acquire()
         assert thread is not None
@@ -276,6 +326,8 @@ class Runtime:
                 request.struct.code = request.cstr(code)
             request.struct.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
             request.struct.output_limit = self.max_output_size or 0
+            if stdin:
+                request.set_stdin(stdin)
             result = execution.run()
             if execution.output_error is not None:
                 raise execution.output_error  # the script was stopped: its output is incomplete

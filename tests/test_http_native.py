@@ -37,6 +37,9 @@ def build_root(base: Path) -> Path:
     (root / "warn.php").write_text(
         "<?php trigger_error('native warning ' . $_GET['n'], E_USER_WARNING); echo 'ok';\n"
     )
+    (root / "stderr.php").write_text(
+        "<?php fwrite(fopen('php://stderr', 'w'), 'to stderr ' . $_GET['n'] . \"\\n\"); echo 'body';\n"
+    )
     (root / "big.php").write_text(
         "<?php $n = (int) $_GET['kb']; $flush = isset($_GET['flush']);\n"
         "for ($i = 0; $i < $n; $i++) {\n"
@@ -304,6 +307,17 @@ def test_php_diagnostics_reach_logging_in_batches(
         wait_for(lambda: len(warnings()) == 50, timeout=10, what="50 warnings")
     assert all(r.levelno == logging.WARNING and r.name == "frankenpy.php" for r in warnings())
     assert all("[php-" in r.getMessage() and "warn.php" in r.getMessage() for r in warnings())
+
+
+@pytest.mark.timeout(60)
+def test_php_stderr_of_a_request_is_logged_not_sent(
+    native: Callable[..., Native], caplog: pytest.LogCaptureFixture
+) -> None:
+    served = native()
+    with caplog.at_level(logging.INFO, logger="frankenpy.php"):
+        assert get(served.port, "/stderr.php?n=7") == (200, b"body")
+        wait_for(lambda: any("to stderr 7" in r.getMessage() for r in caplog.records), timeout=10,
+                 what="the stderr line in the log")
 
 
 @pytest.mark.timeout(60)
