@@ -33,6 +33,7 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
                       struct phr_header *headers, size_t *num_headers, size_t last_len);
 
 #define MAX_SITES 16
+#define MAX_LOOPS 16
 #define MAX_WORKER_ROUTES 64
 #define STATIC_CHUNK (64 * 1024)
 #define EXPIRE_INTERVAL_MS 50
@@ -45,13 +46,21 @@ typedef struct worker_route {
     int queue;
 } worker_route;
 
+typedef struct http_loop http_loop;
+
+/* A site as one loop thread serves it: h2o's context and the loop's own listener socket. */
+typedef struct site_ctx {
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listener;
+    http_loop *loop;
+} site_ctx;
+
 typedef struct site {
     fp_http_server *server;
     fp_http_site conf;
     h2o_globalconf_t globalconf;
-    h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx;
-    h2o_socket_t *listener;
+    site_ctx per_loop[MAX_LOOPS];
     int fd;
     worker_route routes[MAX_WORKER_ROUTES];
     int n_routes;
@@ -63,6 +72,16 @@ typedef struct site_handler {
     site *site;
 } site_handler;
 
+/* One loop thread: its h2o loop, the receiver PHP threads wake it through, its thread. */
+struct http_loop {
+    fp_http_server *server;
+    int index;
+    h2o_loop_t *loop;
+    h2o_multithread_queue_t *mqueue;
+    h2o_multithread_receiver_t receiver; /* exchanges with output to send */
+    pthread_t thread;
+};
+
 struct fp_http_server {
     site *sites[MAX_SITES];
     int n_sites;
@@ -71,12 +90,10 @@ struct fp_http_server {
     int python_queue;
     int access_log;
 
-    h2o_loop_t *loop;
-    h2o_multithread_queue_t *mqueue;
-    h2o_multithread_receiver_t receiver; /* exchanges with output to send */
-    h2o_timeout_t expire_timeout;
+    http_loop loops[MAX_LOOPS];
+    int n_loops;
+    h2o_timeout_t expire_timeout; /* on loop 0: the queues are shared by every loop */
     h2o_timeout_entry_t expire_entry;
-    pthread_t thread;
     int started;
     atomic_int stopping;
     atomic_int draining;
@@ -101,6 +118,7 @@ struct fp_http_exchange {
     fp_request req;
     fp_http_server *server;
     site *site;
+    http_loop *loop; /* the loop thread that owns the request's connection */
 
     pthread_mutex_t mu; /* the fields shared between the loop and the PHP thread */
     pthread_cond_t cond;
@@ -344,7 +362,7 @@ static int schedule_locked(fp_http_exchange *ex)
 
 static void send_scheduled(fp_http_exchange *ex)
 {
-    h2o_multithread_send_message(&ex->server->receiver, &ex->message);
+    h2o_multithread_send_message(&ex->loop->receiver, &ex->message);
 }
 
 static void append_pending(fp_http_exchange *ex, const char *data, size_t len)
@@ -1119,6 +1137,7 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
 static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
 {
     fp_http_server *server = st->server;
+    ex->loop = H2O_STRUCT_FROM_MEMBER(site_ctx, ctx, req->conn->ctx)->loop;
     pthread_mutex_init(&ex->mu, NULL);
     pthread_cond_init(&ex->cond, NULL);
     ex->server = server;
@@ -1352,7 +1371,7 @@ static void on_expire_tick(h2o_timeout_entry_t *entry)
             answer_expired(server, fp_handoff_expire(server->queues[q], now, max_wait));
         }
     }
-    h2o_timeout_link(server->loop, &server->expire_timeout, &server->expire_entry);
+    h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
 }
 
 static void on_accept(h2o_socket_t *listener, const char *err)
@@ -1360,59 +1379,68 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     if (err) {
         return;
     }
-    site *st = listener->data;
+    site_ctx *sc = listener->data;
     h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
     if (sock) {
-        h2o_accept(&st->accept_ctx, sock);
+        h2o_accept(&sc->accept_ctx, sock);
     }
 }
 
-static void close_listeners(fp_http_server *server)
+/* Close the listener sockets of loop `index` (on that loop's thread once it runs). */
+static void close_listeners(fp_http_server *server, int index)
 {
     for (int i = 0; i < server->n_sites; i++) {
-        site *st = server->sites[i];
-        if (st->listener) {
-            h2o_socket_read_stop(st->listener);
-            h2o_socket_close(st->listener);
-            st->listener = NULL;
+        site_ctx *sc = &server->sites[i]->per_loop[index];
+        if (sc->listener) {
+            h2o_socket_read_stop(sc->listener);
+            h2o_socket_close(sc->listener);
+            sc->listener = NULL;
         }
     }
 }
 
 static void *loop_main(void *arg)
 {
-    fp_http_server *server = arg;
+    http_loop *lp = arg;
+    fp_http_server *server = lp->server;
     while (!atomic_load(&server->stopping)) {
-        h2o_evloop_run(server->loop, 100);
+        h2o_evloop_run(lp->loop, 100);
     }
     /* Stop: close the listeners first (a connection the kernel would accept now would never be
      * served), answer every queued request with 503, then let h2o close the connections: those
      * waiting for their next request time out at once (req_timeout 0), the others once their
      * response is out.  At most STOP_LINGER_NS. */
-    close_listeners(server);
-    for (int q = 0; q < server->n_queues; q++) {
-        answer_expired(server, fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+    close_listeners(server, lp->index);
+    if (lp->index == 0) {
+        /* The answers go to the loop of each request, which lingers while it has connections. */
+        for (int q = 0; q < server->n_queues; q++) {
+            answer_expired(server, fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+        }
     }
     uint64_t until = fp_monotonic_ns() + STOP_LINGER_NS;
     for (;;) {
         int open = 0;
         for (int i = 0; i < server->n_sites; i++) {
-            h2o_context_t *ctx = &server->sites[i]->ctx;
+            h2o_context_t *ctx = &server->sites[i]->per_loop[lp->index].ctx;
             ctx->http1.req_timeout.timeout = 0;
             open |= !h2o_linklist_is_empty(&ctx->http1._conns);
         }
         if (!open || fp_monotonic_ns() >= until) {
             break;
         }
-        h2o_evloop_run(server->loop, 10);
+        h2o_evloop_run(lp->loop, 10);
     }
     return NULL;
 }
 
 /* ---- the public API -------------------------------------------------------------------------------- */
 
-fp_http_server *fp_http_server_new(int access_log, char *err, size_t err_len)
+fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, size_t err_len)
 {
+    if (loop_threads < 1 || loop_threads > MAX_LOOPS) {
+        snprintf(err, err_len, "loop_threads must be 1..%d, not %d", MAX_LOOPS, loop_threads);
+        return NULL;
+    }
     fp_http_server *server = calloc(1, sizeof(*server));
     if (!server) {
         snprintf(err, err_len, "out of memory");
@@ -1423,9 +1451,15 @@ fp_http_server *fp_http_server_new(int access_log, char *err, size_t err_len)
     pthread_cond_init(&server->idle, NULL);
     pthread_mutex_init(&server->log_mu, NULL);
     pthread_cond_init(&server->log_cond, NULL);
-    server->loop = h2o_evloop_create();
-    server->mqueue = h2o_multithread_create_queue(server->loop);
-    h2o_multithread_register_receiver(server->mqueue, &server->receiver, on_messages);
+    server->n_loops = loop_threads;
+    for (int i = 0; i < loop_threads; i++) {
+        http_loop *lp = &server->loops[i];
+        lp->server = server;
+        lp->index = i;
+        lp->loop = h2o_evloop_create();
+        lp->mqueue = h2o_multithread_create_queue(lp->loop);
+        h2o_multithread_register_receiver(lp->mqueue, &lp->receiver, on_messages);
+    }
     if (fp_http_server_add_queue(server) != 0) { /* classic: 0 */
         snprintf(err, err_len, "out of memory");
         return NULL;
@@ -1517,11 +1551,22 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
     site_handler *handler = (site_handler *)h2o_create_handler(path, sizeof(*handler));
     handler->super.on_req = on_req;
     handler->site = st;
-    h2o_context_init(&st->ctx, server->loop, &st->globalconf);
-    st->accept_ctx.ctx = &st->ctx;
-    st->accept_ctx.hosts = st->globalconf.hosts;
-    st->listener = h2o_evloop_socket_create(server->loop, st->fd, H2O_SOCKET_FLAG_DONT_READ);
-    st->listener->data = st;
+    /* Every loop thread accepts on the same listening socket (a dup of it each): the kernel
+     * wakes the loops, the first to accept takes the connection. */
+    for (int i = 0; i < server->n_loops; i++) {
+        site_ctx *sc = &st->per_loop[i];
+        sc->loop = &server->loops[i];
+        h2o_context_init(&sc->ctx, sc->loop->loop, &st->globalconf);
+        sc->accept_ctx.ctx = &sc->ctx;
+        sc->accept_ctx.hosts = st->globalconf.hosts;
+        int fd = i == 0 ? st->fd : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            snprintf(err, err_len, "dup: %s", strerror(errno));
+            return -1;
+        }
+        sc->listener = h2o_evloop_socket_create(sc->loop->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+        sc->listener->data = sc;
+    }
     server->sites[server->n_sites] = st;
     return server->n_sites++;
 }
@@ -1543,15 +1588,24 @@ int fp_http_server_add_worker_route(fp_http_server *server, int site_index, cons
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
 {
     for (int i = 0; i < server->n_sites; i++) {
-        h2o_socket_read_start(server->sites[i]->listener, on_accept);
+        for (int l = 0; l < server->n_loops; l++) {
+            h2o_socket_read_start(server->sites[i]->per_loop[l].listener, on_accept);
+        }
     }
-    h2o_timeout_init(server->loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
+    h2o_timeout_init(server->loops[0].loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
     server->expire_entry.cb = on_expire_tick;
-    h2o_timeout_link(server->loop, &server->expire_timeout, &server->expire_entry);
-    int rc = pthread_create(&server->thread, NULL, loop_main, server);
-    if (rc != 0) {
-        snprintf(err, err_len, "pthread_create: %s", strerror(rc));
-        return -1;
+    h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
+    for (int l = 0; l < server->n_loops; l++) {
+        int rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
+        if (rc != 0) {
+            snprintf(err, err_len, "pthread_create: %s", strerror(rc));
+            atomic_store(&server->stopping, 1);
+            for (int j = 0; j < l; j++) {
+                h2o_multithread_send_message(&server->loops[j].receiver, NULL);
+                pthread_join(server->loops[j].thread, NULL);
+            }
+            return -1;
+        }
     }
     server->started = 1;
     return 0;
@@ -1588,11 +1642,17 @@ void fp_http_server_stop(fp_http_server *server)
     if (server->started) {
         atomic_store(&server->draining, 1);
         atomic_store(&server->stopping, 1);
-        h2o_multithread_send_message(&server->receiver, NULL); /* wake the loop */
-        pthread_join(server->thread, NULL);
+        for (int l = 0; l < server->n_loops; l++) {
+            h2o_multithread_send_message(&server->loops[l].receiver, NULL); /* wake the loop */
+        }
+        for (int l = 0; l < server->n_loops; l++) {
+            pthread_join(server->loops[l].thread, NULL);
+        }
         server->started = 0;
     } else {
-        close_listeners(server);
+        for (int l = 0; l < server->n_loops; l++) {
+            close_listeners(server, l);
+        }
     }
     for (int q = 0; q < server->n_queues; q++) {
         fp_handoff_close(server->queues[q]);

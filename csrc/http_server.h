@@ -5,8 +5,9 @@
  * through hand-off queues (handoff.h).  No Python: Python configures, starts and stops it.
  *
  * Threads
- * - One loop thread owns every connection and every h2o object: h2o is single-threaded, a
- *   response must be sent from the thread that owns its connection.
+ * - Loop threads (one or more) each run an h2o loop and accept on the same listening sockets;
+ *   the loop that accepted a connection owns it and every h2o object of its requests: h2o is
+ *   single-threaded, a response must be sent from the thread that owns its connection.
  * - PHP threads take exchanges (one HTTP request each) from a queue, run PHP with the
  *   exchange's fp_request (whose `host` table is the exchange's own C callbacks), and produce
  *   the response from their thread: output is appended to the exchange under its mutex and the
@@ -66,8 +67,9 @@ typedef struct fp_http_counters {
     uint64_t php_busy;          /* classic PHP threads running a request now */
 } fp_http_counters;
 
-/* A new server with its classic queue (0) and its python queue.  NULL with a message. */
-fp_http_server *fp_http_server_new(int access_log, char *err, size_t err_len);
+/* A new server with `loop_threads` loop threads (1..16), its classic queue (0) and its python
+ * queue; `access_log` queues one log record per request.  NULL with a message. */
+fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, size_t err_len);
 
 /* A new queue for an HTTP worker; returns its index, or -1 (out of memory). */
 int fp_http_server_add_queue(fp_http_server *server);
@@ -86,7 +88,7 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *site, char *er
 int fp_http_server_add_worker_route(fp_http_server *server, int site, const char *pattern,
                                     const char *script_filename, int queue);
 
-/* Start the loop thread.  Returns 0 or -1 with a message. */
+/* Start the loop threads.  Returns 0 or -1 with a message. */
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len);
 
 /* From now on new requests get 503 (a graceful stop); in-flight ones go on. */
@@ -96,7 +98,7 @@ void fp_http_server_drain(fp_http_server *server);
 uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms);
 
 /* Answer every queued request with 503, close the listeners and the connections, stop the loop
- * thread and close every queue (takers return NULL).  The server stays allocated (its queues may
+ * threads and close every queue (takers return NULL).  The server stays allocated (its queues may
  * still be referenced by PHP threads finishing); free it with fp_http_server_free(). */
 void fp_http_server_stop(fp_http_server *server);
 

@@ -108,9 +108,11 @@ uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, cons
         fp_image_execute(image, req);
         fp_http_server_busy(server, -1);
         set_watched_exchange(&slot, NULL);
-        fp_http_exchange_finish(ex);
-        /* The glue's buffers: the exchange copied what it needed. */
+        /* The exchange copies what it needs, then the glue's buffers go; only then may the loop
+         * thread free the exchange (and `req` inside it) once the response is out. */
+        fp_http_exchange_finish_keep(ex);
         fp_image_request_clear(image, req);
+        fp_http_exchange_release(ex);
         served++;
     }
     if (slot.next) {

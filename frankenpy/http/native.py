@@ -34,6 +34,7 @@ ffi, lib = _native.ffi, _native.lib
 logger = WorkerLogAdapter(logging.getLogger("frankenpy.http"), {"worker": "-"})
 
 LOG_BATCH = 256 * 1024  # bytes of log records taken per call
+DEFAULT_LOOP_THREADS = 1
 LOG_WAIT_MS = 200
 
 
@@ -45,9 +46,11 @@ def _block(pairs: dict[str, str]) -> tuple[Any, int]:
 
 class NativeServer:
     """Serves ``sites`` (whose apps must be :class:`PHPApp`) with the native server until
-    :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``."""
+    :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``;
+    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads)."""
 
-    def __init__(self, runtime: Runtime, sites: list[Site], *, access_log: bool = False) -> None:
+    def __init__(self, runtime: Runtime, sites: list[Site], *, access_log: bool = False,
+                 loop_threads: int = DEFAULT_LOOP_THREADS) -> None:
         for site in sites:
             if not isinstance(site.app, PHPApp):
                 raise TypeError("the native server serves PHPApp sites only; mount other WSGI apps "
@@ -55,6 +58,9 @@ class NativeServer:
         self.runtime = runtime
         self.sites = sites
         self.access_log = access_log
+        if not 1 <= loop_threads <= 16:
+            raise ValueError(f"loop_threads must be 1..16, got {loop_threads}")
+        self.loop_threads = loop_threads
         self._server: Any = None
         self._keep: list[Any] = []
         self._ports: list[int] = []
@@ -69,7 +75,7 @@ class NativeServer:
     def start(self) -> None:
         """Bind every listener, hand HTTP workers their C queues, start serving."""
         err = ffi.new("char[]", 512)
-        server = lib.fp_http_server_new(1 if self.access_log else 0, err, len(err))
+        server = lib.fp_http_server_new(self.loop_threads, 1 if self.access_log else 0, err, len(err))
         if server == ffi.NULL:
             raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         self._server = server

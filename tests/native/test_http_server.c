@@ -232,7 +232,7 @@ int main(int argc, char **argv)
     CHECK(fp_router_init(&router, base, &options) == 0, "router");
 
     char err[256];
-    fp_http_server *server = fp_http_server_new(0, err, sizeof err);
+    fp_http_server *server = fp_http_server_new(2, 0, err, sizeof err); /* two loops: the hand-off to each */
     CHECK(server != NULL, err);
     fp_http_site site = {.host = "127.0.0.1", .port = 0, .router = &router, .max_body_size = 1000,
                          .max_wait_time = 0.3, .metrics = 1};
