@@ -62,6 +62,7 @@ typedef struct site {
     h2o_globalconf_t globalconf;
     site_ctx per_loop[MAX_LOOPS];
     int fd;
+    int fds[MAX_LOOPS]; /* the listening socket, one descriptor per loop (fd, then dups) */
     worker_route routes[MAX_WORKER_ROUTES];
     int n_routes;
     uint64_t max_wait_ns; /* 0: none */
@@ -80,6 +81,7 @@ struct http_loop {
     h2o_multithread_queue_t *mqueue;
     h2o_multithread_receiver_t receiver; /* exchanges with output to send */
     pthread_t thread;
+    int ready; /* under server->mu: set up, running */
 };
 
 struct fp_http_server {
@@ -98,8 +100,9 @@ struct fp_http_server {
     atomic_int stopping;
     atomic_int draining;
 
-    pthread_mutex_t mu; /* in_flight, the idle condition */
+    pthread_mutex_t mu; /* in_flight, the idle condition, loops' ready flags */
     pthread_cond_t idle;
+    pthread_cond_t ready;
     uint64_t in_flight;
     atomic_uint_fast64_t requests, php_requests, rejected_503, client_gone;
     atomic_int php_busy;
@@ -1399,10 +1402,43 @@ static void close_listeners(fp_http_server *server, int index)
     }
 }
 
+/* Set up loop `lp` on its own thread: h2o keeps per-thread state (its buffer recycling is
+ * thread-local, and a socket takes the allocator of the thread that creates it), so every h2o
+ * object a loop uses (the loop, its wake-up pipe, contexts, listener sockets) is created by the
+ * loop's thread. */
+static void loop_setup(http_loop *lp)
+{
+    fp_http_server *server = lp->server;
+    lp->loop = h2o_evloop_create();
+    lp->mqueue = h2o_multithread_create_queue(lp->loop);
+    h2o_multithread_register_receiver(lp->mqueue, &lp->receiver, on_messages);
+    for (int i = 0; i < server->n_sites; i++) {
+        site *st = server->sites[i];
+        site_ctx *sc = &st->per_loop[lp->index];
+        sc->loop = lp;
+        h2o_context_init(&sc->ctx, lp->loop, &st->globalconf);
+        sc->accept_ctx.ctx = &sc->ctx;
+        sc->accept_ctx.hosts = st->globalconf.hosts;
+        sc->listener = h2o_evloop_socket_create(lp->loop, st->fds[lp->index], H2O_SOCKET_FLAG_DONT_READ);
+        sc->listener->data = sc;
+        h2o_socket_read_start(sc->listener, on_accept);
+    }
+    if (lp->index == 0) {
+        h2o_timeout_init(lp->loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
+        server->expire_entry.cb = on_expire_tick;
+        h2o_timeout_link(lp->loop, &server->expire_timeout, &server->expire_entry);
+    }
+    pthread_mutex_lock(&server->mu);
+    lp->ready = 1;
+    pthread_cond_broadcast(&server->ready);
+    pthread_mutex_unlock(&server->mu);
+}
+
 static void *loop_main(void *arg)
 {
     http_loop *lp = arg;
     fp_http_server *server = lp->server;
+    loop_setup(lp);
     while (!atomic_load(&server->stopping)) {
         h2o_evloop_run(lp->loop, 100);
     }
@@ -1449,16 +1485,13 @@ fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, 
     server->access_log = access_log;
     pthread_mutex_init(&server->mu, NULL);
     pthread_cond_init(&server->idle, NULL);
+    pthread_cond_init(&server->ready, NULL);
     pthread_mutex_init(&server->log_mu, NULL);
     pthread_cond_init(&server->log_cond, NULL);
     server->n_loops = loop_threads;
     for (int i = 0; i < loop_threads; i++) {
-        http_loop *lp = &server->loops[i];
-        lp->server = server;
-        lp->index = i;
-        lp->loop = h2o_evloop_create();
-        lp->mqueue = h2o_multithread_create_queue(lp->loop);
-        h2o_multithread_register_receiver(lp->mqueue, &lp->receiver, on_messages);
+        server->loops[i].server = server;
+        server->loops[i].index = i; /* the rest is set up by the loop's thread (loop_setup) */
     }
     if (fp_http_server_add_queue(server) != 0) { /* classic: 0 */
         snprintf(err, err_len, "out of memory");
@@ -1554,18 +1587,15 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
     /* Every loop thread accepts on the same listening socket (a dup of it each): the kernel
      * wakes the loops, the first to accept takes the connection. */
     for (int i = 0; i < server->n_loops; i++) {
-        site_ctx *sc = &st->per_loop[i];
-        sc->loop = &server->loops[i];
-        h2o_context_init(&sc->ctx, sc->loop->loop, &st->globalconf);
-        sc->accept_ctx.ctx = &sc->ctx;
-        sc->accept_ctx.hosts = st->globalconf.hosts;
-        int fd = i == 0 ? st->fd : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
-        if (fd < 0) {
+        st->fds[i] = i == 0 ? st->fd : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
+        if (st->fds[i] < 0) {
             snprintf(err, err_len, "dup: %s", strerror(errno));
+            for (int j = 0; j < i; j++) {
+                close(st->fds[j]);
+            }
+            free(st);
             return -1;
         }
-        sc->listener = h2o_evloop_socket_create(sc->loop->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-        sc->listener->data = sc;
     }
     server->sites[server->n_sites] = st;
     return server->n_sites++;
@@ -1587,26 +1617,26 @@ int fp_http_server_add_worker_route(fp_http_server *server, int site_index, cons
 
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
 {
-    for (int i = 0; i < server->n_sites; i++) {
-        for (int l = 0; l < server->n_loops; l++) {
-            h2o_socket_read_start(server->sites[i]->per_loop[l].listener, on_accept);
-        }
-    }
-    h2o_timeout_init(server->loops[0].loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
-    server->expire_entry.cb = on_expire_tick;
-    h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
     for (int l = 0; l < server->n_loops; l++) {
         int rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
         if (rc != 0) {
             snprintf(err, err_len, "pthread_create: %s", strerror(rc));
-            atomic_store(&server->stopping, 1);
-            for (int j = 0; j < l; j++) {
-                h2o_multithread_send_message(&server->loops[j].receiver, NULL);
-                pthread_join(server->loops[j].thread, NULL);
+            server->n_loops = l; /* the ones started stop with the server */
+            if (l == 0) {
+                return -1;
             }
-            return -1;
+            break;
         }
     }
+    /* Requests may be handed to PHP threads (and their output posted to a loop) only once
+     * every loop exists. */
+    pthread_mutex_lock(&server->mu);
+    for (int l = 0; l < server->n_loops; l++) {
+        while (!server->loops[l].ready) {
+            pthread_cond_wait(&server->ready, &server->mu);
+        }
+    }
+    pthread_mutex_unlock(&server->mu);
     server->started = 1;
     return 0;
 }
@@ -1650,8 +1680,10 @@ void fp_http_server_stop(fp_http_server *server)
         }
         server->started = 0;
     } else {
-        for (int l = 0; l < server->n_loops; l++) {
-            close_listeners(server, l);
+        for (int i = 0; i < server->n_sites; i++) {
+            for (int l = 0; l < server->n_loops; l++) {
+                close(server->sites[i]->fds[l]); /* never handed to h2o */
+            }
         }
     }
     for (int q = 0; q < server->n_queues; q++) {
