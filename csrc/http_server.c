@@ -156,6 +156,7 @@ struct fp_http_exchange {
 };
 
 static const fp_host exchange_host;
+static const char *reason_phrase(int status);
 
 static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message);
 
@@ -253,16 +254,8 @@ static void add_response_headers(h2o_req_t *req, const char *lines, size_t len)
             for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++) {
                 skip |= strlen(hop[i]) == lower.len && memcmp(hop[i], lower.base, lower.len) == 0;
             }
-            if (lower.len == 14 && memcmp(lower.base, "content-length", 14) == 0) {
-                /* h2o frames the body itself; PHP's own Content-Length is only kept when it
-                 * agrees with what is sent (checked by the caller when the body is complete). */
-                char *endp;
-                unsigned long long n = strtoull(value, &endp, 10);
-                if (endp != value && endp == value_end) {
-                    req->res.content_length = n;
-                }
-                skip = 1;
-            }
+            /* The body's framing is the server's: it measures a complete body itself. */
+            skip |= lower.len == 14 && memcmp(lower.base, "content-length", 14) == 0;
             if (!skip && name_len) {
                 /* h2o compares lower-case names; on the wire each dash-separated part is
                  * capitalised, as waitress does ("Content-type" -> "Content-Type"). */
@@ -297,19 +290,14 @@ static void pump(fp_http_exchange *ex)
     if (!ex->response_started) {
         ex->response_started = 1;
         req->res.status = status ? status : 200;
-        req->res.reason = "OK"; /* h2o writes the reason phrase as given; clients read the code */
-        req->res.content_length = SIZE_MAX;
+        req->res.reason = reason_phrase(req->res.status);
         if (ex->header_lines) {
             add_response_headers(req, ex->header_lines, ex->header_len);
         }
         int bodiless = (status >= 100 && status < 200) || status == 204 || status == 304;
-        if (final && !bodiless) {
-            req->res.content_length = ex->pending_len; /* complete: no chunked encoding needed */
-        } else if (bodiless) {
-            req->res.content_length = SIZE_MAX;
-        } else {
-            req->res.content_length = SIZE_MAX; /* streamed: chunked, the length is unknown */
-        }
+        /* Complete: a Content-Length (the connection stays alive); streamed or bodiless: none
+         * (h2o chunks a streamed body). */
+        req->res.content_length = final && !bodiless ? ex->pending_len : SIZE_MAX;
     }
     /* Swap the pending bytes into the in-flight buffer h2o writes from. */
     char *buf = ex->pending;
@@ -643,18 +631,32 @@ void fp_http_server_wake_logs(fp_http_server *server)
 static const char *reason_phrase(int status)
 {
     switch (status) {
+    case 100: return "Continue";
     case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
     case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
     case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
     case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 410: return "Gone";
     case 412: return "Precondition Failed";
     case 413: return "Request Entity Too Large";
     case 416: return "Range Not Satisfiable";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     default: return "Unknown";
     }
@@ -1074,13 +1076,11 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     sb_pair(&b, &pairs, "SCRIPT_NAME", target->script_name.ptr, target->script_name.len);
     sb_pair(&b, &pairs, "SCRIPT_FILENAME", target->script_filename, strlen(target->script_filename));
     sb_pair(&b, &pairs, "PATH_INFO", target->path_info.ptr ? target->path_info.ptr : "", target->path_info.len);
-    size_t self_pos = b.len;
     sb_add(&b, "PHP_SELF", 9);
     sb_add(&b, target->script_name.ptr, target->script_name.len);
     sb_add(&b, target->path_info.ptr ? target->path_info.ptr : "", target->path_info.len);
     sb_add(&b, "", 1);
     pairs++;
-    (void)self_pos;
     sb_pair(&b, &pairs, "REMOTE_ADDR", peer, strlen(peer));
     sb_pair(&b, &pairs, "REMOTE_HOST", peer, strlen(peer));
     sb_pair(&b, &pairs, "REMOTE_PORT", peer_port, strlen(peer_port));
@@ -1094,7 +1094,6 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     if (target->worker) {
         sb_pair(&b, &pairs, "FRANKENPHP_WORKER", "1", 1); /* as FrankenPHP marks worker requests */
     }
-    size_t env_len = b.len;
     /* The strings the request points to, after the pairs (offsets: the block may move). */
     size_t off_method = b.len; sb_add(&b, method, method_len + 1);
     size_t off_uri = b.len; sb_add(&b, target_uri, target_len); sb_add(&b, "", 1);
@@ -1112,7 +1111,6 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
         free(ex);
         return NULL;
     }
-    (void)env_len;
     ex->data = b.p;
     fp_request *r = &ex->req;
     r->env = b.p;
