@@ -200,7 +200,6 @@ static void on_h2o_dispose(void *slot)
     }
     pthread_cond_broadcast(&ex->cond); /* a PHP thread waiting for the client learns it left */
     pthread_mutex_unlock(&ex->mu);
-    atomic_fetch_add(&server->requests, 1);
     server_request_done(server);
     exchange_unref(ex);
 }
@@ -1229,6 +1228,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     site *st = ((site_handler *)self)->site;
     fp_http_server *server = st->server;
+    atomic_fetch_add(&server->requests, 1);
     if (server->access_log) {
         access_entry *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), on_access_dispose);
         *a = (access_entry){server, req, fp_monotonic_ns()};

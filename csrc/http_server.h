@@ -59,9 +59,9 @@ typedef struct fp_http_site {
 } fp_http_site;
 
 typedef struct fp_http_counters {
-    uint64_t requests;          /* answered, by PHP or not */
+    uint64_t requests;          /* complete requests received (h2o refuses malformed ones itself) */
     uint64_t php_requests;      /* handed to a PHP thread */
-    uint64_t in_flight;         /* accepted and not yet answered completely */
+    uint64_t in_flight;         /* handed to a queue and not yet answered completely */
     uint64_t rejected_503;      /* max_wait_time passed, or refused while stopping */
     uint64_t client_gone;       /* clients that left before their response was complete */
     uint64_t php_busy;          /* classic PHP threads running a request now */

@@ -63,8 +63,8 @@ class Native:
         self.runtime.start()
         try:
             app = PHPApp(self.runtime, base / "public", max_body_size=1024)
-            self.server = NativeServer(self.runtime, [Site("127.0.0.1", 0, app)], access_log=access_log,
-                                       loop_threads=loop_threads)
+            site = Site("127.0.0.1", 0, app, metrics=True)
+            self.server = NativeServer(self.runtime, [site], access_log=access_log, loop_threads=loop_threads)
             self.server.start()
         except BaseException:
             self.runtime.shutdown(5.0)
@@ -323,6 +323,21 @@ def test_php_stderr_of_a_request_is_logged_not_sent(
         assert get(served.port, "/stderr.php?n=7") == (200, b"body")
         wait_for(lambda: any("to stderr 7" in r.getMessage() for r in caplog.records), timeout=10,
                  what="the stderr line in the log")
+
+
+@pytest.mark.timeout(60)
+def test_metrics_include_the_servers_counters_read_from_c(native: Callable[..., Native]) -> None:
+    served = native()
+    for _ in range(5):
+        assert get(served.port, "/hello.php")[0] == 200
+    assert get(served.port, "/nothing.txt")[0] == 404
+    status, body = get(served.port, "/metrics")
+    assert status == 200
+    values = dict(line.rsplit(" ", 1) for line in body.decode().splitlines() if line and line[0] != "#")
+    assert int(values["frankenpy_http_requests_total"]) >= 6  # this request is still in flight
+    assert int(values["frankenpy_http_php_requests_total"]) >= 5
+    assert int(values["frankenpy_http_requests_in_flight"]) >= 1
+    assert "frankenphp_total_threads" in values  # the runtime's metrics are there too
 
 
 @pytest.mark.timeout(60)

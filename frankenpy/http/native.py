@@ -180,7 +180,7 @@ class NativeServer:
             if exchange == ffi.NULL:
                 return
             try:
-                body = self.runtime.metrics_text().encode()
+                body = (self.runtime.metrics_text() + self.metrics_text()).encode()
                 lib.fp_http_exchange_respond(exchange, 200, b"Content-Type: text/plain; version=0.0.4\n",
                                              body, len(body))
             except Exception:
@@ -232,6 +232,24 @@ class NativeServer:
         lib.fp_http_server_counters(self._server, out)
         return {name: int(getattr(out, name)) for name in
                 ("requests", "php_requests", "in_flight", "rejected_503", "client_gone", "php_busy")}
+
+    def metrics_text(self) -> str:
+        """The server's counters in Prometheus text format (added to ``/metrics``)."""
+        counters = self.counters()
+        families = [
+            ("frankenpy_http_requests_total", "counter", "Requests received by the native server",
+             counters["requests"]),
+            ("frankenpy_http_php_requests_total", "counter", "Requests handed to PHP threads",
+             counters["php_requests"]),
+            ("frankenpy_http_requests_in_flight", "gauge", "Requests handed to PHP and not yet answered",
+             counters["in_flight"]),
+            ("frankenpy_http_rejected_total", "counter",
+             "Requests answered 503 (max_wait_time passed, or stopping)", counters["rejected_503"]),
+            ("frankenpy_http_client_gone_total", "counter",
+             "Clients that left before their response was complete", counters["client_gone"]),
+        ]
+        return "".join(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {value}\n"
+                       for name, kind, help_, value in families)
 
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new requests (503), let in-flight ones finish (``grace`` seconds at most),
