@@ -86,11 +86,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _runtime_options(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """[tool.frankenpy] with the closest php_runtime marker's options over it."""
+    """[tool.frankenpy] with the closest php_runtime marker's options over it (for ``php_ini``
+    and ``env``, key by key)."""
     options = dict(request.config.stash.get(_OPTIONS, {}))
     marker = request.node.get_closest_marker("php_runtime")
     if marker is not None:
-        options.update(_marker_options(marker, request.node.nodeid))
+        for key, value in _marker_options(marker, request.node.nodeid).items():
+            if key in ("php_ini", "env") and isinstance(value, dict):
+                value = {**options.get(key, {}), **value}
+            options[key] = value
     return options
 
 
