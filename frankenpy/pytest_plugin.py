@@ -27,6 +27,7 @@ import os
 import textwrap
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,16 +121,21 @@ def _start_runtime(options: dict[str, Any], **extra: Any) -> Runtime:
 
 # --- diagnostics of a test ----------------------------------------------------------------------
 class _Records(logging.Handler):
-    """Collects records of the frankenpy loggers (those of one worker if ``worker`` is set)."""
+    """Collects records of the frankenpy loggers (those of one worker if ``worker`` is set; the
+    last ``keep`` if set)."""
 
-    def __init__(self, worker: str | None = None) -> None:
+    def __init__(self, worker: str | None = None, keep: int | None = None) -> None:
         super().__init__(logging.DEBUG)
         self.worker = worker
-        self.records: list[logging.LogRecord] = []
+        self.records: deque[logging.LogRecord] = deque(maxlen=keep)
+        self.count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.worker is None or getattr(record, "worker", None) == self.worker:
-            self.records.append(record)  # (list.append is atomic: PHP threads log concurrently)
+            # (append is atomic: PHP threads log concurrently; a lost increment of count
+            # would only miscount the lines a report says it omitted)
+            self.count += 1
+            self.records.append(record)
 
     def attach(self) -> None:
         for name in LOGGERS:
@@ -141,11 +147,11 @@ class _Records(logging.Handler):
 
 
 class _Capture(_Records):
-    """The frankenpy log records of one test, for its failure report.  PHP notices and worker
-    output are logged at INFO: the loggers are lowered to INFO meanwhile (never raised)."""
+    """The last frankenpy log records of one test, for its failure report.  PHP notices and
+    worker output are logged at INFO: the loggers are lowered to INFO meanwhile (never raised)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(keep=DIAGNOSTICS_LINES)
         self._levels: dict[str, int] = {}
 
     def attach(self) -> None:
@@ -163,14 +169,13 @@ class _Capture(_Records):
 
     def text(self) -> str:
         lines = []
-        for record in self.records:
+        for record in list(self.records):  # (a copy in one step: workers may still log)
             line = f"{record.levelname:<8} {record.getMessage()}"
             if len(line) > DIAGNOSTICS_LINE_CHARS:
                 line = line[:DIAGNOSTICS_LINE_CHARS] + " [...]"
             lines.append(line)
-        if len(lines) > DIAGNOSTICS_LINES:
-            omitted = len(lines) - DIAGNOSTICS_LINES
-            lines = [f"({omitted} earlier line(s) omitted)", *lines[-DIAGNOSTICS_LINES:]]
+        if self.count > len(lines):
+            lines.insert(0, f"({self.count - len(lines)} earlier line(s) omitted)")
         return "\n".join(lines)
 
 
@@ -194,6 +199,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         text = capture.text()
         if text:
             report.sections.append(("PHP diagnostics", text))
+    if capture is not None and call.when == "teardown":
+        del item.stash[_CAPTURE]  # items live as long as the session: keep no records there
 
 
 # --- php_runtime, php -----------------------------------------------------------------------------
@@ -213,8 +220,9 @@ def php_runtime(request: pytest.FixtureRequest, _php_capture: _Capture) -> Runti
         runtime: Runtime = request.getfixturevalue("php_session_runtime")
         return runtime
     owner = next(
-        node for node in reversed(request.node.listchain())
-        if any(mark.name == "php_runtime" for mark in node.own_markers)
+        (node for node in reversed(request.node.listchain())
+         if any(mark.name == "php_runtime" for mark in node.own_markers)),
+        request.node,
     )
     runtime = owner.stash.get(_RUNTIME, None)
     if runtime is None:
@@ -249,11 +257,12 @@ def php(php_runtime: Runtime) -> PHP:
 # --- php_server -------------------------------------------------------------------------------------
 class PHPServer:
     """The ``php_server`` fixture: ``url`` (``http://127.0.0.1:PORT``, no trailing slash) serves
-    the document root ``root`` on ``runtime``."""
+    the document root ``root`` on ``runtime``; ``server`` is the server object."""
 
-    def __init__(self, runtime: Runtime, root: Path, host: str, port: int) -> None:
-        self.runtime, self.root, self.host, self.port = runtime, root, host, port
-        self.url = f"http://{host}:{port}"
+    def __init__(self, runtime: Runtime, root: Path, server: Any) -> None:
+        self.runtime, self.root, self.server = runtime, root, server
+        self.host, self.port = "127.0.0.1", server.ports[0]
+        self.url = f"http://{self.host}:{self.port}"
 
     def __repr__(self) -> str:
         return f"<PHPServer {self.url} root={self.root}>"
@@ -296,7 +305,7 @@ def php_server(request: pytest.FixtureRequest, tmp_path: Path, _php_capture: _Ca
         runtime.shutdown()
         raise
     try:
-        yield PHPServer(runtime, root, "127.0.0.1", server.ports[0])
+        yield PHPServer(runtime, root, server)
     finally:
         server.stop(grace=5.0)
         runtime.shutdown()  # (the server stops it too)
