@@ -30,14 +30,14 @@ import tomllib
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:  # frankenpy itself is imported when a fixture is used, not when pytest loads this
-    from .execution import Result
-    from .runtime import Runtime
-    from .workers import Worker, WorkerStatus
+from .config import _RUNTIME_KEYS, ConfigError, _parse_runtime, _Table
+from .execution import Result
+from .runtime import Runtime
+from .workers import Worker, WorkerStatus
 
 LOGGERS = ("frankenpy.php", "frankenpy.workers")  # PHP's diagnostics, worker lifecycles
 DIAGNOSTICS_LINES = 50  # a failure report shows at most the last this many log lines
@@ -57,14 +57,10 @@ def load_options(pyproject: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        from .config import ConfigError
-
         raise ConfigError(f"{pyproject}: cannot read: {exc}") from None
     table = data.get("tool", {}).get("frankenpy")
     if table is None:
         return {}
-    from .config import _RUNTIME_KEYS, _parse_runtime, _Table
-
     return _parse_runtime(_Table(str(pyproject), "[tool.frankenpy]", table, _RUNTIME_KEYS))
 
 
@@ -82,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     try:
         config.stash[_OPTIONS] = load_options(config.rootpath / "pyproject.toml")
-    except ValueError as exc:  # ConfigError
+    except ConfigError as exc:
         raise pytest.UsageError(f"frankenpy: {exc}") from None
 
 
@@ -100,8 +96,6 @@ def _runtime_options(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 def _marker_options(marker: pytest.Mark, where: str) -> dict[str, Any]:
-    from .config import _RUNTIME_KEYS
-
     if marker.args:
         raise TypeError(f"{where}: @pytest.mark.php_runtime takes keyword arguments only")
     unknown = sorted(set(marker.kwargs) - _RUNTIME_KEYS)
@@ -113,10 +107,8 @@ def _marker_options(marker: pytest.Mark, where: str) -> dict[str, Any]:
     return dict(marker.kwargs)
 
 
-def _start_runtime(options: dict[str, Any], **extra: Any) -> Runtime:
-    from .runtime import Runtime
-
-    return Runtime(**{**options, **extra}).start()
+def _start_runtime(options: dict[str, Any]) -> Runtime:
+    return Runtime(**options).start()
 
 
 # --- diagnostics of a test ----------------------------------------------------------------------
@@ -284,7 +276,7 @@ def php_server(request: pytest.FixtureRequest, tmp_path: Path, _php_capture: _Ca
     """A live server on a free port of 127.0.0.1, on a runtime of its own configured as
     ``php_runtime``; it serves ``tmp_path / "www"`` (created empty) unless an indirect
     parameter or ``@pytest.mark.php_server(root)`` names a root (relative to the test file)."""
-    from .http.app import PHPApp
+    from .http.app import PHPApp  # (imports waitress: only in sessions that serve)
     from .http.server import Site
 
     marker = request.node.get_closest_marker("php_server")
@@ -377,8 +369,6 @@ def php_worker(
     ``php_runtime``'s) with that background worker and returns it once its threads are ready
     (RuntimeError if it halts while booting).  Code (a str) is written to a file first, with
     ``<?php`` prepended.  Every worker is stopped after the test."""
-    from .workers import Worker
-
     declared: list[PHPWorker] = []
 
     def declare(
@@ -398,8 +388,6 @@ def php_worker(
         worker = Worker(name, path, num=num, background=True, env=dict(env or {}),
                         max_consecutive_failures=max_consecutive_failures)
         options = {**_runtime_options(request), "num_threads": 1, **runtime_options}
-        from .runtime import Runtime
-
         handle = PHPWorker(worker, Runtime(workers=[worker], **options))
         handle.start()
         declared.append(handle)
