@@ -364,6 +364,9 @@ def test_failure_report_shows_php_diagnostics(pytester: pytest.Pytester) -> None
             w.wait_for_log("worker says hi")
             assert False
 
+        def test_worker_halts(php_worker):
+            php_worker("throw new Exception('cannot boot');", name="crash", max_consecutive_failures=0)
+
         def test_passes(php):
             php("trigger_error('fine', E_USER_WARNING);")
 
@@ -380,7 +383,7 @@ def test_failure_report_shows_php_diagnostics(pytester: pytest.Pytester) -> None
         """
     )
     reprec = pytester.inline_run(*PLUGIN_ARGS)
-    reprec.assertoutcome(passed=1, failed=7)
+    reprec.assertoutcome(passed=1, failed=8)
     found = sections(reprec, "call")
 
     assertion = found["test_assertion"]
@@ -391,6 +394,9 @@ def test_failure_report_shows_php_diagnostics(pytester: pytest.Pytester) -> None
     assert "Uncaught Error: Call to undefined function undefined_call()" in found["test_raise"]
     assert "PHP Warning:  direct" in found["test_runtime_used_directly"]
     assert "[worker] worker says hi" in found["test_worker"]
+    halted = found["test_worker_halts"]
+    assert "[crash] PHP Fatal error:  Uncaught Exception: cannot boot" in halted
+    assert "[crash] halted after 1 consecutive failures" in halted
     assert found["test_passes"] == ""  # passing tests get no section
     assert found["test_fails_without_php_output"] == ""
     assert found["test_no_php_fixture"] == ""
