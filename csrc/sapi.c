@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE /* memrchr() in PHP headers, RTLD flags */
 #include "frankenpy.h"
+#include "glue_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -96,8 +97,8 @@ static void append_output(fp_request *r, const char *data, size_t len)
 static size_t fp_ub_write(const char *str, size_t len)
 {
     fp_request *r = current;
-    if (!r) {
-        return len;
+    if (!r || r->finished) {
+        return len; /* after frankenphp_finish_request(): dropped */
     }
     if (r->output_mode == FP_OUTPUT_STREAM) {
         if (host->output(r->handle, str, len) != 0) {
@@ -189,6 +190,9 @@ static void fp_register_variables(zval *track_vars)
     }
     if (script_req && script_req->worker_kind == FP_WORKER_BACKGROUND) {
         add_assoc_bool(track_vars, "FRANKENPHP_WORKER_BACKGROUND", 1);
+    }
+    if (r->http) {
+        fp_register_auth_variables(track_vars);
     }
 }
 
@@ -473,11 +477,18 @@ PHP_FUNCTION(frankenphp_handle_request)
     RETURN_TRUE;
 }
 
+static PHP_MINIT_FUNCTION(frankenphp)
+{
+    (void)type;
+    register_frankenphp_symbols(module_number); /* FRANKENPHP_LOG_LEVEL_* */
+    return SUCCESS;
+}
+
 static zend_module_entry frankenphp_module = {
     STANDARD_MODULE_HEADER,
     "frankenphp",
     ext_functions,
-    NULL, NULL, NULL, NULL, NULL,
+    PHP_MINIT(frankenphp), NULL, NULL, NULL, NULL,
     "frankenpy",
     STANDARD_MODULE_PROPERTIES,
 };
@@ -628,6 +639,7 @@ int fp_execute(fp_request *req)
     req->exec_id = 0;
     req->output_len = 0; /* a reused request keeps its buffer */
     req->headers_sent = 0;
+    req->finished = 0;
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
     script_req = current = req;
@@ -699,7 +711,7 @@ void fp_request_clear(fp_request *req)
     free(req->headers);
     req->headers = NULL;
     req->headers_len = 0;
-    req->headers_sent = 0;
+    req->headers_sent = req->finished = 0;
     req->exit_status = req->end_reason = 0;
     req->exec_id = 0;
 }
@@ -734,4 +746,16 @@ uint64_t fp_current_execution(void)
 int fp_abi_version(void)
 {
     return FP_ABI_VERSION;
+}
+
+/* ---- for http_functions.c (glue_internal.h) -------------------------------------------------- */
+
+const fp_host *fp_glue_host(void)
+{
+    return host;
+}
+
+fp_request *fp_glue_current(void)
+{
+    return current;
 }

@@ -457,3 +457,6 @@ def fp_py_request_done(handle: Any, done: Any) -> None:
         request = _execution(done.handle)
         if request is not None:
             execution.request_done(request)
+
+
+from . import php_functions  # noqa: E402, F401  (defines the ABI 6 callbacks the loader calls)

@@ -79,6 +79,11 @@ class HTTPExchange(Execution):
         self.claimed = False  # a worker thread took it (set under its RequestQueue's lock)
         self.client_gone = False  # a write to the client failed: PHP aborts the script
         self._have_headers = False
+        self._completed = False  # the WSGI response has been started for good (its body given)
+        self._end_sent = False  # a worker has sent the end of the response
+        # Interim (1xx) responses: only a server that offers them (frankenpy's, see server.py);
+        # WSGI itself has no way to send one.
+        self._interim: Callable[[int, list[tuple[str, str]]], bool] | None = environ.get("frankenpy.interim")
 
         cgi = cgi_environ(environ, route, extra=server_env)
         request = self.request
@@ -130,9 +135,12 @@ class HTTPExchange(Execution):
         self._events = queue.SimpleQueue()
 
     def finish_from_worker(self, rest: bytes) -> None:
-        """The worker is done with this request (on the worker thread)."""
+        """The worker is done with this request (on the worker thread); once only, as
+        frankenphp_finish_request() may have ended it before the callback returned."""
         assert self._events is not None
-        self._events.put(_End(rest))
+        if not self._end_sent:
+            self._end_sent = True
+            self._events.put(_End(rest))
 
     # --- SAPI callbacks ----------------------------------------------------------------------------
     def collect(self, req: Any) -> None:
@@ -151,6 +159,26 @@ class HTTPExchange(Execution):
             return not self.client_gone
         return self._emit(data)
 
+    def on_interim(self, status: int, lines: list[str]) -> bool:
+        """headers_send(1xx): an interim response with these headers, if the server can."""
+        if self._interim is None or self.client_gone:
+            return False
+        return bool(self._interim(status, parse_header_lines(lines)))
+
+    def on_finish(self, req: Any) -> None:
+        """frankenphp_finish_request(): end the response now with what PHP produced so far;
+        the script goes on, its later output is dropped by the glue."""
+        self.collect(req)
+        rest = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
+        if self._events is not None:
+            self.finish_from_worker(rest)  # the WSGI thread ends the response at once
+            return
+        # A classic request runs on the WSGI thread, which returns the body only when the
+        # script ends: write it now.  The response is complete for the client when it carries
+        # a Content-Length, i.e. when nothing was flushed before (see README).
+        for chunk in self._finish(rest):
+            self._emit(chunk)
+
     def read_body(self, size: int) -> bytes:
         chunk, self._body = self._body[:size], self._body[size:]
         return bytes(chunk)
@@ -163,6 +191,9 @@ class HTTPExchange(Execution):
     def _finish(self, rest: bytes) -> list[bytes]:
         """Start the response if nothing was flushed (then with a Content-Length, which keeps
         the connection alive) and return the rest of the body."""
+        if self._completed:
+            return []  # frankenphp_finish_request() already ended it
+        self._completed = True
         bodiless = 100 <= self.status < 200 or self.status in (204, 304)
         if self._write is None and not bodiless:
             if not any(name.lower() == "content-length" for name, _ in self.headers):

@@ -23,7 +23,9 @@ from types import FrameType
 from typing import Any
 
 from waitress import wasyncore
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.server import create_server
+from waitress.task import WSGITask
 
 from ..runtime import Runtime
 from ..threads import WorkerLogAdapter
@@ -67,6 +69,36 @@ def _close_everything(server: Any) -> None:
             channel.close_when_flushed = True  # a response is on its way: let it finish
         else:
             channel.close()  # idle keep-alive connections
+
+
+class _InterimTask(WSGITask):
+    """A waitress task whose environ offers ``frankenpy.interim(status, headers) -> bool``:
+    an interim (1xx) response written on the connection before the final one, which PEP 3333
+    has no way to express (PHP's ``headers_send(103)``, Early Hints)."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ.setdefault("frankenpy.interim", self.send_interim)
+        return environ
+
+    def send_interim(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        # RFC 9110 15.2: never to an HTTP/1.0 client, and only before the final response.
+        if self.wrote_header or self.version != "1.1" or not 100 <= status < 200 or status == 101:
+            return False
+        from .exchange import status_line
+
+        lines = [f"HTTP/1.1 {status_line(status)}", *(f"{name}: {value}" for name, value in headers)]
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        try:
+            self.channel.write_soon(head.encode("latin-1"))
+        except (ClientDisconnected, UnicodeEncodeError):
+            return False
+        self.channel.server.pull_trigger()  # the loop sends it now, not with the final response
+        return True
+
+
+class _InterimChannel(HTTPChannel):
+    task_class = _InterimTask
 
 
 class _Response:
@@ -162,6 +194,7 @@ class Server:
                 ident="frankenpy",
                 clear_untrusted_proxy_headers=True,
             )
+            server.channel_class = _InterimChannel
             self._servers.append(server)
             loop = threading.Thread(target=server.run, name=f"http-{site.port}", daemon=True)
             loop.start()
