@@ -26,8 +26,13 @@
 enum fp_output_mode {
     FP_OUTPUT_BUFFER = 0, /* collect everything in fp_request.output; no callback */
     FP_OUTPUT_STREAM = 1, /* host->output() for every write, nothing collected */
-    FP_OUTPUT_FLUSH = 2,  /* collect; host->output() with the collected bytes on each flush() */
+    FP_OUTPUT_FLUSH = 2,  /* collect; host->output() with the collected bytes on each flush(),
+                           * and whenever more than FP_FLUSH_AT bytes are collected */
 };
+
+/* FP_OUTPUT_FLUSH never collects more than this: past it, the collected bytes go to the host as
+ * on flush() (headers first), so that memory stays flat however much a script prints. */
+#define FP_FLUSH_AT (256 * 1024)
 
 /* What kind of thread runs the script: decides which frankenphp_* functions work. */
 enum fp_worker_kind {
@@ -103,6 +108,9 @@ struct fp_request {
     char **argv; /* $argv / $argc; may be NULL */
     int argc;
     int output_mode; /* enum fp_output_mode */
+    /* FP_OUTPUT_BUFFER: past this many collected bytes the script ends with a fatal error
+     * (0: no limit other than memory) */
+    size_t output_limit;
     void *handle;    /* passed back to every fp_host callback */
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */

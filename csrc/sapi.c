@@ -75,9 +75,51 @@ static const char builtin_ini[] =
 
 /* ---- output ---------------------------------------------------------------------------- */
 
+static int output_failed; /* the collected output hit its limit or memory: drop the rest */
+
+/* Hand `data` to the host as flush() does: the status and headers go out first. */
+static void deliver(fp_request *r, const char *data, size_t len)
+{
+    if (!SG(headers_sent)) {
+        sapi_send_headers();
+    }
+    if (len && host->output(r->handle, data, len) != 0) {
+        php_handle_aborted_connection(); /* bails out unless ignore_user_abort(true) */
+    }
+}
+
+static void deliver_collected(fp_request *r)
+{
+    size_t len = r->output_len;
+    r->output_len = 0; /* before deliver(), which may bail out */
+    deliver(r, r->output, len);
+}
+
+/* Output that cannot be collected ends the script with a fatal error (exit status 255, the
+ * message in the host's diagnostics) rather than silently going missing. */
+static void output_failure(const char *format, size_t bytes)
+{
+    output_failed = 1; /* output written while PHP unwinds is dropped, not reported again */
+    zend_error(E_ERROR, format, bytes);
+}
+
 static void append_output(fp_request *r, const char *data, size_t len)
 {
-    if (r->output_len + len > r->output_cap) {
+    if (output_failed) {
+        return;
+    }
+    if (r->output_mode == FP_OUTPUT_FLUSH && len > FP_FLUSH_AT - r->output_len) {
+        deliver_collected(r);
+        if (len > FP_FLUSH_AT) {
+            deliver(r, data, len);
+            return;
+        }
+    } else if (r->output_mode == FP_OUTPUT_BUFFER && r->output_limit &&
+               len > r->output_limit - r->output_len) {
+        output_failure("Output exceeds the limit of %zu bytes (max_output_size)", r->output_limit);
+        return;
+    }
+    if (len > r->output_cap - r->output_len) {
         size_t cap = r->output_cap ? r->output_cap : 4096;
         while (cap < r->output_len + len) {
             cap *= 2;
@@ -85,7 +127,13 @@ static void append_output(fp_request *r, const char *data, size_t len)
         /* Plain malloc, not emalloc: the buffer outlives the request. */
         char *grown = realloc(r->output, cap);
         if (!grown) {
-            return; /* out of host memory: drop output rather than crash */
+            if (r->output_mode == FP_OUTPUT_FLUSH) {
+                deliver_collected(r); /* no copy needed: nothing is lost */
+                deliver(r, data, len);
+                return;
+            }
+            output_failure("Out of memory collecting the output (%zu bytes)", cap);
+            return;
         }
         r->output = grown;
         r->output_cap = cap;
@@ -114,18 +162,8 @@ static void fp_flush(void *server_context)
 {
     (void)server_context;
     fp_request *r = current;
-    if (!r || r->output_mode != FP_OUTPUT_FLUSH) {
-        return;
-    }
-    if (!SG(headers_sent)) {
-        sapi_send_headers();
-    }
-    if (r->output_len) {
-        int gone = host->output(r->handle, r->output, r->output_len) != 0;
-        r->output_len = 0;
-        if (gone) {
-            php_handle_aborted_connection();
-        }
+    if (r && r->output_mode == FP_OUTPUT_FLUSH) {
+        deliver_collected(r);
     }
 }
 
@@ -319,8 +357,9 @@ PHP_FUNCTION(frankenphp_get_worker_handle)
  * layers are always active while PHP code runs: between requests they belong to the worker
  * script itself, whose output goes to the worker's own fp_request. */
 
-/* Extensions whose per-request state must be cycled with each HTTP request. */
-static const char *const reloaded_modules[] = {"filter", "session", NULL};
+/* Extensions whose per-request state must be cycled with each HTTP request (zlib: the encoding
+ * ob_gzhandler negotiated from the previous request's Accept-Encoding). */
+static const char *const reloaded_modules[] = {"filter", "session", "zlib", NULL};
 
 static void call_module_hooks(int startup)
 {
@@ -408,10 +447,7 @@ static void layers_shutdown(void)
     } zend_end_try();
     call_module_hooks(0);
     zend_try {
-        if (current && current->http && !SG(headers_sent)) {
-            sapi_send_headers(); /* an empty body still gets its status and headers */
-        }
-        php_output_deactivate();
+        php_output_deactivate(); /* sends the status and headers if no output did */
     } zend_end_try();
     zend_try {
         sapi_deactivate();
@@ -638,6 +674,10 @@ int fp_execute(fp_request *req)
     req->exit_status = 0;
     req->exec_id = 0;
     req->output_len = 0; /* a reused request keeps its buffer */
+    output_failed = 0;
+    free(req->headers); /* a reused request's previous header block */
+    req->headers = NULL;
+    req->headers_len = 0;
     req->headers_sent = 0;
     req->finished = 0;
     req->end_reason = FP_END_NORMAL;
@@ -679,11 +719,12 @@ int fp_execute(fp_request *req)
             finish_http_request();
         } zend_end_try();
     }
-    req->exit_status = EG(exit_status);
-    if (req->http && !SG(headers_sent)) {
-        sapi_send_headers(); /* an empty body still gets its status and headers */
-    }
+    /* Shutdown functions, destructors and output handlers may still set the status and headers:
+     * PHP sends them after those, in php_output_deactivate(), also for an empty body.  `current`
+     * (req) receives them there.  A fatal error among those steps sets the exit status too (as
+     * php-cli, read it afterwards). */
     php_request_shutdown(NULL);
+    req->exit_status = EG(exit_status);
 
     pthread_mutex_lock(&exec_mu);
     running_exec = 0;

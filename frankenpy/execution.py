@@ -175,16 +175,17 @@ class Request:
     """The ``fp_request`` struct of one execution and the C memory it points to.
 
     ``shared`` is a PHP thread's own struct, reused execution after execution: it keeps its
-    output buffer (C reallocates it as it grows), which saves an allocation and a C call."""
+    output buffer (C reallocates it as it grows), which saves an allocation and a C call, and
+    the previous response's header block, which the glue frees (both belong to the glue)."""
 
     def __init__(self, shared: Any = None) -> None:
         self.shared = shared is not None
         if shared is None:
             self.struct = ffi.new("fp_request *")
         else:
-            output, capacity = shared.output, shared.output_cap
+            output, capacity, headers = shared.output, shared.output_cap, shared.headers
             ffi.memmove(shared, _ZERO_REQUEST, _REQUEST_SIZE)
-            shared.output, shared.output_cap = output, capacity
+            shared.output, shared.output_cap, shared.headers = output, capacity, headers
             self.struct = shared
         self._keep: list[Any] = []
 
@@ -261,6 +262,7 @@ class Execution:
         self.deadline: float | None = None
         self.limit: float | None = None  # the limit that set the deadline, for messages
         self.stopped = False  # fp_interrupt() reached it
+        self.output_error: Exception | None = None  # output that could not be delivered
         self.watched = False  # registered with the watchdog (only once it has a deadline)
         self.lock = threading.Lock()
         self.handle = ffi.new_handle(self)
@@ -356,6 +358,13 @@ class Execution:
             self.output(data)
         return True
 
+    def output_failed(self, exc: Exception) -> None:
+        """Output could not be delivered (``exc``): the glue stops the script; the caller
+        learns it from :attr:`output_error` (the runtime raises it)."""
+        if self.output_error is None:
+            self.output_error = exc
+        self.logger.error("output lost, script stopped: %r", exc)
+
     def read_body(self, size: int) -> bytes:
         """Up to ``size`` bytes of the request body (HTTP executions override this)."""
         return b""
@@ -387,15 +396,20 @@ def _execution(handle: Any) -> Execution | None:
 
 def _output_failed(exc_type: Any, exc: Any, tb: Any) -> int:
     php_logger.error("output callback failed", exc_info=(exc_type, exc, tb))
-    return 0
+    return -1  # never lose output silently: PHP stops the script as if its reader had gone
 
 
 @ffi.def_extern(onerror=_output_failed)
 def fp_py_output(handle: Any, data: Any, length: int) -> int:
     execution = _execution(handle)
-    if execution is not None and not execution.on_output(bytes(ffi.buffer(data, length))):
-        return -1  # the client is gone
-    return 0
+    if execution is None:
+        return 0
+    try:
+        delivered = execution.on_output(bytes(ffi.buffer(data, length)))
+    except Exception as exc:  # the output is lost (MemoryError, the caller's callable ...)
+        execution.output_failed(exc)
+        return -1  # PHP stops the script as if its reader had gone
+    return 0 if delivered else -1  # -1: the client is gone
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("log callback failed", exc_info=exc))
