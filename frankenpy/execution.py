@@ -317,11 +317,15 @@ class Execution:
         if self.timeout is not None:
             self.set_deadline(None)
         req = self.request.struct
+        thread = self.thread
+        thread.current, thread.since = self, time.time()
+        thread.executions += 1
         try:
-            lib.fp_image_execute(self.thread.image.handle, req)
+            lib.fp_image_execute(thread.image.handle, req)
         finally:
+            thread.current, thread.since = None, time.time()
             if self.watched:
-                self.thread.watchdog.unwatch(self)
+                thread.watchdog.unwatch(self)
         try:
             self.collect(req)
             output = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""

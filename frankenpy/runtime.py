@@ -327,3 +327,13 @@ class Runtime:
     @property
     def total_threads(self) -> int:
         return len(self._threads)
+
+    @property
+    def php_threads(self) -> list[PHPThread]:
+        """Every started PHP thread: the regular ones, then the workers' (admin API)."""
+        return list(self._threads)
+
+    @property
+    def reserved_threads(self) -> int:
+        """Regular PHP threads autoscaling may still add (FrankenPHP's reserved threads)."""
+        return 0

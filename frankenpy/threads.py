@@ -63,6 +63,10 @@ class PHPThread:
         self.logger = php_log_adapter(name)
         self.started = False
         self.request = ffi.new("fp_request *")  # reused by regular executions (execution.Request)
+        # What the admin API's thread list shows (read without a lock: a snapshot may be stale).
+        self.current: Execution | None = None  # the execution running on it
+        self.since = time.time()  # when it last started or ended an execution
+        self.executions = 0
 
     def start(self) -> None:
         """Start the interpreter (or take over the one a previous runtime left started with the

@@ -127,6 +127,7 @@ class WorkerStatus:
     last_error: str | None
     requests: int = 0
     busy: bool = False  # HTTP workers: handling a request right now
+    request_time: float = 0.0  # HTTP workers: seconds spent handling requests
 
 
 class WorkerThread:
@@ -143,6 +144,7 @@ class WorkerThread:
         self.state = BOOTING
         self.restarts = self.crashes = self.failures = 0
         self.requests = 0  # HTTP workers: requests served by this thread
+        self.request_time = 0.0  # HTTP workers: seconds spent on them (request start to end)
         self.last_result: Result | None = None
         self._execution: Execution | None = None
         self._write_fd = -1
@@ -229,6 +231,7 @@ class WorkerThread:
             last_error=None if result is None or result.ok else result.describe(),
             requests=self.requests,
             busy=self.busy,
+            request_time=self.request_time,
         )
 
     @property

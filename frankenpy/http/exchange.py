@@ -96,6 +96,7 @@ class HTTPExchange(Execution):
         req.output_mode = 2  # FP_OUTPUT_FLUSH: deliver on flush() and at the end
         req.request_method = request.cstr(cgi["REQUEST_METHOD"])
         self.head = cgi["REQUEST_METHOD"] == "HEAD"
+        self.method, self.uri = cgi["REQUEST_METHOD"], cgi["REQUEST_URI"]  # for the admin API
         req.request_uri = request.cstr(cgi["REQUEST_URI"])
         req.query_string = request.cstr(cgi["QUERY_STRING"])
         if cgi.get("CONTENT_TYPE"):
