@@ -7,6 +7,10 @@
  * RTLD_LOCAL | RTLD_DEEPBIND.  Every static and every PHP global below therefore exists once per
  * PHP thread: one copy is driven by one OS thread at a time, which is all NTS PHP asks for.
  *
+ * Signal handlers, interval timers, stdout/stderr and the working directory belong to the whole
+ * process: fp_startup() redirects this copy of libphp's calls that would change them (its GOT,
+ * see interpose.h and the hooks in sapi.c), and chdir() goes through the host.
+ *
  * The layer owns no policy: it starts an interpreter, runs one execution as told by an
  * fp_request, reports what happened through the fp_host callbacks and result fields, and can be
  * interrupted from another thread.  Threads, time limits, restarts and backoff live in Python.
@@ -20,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 6
+#define FP_ABI_VERSION 8
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -66,21 +70,25 @@ typedef struct fp_host {
     void (*headers)(void *handle, int status, const char *lines, size_t len);
     /* Read up to `len` bytes of the request body into `buf`; returns 0 at its end. */
     size_t (*read_body)(void *handle, char *buf, size_t len);
-    /* The script changed its time limit (set_time_limit(), ini_set('max_execution_time')).
-     * 0 means no limit.  The limit counts from now. */
-    void (*time_limit)(void *handle, int64_t seconds);
+    /* The execution's time limit, counting from now; 0 means no limit.  `initial` is 1 for the
+     * max_execution_time in force when the script starts (reported only when not 0), 0 when the
+     * script changes it (set_time_limit(), ini_set('max_execution_time')). */
+    void (*time_limit)(void *handle, int64_t seconds, int initial);
     /* A background worker called frankenphp_get_worker_handle() for the first time: ready. */
     void (*worker_ready)(void *handle);
-    /* PHP (re)installs its SIGPROF handler at every request start-up (zend_set_timeout()):
-     * put the host's back.  Called right after, and at the end of every execution. */
-    void (*restore_signals)(void);
+    /* The working directory is the process's: the first chdir() of an execution calls
+     * chdir_begin() before it changes directory, and the end of that execution chdir_end().
+     * The host saves its directory when no execution holds it yet and puts it back when the
+     * last one ends (one saved directory for every copy).  Any thread. */
+    void (*chdir_begin)(void);
+    void (*chdir_end)(void);
     /* An HTTP worker waits for its next request: fill `next` and return 1, or return 0 when the
      * worker is drained.  Blocks as long as the host wants. */
     int (*next_request)(void *handle, fp_request **next);
     /* The request that next_request() handed out is complete: take what is left of its output
      * (`output`, `output_len`) now, the glue frees it when this returns. */
     void (*request_done)(void *handle, fp_request *done);
-    /* --- ABI 6, each optional (NULL: the feature is off, see http_functions.c) --------------
+    /* --- ABI 8, each optional (NULL: the feature is off, see http_functions.c) --------------
      * headers_send(1xx): send an interim response (103 Early Hints) with these header lines
      * ("Name: value\n"), before the final one.  Returns 0 when sent, -1 when it cannot be (the
      * host or the protocol has no interim responses, HTTP/1.0 client, client gone). */

@@ -26,6 +26,27 @@ ffi, lib = _native.ffi, _native.lib
 php_logger = logging.getLogger("frankenpy.php")
 php_logger_adapter = php_log_adapter("-")
 
+# A time limit longer than this never ends anything a runtime runs: no deadline at all (PHP
+# accepts set_time_limit(PHP_INT_MAX); Python's waits refuse timeouts that large).
+NO_LIMIT_BEYOND = 366 * 24 * 3600.0
+
+
+def _limit(seconds: float | None) -> float | None:
+    """``seconds`` as a deadline length, None for no deadline (0, negative, huge or infinite)."""
+    if seconds is None or not 0 < seconds <= NO_LIMIT_BEYOND:
+        return None
+    return seconds
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A ``timeout=`` argument as a deadline length; ValueError naming it unless it is None or
+    a number > 0 (``float('inf')`` and anything beyond a year mean no deadline)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0 (or None), got {timeout!r}")
+    return _limit(float(timeout))
+
 # E_* constants (Zend/zend_errors.h) and the label PHP prints for each.
 _ERROR_LABELS = {
     1: "Fatal error",
@@ -249,6 +270,7 @@ class Execution:
         honor_initial_time_limit: bool = True,
         reuse_request: bool = False,
     ) -> None:
+        timeout = check_timeout(timeout)
         self.thread = thread
         self.request = Request(thread.request if thread is not None and reuse_request else None)
         self.output = output
@@ -256,7 +278,7 @@ class Execution:
         self.logger = logger or (thread.logger if thread is not None else php_logger_adapter)
         self.worker_ready = worker_ready
         self.honor_initial_time_limit = honor_initial_time_limit
-        self.initial_limit = 0.0  # max_execution_time at start, when it was not applied
+        self.initial_limit: float | None = None  # max_execution_time at start, when not applied
         self.diagnostics: list[Diagnostic] = []
         self.started = time.monotonic()
         self.deadline: float | None = None
@@ -276,7 +298,8 @@ class Execution:
         execution's ``timeout`` and PHP's own limit wins."""
         now = time.monotonic()
         candidates = []
-        if seconds:
+        seconds = _limit(seconds)
+        if seconds is not None:
             candidates.append((now + seconds, seconds))
         if self.timeout is not None:
             candidates.append((self.started + self.timeout, self.timeout))
@@ -384,14 +407,13 @@ class Execution:
         if self.worker_ready is not None:
             self.worker_ready()
 
-    def on_time_limit(self, seconds: int) -> None:
-        if not self.honor_initial_time_limit:
-            # Only the limit in force at start is skipped (set_time_limit(0) semantics for
-            # workers); HTTP workers apply it to each request instead.
-            self.honor_initial_time_limit = True
-            self.initial_limit = float(seconds)
+    def on_time_limit(self, seconds: int, initial: bool = False) -> None:
+        if initial and not self.honor_initial_time_limit:
+            # Workers do not run under the max_execution_time in force at start
+            # (set_time_limit(0) semantics); HTTP workers apply it to each request instead.
+            self.initial_limit = _limit(float(seconds))
             return
-        self.set_deadline(float(seconds) if seconds > 0 else None)
+        self.set_deadline(float(seconds))
 
 
 def _execution(handle: Any) -> Execution | None:
@@ -435,10 +457,10 @@ def fp_py_log(handle: Any, type_: int, file: Any, line: int, message: Any) -> No
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("time limit callback failed", exc_info=exc))
-def fp_py_time_limit(handle: Any, seconds: int) -> None:
+def fp_py_time_limit(handle: Any, seconds: int, initial: int) -> None:
     execution = _execution(handle)
     if execution is not None:
-        execution.on_time_limit(seconds)
+        execution.on_time_limit(seconds, bool(initial))
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("worker callback failed", exc_info=exc))
@@ -477,4 +499,4 @@ def fp_py_request_done(handle: Any, done: Any) -> None:
             execution.request_done(request)
 
 
-from . import php_functions  # noqa: E402, F401  (defines the ABI 6 callbacks the loader calls)
+from . import php_functions  # noqa: E402, F401  (defines the ABI 8 callbacks the loader calls)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
+from .execution import Execution, Result, ScriptArgs, check_timeout, env_pairs, script_server_vars
 from .images import POOL, Image, extension_load_order
 from .threads import PHPThread, ThreadPool, Watchdog
 from .workers import WorkerGroup, WorkerStatus
@@ -261,8 +261,7 @@ class Runtime:
         timeout: float | None,
         output: Callable[[bytes], Any] | None,
     ) -> Result:
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        check_timeout(timeout)  # before waiting for a thread
         pool = self._running_pool()
         thread = pool.acquire()
         assert thread is not None
