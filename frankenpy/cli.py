@@ -94,6 +94,10 @@ def php_server_config(args: argparse.Namespace) -> Config:
 
 def apply_service_options(config: Config, args: argparse.Namespace) -> Config:
     """Command-line options that add to (or override) the configuration: --watch, --admin."""
+    if args.max_threads is not None:
+        config.runtime["max_threads"] = args.max_threads
+    if args.max_idle_time is not None:
+        config.runtime["max_idle_time"] = args.max_idle_time
     if args.watch:
         config.watch.extend(p for p in args.watch if p not in config.watch)
     if args.admin:
@@ -153,6 +157,15 @@ def serve(config: Config, grace: float) -> None:
                 runtime.shutdown(grace)
 
 
+def _max_threads(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frankenpy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -169,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin", nargs="?", const="127.0.0.1:2019", metavar="ADDR",
         help="serve the admin API (/frankenphp/...) on ADDR (bare: 127.0.0.1:2019; a non-loopback "
         "address needs FRANKENPY_ADMIN_TOKEN)",
+    )
+    service.add_argument(
+        "--max-threads", type=_max_threads, metavar="N|auto",
+        help="let regular PHP threads grow to N under load (auto: memory / memory_limit)",
+    )
+    service.add_argument(
+        "--max-idle-time", type=float, metavar="SECONDS",
+        help="stop autoscaled PHP threads idle this long (default 5)",
     )
     run = commands.add_parser(
         "run", parents=[service], help="serve the servers and workers of a TOML configuration"

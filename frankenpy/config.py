@@ -136,7 +136,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 _RUNTIME_KEYS = {
     "num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env", "watch", "admin",
-    "admin_token",
+    "admin_token", "max_threads", "max_idle_time",
 }
 _SERVER_KEYS = {
     "listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "follow_symlinks",
@@ -144,7 +144,7 @@ _SERVER_KEYS = {
 }
 _WORKER_KEYS = {
     "name", "file", "num", "background", "env", "max_consecutive_failures", "match", "max_requests",
-    "watch",
+    "watch", "max_threads",
 }
 
 
@@ -221,6 +221,17 @@ def _parse_runtime(table: _Table) -> dict[str, Any]:
         options["start_timeout"] = float(table.get("start_timeout", (int, float)))
     if "env" in table.data:
         options["env"] = table.string_map("env")
+    if "max_threads" in table.data:
+        value = table.get("max_threads", (int, str))
+        if isinstance(value, str) and value != "auto":
+            raise table.error("max_threads", f"must be an integer or \"auto\", got {value!r}")
+        if isinstance(value, int) and value < options.get("num_threads", 1):
+            raise table.error("max_threads", "must be >= num_threads")
+        options["max_threads"] = value
+    if "max_idle_time" in table.data:
+        options["max_idle_time"] = float(table.get("max_idle_time", (int, float)))
+        if options["max_idle_time"] <= 0:
+            raise table.error("max_idle_time", "must be > 0 (seconds)")
     return options
 
 
@@ -261,6 +272,7 @@ def _parse_server(source: str, base: Path, index: int, data: Any, watch: list[st
             max_consecutive_failures=wtable.get("max_consecutive_failures", int, 6),
             match=wtable.get("match", str),
             max_requests=wtable.get("max_requests", int, 0),
+            max_threads=wtable.get("max_threads", int, 0),
         )
         try:
             worker.validate()

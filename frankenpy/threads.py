@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _native
@@ -115,6 +116,11 @@ class ThreadPool:
         self._closed = False
         self.size = len(threads)
         self.waiting = 0  # callers queued for a thread (metrics)
+        # Autoscaling (frankenpy.scaling): called, under the pool's lock, when a caller has
+        # waited `starved_after` seconds for a thread; it must not block.
+        self.on_starved: Callable[[], None] | None = None
+        self.starved_after = 0.005
+        self._idle_at: dict[int, float] = {}  # id(thread) -> when it came back (monotonic)
 
     def acquire(self, timeout: float | None = None) -> PHPThread | None:
         """An idle thread, or None after ``timeout`` seconds; RuntimeError once closed."""
@@ -122,7 +128,13 @@ class ThreadPool:
             if not self._idle and not self._closed:
                 self.waiting += 1
                 try:
-                    self._cond.wait_for(lambda: self._idle or self._closed, timeout)
+                    ready = lambda: self._idle or self._closed  # noqa: E731
+                    starved = self.on_starved
+                    if starved is not None and (timeout is None or timeout > self.starved_after):
+                        if not self._cond.wait_for(ready, self.starved_after):
+                            starved()
+                            timeout = None if timeout is None else timeout - self.starved_after
+                    self._cond.wait_for(ready, timeout)
                 finally:
                     self.waiting -= 1
             if self._closed:
@@ -132,6 +144,7 @@ class ThreadPool:
     def release(self, thread: PHPThread) -> None:
         with self._cond:
             self._idle.append(thread)
+            self._idle_at[id(thread)] = time.monotonic()
             if self._closed:
                 self._cond.notify_all()  # close() waits for every thread to come back
             elif self.waiting:
@@ -140,6 +153,28 @@ class ThreadPool:
     @property
     def busy(self) -> int:
         return self.size - len(self._idle)
+
+    def add(self, thread: PHPThread) -> None:
+        """One more idle thread (autoscaling)."""
+        with self._cond:
+            self.size += 1
+        self.release(thread)
+
+    def take_idle(self, candidates: list[PHPThread], idle_for: float, limit: int) -> list[PHPThread]:
+        """Remove up to ``limit`` of ``candidates`` that have been idle ``idle_for`` seconds or
+        more from the pool, and return them (autoscaling)."""
+        cutoff = time.monotonic() - idle_for
+        with self._cond:
+            if self._closed:
+                return []
+            wanted = {id(t) for t in candidates}
+            taken = [t for t in self._idle if id(t) in wanted and self._idle_at.get(id(t), 0.0) <= cutoff]
+            taken = taken[:limit]
+            for thread in taken:
+                self._idle.remove(thread)
+                self._idle_at.pop(id(thread), None)
+            self.size -= len(taken)
+            return taken
 
     def close(self, timeout: float) -> list[PHPThread]:
         """Refuse new callers, wait up to ``timeout`` for running executions, return idle threads."""

@@ -70,6 +70,7 @@ class Worker:
     max_consecutive_failures: int = 6
     match: str | None = None
     max_requests: int = 0
+    max_threads: int = 0  # HTTP only: autoscale up to this many threads (0: num, no scaling)
 
     @property
     def path(self) -> Path:
@@ -86,7 +87,7 @@ class Worker:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"worker for {self.file!s}: a non-empty name is required")
         label = f"worker {self.name!r}"
-        for option in ("num", "max_consecutive_failures", "max_requests", "scope"):
+        for option in ("num", "max_consecutive_failures", "max_requests", "scope", "max_threads"):
             value = getattr(self, option)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{label}: {option} must be an integer, got {value!r}")
@@ -103,6 +104,11 @@ class Worker:
             raise ValueError(f"{label}: match is not allowed for background workers")
         if self.background and self.max_requests:
             raise ValueError(f"{label}: max_requests applies to HTTP workers only")
+        if self.max_threads and (self.background or self.max_threads < self.num):
+            raise ValueError(
+                f"{label}: max_threads applies to HTTP workers and must be >= num ({self.num}), "
+                f"got {self.max_threads}"
+            )
         if self.max_requests < 0:
             raise ValueError(f"{label}: max_requests must be >= 0, got {self.max_requests}")
         if not self.path.is_file():
@@ -375,6 +381,8 @@ class WorkerGroup:
             self.workers.append(worker)
         self.threads: list[WorkerThread] = []
         self.http_queues: dict[tuple[int, str], Any] = {}  # HTTP workers' request queues
+        # (scope, name) -> signal to the autoscaler that a request waited for a thread
+        self.scaling: dict[tuple[int, str], Any] = {}
         self._cond = threading.Condition()
 
     @property

@@ -20,6 +20,7 @@ from wsgiref.util import is_hop_by_hop
 
 from .. import _native
 from ..execution import Execution
+from ..scaling import STALL_TIME
 from ..threads import PHPThread
 from .routing import Route, cgi_environ
 
@@ -116,24 +117,41 @@ class HTTPExchange(Execution):
         self.request.struct.script_path = self.request.cstr(self.script)
         return self._finish(self.run().output)
 
-    def wait_for_worker(self, withdraw: Callable[[], bool], max_wait: float | None) -> list[bytes] | None:
+    def wait_for_worker(
+        self,
+        withdraw: Callable[[], bool],
+        max_wait: float | None,
+        starved: Callable[[], None] | None = None,
+    ) -> list[bytes] | None:
         """On the WSGI thread, once the request is queued for a worker: write what the worker
         flushes as it comes and return the rest of the body.  None when no worker thread took
-        the request within ``max_wait`` seconds and ``withdraw()`` took it back (503)."""
+        the request within ``max_wait`` seconds and ``withdraw()`` took it back (503).
+        ``starved()`` (autoscaling) is called if no thread took it within STALL_TIME."""
         assert self._events is not None
         timeout = max_wait
-        while True:
+        event: Any = None
+        if starved is not None:
+            stall = STALL_TIME if max_wait is None else min(max_wait, STALL_TIME)
             try:
-                event = self._events.get(timeout=timeout)
+                event = self._events.get(timeout=stall)
             except queue.Empty:
-                if withdraw():
-                    return None
-                timeout = None  # claimed meanwhile: its response is coming
-                continue
+                if not self.claimed:
+                    starved()
+                timeout = None if max_wait is None else max(0.0, max_wait - stall)
+        while True:
+            if event is None:
+                try:
+                    event = self._events.get(timeout=timeout)
+                except queue.Empty:
+                    if withdraw():
+                        return None
+                    timeout = None  # claimed meanwhile: its response is coming
+                    continue
             timeout = None
             if isinstance(event, _End):
                 return self._finish(event.rest)
             self._emit(event)
+            event = None
 
     def handed_to_worker(self) -> None:
         """From now on the response is produced on a worker thread."""
