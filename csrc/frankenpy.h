@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 8
+#define FP_ABI_VERSION 9
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -88,7 +88,10 @@ typedef struct fp_host {
     /* The request that next_request() handed out is complete: take what is left of its output
      * (`output`, `output_len`) now, the glue frees it when this returns. */
     void (*request_done)(void *handle, fp_request *done);
-    /* --- ABI 8, each optional (NULL: the feature is off, see http_functions.c) --------------
+    /* Bytes the script wrote to STDERR / php://stderr (or, in HTTP requests, php://stdout),
+     * except in a plain execution, which collects them in `stderr_output` instead. */
+    void (*stderr_output)(void *handle, const char *data, size_t len);
+    /* --- ABI 9, each optional (NULL: the feature is off, see http_functions.c) --------------
      * headers_send(1xx): send an interim response (103 Early Hints) with these header lines
      * ("Name: value\n"), before the final one.  Returns 0 when sent, -1 when it cannot be (the
      * host or the protocol has no interim responses, HTTP/1.0 client, client gone). */
@@ -120,6 +123,10 @@ struct fp_request {
      * (0: no limit other than memory) */
     size_t output_limit;
     void *handle;    /* passed back to every fp_host callback */
+    /* What STDIN / php://stdin read (CLI-style executions); NULL/0: empty.  Not copied: it
+     * must stay valid until fp_execute() returns. */
+    const char *stdin_data;
+    size_t stdin_len;
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */
     int worker_fd;           /* background: read end of the stop pipe (not owned), else -1 */
@@ -144,6 +151,11 @@ struct fp_request {
     int headers_sent;  /* HTTP: status and headers are final (sent before the first output byte) */
     char *headers;     /* HTTP: "Name: value\n" lines once headers_sent; freed by fp_request_clear */
     size_t headers_len;
+    /* STDERR of a plain execution (worker_kind FP_WORKER_NONE, http 0); freed by
+     * fp_request_clear.  Other executions hand their STDERR to host->stderr_output(). */
+    char *stderr_output;
+    size_t stderr_len;
+    size_t stderr_cap;
     int finished;      /* frankenphp_finish_request() completed the response: output is dropped */
 };
 

@@ -1,7 +1,7 @@
 /*
  * FrankenPHP's request functions: headers_send(), frankenphp_finish_request(), the request and
  * response header functions, frankenphp_log(), and the Basic-auth $_SERVER entries.  Signatures
- * in frankenphp.stub.php; what reaches the host goes through the optional ABI 8 callbacks of
+ * in frankenphp.stub.php; what reaches the host goes through the optional ABI 9 callbacks of
  * fp_host, so that every host (the WSGI app, the native server) implements them its own way.
  */
 #define _GNU_SOURCE /* memrchr() in PHP headers */

@@ -1,4 +1,4 @@
-"""Host side of FrankenPHP's request functions (csrc/http_functions.c, fp_host ABI 8).
+"""Host side of FrankenPHP's request functions (csrc/http_functions.c, fp_host ABI 9).
 
 * ``headers_send(1xx)`` -> :func:`fp_py_interim` -> ``execution.on_interim(status, headers)``;
 * ``frankenphp_finish_request()`` -> :func:`fp_py_finish_request` -> ``execution.on_finish(req)``;
