@@ -149,6 +149,7 @@ def test_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_
     rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
     rt.start()
     server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    assert server.threads >= 1 + 3  # a WSGI thread for every PHP thread autoscaling may add
     server.start()
     port = server.ports[0]
 

@@ -194,11 +194,14 @@ class Server:
         self.runtime = runtime
         self.sites = sites
         self.client_timeout = client_timeout
-        http_threads = sum(w.num for w in runtime.workers_group.workers if not w.background)
+        # (with autoscaling, as many as the PHP threads may grow to)
+        http_threads = sum(
+            max(w.num, w.max_threads) for w in runtime.workers_group.workers if not w.background
+        )
         # A request holds a WSGI thread while PHP runs it: a few more than PHP threads keeps
         # every PHP thread busy; more only adds GIL contention (measured: 8 threads ran hello
         # at 60 % of the rate of 2).
-        self.threads = threads or runtime.num_threads + http_threads + 2
+        self.threads = threads or runtime.max_threads + http_threads + 2
         self._in_flight = 0
         self._cond = threading.Condition()
         self._draining = False
