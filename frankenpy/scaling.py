@@ -175,7 +175,10 @@ class Autoscaler:
                     return
                 starved, self._starved = self._starved, []
             for source in starved:
-                self._scale_up(source)
+                try:
+                    self._scale_up(source)
+                except Exception:  # e.g. the runtime began to shut down meanwhile
+                    logger.exception("%s: scaling up failed", source.name)
             if time.monotonic() >= next_downscale:
                 next_downscale = time.monotonic() + self.downscale_interval
                 for source in self.sources:

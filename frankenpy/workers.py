@@ -21,14 +21,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
 from .scopes import GLOBAL_SCOPE, metric_name, scope_label
-from .threads import PHPThread, WorkerLogAdapter, php_log_adapter
+from .threads import FORCE_STOP_WAIT, PHPThread, WorkerLogAdapter, php_log_adapter
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -37,7 +37,6 @@ logger = logging.getLogger("frankenpy.workers")
 
 BACKOFF_STEP = 0.1  # seconds; backoff = min(failures^2 * step, cap)
 BACKOFF_CAP = 1.0
-FORCE_STOP_WAIT = 5.0  # after a force-stop, how long to wait for the script to end
 
 BOOTING, READY, RESTARTING, BACKOFF, HALTED, STOPPED = (
     "booting", "ready", "restarting", "backoff", "halted", "stopped",
@@ -159,6 +158,8 @@ class WorkerThread:
         self._stopping = False
         self._drain_requested = False
         self._thread: threading.Thread | None = None
+        self._loop_running = False  # the loop may still run PHP on self.php
+        self._when_php_free: Callable[[PHPThread], None] | None = None
         self.runs = 0  # runs of the script started so far
         script = str(worker.path)
         server = {
@@ -172,16 +173,20 @@ class WorkerThread:
 
     # --- control (any thread) ----------------------------------------------------------------
     def launch(self) -> None:
-        """Start (or, after a halt, restart) the loop on a new Python thread."""
-        with self._lock:
+        """Start (or, after a halt, restart) the loop on a new Python thread; nothing once the
+        group is closed (shutdown has begun)."""
+        with self.group.lifecycle_lock, self._lock:
+            if self.group.closed:
+                return
+            self._loop_running = True
             self._stopping = False
             self._drain_requested = False
             self.failures = 0
             self.state = BOOTING if self.last_result is None else RESTARTING
-        self._thread = threading.Thread(
-            target=self._loop, name=f"worker-{self.worker.name}-{self.index}", daemon=True
-        )
-        self._thread.start()
+            self._thread = threading.Thread(
+                target=self._run_loop, name=f"worker-{self.worker.name}-{self.index}", daemon=True
+            )
+            self._thread.start()
 
     def drain(self, *, stop: bool) -> None:
         """Ask the running script to end (close its handle's pipe); ``stop`` also ends the loop,
@@ -210,6 +215,14 @@ class WorkerThread:
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+    def when_php_free(self, callback: Callable[[PHPThread], None]) -> bool:
+        """Have ``callback(php)`` called once the loop no longer runs PHP on its thread; True
+        when deferred (a script survived its force-stop), False when it is free already."""
+        with self._lock:
+            if self._loop_running:
+                self._when_php_free = callback
+            return self._loop_running
 
     @property
     def halted(self) -> bool:
@@ -304,6 +317,17 @@ class WorkerThread:
                 self._close_write_end()
             os.close(read_fd)
 
+    def _run_loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                self._loop_running = False
+                callback, self._when_php_free = self._when_php_free, None
+            if callback is not None:
+                self.lifecycle_log.warning("its script ended after shutdown; interpreter released")
+                callback(self.php)
+
     def _loop(self) -> None:
         cap = self.worker.max_consecutive_failures
         while True:
@@ -380,6 +404,10 @@ class WorkerGroup:
             seen.add(key)
             self.workers.append(worker)
         self.threads: list[WorkerThread] = []
+        # Closed once shutdown begins: no thread is launched again (restart_workers() racing
+        # shutdown() would otherwise run a script on an interpreter being handed back).
+        self.closed = False
+        self.lifecycle_lock = threading.Lock()
         self.http_queues: dict[tuple[int, str], Any] = {}  # HTTP workers' request queues
         # (scope, name) -> signal to the autoscaler that a request waited for a thread
         self.scaling: dict[tuple[int, str], Any] = {}
@@ -388,6 +416,12 @@ class WorkerGroup:
     @property
     def thread_count(self) -> int:
         return sum(worker.num for worker in self.workers)
+
+    def close(self) -> None:
+        """Refuse launches from now on and wake whoever waits for workers to settle."""
+        with self.lifecycle_lock:
+            self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         with self._cond:
@@ -413,6 +447,8 @@ class WorkerGroup:
             thread.launch()
         timeout = self.runtime.start_timeout
         halted, booting = self._wait_settled(self.threads, timeout)
+        if self.closed:
+            raise RuntimeError(f"runtime {self.runtime.name} was shut down during start()")
         if halted:
             details = "; ".join(f"worker {t.worker.name!r}: {t.status().last_error}" for t in halted)
             raise RuntimeError(f"worker(s) halted during start-up: {details}")
@@ -429,7 +465,9 @@ class WorkerGroup:
         """Wait until every thread is ready, or one halted; returns (halted, names still booting)."""
         with self._cond:
             self._cond.wait_for(
-                lambda: all(t.state == READY for t in threads) or any(t.state == HALTED for t in threads),
+                lambda: self.closed
+                or all(t.state == READY for t in threads)
+                or any(t.state == HALTED for t in threads),
                 timeout,
             )
         halted = [t for t in threads if t.state == HALTED]
@@ -438,6 +476,7 @@ class WorkerGroup:
 
     def stop(self, grace: float) -> None:
         """Drain every thread, force-stop those that have not exited after ``grace`` seconds."""
+        self.close()
         self._drain_and_wait(self.threads, grace)
         for thread in self.threads:
             thread.state = STOPPED
@@ -457,7 +496,10 @@ class WorkerGroup:
 
     def restart(self, grace: float) -> list[WorkerStatus]:
         """Drain every thread and boot it again (halted ones too), force-stopping scripts still
-        running after ``grace`` seconds; waits (start_timeout) until each is ready or halted."""
+        running after ``grace`` seconds; waits (start_timeout) until each is ready or halted.
+        RuntimeError once shutdown has begun (before or during the restart)."""
+        if self.closed:
+            raise RuntimeError(f"runtime {self.runtime.name} is shutting down; no restart")
         draining = []
         for thread in self.threads:
             if thread.halted:
@@ -468,11 +510,15 @@ class WorkerGroup:
             else:
                 thread.launch()
         with self._cond:
-            self._cond.wait_for(lambda: all(t.runs > runs or not t.alive for t, runs in draining), grace)
+            self._cond.wait_for(
+                lambda: self.closed or all(t.runs > runs or not t.alive for t, runs in draining), grace
+            )
         for thread, runs in draining:
             if thread.runs == runs and thread.alive:
                 thread.force_stop()
         halted, booting = self._wait_settled(self.threads, self.runtime.start_timeout)
+        if self.closed:
+            raise RuntimeError(f"runtime {self.runtime.name} shut down during restart_workers()")
         for thread in halted:
             thread.lifecycle_log.error("restart: halted again: %s", thread.status().last_error)
         if booting:
