@@ -157,6 +157,7 @@ struct fp_request {
     size_t stderr_len;
     size_t stderr_cap;
     int finished;      /* frankenphp_finish_request() completed the response: output is dropped */
+    size_t memory_usage; /* zend_memory_usage() as the script (or the worker's request) ended */
 };
 
 /* Everything above is also fed to cffi by csrc/build_native.py; the functions below live in the

@@ -1173,6 +1173,7 @@ static void layers_shutdown(void)
 static void finish_http_request(void)
 {
     fp_request *done = current;
+    done->memory_usage = zend_memory_usage(0); /* the worker script's, request included */
     layers_shutdown();
     layers_startup(script_req, 0);
     host->request_done(script_req->handle, done);
@@ -1602,6 +1603,7 @@ int fp_execute(fp_request *req)
      * PHP sends them after those, in php_output_deactivate(), also for an empty body.  `current`
      * (req) receives them there.  A fatal error among those steps sets the exit status too (as
      * php-cli, read it afterwards). */
+    req->memory_usage = zend_memory_usage(0);
     php_request_shutdown(NULL);
     req->exit_status = EG(exit_status);
 

@@ -74,7 +74,7 @@ def thread_states(runtime: Runtime) -> dict[str, Any]:
         state: dict[str, Any] = {
             "Index": index, "Name": "Regular PHP Thread", "State": "ready", "IsWaiting": False,
             "IsBusy": False, "WaitingSinceMilliseconds": 0, "CurrentURI": "", "CurrentMethod": "",
-            "RequestStartedAt": 0, "RequestCount": php.executions, "MemoryUsage": 0,
+            "RequestStartedAt": 0, "RequestCount": php.executions, "MemoryUsage": php.memory_usage,
         }
         request = None
         worker = workers.get(id(php))

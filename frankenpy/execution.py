@@ -356,6 +356,7 @@ class Execution:
             lib.fp_image_execute(thread.image.handle, req)
         finally:
             thread.current, thread.since = None, time.time()
+            thread.memory_usage = req.memory_usage
             if self.watched:
                 thread.watchdog.unwatch(self)
         try:

@@ -72,6 +72,7 @@ class PHPThread:
         self.current: Execution | None = None  # the execution running on it
         self.since = time.time()  # when it last started or ended an execution
         self.executions = 0
+        self.memory_usage = 0  # PHP's memory usage at the end of its last script or request
 
     def start(self) -> None:
         """Start the interpreter (or take over the one a previous runtime left started with the

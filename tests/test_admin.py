@@ -137,6 +137,10 @@ def test_threads_endpoint_shape_and_a_busy_request(stack: dict[str, Any]) -> Non
     waiting = [t for t in data["ThreadDebugStates"] if t["IsWaiting"]]
     assert len(waiting) >= 3  # two regular threads and the HTTP worker's
     assert all(not t["IsBusy"] and t["WaitingSinceMilliseconds"] >= 0 for t in waiting)
+    # PHP's own accounting as the last request ended (a few hundred KiB for these scripts).
+    by_name = {t["Name"]: t for t in data["ThreadDebugStates"]}
+    assert 64 << 10 < by_name[f"Worker PHP Thread - {stack['root'] / 'app.php'}"]["MemoryUsage"] < 64 << 20
+    assert any(64 << 10 < t["MemoryUsage"] < 64 << 20 for t in waiting if t["Name"] == "Regular PHP Thread")
 
 
 def test_workers_endpoint(stack: dict[str, Any]) -> None:

@@ -109,6 +109,7 @@ class HTTPWorkerExecution(Execution):
         self.handled += 1
         self.worker_thread.requests += 1
         self.worker_thread.request_time += time.monotonic() - request.started
+        self.worker_thread.php.memory_usage = req.memory_usage
         self.in_flight = None
         self.idle_since = time.time()
         self.set_deadline(None)  # no time limit while waiting for the next request
