@@ -135,3 +135,58 @@ def test_cli_watch_option(tmp_path: Path) -> None:
     assert config.base == tmp_path.absolute()
     args = parser.parse_args(["php-server", "--root", str(tmp_path)])
     assert cli.apply_service_options(cli.php_server_config(args), args).watch == []
+
+
+HTTP_WORKER = """<?php
+$version = '{version}';
+while (frankenphp_handle_request(function () use ($version) {{ echo $version; }})) {{
+}}
+"""
+
+
+@pytest.mark.timeout(90)
+def test_cli_run_with_watch_and_admin_end_to_end(tmp_path: Path) -> None:
+    """``frankenpy run`` with ``watch`` and ``admin`` in [runtime]: editing the worker's file
+    changes what it serves; the admin API sees the restart and restarts on request."""
+    import json
+    import signal
+    import urllib.request
+
+    from test_config_cli import Process, free_port, subprocess_env
+
+    public = tmp_path / "public"
+    public.mkdir()
+    (public / "index.php").write_text(HTTP_WORKER.format(version="v1"))
+    port, admin = free_port(), free_port()
+    (tmp_path / "conf.toml").write_text(
+        f'[runtime]\nnum_threads = 1\nadmin = "127.0.0.1:{admin}"\nwatch = ["./public/*.php"]\n\n'
+        f'[[server]]\nlisten = "127.0.0.1:{port}"\nroot = "public"\n\n'
+        f'[[server.worker]]\nfile = "public/index.php"\n'
+    )
+    workdir = tmp_path / "proc"
+    workdir.mkdir()
+    process = Process(["run", "--config", str(tmp_path / "conf.toml")], workdir, subprocess_env())
+    try:
+        assert process.get_when_up(f"http://127.0.0.1:{port}/index.php") == (200, "v1")
+
+        def admin_call(method: str, path: str) -> tuple[int, bytes]:
+            request = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method=method)
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+
+        wait_for(lambda: process.get_when_up(f"http://127.0.0.1:{admin}/frankenphp/workers")[0] == 200,
+                 what="the admin API")
+        (public / "index.php").write_text(HTTP_WORKER.format(version="v2"))
+        wait_for(lambda: process.get_when_up(f"http://127.0.0.1:{port}/index.php") == (200, "v2"),
+                 timeout=30, what="the watched change to be served")
+        workers = json.loads(admin_call("GET", "/frankenphp/workers")[1])
+        assert workers[0]["restarts"] >= 1
+        assert admin_call("POST", "/frankenphp/workers/restart") == (200, b"workers restarted successfully\n")
+        assert json.loads(admin_call("GET", "/frankenphp/workers")[1])[0]["restarts"] > workers[0]["restarts"]
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, process.stderr
+        assert "watch: " in process.stderr and "admin API on http://127.0.0.1" in process.stderr
+    finally:
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait(10)
