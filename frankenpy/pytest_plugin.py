@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from .config import _RUNTIME_KEYS, ConfigError, _parse_runtime, _Table
+from .config import ConfigError, _parse_runtime, _Table
 from .execution import Result
 from .runtime import Runtime
 from .workers import Worker, WorkerStatus
@@ -42,6 +42,10 @@ from .workers import Worker, WorkerStatus
 LOGGERS = ("frankenpy.php", "frankenpy.workers")  # PHP's diagnostics, worker lifecycles
 DIAGNOSTICS_LINES = 50  # a failure report shows at most the last this many log lines
 DIAGNOSTICS_LINE_CHARS = 2000  # each cut to this length
+
+# The Runtime arguments that [tool.frankenpy] and the php_runtime marker may set (those of a
+# frankenpy.toml's [runtime] table that Runtime takes, validated by the same code).
+RUNTIME_OPTIONS = frozenset({"num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env"})
 
 _OPTIONS = pytest.StashKey[dict[str, Any]]()
 _CAPTURE = pytest.StashKey["_Capture"]()
@@ -61,7 +65,7 @@ def load_options(pyproject: Path) -> dict[str, Any]:
     table = data.get("tool", {}).get("frankenpy")
     if table is None:
         return {}
-    return _parse_runtime(_Table(str(pyproject), "[tool.frankenpy]", table, _RUNTIME_KEYS))
+    return _parse_runtime(_Table(str(pyproject), "[tool.frankenpy]", table, set(RUNTIME_OPTIONS)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,11 +102,11 @@ def _runtime_options(request: pytest.FixtureRequest) -> dict[str, Any]:
 def _marker_options(marker: pytest.Mark, where: str) -> dict[str, Any]:
     if marker.args:
         raise TypeError(f"{where}: @pytest.mark.php_runtime takes keyword arguments only")
-    unknown = sorted(set(marker.kwargs) - _RUNTIME_KEYS)
+    unknown = sorted(set(marker.kwargs) - RUNTIME_OPTIONS)
     if unknown:
         raise TypeError(
             f"{where}: @pytest.mark.php_runtime: unknown option {unknown[0]!r} "
-            f"(known: {', '.join(sorted(_RUNTIME_KEYS))})"
+            f"(known: {', '.join(sorted(RUNTIME_OPTIONS))})"
         )
     return dict(marker.kwargs)
 
