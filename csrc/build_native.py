@@ -60,6 +60,9 @@ ffibuilder.cdef(
     extern "Python+C" int fp_py_next_request(void *, fp_request **);
     extern "Python+C" void fp_py_request_done(void *, fp_request *);
     extern "Python+C" void fp_py_stderr_output(void *, const char *, size_t);
+    extern "Python+C" int fp_py_interim(void *, int, const char *, size_t);
+    extern "Python+C" void fp_py_finish_request(void *, fp_request *);
+    extern "Python+C" void fp_py_php_log(void *, int, const char *, size_t, const char *, size_t);
     """
 )
 ffibuilder.set_source(

@@ -128,6 +128,26 @@ class Result:
             return str(fatal)
         return f"exit status {self.exit_status}"
 
+    def raise_for_status(self) -> Result:
+        """This result if the script ended with exit status 0 in time; :class:`PHPError`
+        otherwise (its message shows the fatal error with its file and line, if one ended the
+        script)."""
+        __tracebackhide__ = True  # pytest: the failure shows the caller's line, not this one
+        if self.exit_status == 0 and not self.timed_out:
+            return self
+        raise PHPError(self)
+
+
+class PHPError(RuntimeError):
+    """A PHP execution that failed (:meth:`Result.raise_for_status`); ``result`` is its Result."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        how = result.describe()
+        status = f"exit status {result.exit_status}"
+        where = "" if how == status else f" ({status})"
+        super().__init__(f"PHP execution failed{where}: {how}")
+
 
 def _encode(value: str | bytes | int | float | bool) -> bytes:
     if isinstance(value, bytes):
@@ -349,11 +369,16 @@ class Execution:
         if self.timeout is not None:
             self.set_deadline(None)
         req = self.request.struct
+        thread = self.thread
+        thread.current, thread.since = self, time.time()
+        thread.executions += 1
         try:
-            lib.fp_image_execute(self.thread.image.handle, req)
+            lib.fp_image_execute(thread.image.handle, req)
         finally:
+            thread.current, thread.since = None, time.time()
+            thread.memory_usage = req.memory_usage
             if self.watched:
-                self.thread.watchdog.unwatch(self)
+                thread.watchdog.unwatch(self)
         try:
             self.collect(req)
             output = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
@@ -518,3 +543,6 @@ def fp_py_stderr_output(handle: Any, data: Any, length: int) -> None:
     execution = _execution(handle)
     if execution is not None:
         execution.on_stderr(bytes(ffi.buffer(data, length)))
+
+
+from . import php_functions  # noqa: E402, F401  (defines the ABI 9 callbacks the loader calls)

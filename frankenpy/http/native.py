@@ -94,6 +94,10 @@ class NativeServer:
             lib.fp_http_server_stop(server)
             raise
         self._rebind_workers(workers, queues)
+        if self.runtime.max_threads > self.runtime.num_threads or any(
+                w.max_threads > w.num for w in group.workers if not w.background):
+            logger.warning("autoscaling (max_threads) is not wired to the native server yet: it serves with "
+                           "num_threads regular threads and each worker's num threads")
         pool_size = self.runtime.num_threads
         self.runtime.lent_threads = (pool_size, lambda: self.counters()["php_busy"])
         for index in range(pool_size):
