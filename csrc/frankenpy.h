@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 9
+#define FP_ABI_VERSION 10
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {

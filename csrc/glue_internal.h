@@ -12,7 +12,8 @@
 
 #define FP_INTERNAL __attribute__((visibility("hidden")))
 
-/* The host callbacks of this copy (fp_startup()). */
+/* The host callbacks of the execution in progress: its own table (fp_request.host), else this
+ * copy's (fp_startup()). */
 FP_INTERNAL const fp_host *fp_glue_host(void);
 /* Where output and headers go now: the execution, or the HTTP worker's request in progress. */
 FP_INTERNAL fp_request *fp_glue_current(void);

@@ -468,6 +468,15 @@ static void ex_stderr(void *handle, const char *data, size_t len)
     }
 }
 
+static void finish(fp_http_exchange *ex, int release);
+
+/* frankenphp_finish_request(): the response ends now, the script runs on (its output dropped). */
+static void ex_finish_request(void *handle, fp_request *req)
+{
+    (void)req; /* the exchange's own request */
+    finish(handle, 0);
+}
+
 static const fp_host exchange_host = {
     .output = ex_output,
     .log = ex_log,
@@ -475,6 +484,9 @@ static const fp_host exchange_host = {
     .read_body = ex_read_body,
     .time_limit = ex_time_limit,
     .stderr_output = ex_stderr,
+    .finish_request = ex_finish_request,
+    /* interim: h2o 2.2 cannot send 1xx responses (headers_send(103) reports failure);
+     * php_log: frankenphp_log() falls back to log() */
 };
 
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds)
@@ -501,6 +513,14 @@ static void finish(fp_http_exchange *ex, int release)
 {
     fp_request *r = &ex->req;
     pthread_mutex_lock(&ex->mu);
+    if (ex->final) {
+        /* frankenphp_finish_request() ended the response already; the script ran on. */
+        pthread_mutex_unlock(&ex->mu);
+        if (release) {
+            exchange_unref(ex);
+        }
+        return;
+    }
     if (!ex->status) {
         ex->status = r->response_code ? r->response_code : 200;
     }

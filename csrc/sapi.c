@@ -1683,7 +1683,7 @@ int fp_abi_version(void)
 
 const fp_host *fp_glue_host(void)
 {
-    return host;
+    return host_of(current); /* a request's own table (the native server's) when it has one */
 }
 
 fp_request *fp_glue_current(void)

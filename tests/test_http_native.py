@@ -40,6 +40,13 @@ def build_root(base: Path) -> Path:
     (root / "stderr.php").write_text(
         "<?php fwrite(fopen('php://stderr', 'w'), 'to stderr ' . $_GET['n'] . \"\\n\"); echo 'body';\n"
     )
+    (root / "functions.php").write_text(
+        "<?php header('X-Early: 1'); $early = headers_send(103);\n"
+        "frankenphp_log('native log line', FRANKENPHP_LOG_LEVEL_WARN);\n"
+        "header('X-Early-Result: ' . $early); echo 'done';\n"
+        "frankenphp_finish_request();\n"
+        f"usleep(300000); echo 'dropped'; touch('{out}/after-finish');\n"
+    )
     (root / "big.php").write_text(
         "<?php $n = (int) $_GET['kb']; $flush = isset($_GET['flush']);\n"
         "for ($i = 0; $i < $n; $i++) {\n"
@@ -168,7 +175,9 @@ def test_bad_request_gets_400_and_a_closed_connection(native: Callable[..., Nati
 @pytest.mark.timeout(60)
 def test_413_above_max_body_size_without_running_php(native: Callable[..., Native]) -> None:
     served = native()
-    for body in (b"x" * 1025, b"x" * 100_000):
+    # Small enough to be sent whole before the server answers and closes (a larger body would
+    # meet a reset on the client's side, which tests the client, not the server).
+    for body in (b"x" * 1025, b"x" * 4000):
         head = f"POST /sentinel.php?id=big HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
         reply, closed = exchange(served.port, head.encode() + body)
         assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
@@ -338,6 +347,27 @@ def test_metrics_include_the_servers_counters_read_from_c(native: Callable[..., 
     assert int(values["frankenpy_http_php_requests_total"]) >= 5
     assert int(values["frankenpy_http_requests_in_flight"]) >= 1
     assert "frankenphp_total_threads" in values  # the runtime's metrics are there too
+
+
+@pytest.mark.timeout(60)
+def test_frankenphp_request_functions_use_the_requests_own_callbacks(
+    native: Callable[..., Native], caplog: pytest.LogCaptureFixture
+) -> None:
+    """headers_send(103), frankenphp_log() and frankenphp_finish_request() in a native request
+    reach the exchange's C callbacks (never the interpreter's Python ones with a C handle):
+    103 is refused (h2o 2.2 sends no 1xx), the log line is logged, and the response is complete
+    before the script ends, without what it echoes afterwards."""
+    served = native()
+    with caplog.at_level(logging.INFO, logger="frankenpy.php"):
+        request = b"GET /functions.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        reply, _ = exchange(served.port, request)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"done", reply
+        assert b"X-Early-Result: 3" in head  # SAPI_HEADER_SEND_FAILED
+        wait_for(lambda: any("native log line" in r.getMessage() for r in caplog.records), timeout=10,
+                 what="frankenphp_log's line")
+    marker = served.base / "out" / "after-finish"
+    wait_for(marker.exists, timeout=10, what="the script to run on after finishing")
 
 
 @pytest.mark.timeout(60)
