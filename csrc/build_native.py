@@ -49,6 +49,7 @@ ffibuilder.cdef(_cdef_text("page_share.h"))
 ffibuilder.cdef(_cdef_text("router.h"))  # the php_server router (frankenpy/http/routing.py)
 # The native HTTP server (frankenpy/http/native.py); handoff.h stays C-only (pthread types).
 ffibuilder.cdef(_cdef_text("http_server.h"))
+ffibuilder.cdef(_cdef_text("pool.h"))
 ffibuilder.cdef(_cdef_text("serve.h"))
 ffibuilder.cdef(
     """
@@ -70,7 +71,7 @@ ffibuilder.set_source(
     '#include "loader.h"\n#include "page_share.h"\n#include "router.h"\n#include "serve.h"',
     # relative paths: setuptools refuses absolute ones
     sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c",
-             "csrc/handoff.c", "csrc/http_server.c", "csrc/serve.c"],
+             "csrc/handoff.c", "csrc/http_server.c", "csrc/serve.c", "csrc/pool.c"],
     include_dirs=["csrc"],
     define_macros=[("H2O_USE_LIBUV", "0")],
     libraries=["dl", "pthread"],

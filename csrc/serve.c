@@ -90,34 +90,48 @@ static void set_watched_exchange(watch_slot *s, fp_http_exchange *ex)
     pthread_mutex_unlock(&watch_mu);
 }
 
+/* A classic request's slot: its interpreter changes with every request. */
+static void set_watched(watch_slot *s, fp_image *image, fp_request *script, fp_http_exchange *ex)
+{
+    pthread_mutex_lock(&watch_mu);
+    s->image = image;
+    s->script = script;
+    s->ex = ex;
+    pthread_mutex_unlock(&watch_mu);
+}
+
 /* ---- classic requests ------------------------------------------------------------------------ */
 
-uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, const volatile int *drain)
+uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const volatile int *drain)
 {
     uint64_t served = 0;
-    watch_slot slot = {NULL, NULL, image, NULL, NULL};
+    watch_slot slot = {NULL, NULL, NULL, NULL, NULL};
     fp_http_exchange *ex;
+    watch(&slot);
     while ((ex = fp_http_take(server, 0, drain))) {
-        fp_request *req = fp_http_exchange_request(ex, tag);
-        slot.script = req;
-        if (!slot.next) {
-            watch(&slot);
+        void *item;
+        int id = fp_pool_acquire(pool, -1, &item);
+        if (id < 0) {
+            static const char body[] = "Service Unavailable\n";
+            fp_http_exchange_respond(ex, 503, "Content-Type: text/plain\n", body, sizeof body - 1);
+            continue;
         }
-        set_watched_exchange(&slot, ex);
+        fp_image *image = item;
+        fp_request *req = fp_http_exchange_request(ex, tag);
+        set_watched(&slot, image, req, ex);
         fp_http_server_busy(server, 1);
         fp_image_execute(image, req);
         fp_http_server_busy(server, -1);
-        set_watched_exchange(&slot, NULL);
+        set_watched(&slot, NULL, NULL, NULL);
         /* The exchange copies what it needs, then the glue's buffers go; only then may the loop
          * thread free the exchange (and `req` inside it) once the response is out. */
         fp_http_exchange_finish_keep(ex);
         fp_image_request_clear(image, req);
+        fp_pool_release(pool, id); /* the pool is closed only after the server has stopped */
         fp_http_exchange_release(ex);
         served++;
     }
-    if (slot.next) {
-        unwatch(&slot);
-    }
+    unwatch(&slot);
     return served;
 }
 

@@ -1,8 +1,10 @@
 /*
  * PHP threads serving the native HTTP server (http_server.h) without Python per request.
  *
- * - A regular PHP thread's Python thread calls fp_serve() once (cffi releases the GIL) and
- *   serves classic requests from queue 0 until the queue is closed or its drain flag is set.
+ * - Serving threads (started from Python, which calls fp_serve() once with the GIL released)
+ *   take classic requests from queue 0 until the queue is closed or their drain flag is set, and
+ *   borrow an idle regular PHP thread from the runtime's pool (pool.h) for each request, so
+ *   that Python's Runtime.execute_*() callers and HTTP requests share the interpreters FIFO.
  * - An HTTP worker's script runs as usual (Python starts, restarts and backs it off), but its
  *   fp_request carries fp_native_worker_host(): frankenphp_handle_request() then takes requests
  *   from the worker's queue in C, and answers them in C.  The worker's own output, diagnostics
@@ -17,11 +19,13 @@
 
 #include "http_server.h"
 #include "loader.h"
+#include "pool.h"
 
-/* Serve classic requests on `image` (a started interpreter the caller owns) until queue 0 of
- * `server` is closed or *drain is set (then fp_http_wake(server, 0)).  `tag` names the thread
- * in diagnostics.  Returns the number of requests served. */
-uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, const volatile int *drain);
+/* Serve classic requests until queue 0 of `server` is closed or *drain is set (then
+ * fp_http_wake(server, 0)), each on an interpreter (an fp_image * item) borrowed from `pool`
+ * for that request only; a request that finds the pool closed is answered 503.  `tag` names
+ * the thread in diagnostics.  Returns the number of requests served. */
+uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const volatile int *drain);
 
 typedef struct fp_native_worker fp_native_worker;
 

@@ -129,9 +129,6 @@ class Runtime:
         self._images: list[Image] = []
         self._threads: list[PHPThread] = []
         self._pool: ThreadPool | None = None
-        # Regular threads lent to the native HTTP server for its life, and a callable that
-        # counts those running a request (frankenpy/http/native.py); None otherwise.
-        self.lent_threads: tuple[int, Callable[[], int]] | None = None
         self._watchdog = Watchdog(name)
         self._state_lock = threading.Lock()
         self._start_done = threading.Event()  # set when start() has returned or raised
@@ -425,11 +422,7 @@ class Runtime:
     # --- introspection ---------------------------------------------------------------------------
     @property
     def busy_threads(self) -> int:
-        busy = self._pool.busy if self._pool else 0
-        if self.lent_threads is not None:  # lent for good: count those inside a request
-            lent, running = self.lent_threads
-            busy += running() - lent
-        return busy
+        return self._pool.busy if self._pool else 0
 
     @property
     def queue_depth(self) -> int:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _native
 from .images import Image, ImageError
@@ -126,172 +125,165 @@ class PHPThread:
 STARTING = "\0starting"  # Image.running_ini while start-up is under way (matches no ini)
 
 
-class _Waiter:
-    """A caller queued for a thread: release() hands it one directly and unlocks ``ready``."""
-
-    __slots__ = ("closed", "ready", "thread")
-
-    def __init__(self) -> None:
-        self.ready = threading.Lock()
-        self.ready.acquire()
-        self.thread: PHPThread | None = None
-        self.closed = False
+POOL_TIMEOUT, POOL_CLOSED = -1, -2  # csrc/pool.h
+WAIT_SLICE = 0.2  # a queued caller returns to Python this often: SIGINT must reach it
 
 
 class ThreadPool:
     """Idle PHP threads for regular executions; callers are served strictly in arrival order.
 
-    A caller that finds an idle thread (then nobody waits: release() hands a returned thread
-    straight to the first waiter, so idle threads and waiters never coexist) takes it at once;
-    any other caller queues a :class:`_Waiter` and sleeps on its own lock.
+    A thin wrapper over the C pool (csrc/pool.h), which the native server's serving threads
+    also borrow from, per request: a caller that finds an idle thread takes it at once; any
+    other one queues in C and is handed a returned thread directly (idle threads and waiters
+    never coexist).  Python maps the pool's member ids to :class:`PHPThread` objects.
     """
 
     def __init__(self, threads: list[PHPThread]) -> None:
-        self.threads = tuple(threads)
-        self._idle = list(threads)
-        self._waiters: deque[_Waiter] = deque()
-        self._mutex = threading.Lock()  # not reentrant: cheaper per call
-        self._all_back = threading.Condition(self._mutex)
+        self._c = ffi.gc(lib.fp_pool_new(), lib.fp_pool_free)
+        if self._c == ffi.NULL:  # pragma: no cover - out of memory
+            raise MemoryError("fp_pool_new")
+        self.threads: tuple[PHPThread, ...] = ()
+        self._by_id: dict[int, PHPThread] = {}
+        self._ids: dict[int, int] = {}  # id(thread) -> member id
         self._closed = False
         self._late: Callable[[PHPThread], None] | None = None  # see close()
-        self._abandoned: list[PHPThread] = []
-        self.size = len(threads)
         # Autoscaling (frankenpy.scaling): called when a caller has waited `starved_after`
         # seconds for a thread; it must not block.
         self.on_starved: Callable[[], None] | None = None
         self.starved_after = 0.005
-        self._idle_at: dict[int, float] = {}  # id(thread) -> when it came back (monotonic)
+        for thread in threads:
+            self._add(thread)
+
+    @property
+    def handle(self) -> Any:
+        """The C pool (``fp_pool *``), for C callers (fp_serve)."""
+        return self._c
+
+    def _add(self, thread: PHPThread) -> None:
+        # Registered before the C pool hands it out: another caller may take it at once.
+        self.threads += (thread,)
+        member = len(self._by_id)
+        self._by_id[member] = thread
+        self._ids[id(thread)] = member
+        got = lib.fp_pool_add(self._c, thread.image.handle)
+        if got != member:
+            self.threads = self.threads[:-1]
+            del self._by_id[member], self._ids[id(thread)]
+            if got == POOL_CLOSED:
+                raise RuntimeError("the runtime is shut down")
+            raise MemoryError("fp_pool_add")  # pragma: no cover
 
     def acquire(self, timeout: float | None = None) -> PHPThread | None:
         """An idle thread, or None after ``timeout`` seconds; RuntimeError once closed."""
-        with self._mutex:
-            if self._closed:
+        out = ffi.new("int *")
+        waiter = lib.fp_pool_enqueue(self._c, out)
+        if waiter == ffi.NULL:
+            if out[0] >= 0:
+                return self._by_id[out[0]]
+            if out[0] == POOL_CLOSED:
                 raise RuntimeError("the runtime is shut down")
-            if self._idle:
-                return self._idle.pop()  # the most recently used: its memory is warm
-            waiter = _Waiter()
-            self._waiters.append(waiter)
+            raise MemoryError("fp_pool_enqueue")  # pragma: no cover
         try:
-            starved = self.on_starved
-            if starved is not None and (timeout is None or timeout > self.starved_after):
-                served = waiter.ready.acquire(True, self.starved_after)
-                if not served:
-                    starved()
-                    timeout = None if timeout is None else timeout - self.starved_after
-            else:
-                served = False
-            if not served:
-                served = waiter.ready.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+            got = self._wait(waiter, timeout)
         except BaseException:  # KeyboardInterrupt while queued
-            if not self._withdraw(waiter) and waiter.thread is not None:
-                self.release(waiter.thread)  # served meanwhile: pass it on
+            got = lib.fp_pool_withdraw(self._c, waiter)
+            lib.fp_pool_waiter_free(waiter)
+            if got >= 0:
+                self.release(self._by_id[got])  # served meanwhile: pass it on
             raise
-        if not served and self._withdraw(waiter):
-            return None
-        if waiter.closed:
+        if got == POOL_TIMEOUT:
+            got = lib.fp_pool_withdraw(self._c, waiter)  # served in between: keep it
+        lib.fp_pool_waiter_free(waiter)
+        if got == POOL_CLOSED:
             raise RuntimeError("the runtime is shut down")
-        return waiter.thread
+        return None if got == POOL_TIMEOUT else self._by_id[got]
 
-    def _withdraw(self, waiter: _Waiter) -> bool:
-        """Take ``waiter`` out of the queue; False when it was served (or closed) meanwhile."""
-        with self._mutex:
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                return False
-            return True
+    def _wait(self, waiter: Any, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        starved = self.on_starved
+        if starved is not None and (timeout is None or timeout > self.starved_after):
+            got = lib.fp_pool_wait(self._c, waiter, int(self.starved_after * 1e9))
+            if got != POOL_TIMEOUT:
+                return got
+            starved()
+        while True:
+            left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
+            got = lib.fp_pool_wait(self._c, waiter, max(int(left * 1e9), 0))
+            if got != POOL_TIMEOUT or (deadline is not None and time.monotonic() >= deadline):
+                return got
 
     def release(self, thread: PHPThread) -> None:
-        with self._mutex:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.thread = thread
-                waiter.ready.release()
-                return
-            if self._late is None:
-                self._idle.append(thread)
-                self._idle_at[id(thread)] = time.monotonic()
-                if self._closed:
-                    self._all_back.notify_all()  # close() waits for every thread to come back
-                return
-            self._abandoned.remove(thread)
+        if lib.fp_pool_release(self._c, self._ids[id(thread)]):
             late = self._late
-        late(thread)  # it came back after close() gave up on it
+            assert late is not None
+            late(thread)  # it came back after close() gave up on it
+
+    @property
+    def size(self) -> int:
+        return int(lib.fp_pool_size(self._c))
 
     @property
     def busy(self) -> int:
-        return self.size - len(self._idle)
+        return int(lib.fp_pool_busy(self._c))
 
     def add(self, thread: PHPThread) -> None:
         """One more thread (autoscaling): it goes to the first waiter, or idles."""
-        with self._mutex:
-            if self._closed:
-                raise RuntimeError("the runtime is shut down")
-            self.threads += (thread,)
-            self.size += 1
-        self.release(thread)
+        self._add(thread)
 
     def take_idle(self, candidates: list[PHPThread], idle_for: float, limit: int) -> list[PHPThread]:
         """Take up to ``limit`` of ``candidates`` that have been idle ``idle_for`` seconds or
         more out of the pool, and return them (autoscaling)."""
-        cutoff = time.monotonic() - idle_for
-        with self._mutex:
-            if self._closed:
-                return []
-            wanted = {id(t) for t in candidates}
-            taken = [t for t in self._idle if id(t) in wanted and self._idle_at.get(id(t), 0.0) <= cutoff]
-            taken = taken[:limit]
-            for thread in taken:
-                self._idle.remove(thread)
-                self._idle_at.pop(id(thread), None)
+        taken = []
+        for thread in candidates:
+            if len(taken) >= limit:
+                break
+            member = self._ids.get(id(thread))
+            if member is not None and lib.fp_pool_take_idle(self._c, member, int(idle_for * 1e9)):
+                taken.append(thread)
+        if taken:
             self.threads = tuple(t for t in self.threads if t not in taken)
-            self.size -= len(taken)
-            return taken
+        return taken
 
     @property
     def waiting(self) -> int:
         """Callers queued for a thread (metrics)."""
-        return len(self._waiters)
+        return int(lib.fp_pool_waiting(self._c))
 
     def close(self, grace: float, late: Callable[[PHPThread], None]) -> list[PHPThread]:
         """Refuse new callers, wait up to ``grace`` seconds for running executions, then
         force-stop those still running and wait for them (FORCE_STOP_WAIT).  Returns the threads
         that are back; ``late(thread)`` is called for each other one when (if ever) it comes back,
         since its interpreter is still running a script until then."""
-        with self._mutex:
-            if self._closed:
-                raise RuntimeError("the thread pool is already closed")
-            self._closed = True
-            for waiter in self._waiters:
-                waiter.closed = True
-                waiter.ready.release()
-            self._waiters.clear()
-            self._all_back.wait_for(lambda: len(self._idle) == self.size, grace)
-            out = [t for t in self.threads if t not in self._idle]
-        if out:
+        if lib.fp_pool_close(self._c) != 0:
+            raise RuntimeError("the thread pool is already closed")
+        self._closed = True
+        self._late = late
+        if lib.fp_pool_wait_idle(self._c, int(grace * 1e9)):  # GIL released
+            busy = self._busy_threads()
             logger.warning(
                 "PHP thread(s) %s still running after the %.1f s grace period; force-stopping",
-                ", ".join(t.name for t in out), grace, extra={"worker": "-"},
+                ", ".join(t.name for t in busy), grace, extra={"worker": "-"},
             )
             deadline = time.monotonic() + FORCE_STOP_WAIT
-            with self._mutex:
-                while len(self._idle) < self.size and time.monotonic() < deadline:
-                    for thread in self.threads:
-                        if thread not in self._idle:
-                            thread.interrupt()  # again: a stop between two scripts hits nothing
-                    self._all_back.wait(STOP_RETRY)
-        with self._mutex:
-            back, self._idle = self._idle, []
-            self._abandoned = [t for t in self.threads if t not in back]
-            if self._abandoned:
-                self._late = late
-        for thread in self._abandoned:
-            logger.error(
-                "PHP thread %s still running %.0f s after its force-stop; its interpreter is "
-                "reused only once the script returns", thread.name, FORCE_STOP_WAIT,
-                extra={"worker": thread.name},
-            )
+            while time.monotonic() < deadline:
+                for thread in self._busy_threads():
+                    thread.interrupt()  # again: a stop between two scripts hits nothing
+                if not lib.fp_pool_wait_idle(self._c, int(STOP_RETRY * 1e9)):
+                    break
+        ids = ffi.new("int[]", max(len(self._by_id), 1))
+        n = lib.fp_pool_take_all(self._c, ids, len(ids))
+        back = [self._by_id[ids[i]] for i in range(n)]
+        for thread in self.threads:
+            if thread not in back:
+                logger.error(
+                    "PHP thread %s still running %.0f s after its force-stop; its interpreter is "
+                    "reused only once the script returns", thread.name, FORCE_STOP_WAIT,
+                    extra={"worker": thread.name},
+                )
         return back
+
+    def _busy_threads(self) -> list[PHPThread]:
+        return [t for t in self.threads if not lib.fp_pool_is_idle(self._c, self._ids[id(t)])]
 
 
 class Watchdog:

@@ -388,3 +388,47 @@ def test_port_in_use_is_a_clear_error(native: Callable[..., Native]) -> None:
             NativeServer(rt, [Site("127.0.0.1", first.port, app)]).start()
     finally:
         rt.shutdown(5.0)
+
+
+@pytest.mark.timeout(90)
+def test_execute_code_is_served_while_the_native_server_is_under_load(native: Callable[..., Native]) -> None:
+    """Serving threads borrow a PHP thread per request from the runtime's C pool (FIFO with
+    Python callers): execute_code() gets one within a bounded time while HTTP clients keep
+    every PHP thread busy, and HTTP keeps being served meanwhile (it used to wait until the
+    server stopped: the server held every regular PHP thread for its life)."""
+    import threading
+
+    served = native()
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            status, body = get(served.port, "/sleep.php?ms=30")
+            answers.append(status if body == b"slept" else -status)
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    try:
+        wait_for(lambda: len(answers) >= 12, 30.0)
+        waits = []
+        for n in range(5):
+            done: list[frankenpy.Result] = []
+            code = f"echo {n} * 7;"
+            caller = threading.Thread(target=lambda code=code, done=done: done.append(
+                served.runtime.execute_code(code)))
+            started = time.monotonic()
+            caller.start()
+            caller.join(20.0)
+            waits.append(time.monotonic() - started)
+            assert done, "execute_code() did not get a PHP thread while the native server ran"
+            assert done[0].output == str(n * 7).encode()
+        before = len(answers)
+        wait_for(lambda: len(answers) >= before + 6, 30.0)  # HTTP goes on
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30.0)
+    assert max(waits) < 10.0, waits  # queued behind a handful of 30 ms requests, FIFO
+    assert set(answers) == {200}

@@ -6,9 +6,10 @@ request enters Python: libh2o-evloop parses HTTP on one C loop thread (csrc/http
 php_server router decides there, static files are sent from there, and PHP requests are handed
 through C queues (csrc/handoff.h) to PHP threads that never come back to Python per request:
 
-- each regular PHP thread is borrowed from the runtime's pool by a Python thread that calls
-  ``fp_serve()`` once (GIL released) and serves classic requests in C until the server stops
-  (while the server runs, ``Runtime.execute_*`` waits for a thread: all of them serve HTTP);
+- ``num_threads`` serving threads call ``fp_serve()`` once (GIL released) and serve classic
+  requests in C until the server stops, each request on a regular PHP thread borrowed from the
+  runtime's C pool (csrc/pool.h) for that request only: ``Runtime.execute_*`` callers queue in
+  the same FIFO line as HTTP requests;
 - HTTP worker threads keep their Python lifecycle (boot, restart, backoff, halt), but their
   script takes its requests from the worker's C queue (``fp_native_worker_host()``).
 
@@ -98,9 +99,7 @@ class NativeServer:
                 w.max_threads > w.num for w in group.workers if not w.background):
             logger.warning("autoscaling (max_threads) is not wired to the native server yet: it serves with "
                            "num_threads regular threads and each worker's num threads")
-        pool_size = self.runtime.num_threads
-        self.runtime.lent_threads = (pool_size, lambda: self.counters()["php_busy"])
-        for index in range(pool_size):
+        for index in range(self.runtime.num_threads):
             self._spawn(self._serve_classic, f"php-http-{index}", index)
         self._spawn(self._serve_python, "http-python")
         self._log_thread = self._spawn(self._drain_logs, "http-logs")
@@ -170,12 +169,10 @@ class NativeServer:
     def _serve_classic(self, index: int) -> None:
         tag = ffi.new("char[]", f"php-{index}".encode())
         try:
-            with self.runtime.borrow_thread(None) as php:
-                if php is None:
-                    return
-                lib.fp_serve(self._server, php.image.handle, tag, self._stop_flag)  # GIL released
+            pool = self.runtime._running_pool()
         except RuntimeError:
             return  # the runtime shut down first
+        lib.fp_serve(self._server, pool.handle, tag, self._stop_flag)  # GIL released
 
     def _serve_python(self) -> None:
         queue = lib.fp_http_server_python_queue(self._server)
@@ -271,7 +268,6 @@ class NativeServer:
         for thread in self._threads:
             if thread is not self._log_thread:
                 thread.join(max(grace, 5.0))
-        self.runtime.lent_threads = None
         for queue in self.runtime.workers_group.http_queues.values():
             queue.native = None
         self.runtime.shutdown(grace)
