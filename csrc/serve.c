@@ -26,10 +26,15 @@ typedef struct watch_slot {
     fp_image *image;
     fp_request *script;   /* whose exec_id is interrupted */
     fp_http_exchange *ex; /* the request in progress, NULL between requests (under watch_mu) */
+    /* Without an exchange (a regular execution, fp_fast_execute): its own deadline (monotonic
+     * ns, 0 none), the limit in seconds that set it, and whether an interrupt reached it. */
+    uint64_t deadline;
+    int64_t seconds;
+    int stopped;
 } watch_slot;
 
 static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
-static watch_slot watched = {&watched, &watched, NULL, NULL, NULL};
+static watch_slot watched = {&watched, &watched, NULL, NULL, NULL, 0, 0, 0};
 static int watcher_started;
 
 static void *watcher_main(void *arg)
@@ -41,14 +46,17 @@ static void *watcher_main(void *arg)
         uint64_t now = fp_monotonic_ns();
         pthread_mutex_lock(&watch_mu);
         for (watch_slot *s = watched.next; s != &watched; s = s->next) {
-            if (!s->ex) {
+            int64_t seconds = s->seconds;
+            uint64_t deadline = s->deadline;
+            if (s->ex) {
+                deadline = fp_http_exchange_deadline(s->ex, &seconds);
+            } else if (!s->script) {
                 continue;
             }
-            int64_t seconds;
-            uint64_t deadline = fp_http_exchange_deadline(s->ex, &seconds);
             uint64_t exec_id = __atomic_load_n(&s->script->exec_id, __ATOMIC_RELAXED);
-            if (deadline && now >= deadline && exec_id) {
-                fp_image_interrupt(s->image, exec_id, seconds, fp_interrupt_signal());
+            if (deadline && now >= deadline && exec_id &&
+                fp_image_interrupt(s->image, exec_id, seconds, fp_interrupt_signal())) {
+                s->stopped = 1;
             }
         }
         pthread_mutex_unlock(&watch_mu);
@@ -105,18 +113,19 @@ static void set_watched(watch_slot *s, fp_image *image, fp_request *script, fp_h
 uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const volatile int *drain)
 {
     uint64_t served = 0;
-    watch_slot slot = {NULL, NULL, NULL, NULL, NULL};
+    watch_slot slot = {0};
     fp_http_exchange *ex;
     watch(&slot);
     while ((ex = fp_http_take(server, 0, drain))) {
         void *item;
         int id = fp_pool_acquire(pool, -1, &item);
+        fp_slot *php = item;
         if (id < 0) {
             static const char body[] = "Service Unavailable\n";
             fp_http_exchange_respond(ex, 503, "Content-Type: text/plain\n", body, sizeof body - 1);
             continue;
         }
-        fp_image *image = item;
+        fp_image *image = php->image;
         fp_request *req = fp_http_exchange_request(ex, tag);
         set_watched(&slot, image, req, ex);
         fp_http_server_busy(server, 1);
@@ -332,4 +341,239 @@ int fp_native_worker_busy(fp_native_worker *w)
 uint64_t fp_native_worker_requests(fp_native_worker *w)
 {
     return atomic_load(&w->requests);
+}
+
+/* ---- regular executions in C (the fast path) ------------------------------------------------ */
+
+typedef struct {
+    fp_fast_call *call;
+    fp_slot *php;
+    watch_slot ws;
+    int watched;
+} fast_ctx;
+
+static int grow(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap) {
+        return 0;
+    }
+    size_t cap2 = *cap ? *cap : 256;
+    while (cap2 < need) {
+        cap2 *= 2;
+    }
+    char *grown = realloc(*buf, cap2);
+    if (!grown) {
+        return -1;
+    }
+    *buf = grown;
+    *cap = cap2;
+    return 0;
+}
+
+static int f_output(void *handle, const char *data, size_t len)
+{
+    (void)handle; (void)data; (void)len;
+    return 0; /* FP_OUTPUT_BUFFER: the glue collects; never called */
+}
+
+/* Diagnostics are packed for Python to read after the call: "type\0line\0" then the file
+ * ("F<file>\0", or "N\0" without one) and "message\0".  One dropped only when out of memory. */
+static void f_log(void *handle, int type, const char *file, uint32_t line, const char *message)
+{
+    fp_fast_call *call = ((fast_ctx *)handle)->call;
+    char head[48];
+    int n = snprintf(head, sizeof head, "%d%c%u%c%c", type, 0, (unsigned)line, 0, file ? 'F' : 'N');
+    size_t flen = file ? strlen(file) : 0, mlen = strlen(message);
+    size_t need = call->diag_len + (size_t)n + flen + 1 + mlen + 1;
+    if (grow(&call->diag, &call->diag_cap, need) != 0) {
+        return;
+    }
+    char *p = call->diag + call->diag_len;
+    memcpy(p, head, (size_t)n);
+    p += n;
+    memcpy(p, file ? file : "", flen + 1);
+    p += flen + 1;
+    memcpy(p, message, mlen + 1);
+    call->diag_len = need;
+    call->diag_count++;
+}
+
+static size_t f_read_body(void *handle, char *buf, size_t len)
+{
+    (void)handle; (void)buf; (void)len;
+    return 0;
+}
+
+/* Longer limits mean none (frankenpy/execution.py NO_LIMIT_BEYOND: a year). */
+#define NO_LIMIT_BEYOND (365LL * 24 * 3600)
+
+/* max_execution_time at start, set_time_limit(): the deadline the C watcher enforces. */
+static void f_time_limit(void *handle, int64_t seconds, int initial)
+{
+    fast_ctx *ctx = handle;
+    (void)initial;
+    if (seconds > NO_LIMIT_BEYOND) {
+        seconds = 0; /* set_time_limit(PHP_INT_MAX): no deadline, not an overflowed one */
+    }
+    pthread_mutex_lock(&watch_mu);
+    ctx->ws.deadline = seconds > 0 ? fp_monotonic_ns() + (uint64_t)seconds * 1000000000u : 0;
+    ctx->ws.seconds = seconds;
+    pthread_mutex_unlock(&watch_mu);
+    if (seconds > 0 && !ctx->watched) {
+        ctx->watched = 1;
+        watch(&ctx->ws);
+    }
+}
+
+static void f_worker_ready(void *handle)
+{
+    (void)handle;
+}
+
+static int f_next_request(void *handle, fp_request **next)
+{
+    (void)handle; (void)next;
+    return 0;
+}
+
+static void f_request_done(void *handle, fp_request *done)
+{
+    (void)handle; (void)done;
+}
+
+static void f_stderr(void *handle, const char *data, size_t len)
+{
+    (void)handle; (void)data; (void)len; /* a plain execution collects STDERR in the request */
+}
+
+static int f_interim(void *handle, int status, const char *lines, size_t len)
+{
+    (void)handle; (void)status; (void)lines; (void)len;
+    return -1; /* a regular execution has no response to precede */
+}
+
+static void f_finish_request(void *handle, fp_request *req)
+{
+    (void)handle; (void)req; /* only stops further output, which the glue does */
+}
+
+void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                   size_t context_len);
+
+static void f_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                      size_t context_len)
+{
+    /* Rare: straight to Python (cffi takes the GIL), with the PHP thread's handle. */
+    fp_py_php_log(((fast_ctx *)handle)->php->py_handle, level, message, message_len, context, context_len);
+}
+
+/* chdir_begin/chdir_end are always the interpreter's (the glue calls its start-up table). */
+static const fp_host fast_host = {
+    .output = f_output,
+    .log = f_log,
+    .read_body = f_read_body,
+    .time_limit = f_time_limit,
+    .worker_ready = f_worker_ready,
+    .next_request = f_next_request,
+    .request_done = f_request_done,
+    .stderr_output = f_stderr,
+    .interim = f_interim,
+    .finish_request = f_finish_request,
+    .php_log = f_php_log,
+};
+
+#define KEPT_BUFFER (1u << 20) /* a reused request keeps an output buffer up to this size */
+
+static void swap_buffer(char **a, size_t *a_cap, char **b, size_t *b_cap)
+{
+    char *p = *a;
+    size_t cap = *a_cap;
+    *a = *b;
+    *a_cap = *b_cap;
+    *b = p;
+    *b_cap = cap;
+}
+
+int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
+{
+    void *item;
+    if (member < 0) {
+        /* Only an idle interpreter: a caller that must queue does it from Python (signals,
+         * autoscaling), then comes back with the member it was given. */
+        int id;
+        fp_pool_waiter *w = fp_pool_enqueue(pool, &id);
+        if (w) {
+            id = fp_pool_withdraw(pool, w);
+            fp_pool_waiter_free(w);
+        }
+        if (id < 0) {
+            return id;
+        }
+        member = id;
+    }
+    item = fp_pool_item(pool, member);
+    fp_slot *php = item;
+    fp_request *req = php->request;
+    /* The reused struct keeps its output buffer; the previous response's header block is the
+     * glue's to free (none for a plain execution, but never leak one). */
+    char *output = req->output, *headers = req->headers;
+    size_t output_cap = req->output_cap;
+    memset(req, 0, sizeof *req);
+    req->output = output;
+    req->output_cap = output_cap;
+    req->headers = headers;
+    req->script_path = call->script_path;
+    req->code = call->code;
+    req->env = call->env;
+    req->env_pairs = call->env_pairs;
+    req->argv = call->argv;
+    req->argc = call->argc;
+    req->output_mode = FP_OUTPUT_BUFFER;
+    req->output_limit = call->output_limit;
+    req->stdin_data = call->stdin_data;
+    req->stdin_len = call->stdin_len;
+    req->worker_fd = -1;
+    req->content_length = -1;
+    req->host = &fast_host;
+    fast_ctx ctx = {call, php, {0}, 0};
+    ctx.ws.image = php->image;
+    ctx.ws.script = req;
+    req->handle = &ctx;
+    call->diag_len = 0;
+    call->diag_count = 0;
+
+    fp_image_execute(php->image, req);
+
+    if (ctx.watched) {
+        unwatch(&ctx.ws);
+    }
+    call->member = member;
+    call->exit_status = req->exit_status;
+    call->timed_out = ctx.ws.stopped;
+    call->time_limit = ctx.ws.seconds;
+    call->memory_usage = req->memory_usage;
+    /* Hand the collected output and STDERR over without a copy: both are malloc()ed blocks the
+     * glue reallocates or frees; the request takes the call's previous buffers in exchange. */
+    swap_buffer(&call->output, &call->output_cap, &req->output, &req->output_cap);
+    call->output_len = req->output_len;
+    swap_buffer(&call->stderr_output, &call->stderr_cap, &req->stderr_output, &req->stderr_cap);
+    call->stderr_len = req->stderr_len;
+    req->output_len = req->stderr_len = 0;
+    if (req->output_cap > KEPT_BUFFER || req->stderr_cap) {
+        fp_image_request_clear(php->image, req);
+    }
+    req->handle = NULL;
+    req->host = NULL;
+    call->given_up = fp_pool_release(pool, member);
+    return member;
+}
+
+void fp_fast_call_clear(fp_fast_call *call)
+{
+    free(call->output);
+    free(call->stderr_output);
+    free(call->diag);
+    call->output = call->stderr_output = call->diag = NULL;
+    call->output_len = call->output_cap = call->stderr_len = call->stderr_cap = 0;
+    call->diag_len = call->diag_cap = 0;
 }

@@ -21,11 +21,58 @@
 #include "loader.h"
 #include "pool.h"
 
+/* A regular PHP thread as the runtime's pool (pool.h) holds it: its interpreter, the request
+ * struct its regular executions reuse (Python's PHPThread.request, whose exec_id a force-stop
+ * reads), and a Python handle of the PHPThread for frankenphp_log(). */
+typedef struct fp_slot {
+    fp_image *image;
+    fp_request *request;
+    void *py_handle;
+} fp_slot;
+
 /* Serve classic requests until queue 0 of `server` is closed or *drain is set (then
- * fp_http_wake(server, 0)), each on an interpreter (an fp_image * item) borrowed from `pool`
+ * fp_http_wake(server, 0)), each on an interpreter (an fp_slot * item) borrowed from `pool`
  * for that request only; a request that finds the pool closed is answered 503.  `tag` names
  * the thread in diagnostics.  Returns the number of requests served. */
 uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const volatile int *drain);
+
+/* One regular execution in C (Runtime.execute_* without an output callable or a timeout):
+ * Python fills the inputs, makes one call (GIL released once), and reads the outputs.  The
+ * buffers belong to the call and are reused call after call (fp_fast_call_clear frees them). */
+typedef struct fp_fast_call {
+    /* in: as in fp_request; must stay valid during the call */
+    const char *script_path;
+    const char *code;
+    const char *env;
+    size_t env_pairs;
+    char **argv;
+    int argc;
+    size_t output_limit;
+    const char *stdin_data;
+    size_t stdin_len;
+    /* out */
+    int member;          /* the pool member it ran on */
+    int given_up;        /* the pool gave up on it meanwhile (closed): the caller owns it now */
+    int exit_status;
+    int timed_out;       /* the C watcher stopped it at its PHP time limit */
+    int64_t time_limit;  /* the last limit PHP reported (seconds, 0 none) */
+    size_t memory_usage;
+    char *output;
+    size_t output_len, output_cap;
+    char *stderr_output;
+    size_t stderr_len, stderr_cap;
+    /* diag_count diagnostics, each "type\0line\0" + ("F<file>\0" or "N\0") + "message\0" */
+    char *diag;
+    size_t diag_len, diag_cap;
+    int diag_count;
+} fp_fast_call;
+
+/* Run `call` on member `member` of `pool` (which the caller acquired), or with member < 0 on an
+ * idle one (FP_POOL_TIMEOUT when none is idle: nothing ran, queue for one and call again;
+ * FP_POOL_CLOSED).  PHP time limits are enforced by the C watcher.  The member goes back to
+ * the pool before this returns its id. */
+int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call);
+void fp_fast_call_clear(fp_fast_call *call);
 
 typedef struct fp_native_worker fp_native_worker;
 

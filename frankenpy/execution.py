@@ -399,13 +399,7 @@ class Execution:
     # --- callbacks ------------------------------------------------------------------------------
     def on_log(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
-        if diagnostic.type & _FATAL:
-            level = logging.ERROR
-        elif diagnostic.type & _WARNING or not diagnostic.type:
-            level = logging.WARNING
-        else:
-            level = logging.INFO
-        self.logger.log(level, "%s", diagnostic)
+        log_diagnostic(self.logger, diagnostic)
 
     def collect(self, req: Any) -> None:
         """Take what is needed from the finished request before its C memory goes (HTTP
@@ -453,6 +447,29 @@ class Execution:
             self.initial_limit = _limit(float(seconds))
             return
         self.set_deadline(float(seconds))
+
+
+def log_diagnostic(logger: logging.LoggerAdapter[logging.Logger], diagnostic: Diagnostic) -> None:
+    if diagnostic.type & _FATAL:
+        level = logging.ERROR
+    elif diagnostic.type & _WARNING or not diagnostic.type:
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    logger.log(level, "%s", diagnostic)
+
+
+def unpack_diagnostics(data: bytes, count: int) -> tuple[Diagnostic, ...]:
+    """The diagnostics fp_fast_execute() packed (csrc/serve.h, fp_fast_call.diag)."""
+    fields = data.split(b"\0")
+    out = []
+    for i in range(0, 4 * count, 4):
+        type_, line, file, message = fields[i:i + 4]
+        out.append(Diagnostic(
+            type=int(type_), message=message.decode("utf-8", "replace"),
+            file=file[1:].decode("utf-8", "replace") if file[:1] == b"F" else None, line=int(line),
+        ))
+    return tuple(out)
 
 
 def _execution(handle: Any) -> Execution | None:

@@ -11,13 +11,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .execution import Execution, Result, ScriptArgs, check_timeout, env_pairs, script_server_vars
+from . import _native
+from .execution import (
+    KEPT_OUTPUT_BUFFER,
+    Diagnostic,
+    Execution,
+    Result,
+    ScriptArgs,
+    check_timeout,
+    env_pairs,
+    log_diagnostic,
+    script_server_vars,
+    unpack_diagnostics,
+)
 from .images import POOL, Image, extension_load_order
 from .scaling import Autoscaler, RegularThreads, ThreadSource, WorkerThreads, resolve_max_threads
-from .threads import PHPThread, ThreadPool, Watchdog
+from .threads import POOL_TIMEOUT, PHPThread, ThreadPool, Watchdog
 from .workers import WorkerGroup, WorkerStatus
 
 logger = logging.getLogger("frankenpy")
+ffi, lib = _native.ffi, _native.lib
+_calls = threading.local()  # each Python thread's fp_fast_call (its buffers are reused)
 
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
@@ -366,6 +380,8 @@ class Runtime:
         if stdin is not None and not isinstance(stdin, bytes):
             raise TypeError(f"stdin must be bytes, not {type(stdin).__name__}")
         pool = self._running_pool()
+        if output is None and timeout is None:
+            return self._execute_fast(pool, args, code, stdin)
         thread = pool.acquire()
         assert thread is not None
         try:
@@ -384,6 +400,57 @@ class Runtime:
             return result
         finally:
             pool.release(thread)
+
+    def _execute_fast(
+        self, pool: ThreadPool, args: ScriptArgs, code: str | None, stdin: bytes | None
+    ) -> Result:
+        """Acquire, set up, run and collect in C, the GIL released once (csrc/serve.h
+        fp_fast_execute); PHP's own time limits are enforced by the C watcher."""
+        call = getattr(_calls, "call", None)
+        if call is None:
+            call = _calls.call = ffi.gc(ffi.new("fp_fast_call *"), lib.fp_fast_call_clear)
+        call.script_path = args.script
+        code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
+        call.code = code_c
+        call.env, call.env_pairs = args.env, args.env_pairs
+        call.argv, call.argc = args.argv.array, args.argv.count
+        call.output_limit = self.max_output_size or 0
+        stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
+        call.stdin_data, call.stdin_len = stdin_c, len(stdin) if stdin else 0
+        started = time.monotonic()
+        member = lib.fp_fast_execute(pool.handle, -1, call)
+        if member == POOL_TIMEOUT:  # every PHP thread is busy: queue in line (from Python)
+            thread = pool.acquire()
+            assert thread is not None
+            started = time.monotonic()
+            member = lib.fp_fast_execute(pool.handle, pool.member_id(thread), call)
+        if member < 0:
+            raise RuntimeError("the runtime is shut down")
+        duration = time.monotonic() - started
+        thread = pool.thread(member)
+        if call.given_up:
+            pool.given_up(thread)
+        thread.executions += 1
+        thread.since = time.time()
+        thread.memory_usage = call.memory_usage
+        diagnostics: tuple[Diagnostic, ...] = ()
+        if call.diag_count:
+            diagnostics = unpack_diagnostics(ffi.buffer(call.diag, call.diag_len)[:], call.diag_count)
+            for diagnostic in diagnostics:
+                log_diagnostic(thread.logger, diagnostic)
+        limit = call.time_limit
+        result = Result(
+            exit_status=call.exit_status,
+            output=ffi.buffer(call.output, call.output_len)[:] if call.output_len else b"",
+            diagnostics=diagnostics,
+            timed_out=bool(call.timed_out),
+            duration=duration,
+            time_limit=float(limit) if limit else None,
+            stderr=ffi.buffer(call.stderr_output, call.stderr_len)[:] if call.stderr_len else b"",
+        )
+        if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
+            lib.fp_fast_call_clear(call)
+        return result
 
     @contextmanager
     def borrow_thread(self, timeout: float | None = None) -> Iterator[PHPThread | None]:

@@ -67,6 +67,11 @@ class PHPThread:
         self.logger = php_log_adapter(name)
         self.started = False
         self.request = ffi.new("fp_request *")  # reused by regular executions (execution.Request)
+        # What the C pool holds (csrc/serve.h fp_slot): the image, that request, and a handle of
+        # this thread for frankenphp_log() in executions run in C (its logger).
+        self._handle = ffi.new_handle(self)
+        self.slot = ffi.new("fp_slot *", {"image": image.handle, "request": self.request,
+                                          "py_handle": self._handle})
         # What the admin API's thread list shows (read without a lock: a snapshot may be stale).
         self.current: Execution | None = None  # the execution running on it
         self.since = time.time()  # when it last started or ended an execution
@@ -165,13 +170,19 @@ class ThreadPool:
         member = len(self._by_id)
         self._by_id[member] = thread
         self._ids[id(thread)] = member
-        got = lib.fp_pool_add(self._c, thread.image.handle)
+        got = lib.fp_pool_add(self._c, thread.slot)
         if got != member:
             self.threads = self.threads[:-1]
             del self._by_id[member], self._ids[id(thread)]
             if got == POOL_CLOSED:
                 raise RuntimeError("the runtime is shut down")
             raise MemoryError("fp_pool_add")  # pragma: no cover
+
+    def member_id(self, thread: PHPThread) -> int:
+        return self._ids[id(thread)]
+
+    def thread(self, member: int) -> PHPThread:
+        return self._by_id[member]
 
     def acquire(self, timeout: float | None = None) -> PHPThread | None:
         """An idle thread, or None after ``timeout`` seconds; RuntimeError once closed."""
@@ -214,9 +225,13 @@ class ThreadPool:
 
     def release(self, thread: PHPThread) -> None:
         if lib.fp_pool_release(self._c, self._ids[id(thread)]):
-            late = self._late
-            assert late is not None
-            late(thread)  # it came back after close() gave up on it
+            self.given_up(thread)
+
+    def given_up(self, thread: PHPThread) -> None:
+        """``thread`` came back after close() gave up on it."""
+        late = self._late
+        assert late is not None
+        late(thread)
 
     @property
     def size(self) -> int:
