@@ -541,9 +541,11 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     req->handle = &ctx;
     call->diag_len = 0;
     call->diag_count = 0;
+    uint64_t started = fp_monotonic_ns();
 
     fp_image_execute(php->image, req);
 
+    call->duration_ns = fp_monotonic_ns() - started;
     if (ctx.watched) {
         unwatch(&ctx.ws);
     }
@@ -576,4 +578,49 @@ void fp_fast_call_clear(fp_fast_call *call)
     call->output = call->stderr_output = call->diag = NULL;
     call->output_len = call->output_cap = call->stderr_len = call->stderr_cap = 0;
     call->diag_len = call->diag_cap = 0;
+}
+
+typedef struct {
+    fp_pool *pool;
+    fp_fast_call *calls;
+    size_t n;
+    _Atomic size_t next;
+} fast_map;
+
+static void *map_worker(void *arg)
+{
+    fast_map *m = arg;
+    size_t i;
+    while ((i = atomic_fetch_add(&m->next, 1)) < m->n) {
+        fp_fast_call *call = &m->calls[i];
+        int member = fp_pool_acquire(m->pool, -1, NULL);
+        call->member = member < 0 ? member : fp_fast_execute(m->pool, member, call);
+    }
+    return NULL;
+}
+
+void fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads)
+{
+    fast_map m = {pool, calls, n, 0};
+    pthread_t helpers[64];
+    int started = 0;
+    if (threads > 64) {
+        threads = 64;
+    }
+    for (int t = 1; t < threads && (size_t)t < n; t++) {
+        if (pthread_create(&helpers[started], NULL, map_worker, &m) == 0) {
+            started++;
+        }
+    }
+    map_worker(&m); /* the calling thread is one of the workers */
+    for (int t = 0; t < started; t++) {
+        pthread_join(helpers[t], NULL);
+    }
+}
+
+void fp_fast_calls_clear(fp_fast_call *calls, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        fp_fast_call_clear(&calls[i]);
+    }
 }

@@ -57,6 +57,7 @@ typedef struct fp_fast_call {
     int timed_out;       /* the C watcher stopped it at its PHP time limit */
     int64_t time_limit;  /* the last limit PHP reported (seconds, 0 none) */
     size_t memory_usage;
+    uint64_t duration_ns;
     char *output;
     size_t output_len, output_cap;
     char *stderr_output;
@@ -73,6 +74,14 @@ typedef struct fp_fast_call {
  * the pool before this returns its id. */
 int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call);
 void fp_fast_call_clear(fp_fast_call *call);
+
+/* A batch: run every call of `calls` (results in place; `member` < 0 when the pool closed
+ * first) on up to `threads` PHP threads at once: the calling thread and threads - 1 C helper
+ * threads each take the next call, wait for a member in the pool's FIFO line, and run it.
+ * Returns when all are done. */
+void fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
+/* fp_fast_call_clear of each of `calls`. */
+void fp_fast_calls_clear(fp_fast_call *calls, size_t n);
 
 typedef struct fp_native_worker fp_native_worker;
 

@@ -409,48 +409,101 @@ class Runtime:
         call = getattr(_calls, "call", None)
         if call is None:
             call = _calls.call = ffi.gc(ffi.new("fp_fast_call *"), lib.fp_fast_call_clear)
-        call.script_path = args.script
         code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
-        call.code = code_c
-        call.env, call.env_pairs = args.env, args.env_pairs
-        call.argv, call.argc = args.argv.array, args.argv.count
-        call.output_limit = self.max_output_size or 0
         stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
-        call.stdin_data, call.stdin_len = stdin_c, len(stdin) if stdin else 0
-        started = time.monotonic()
+        self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
         member = lib.fp_fast_execute(pool.handle, -1, call)
         if member == POOL_TIMEOUT:  # every PHP thread is busy: queue in line (from Python)
             thread = pool.acquire()
             assert thread is not None
-            started = time.monotonic()
             member = lib.fp_fast_execute(pool.handle, pool.member_id(thread), call)
         if member < 0:
             raise RuntimeError("the runtime is shut down")
-        duration = time.monotonic() - started
-        thread = pool.thread(member)
+        result = self._fast_result(pool, call)
+        if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
+            lib.fp_fast_call_clear(call)
+        return result
+
+    def _fill(self, call: Any, args: ScriptArgs, code_c: Any, stdin_c: Any, stdin_len: int) -> None:
+        call.script_path = args.script
+        call.code = code_c
+        call.env, call.env_pairs = args.env, args.env_pairs
+        call.argv, call.argc = args.argv.array, args.argv.count
+        call.output_limit = self.max_output_size or 0
+        call.stdin_data, call.stdin_len = stdin_c, stdin_len
+
+    @staticmethod
+    def _fast_result(pool: ThreadPool, call: Any) -> Result:
+        thread = pool.thread(call.member)
         if call.given_up:
             pool.given_up(thread)
         thread.executions += 1
-        thread.since = time.time()
         thread.memory_usage = call.memory_usage
         diagnostics: tuple[Diagnostic, ...] = ()
-        if call.diag_count:
+        if call.diag_count:  # logged in a batch after the call, never dropped
             diagnostics = unpack_diagnostics(ffi.buffer(call.diag, call.diag_len)[:], call.diag_count)
             for diagnostic in diagnostics:
                 log_diagnostic(thread.logger, diagnostic)
         limit = call.time_limit
-        result = Result(
+        return Result(
             exit_status=call.exit_status,
             output=ffi.buffer(call.output, call.output_len)[:] if call.output_len else b"",
             diagnostics=diagnostics,
             timed_out=bool(call.timed_out),
-            duration=duration,
+            duration=call.duration_ns / 1e9,
             time_limit=float(limit) if limit else None,
             stderr=ffi.buffer(call.stderr_output, call.stderr_len)[:] if call.stderr_len else b"",
         )
-        if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
-            lib.fp_fast_call_clear(call)
-        return result
+
+    # --- batches ------------------------------------------------------------------------------
+    def map_file(self, path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]) -> list[Result]:
+        """Run the PHP file once per item, across every regular PHP thread, with the GIL
+        released once for the whole batch; the results in the order of ``items``.
+
+        Each item is a mapping with optional ``env`` and ``argv`` keys (as :meth:`execute_file`'s
+        arguments).  A failing item (fatal error, exit(n), time limit) does not stop the others:
+        its Result says what happened."""
+        script = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(script):
+            raise FileNotFoundError(f"PHP script not found: {script}")
+        return self._map(script, None, items)
+
+    def map_code(self, code: str, items: Iterable[Mapping[str, Any]]) -> list[Result]:
+        """Run PHP code (without its ``<?php`` tag) once per item; otherwise like :meth:`map_file`."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        return self._map(None, code, items)
+
+    def _map(self, script: str | None, code: str | None, items: Iterable[Mapping[str, Any]]) -> list[Result]:
+        items = list(items)
+        pool = self._running_pool()
+        if not items:
+            return []
+        plain: ScriptArgs | None = None
+        prepared = []
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise TypeError(f"map item {index} must be a mapping, not {type(item).__name__}")
+            unknown = set(item) - {"env", "argv"}
+            if unknown:
+                raise ValueError(f"map item {index}: unknown key(s) {sorted(unknown)} (use env, argv)")
+            env, argv = item.get("env"), item.get("argv")
+            if env or argv:
+                prepared.append(self._prepare(script, env, argv))
+            else:
+                plain = plain or self._prepare(script, None, None)
+                prepared.append(plain)
+        code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
+        calls = ffi.new("fp_fast_call[]", len(items))
+        try:
+            for i, args in enumerate(prepared):
+                self._fill(calls[i], args, code_c, ffi.NULL, 0)
+            lib.fp_fast_map(pool.handle, calls, len(items), max(pool.size, 1))  # GIL released
+            if any(calls[i].member < 0 for i in range(len(items))):
+                raise RuntimeError("the runtime is shut down")
+            return [self._fast_result(pool, calls[i]) for i in range(len(items))]
+        finally:
+            lib.fp_fast_calls_clear(calls, len(items))
 
     @contextmanager
     def borrow_thread(self, timeout: float | None = None) -> Iterator[PHPThread | None]:
