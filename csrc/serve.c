@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Python's callbacks (frankenpy/execution.py), for what a worker reports once per run. */
 int fp_py_output(void *handle, const char *data, size_t len);
@@ -31,10 +33,11 @@ typedef struct watch_slot {
     uint64_t deadline;
     int64_t seconds;
     int stopped;
+    const int *cancel; /* when set and not 0: stop it now (a cancelled asyncio task) */
 } watch_slot;
 
 static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
-static watch_slot watched = {&watched, &watched, NULL, NULL, NULL, 0, 0, 0};
+static watch_slot watched = {&watched, &watched, NULL, NULL, NULL, 0, 0, 0, NULL};
 static int watcher_started;
 
 static void *watcher_main(void *arg)
@@ -52,6 +55,9 @@ static void *watcher_main(void *arg)
                 deadline = fp_http_exchange_deadline(s->ex, &seconds);
             } else if (!s->script) {
                 continue;
+            }
+            if (s->cancel && __atomic_load_n(s->cancel, __ATOMIC_RELAXED)) {
+                deadline = now, seconds = 0;
             }
             uint64_t exec_id = __atomic_load_n(&s->script->exec_id, __ATOMIC_RELAXED);
             if (deadline && now >= deadline && exec_id &&
@@ -539,6 +545,11 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     ctx.ws.image = php->image;
     ctx.ws.script = req;
     req->handle = &ctx;
+    if (call->async) {
+        ctx.ws.cancel = &call->cancel; /* the watcher stops it once cancelled */
+        ctx.watched = 1;
+        watch(&ctx.ws);
+    }
     call->diag_len = 0;
     call->diag_count = 0;
     uint64_t started = fp_monotonic_ns();
@@ -623,4 +634,107 @@ void fp_fast_calls_clear(fp_fast_call *calls, size_t n)
     for (size_t i = 0; i < n; i++) {
         fp_fast_call_clear(&calls[i]);
     }
+}
+
+/* ---- asyncio: completion through an eventfd ----------------------------------------------- */
+
+struct fp_async {
+    _Atomic int refs; /* the Python side's, and one per call in flight */
+    int fd;
+};
+
+typedef struct {
+    fp_async *a;
+    fp_pool *pool;
+    fp_fast_call *call;
+} async_job;
+
+fp_async *fp_async_new(void)
+{
+    fp_async *a = malloc(sizeof(*a));
+    if (!a) {
+        return NULL;
+    }
+    a->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (a->fd < 0) {
+        free(a);
+        return NULL;
+    }
+    atomic_init(&a->refs, 1);
+    return a;
+}
+
+int fp_async_fd(fp_async *a)
+{
+    return a->fd;
+}
+
+void fp_async_release(fp_async *a)
+{
+    /* The last reference closes the eventfd: never while a call could still write to it (a
+     * closed fd's number may be reused by then). */
+    if (atomic_fetch_sub(&a->refs, 1) == 1) {
+        close(a->fd);
+        free(a);
+    }
+}
+
+#define CANCEL_POLL_NS 50000000LL
+
+static void *async_main(void *arg)
+{
+    async_job *j = arg;
+    fp_fast_call *call = j->call;
+    int member;
+    fp_pool_waiter *w = fp_pool_enqueue(j->pool, &member);
+    /* Queued: look at the cancel flag between slices of the wait. */
+    while (w && member == FP_POOL_TIMEOUT) {
+        if (__atomic_load_n(&call->cancel, __ATOMIC_RELAXED)) {
+            member = fp_pool_withdraw(j->pool, w);
+            if (member == FP_POOL_TIMEOUT) {
+                member = FP_FAST_CANCELLED;
+            }
+            break;
+        }
+        member = fp_pool_wait(j->pool, w, CANCEL_POLL_NS);
+    }
+    fp_pool_waiter_free(w);
+    if (member >= 0 && __atomic_load_n(&call->cancel, __ATOMIC_RELAXED)) {
+        call->given_up = fp_pool_release(j->pool, member);
+        member = call->given_up ? member : FP_FAST_CANCELLED;
+    } else if (member >= 0) {
+        member = fp_fast_execute(j->pool, member, call);
+    }
+    call->member = member;
+    __atomic_store_n(&call->done, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t written = write(j->a->fd, &one, sizeof one);
+    (void)written; /* an eventfd counter cannot overflow by ones here */
+    fp_async_release(j->a);
+    free(j);
+    return NULL;
+}
+
+int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call)
+{
+    async_job *j = malloc(sizeof(*j));
+    if (!j) {
+        return -1;
+    }
+    *j = (async_job){a, pool, call};
+    call->async = 1;
+    call->done = 0;
+    atomic_fetch_add(&a->refs, 1);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, async_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        atomic_fetch_sub(&a->refs, 1);
+        free(j);
+        return -1;
+    }
+    return 0;
 }

@@ -66,6 +66,10 @@ typedef struct fp_fast_call {
     char *diag;
     size_t diag_len, diag_cap;
     int diag_count;
+    /* asyncio (fp_async_submit) */
+    int async;
+    int cancel; /* set by the caller: stop the script (as a timeout does) or never start it */
+    int done;   /* set (release) by C before the eventfd is written */
 } fp_fast_call;
 
 /* Run `call` on member `member` of `pool` (which the caller acquired), or with member < 0 on an
@@ -80,6 +84,20 @@ void fp_fast_call_clear(fp_fast_call *call);
  * threads each take the next call, wait for a member in the pool's FIFO line, and run it.
  * Returns when all are done. */
 void fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
+/* asyncio: `call` runs on a C thread of its own (no Python thread), which queues for a PHP
+ * thread in the pool's FIFO line, runs it with fp_fast_execute, sets call->done, then adds 1 to
+ * the eventfd of `a` (fp_async_fd), which the event loop reads (loop.add_reader).  Setting
+ * call->cancel stops the script through the C watcher (within its 50 ms tick), or leaves the
+ * line if it waits: member is then FP_FAST_CANCELLED.  The call and what it points to must
+ * live until done.  Returns 0, or -1 when no thread could be started. */
+typedef struct fp_async fp_async;
+#define FP_FAST_CANCELLED -4
+fp_async *fp_async_new(void);
+int fp_async_fd(fp_async *a);
+/* Drop the caller's reference; the eventfd is closed once no call in flight holds one. */
+void fp_async_release(fp_async *a);
+int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call);
+
 /* fp_fast_call_clear of each of `calls`. */
 void fp_fast_calls_clear(fp_fast_call *calls, size_t n);
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from . import _native
 from .execution import (
@@ -84,6 +86,58 @@ def ini_text(settings: Mapping[str, PHPValue]) -> str:
             text = _ini_quote(text)
         lines.append(f"{key}={text}\n")
     return "".join(lines)
+
+
+class _AsyncCompletions:
+    """One event loop's eventfd (csrc/serve.h fp_async) and the calls in flight on it."""
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncCompletions]] = (
+        weakref.WeakKeyDictionary())
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _AsyncCompletions:
+        completions = cls._by_loop.get(loop)
+        if completions is None:
+            completions = cls._by_loop[loop] = cls(loop)
+        return completions
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.handle: Any = None
+        self.pending: dict[Any, tuple[asyncio.Future[None], ThreadPool, Any]] = {}
+
+    def submit(self, pool: ThreadPool, call: Any, keep: Any) -> asyncio.Future[None]:
+        if self.handle is None:
+            handle = lib.fp_async_new()
+            if handle == ffi.NULL:
+                raise OSError("cannot create an eventfd")
+            self.handle = handle
+            self.loop.add_reader(lib.fp_async_fd(handle), self._ready)
+        future = self.loop.create_future()
+        if lib.fp_async_submit(self.handle, pool.handle, call) != 0:
+            self._close_if_idle()
+            raise RuntimeError("cannot start a thread for the execution")
+        self.pending[call] = (future, pool, keep)
+        return future
+
+    def _ready(self) -> None:
+        try:
+            os.eventfd_read(lib.fp_async_fd(self.handle))
+        except BlockingIOError:
+            return
+        for call in [c for c in self.pending if c.done]:
+            future, pool, _ = self.pending.pop(call)
+            if not future.cancelled():
+                future.set_result(None)  # the task builds the Result
+            elif call.given_up and call.member >= 0:
+                pool.given_up(pool.thread(call.member))
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self.pending and self.handle is not None:
+            self.loop.remove_reader(lib.fp_async_fd(self.handle))
+            lib.fp_async_release(self.handle)
+            self.handle = None
 
 
 class Runtime:
@@ -454,6 +508,55 @@ class Runtime:
             time_limit=float(limit) if limit else None,
             stderr=ffi.buffer(call.stderr_output, call.stderr_len)[:] if call.stderr_len else b"",
         )
+
+    # --- asyncio ------------------------------------------------------------------------------
+    async def aexecute_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        argv: Sequence[str] | None = None,
+        stdin: bytes | None = None,
+    ) -> Result:
+        """:meth:`execute_file` for asyncio: the script runs on a PHP thread (from a C thread,
+        no Python thread) while the event loop goes on; completion reaches the loop through an
+        eventfd.  Cancelling the task stops the script as a timeout does."""
+        script = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(script):
+            raise FileNotFoundError(f"PHP script not found: {script}")
+        return await self._aexecute(self._prepare(script, env, argv), None, stdin)
+
+    async def aexecute_code(
+        self,
+        code: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        argv: Sequence[str] | None = None,
+        stdin: bytes | None = None,
+    ) -> Result:
+        """:meth:`execute_code` for asyncio; see :meth:`aexecute_file`."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        return await self._aexecute(self._prepare(None, env, argv), code, stdin)
+
+    async def _aexecute(self, args: ScriptArgs, code: str | None, stdin: bytes | None) -> Result:
+        if stdin is not None and not isinstance(stdin, bytes):
+            raise TypeError(f"stdin must be bytes, not {type(stdin).__name__}")
+        pool = self._running_pool()
+        call = ffi.gc(ffi.new("fp_fast_call *"), lib.fp_fast_call_clear)
+        code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
+        stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
+        self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
+        future = _AsyncCompletions.of(asyncio.get_running_loop()).submit(
+            pool, call, (args, code_c, stdin_c, stdin))
+        try:
+            await asyncio.shield(future)  # cancelling us must not drop the C call's memory
+        except asyncio.CancelledError:
+            call.cancel = 1  # the C watcher stops the script (or it leaves the line)
+            raise
+        if call.member < 0:
+            raise RuntimeError("the runtime is shut down")
+        return self._fast_result(pool, call)
 
     # --- batches ------------------------------------------------------------------------------
     def map_file(self, path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]) -> list[Result]:
