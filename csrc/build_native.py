@@ -28,6 +28,8 @@ ffibuilder.cdef(_cdef_text("frankenpy.h", "/* @cdef-types-end */"))
 ffibuilder.cdef(_cdef_text("loader.h"))
 ffibuilder.cdef(_cdef_text("page_share.h"))
 ffibuilder.cdef(_cdef_text("router.h"))  # the php_server router (frankenpy/http/routing.py)
+# background workers' vars and tasks (frankenpy/worker_state.py)
+ffibuilder.cdef(_cdef_text("worker_state.h", "/* @cdef-end */"))
 ffibuilder.cdef(
     """
     extern "Python+C" int fp_py_output(void *, const char *, size_t);
@@ -37,13 +39,15 @@ ffibuilder.cdef(
     extern "Python+C" void fp_py_worker_ready(void *);
     extern "Python+C" int fp_py_next_request(void *, fp_request **);
     extern "Python+C" void fp_py_request_done(void *, fp_request *);
+    extern "Python+C" int fp_py_ws_start(int64_t, int, const char *, char *, size_t);
+    extern "Python+C" void fp_py_task_done(int64_t, int64_t);
     """
 )
 ffibuilder.set_source(
     "frankenpy._native",
-    '#include "loader.h"\n#include "page_share.h"\n#include "router.h"',
+    '#include "loader.h"\n#include "page_share.h"\n#include "router.h"\n#include "worker_state.h"',
     # relative paths: setuptools refuses absolute ones
-    sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c"],
+    sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c", "csrc/worker_state.c"],
     include_dirs=["csrc"],
     libraries=["dl"],
     extra_compile_args=["-Wall", "-Wextra"],

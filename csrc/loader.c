@@ -1,6 +1,7 @@
 /* Interpreter image loader; see loader.h. */
 #define _GNU_SOURCE /* RTLD_DEEPBIND */
 #include "loader.h"
+#include "worker_state.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -23,6 +24,9 @@ static void restore_host_signals(void);
 static const fp_host python_host = {
     fp_py_output, fp_py_log, NULL /* headers: read from the request */, fp_py_read_body, fp_py_time_limit,
     fp_py_worker_ready, restore_host_signals, fp_py_next_request, fp_py_request_done,
+    /* vars and tasks: process-wide, in C (worker_state.c) */
+    fp_ws_host_ensure, fp_ws_host_set_vars, fp_ws_host_get_vars, fp_ws_host_send_task,
+    fp_ws_host_receive_task, fp_ws_host_finish_task, fp_blob_release,
 };
 
 /* ---- SIGPROF ----------------------------------------------------------------------------------

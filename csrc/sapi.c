@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE /* memrchr() in PHP headers, RTLD flags */
 #include "frankenpy.h"
+#include "sapi_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,7 @@ static zend_resource *worker_handle; /* stream returned by frankenphp_get_worker
 static void (*php_error_cb)(int, zend_string *, const uint32_t, zend_string *);
 static zif_handler php_chdir;
 static int startup_done;
+static int worker_looping; /* an HTTP worker called frankenphp_handle_request() in this run */
 
 static pthread_mutex_t exec_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t exec_counter; /* under exec_mu */
@@ -274,6 +276,22 @@ static void restore_cwd(void)
 
 /* ---- frankenphp_* functions ----------------------------------------------------------------- */
 
+/* For worker_functions.c (sapi_internal.h). */
+const fp_host *fp_glue_host(void)
+{
+    return host;
+}
+
+fp_request *fp_glue_script_request(void)
+{
+    return script_req;
+}
+
+int fp_glue_worker_booting(void)
+{
+    return script_req && script_req->worker_kind == FP_WORKER_HTTP && !worker_looping;
+}
+
 PHP_FUNCTION(frankenphp_get_worker_handle)
 {
     ZEND_PARSE_PARAMETERS_NONE();
@@ -445,7 +463,9 @@ PHP_FUNCTION(frankenphp_handle_request)
                              "frankenphp_handle_request() cannot be called while handling a request", 0);
         RETURN_THROWS();
     }
+    worker_looping = 1;
     fp_request *req = NULL;
+    fp_wf_reset_views(); /* each request gets its own view of the workers' vars */
     if (!host->next_request(worker->handle, &req) || !req) {
         RETURN_FALSE; /* drained: the script leaves its loop */
     }
@@ -632,6 +652,7 @@ int fp_execute(fp_request *req)
     req->response_code = 200;
     script_req = current = req;
     prepare_request_info(req);
+    worker_looping = 0;
 
     fatal_error = 0;
     host->restore_signals(); /* first learn the host's current SIGPROF disposition */
@@ -671,6 +692,7 @@ int fp_execute(fp_request *req)
     if (req->http && !SG(headers_sent)) {
         sapi_send_headers(); /* an empty body still gets its status and headers */
     }
+    fp_wf_reset_views(); /* they live in the request's heap */
     php_request_shutdown(NULL);
 
     pthread_mutex_lock(&exec_mu);

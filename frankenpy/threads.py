@@ -63,6 +63,7 @@ class PHPThread:
         self.logger = php_log_adapter(name)
         self.started = False
         self.request = ffi.new("fp_request *")  # reused by regular executions (execution.Request)
+        self.worker_ctx = ffi.NULL  # the runtime's context for vars and tasks (worker_state.py)
 
     def start(self) -> None:
         """Start the interpreter (or take over the one a previous runtime left started with the

@@ -1,0 +1,24 @@
+/*
+ * What the glue's files share inside one copy of the glue (csrc/sapi.c and
+ * csrc/worker_functions.c).  Hidden symbols: every copy binds to its own (RTLD_DEEPBIND), and
+ * nothing here is part of the fp_* contract of frankenpy.h.
+ */
+#ifndef FRANKENPY_SAPI_INTERNAL_H
+#define FRANKENPY_SAPI_INTERNAL_H
+
+#include "frankenpy.h"
+
+#define FP_HIDDEN __attribute__((visibility("hidden")))
+
+/* sapi.c: the host callbacks, and the execution in progress (the worker script for workers). */
+FP_HIDDEN const fp_host *fp_glue_host(void);
+FP_HIDDEN fp_request *fp_glue_script_request(void);
+/* An HTTP worker that has not called frankenphp_handle_request() yet (still booting). */
+FP_HIDDEN int fp_glue_worker_booting(void);
+
+/* worker_functions.c: forget the snapshots frankenphp_get_vars() returned, so that the next
+ * call reads the latest.  Called at each request's start and end (before request shutdown:
+ * they live in the request's heap). */
+FP_HIDDEN void fp_wf_reset_views(void);
+
+#endif
