@@ -35,7 +35,7 @@ ffibuilder.cdef(
     extern "Python+C" int fp_py_output(void *, const char *, size_t);
     extern "Python+C" void fp_py_log(void *, int, const char *, uint32_t, const char *);
     extern "Python+C" size_t fp_py_read_body(void *, char *, size_t);
-    extern "Python+C" void fp_py_time_limit(void *, int64_t);
+    extern "Python+C" void fp_py_time_limit(void *, int64_t, int);
     extern "Python+C" void fp_py_worker_ready(void *);
     extern "Python+C" int fp_py_next_request(void *, fp_request **);
     extern "Python+C" void fp_py_request_done(void *, fp_request *);

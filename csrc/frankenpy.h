@@ -7,6 +7,10 @@
  * RTLD_LOCAL | RTLD_DEEPBIND.  Every static and every PHP global below therefore exists once per
  * PHP thread: one copy is driven by one OS thread at a time, which is all NTS PHP asks for.
  *
+ * Signal handlers, interval timers, stdout/stderr and the working directory belong to the whole
+ * process: fp_startup() redirects this copy of libphp's calls that would change them (its GOT,
+ * see interpose.h and the hooks in sapi.c), and chdir() goes through the host.
+ *
  * The layer owns no policy: it starts an interpreter, runs one execution as told by an
  * fp_request, reports what happened through the fp_host callbacks and result fields, and can be
  * interrupted from another thread.  Threads, time limits, restarts and backoff live in Python.
@@ -20,14 +24,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 6
+#define FP_ABI_VERSION 8
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
     FP_OUTPUT_BUFFER = 0, /* collect everything in fp_request.output; no callback */
     FP_OUTPUT_STREAM = 1, /* host->output() for every write, nothing collected */
-    FP_OUTPUT_FLUSH = 2,  /* collect; host->output() with the collected bytes on each flush() */
+    FP_OUTPUT_FLUSH = 2,  /* collect; host->output() with the collected bytes on each flush(),
+                           * and whenever more than FP_FLUSH_AT bytes are collected */
 };
+
+/* FP_OUTPUT_FLUSH never collects more than this: past it, the collected bytes go to the host as
+ * on flush() (headers first), so that memory stays flat however much a script prints. */
+#define FP_FLUSH_AT (256 * 1024)
 
 /* What kind of thread runs the script: decides which frankenphp_* functions work. */
 enum fp_worker_kind {
@@ -69,14 +78,18 @@ typedef struct fp_host {
     void (*headers)(void *handle, int status, const char *lines, size_t len);
     /* Read up to `len` bytes of the request body into `buf`; returns 0 at its end. */
     size_t (*read_body)(void *handle, char *buf, size_t len);
-    /* The script changed its time limit (set_time_limit(), ini_set('max_execution_time')).
-     * 0 means no limit.  The limit counts from now. */
-    void (*time_limit)(void *handle, int64_t seconds);
+    /* The execution's time limit, counting from now; 0 means no limit.  `initial` is 1 for the
+     * max_execution_time in force when the script starts (reported only when not 0), 0 when the
+     * script changes it (set_time_limit(), ini_set('max_execution_time')). */
+    void (*time_limit)(void *handle, int64_t seconds, int initial);
     /* A background worker called frankenphp_get_worker_handle() for the first time: ready. */
     void (*worker_ready)(void *handle);
-    /* PHP (re)installs its SIGPROF handler at every request start-up (zend_set_timeout()):
-     * put the host's back.  Called right after, and at the end of every execution. */
-    void (*restore_signals)(void);
+    /* The working directory is the process's: the first chdir() of an execution calls
+     * chdir_begin() before it changes directory, and the end of that execution chdir_end().
+     * The host saves its directory when no execution holds it yet and puts it back when the
+     * last one ends (one saved directory for every copy).  Any thread. */
+    void (*chdir_begin)(void);
+    void (*chdir_end)(void);
     /* An HTTP worker waits for its next request: fill `next` and return 1, or return 0 when the
      * worker is drained.  Blocks as long as the host wants. */
     int (*next_request)(void *handle, fp_request **next);
@@ -117,6 +130,9 @@ struct fp_request {
     char **argv; /* $argv / $argc; may be NULL */
     int argc;
     int output_mode; /* enum fp_output_mode */
+    /* FP_OUTPUT_BUFFER: past this many collected bytes the script ends with a fatal error
+     * (0: no limit other than memory) */
+    size_t output_limit;
     void *handle;    /* passed back to every fp_host callback */
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */

@@ -4,96 +4,67 @@
 #include "worker_state.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Host callbacks, implemented in Python as cffi `extern "Python+C"` functions. */
 int fp_py_output(void *handle, const char *data, size_t len);
 void fp_py_log(void *handle, int type, const char *file, uint32_t line, const char *message);
 size_t fp_py_read_body(void *handle, char *buf, size_t len);
-void fp_py_time_limit(void *handle, int64_t seconds);
+void fp_py_time_limit(void *handle, int64_t seconds, int initial);
 void fp_py_worker_ready(void *handle);
 int fp_py_next_request(void *handle, fp_request **next);
 void fp_py_request_done(void *handle, fp_request *done);
 
-static void restore_host_signals(void);
+static void chdir_begin(void);
+static void chdir_end(void);
 
 static const fp_host python_host = {
     fp_py_output, fp_py_log, NULL /* headers: read from the request */, fp_py_read_body, fp_py_time_limit,
-    fp_py_worker_ready, restore_host_signals, fp_py_next_request, fp_py_request_done,
+    fp_py_worker_ready, chdir_begin, chdir_end, fp_py_next_request, fp_py_request_done,
     /* vars and tasks: process-wide, in C (worker_state.c) */
     fp_ws_host_ensure, fp_ws_host_set_vars, fp_ws_host_get_vars, fp_ws_host_send_task,
     fp_ws_host_receive_task, fp_ws_host_finish_task, fp_blob_release,
 };
 
-/* ---- SIGPROF ----------------------------------------------------------------------------------
- * Every libphp copy installs its own SIGPROF handler at each request start-up, process-wide.
- * The host's disposition is remembered here (one place for all copies) and put back: a handler
- * that lives inside a libphp image is PHP's, anything else is the host's (and may have changed
- * since we last looked, e.g. a profiler started). */
-#define FP_MAX_IMAGES 1024
-static pthread_mutex_t signal_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct sigaction host_sigprof; /* SIG_DFL until we have seen the host's */
-static void *image_bases[FP_MAX_IMAGES];
-static size_t image_count;
-static void *php_handlers[16]; /* handlers already found to be PHP's (saves a dladdr) */
-static size_t php_handler_count;
+/* ---- the working directory ----------------------------------------------------------------------
+ * One for the whole process, so one saved copy for every image: the directory the host had
+ * before the first of the executions that called chdir() (`holders`), put back when the last
+ * of them ends.  Per-image copies would race: two overlapping executions each saved ".", and the
+ * one ending last put back the other's directory. */
+static pthread_mutex_t cwd_mu = PTHREAD_MUTEX_INITIALIZER;
+static int cwd_saved_fd = -1;
+static int cwd_holders;
 
-static int is_php_handler(void *handler)
+static void chdir_begin(void)
 {
-    for (size_t i = 0; i < php_handler_count; i++) {
-        if (php_handlers[i] == handler) {
-            return 1;
-        }
+    pthread_mutex_lock(&cwd_mu);
+    if (cwd_holders++ == 0) {
+        cwd_saved_fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     }
-    Dl_info info;
-    if (!dladdr(handler, &info)) {
-        return 0;
-    }
-    for (size_t i = 0; i < image_count; i++) {
-        if (image_bases[i] == info.dli_fbase) {
-            if (php_handler_count < sizeof(php_handlers) / sizeof(php_handlers[0])) {
-                php_handlers[php_handler_count++] = handler;
-            }
-            return 1;
-        }
-    }
-    return 0;
+    pthread_mutex_unlock(&cwd_mu);
 }
 
-static void restore_host_signals(void)
+static void chdir_end(void)
 {
-    struct sigaction current;
-    pthread_mutex_lock(&signal_mu);
-    if (sigaction(SIGPROF, NULL, &current) == 0) {
-        void *handler = (current.sa_flags & SA_SIGINFO) ? (void *)current.sa_sigaction
-                                                        : (void *)current.sa_handler;
-        if (handler != (void *)SIG_DFL && handler != (void *)SIG_IGN && is_php_handler(handler)) {
-            sigaction(SIGPROF, &host_sigprof, NULL);
-        } else {
-            host_sigprof = current;
+    int failed = 0;
+    pthread_mutex_lock(&cwd_mu);
+    if (--cwd_holders == 0) {
+        failed = cwd_saved_fd < 0 || fchdir(cwd_saved_fd) != 0;
+        if (cwd_saved_fd >= 0) {
+            close(cwd_saved_fd);
+            cwd_saved_fd = -1;
         }
     }
-    pthread_mutex_unlock(&signal_mu);
-}
-
-static int remember_image(void *php)
-{
-    Dl_info info;
-    void *symbol = dlsym(php, "php_request_startup");
-    if (!symbol || !dladdr(symbol, &info)) {
-        return -1;
+    pthread_mutex_unlock(&cwd_mu);
+    if (failed) {
+        fp_py_log(NULL, 2 /* E_WARNING */, NULL, 0, "could not restore the working directory");
     }
-    pthread_mutex_lock(&signal_mu);
-    int ok = image_count < FP_MAX_IMAGES;
-    if (ok) {
-        image_bases[image_count++] = info.dli_fbase;
-    }
-    pthread_mutex_unlock(&signal_mu);
-    return ok ? 0 : -1;
 }
 
 struct fp_image {
@@ -120,11 +91,6 @@ fp_image *fp_image_open(const char *php_path, const char *sapi_path, char *err, 
     image->php = dlopen(php_path, FP_DLFLAGS);
     if (!image->php) {
         snprintf(err, err_len, "%s", dlerror());
-        free(image);
-        return NULL;
-    }
-    if (remember_image(image->php) != 0) {
-        snprintf(err, err_len, "%s: not a usable libphp (or more than %d images)", php_path, FP_MAX_IMAGES);
         free(image);
         return NULL;
     }
@@ -191,7 +157,6 @@ static void ignore_signal(int signo)
 
 int fp_install_interrupt_signal(int signo)
 {
-    restore_host_signals(); /* first look at the host's SIGPROF disposition */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = ignore_signal;

@@ -8,9 +8,19 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <php.h>
@@ -21,11 +31,13 @@
 #include <php_output.h>
 #include <ext/spl/spl_exceptions.h>
 #include <zend_exceptions.h>
+#include <zend_extensions.h>
 #include <zend_ini.h>
 #include <zend_signal.h>
 #include <zend_smart_str.h>
 
 #include "frankenphp_arginfo.h"
+#include "interpose.h"
 
 /* ---- per-copy state ------------------------------------------------------------------------
  * All of it belongs to the thread that owns this copy, except the fields under exec_mu, which
@@ -34,7 +46,7 @@ static const fp_host *host;
 static fp_request *script_req; /* the execution in progress (the worker script for workers) */
 static fp_request *current;    /* where output/headers go: script_req, or an HTTP worker's request */
 static zend_long time_limit;   /* max_execution_time as the script sees it */
-static int cwd_saved_fd = -1;  /* host's working directory, saved when a script calls chdir() */
+static int cwd_held;           /* this execution called chdir(): host->chdir_end() at its end */
 static zend_resource *worker_handle; /* stream returned by frankenphp_get_worker_handle() */
 static void (*php_error_cb)(int, zend_string *, const uint32_t, zend_string *);
 static zif_handler php_chdir;
@@ -45,7 +57,7 @@ static pthread_mutex_t exec_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t exec_counter; /* under exec_mu */
 static uint64_t running_exec; /* under exec_mu: id of the execution in progress, 0 when idle */
 static pthread_t running_thread;
-static int interrupted;
+static int interrupted; /* written under exec_mu, read by the libc hooks without it (atomics) */
 static int fatal_error; /* a fatal diagnostic was reported during the execution */
 
 static void prepare_request_info(fp_request *req);
@@ -76,9 +88,51 @@ static const char builtin_ini[] =
 
 /* ---- output ---------------------------------------------------------------------------- */
 
+static int output_failed; /* the collected output hit its limit or memory: drop the rest */
+
+/* Hand `data` to the host as flush() does: the status and headers go out first. */
+static void deliver(fp_request *r, const char *data, size_t len)
+{
+    if (!SG(headers_sent)) {
+        sapi_send_headers();
+    }
+    if (len && host->output(r->handle, data, len) != 0) {
+        php_handle_aborted_connection(); /* bails out unless ignore_user_abort(true) */
+    }
+}
+
+static void deliver_collected(fp_request *r)
+{
+    size_t len = r->output_len;
+    r->output_len = 0; /* before deliver(), which may bail out */
+    deliver(r, r->output, len);
+}
+
+/* Output that cannot be collected ends the script with a fatal error (exit status 255, the
+ * message in the host's diagnostics) rather than silently going missing. */
+static void output_failure(const char *format, size_t bytes)
+{
+    output_failed = 1; /* output written while PHP unwinds is dropped, not reported again */
+    zend_error(E_ERROR, format, bytes);
+}
+
 static void append_output(fp_request *r, const char *data, size_t len)
 {
-    if (r->output_len + len > r->output_cap) {
+    if (output_failed) {
+        return;
+    }
+    if (r->output_mode == FP_OUTPUT_FLUSH && len > FP_FLUSH_AT - r->output_len) {
+        deliver_collected(r);
+        if (len > FP_FLUSH_AT) {
+            deliver(r, data, len);
+            return;
+        }
+    } else if (r->output_mode == FP_OUTPUT_BUFFER && r->output_limit &&
+               len > r->output_limit - r->output_len) {
+        output_failure("Output exceeds the limit of %zu bytes (max_output_size)", r->output_limit);
+        return;
+    }
+    if (len > r->output_cap - r->output_len) {
         size_t cap = r->output_cap ? r->output_cap : 4096;
         while (cap < r->output_len + len) {
             cap *= 2;
@@ -86,7 +140,13 @@ static void append_output(fp_request *r, const char *data, size_t len)
         /* Plain malloc, not emalloc: the buffer outlives the request. */
         char *grown = realloc(r->output, cap);
         if (!grown) {
-            return; /* out of host memory: drop output rather than crash */
+            if (r->output_mode == FP_OUTPUT_FLUSH) {
+                deliver_collected(r); /* no copy needed: nothing is lost */
+                deliver(r, data, len);
+                return;
+            }
+            output_failure("Out of memory collecting the output (%zu bytes)", cap);
+            return;
         }
         r->output = grown;
         r->output_cap = cap;
@@ -115,18 +175,8 @@ static void fp_flush(void *server_context)
 {
     (void)server_context;
     fp_request *r = current;
-    if (!r || r->output_mode != FP_OUTPUT_FLUSH) {
-        return;
-    }
-    if (!SG(headers_sent)) {
-        sapi_send_headers();
-    }
-    if (r->output_len) {
-        int gone = host->output(r->handle, r->output, r->output_len) != 0;
-        r->output_len = 0;
-        if (gone) {
-            php_handle_aborted_connection();
-        }
+    if (r && r->output_mode == FP_OUTPUT_FLUSH) {
+        deliver_collected(r);
     }
 }
 
@@ -236,26 +286,30 @@ static void fp_error_cb(int type, zend_string *file, const uint32_t line, zend_s
 
 /* ---- time limits ----------------------------------------------------------------------------
  * NTS PHP enforces max_execution_time with setitimer(ITIMER_PROF): one timer for the whole
- * process, shared by every copy.  We keep EG(timeout_seconds) at 0 so PHP never arms it and hand
- * the limit to the host, which stops the script with fp_interrupt(). */
+ * process, shared by every copy.  We keep EG(timeout_seconds) at 0 (and libphp's setitimer() is a
+ * no-op, see the hooks below) and hand the limit to the host, which stops the script with
+ * fp_interrupt(). */
 static ZEND_INI_MH(fp_on_update_timeout)
 {
     (void)entry; (void)mh_arg1; (void)mh_arg2; (void)mh_arg3;
     time_limit = ZEND_STRTOL(ZSTR_VAL(new_value), NULL, 10);
     EG(timeout_seconds) = 0;
     if (stage == ZEND_INI_STAGE_RUNTIME && script_req) {
-        host->time_limit(script_req->handle, time_limit);
+        host->time_limit(script_req->handle, time_limit, 0);
     }
     return SUCCESS;
 }
 
 /* ---- chdir() --------------------------------------------------------------------------------
  * The working directory belongs to the whole process.  chdir() still works for the script, but
- * is reported, and the host's directory is put back when the execution ends. */
+ * is reported, and the host puts its directory back once no execution that changed it is left
+ * running (one saved directory for the whole process, kept by the host: a copy of its own would
+ * race with the other copies' chdir()s). */
 static ZEND_NAMED_FUNCTION(fp_chdir)
 {
-    if (cwd_saved_fd < 0) {
-        cwd_saved_fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!cwd_held) {
+        host->chdir_begin();
+        cwd_held = 1;
     }
     php_error_docref(NULL, E_WARNING,
                      "chdir() changes the working directory of the whole host process; "
@@ -263,15 +317,511 @@ static ZEND_NAMED_FUNCTION(fp_chdir)
     php_chdir(execute_data, return_value);
 }
 
-static void restore_cwd(void)
+static void release_cwd(void)
 {
-    if (cwd_saved_fd >= 0) {
-        if (fchdir(cwd_saved_fd) != 0) {
-            host->log(NULL, E_WARNING, NULL, 0, "could not restore the working directory");
-        }
-        close(cwd_saved_fd);
-        cwd_saved_fd = -1;
+    if (cwd_held) {
+        cwd_held = 0;
+        host->chdir_end();
     }
+}
+
+/* ---- signal handlers ---------------------------------------------------------------------------
+ * pcntl (built into Debian's libphp) would install a script's handler for the whole process,
+ * taking SIGINT/SIGTERM from the host, and reset it to SIG_DFL at request end.  Refused with a
+ * warning; libphp's sigaction() is a no-op anyway (see the hooks below). */
+static ZEND_NAMED_FUNCTION(fp_pcntl_signal)
+{
+    (void)execute_data;
+    php_error_docref(NULL, E_WARNING,
+                     "signal handlers belong to the whole host process; frankenpy does not let a "
+                     "script install one");
+    RETURN_FALSE;
+}
+
+/* ---- what this copy of libphp may do to the process -------------------------------------------
+ * Signal dispositions, interval timers and the process's stdout/stderr are shared by every copy
+ * and by the host.  fp_startup() redirects this copy's imports of the libc functions that touch
+ * them to the hooks below (csrc/interpose.h), so that each copy:
+ *  - never installs a signal handler: zend_signal() would install its SIGPROF handler at every
+ *    request start-up and after every timeout (zend_timeout -> zend_set_timeout_ex(0, 1)); a
+ *    host profiler's SIGPROF would then reach zend_timeout_handler, which _exit()s the process
+ *    when EG(timed_out) is set.  zend_sigaction() turns a failure into a fatal error, so the hook
+ *    "succeeds" without changing anything; queries pass through;
+ *  - never arms or disarms ITIMER_PROF (zend_unset_timeout() would disarm a host profiler's
+ *    timer) nor alarm() (a script cannot handle SIGALRM here, whose default kills the host);
+ *  - stops waiting once its execution is interrupted: PHP's stream layer restarts poll() with its
+ *    full timeout after EINTR (php_sock_stream_wait_for_data), reads a pipe again after EINTR,
+ *    and proc_close() loops on waitpid() EINTR, so the interrupt's EINTR alone does not end
+ *    those waits;
+ *  - writes nothing to the host's stdout/stderr: output written around PHP's output layer (after
+ *    php_output_deactivate(), by start-up code, by zend_extension loading) goes to the execution
+ *    or to host->log().
+ * Each hook lives in this copy of the glue, so it sees this copy's execution. */
+static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
+static int (*real_setitimer)(__itimer_which_t, const struct itimerval *, struct itimerval *);
+static int (*real_poll)(struct pollfd *, nfds_t, int);
+static int (*real_select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+static pid_t (*real_wait4)(pid_t, int *, int, struct rusage *);
+static int (*real_flock)(int, int);
+static ssize_t (*real_write)(int, const void *, size_t);
+static ssize_t (*real_read)(int, void *, size_t);
+static size_t (*real_fwrite)(const void *, size_t, size_t, FILE *);
+static int (*real_fputs)(const char *, FILE *);
+static int (*real_fputc)(int, FILE *);
+static int (*real_dup)(int);
+static int (*real_close)(int);
+
+static int stop_requested(void)
+{
+    return __atomic_load_n(&interrupted, __ATOMIC_ACQUIRE);
+}
+
+static int hook_sigaction(int signo, const struct sigaction *act, struct sigaction *old)
+{
+    (void)act;
+    return old ? real_sigaction(signo, NULL, old) : 0;
+}
+
+static __sighandler_t hook_signal(int signo, __sighandler_t handler)
+{
+    (void)handler;
+    struct sigaction old;
+    return real_sigaction(signo, NULL, &old) == 0 ? old.sa_handler : SIG_ERR;
+}
+
+static int hook_setitimer(__itimer_which_t which, const struct itimerval *value, struct itimerval *old)
+{
+    if (which != ITIMER_PROF) {
+        return real_setitimer(which, value, old);
+    }
+    return old ? getitimer(which, old) : 0;
+}
+
+static unsigned hook_alarm(unsigned seconds)
+{
+    (void)seconds;
+    return 0;
+}
+
+static int hook_poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+    int rc = timeout != 0 && stop_requested() ? -2 : real_poll(fds, n, timeout);
+    if (rc == -2 || (rc < 0 && errno == EINTR && stop_requested())) {
+        for (nfds_t i = 0; i < n; i++) {
+            fds[i].revents = 0;
+        }
+        return 0; /* "timed out": the VM interrupt ends the script right after */
+    }
+    return rc;
+}
+
+static int hook_select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *timeout)
+{
+    int blocking = !timeout || timeout->tv_sec || timeout->tv_usec;
+    int rc = blocking && stop_requested() ? -2 : real_select(nfds, r, w, e, timeout);
+    if (rc == -2 || (rc < 0 && errno == EINTR && stop_requested())) {
+        if (r) FD_ZERO(r);
+        if (w) FD_ZERO(w);
+        if (e) FD_ZERO(e);
+        return 0;
+    }
+    return rc;
+}
+
+/* A child whose wait was abandoned: reaped in the background so that it leaves no zombie. */
+static void *reap_child(void *arg)
+{
+    pid_t pid = (pid_t)(intptr_t)arg;
+    while (real_wait4(pid, NULL, 0, NULL) < 0 && errno == EINTR) {
+    }
+    return NULL;
+}
+
+/* The execution is stopped while waiting for `pid`: report "still running" (as WNOHANG does),
+ * which ends proc_close()'s EINTR loop, unless the child has exited meanwhile. */
+static pid_t abandon_wait(pid_t pid, int *status, int options, struct rusage *usage)
+{
+    pid_t rc = real_wait4(pid, status, options | WNOHANG, usage);
+    if (rc == 0 && pid > 0) {
+        pthread_t reaper;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_create(&reaper, &attr, reap_child, (void *)(intptr_t)pid);
+        pthread_attr_destroy(&attr);
+    }
+    return rc;
+}
+
+static pid_t hook_wait4(pid_t pid, int *status, int options, struct rusage *usage)
+{
+    if (!(options & WNOHANG) && stop_requested()) {
+        return abandon_wait(pid, status, options, usage);
+    }
+    pid_t rc = real_wait4(pid, status, options, usage);
+    if (rc < 0 && errno == EINTR && stop_requested()) {
+        return abandon_wait(pid, status, options, usage);
+    }
+    return rc;
+}
+
+static pid_t hook_waitpid(pid_t pid, int *status, int options)
+{
+    return hook_wait4(pid, status, options, NULL);
+}
+
+/* popen()/pclose(): glibc's pclose() retries its own waitpid() after EINTR, inside libc where no
+ * hook reaches, and exec(), shell_exec(), system(), passthru() and popen() end with it.  This
+ * popen() (glibc's way: posix_spawn of /bin/sh -c) keeps the child's pid, so that pclose() can
+ * wait through hook_wait4().  Its pipe end is always close-on-exec, so no other child inherits
+ * it (what POSIX asks of popen()).  More streams at once than the table holds use libc's. */
+static FILE *(*real_popen)(const char *, const char *);
+static int (*real_pclose)(FILE *);
+typedef struct popen_child {
+    FILE *stream;
+    pid_t pid;
+} popen_child;
+static popen_child popen_children[8];
+
+static FILE *hook_popen(const char *command, const char *mode)
+{
+    popen_child *slot = NULL;
+    for (size_t i = 0; i < sizeof(popen_children) / sizeof(popen_children[0]) && !slot; i++) {
+        slot = popen_children[i].stream ? NULL : &popen_children[i];
+    }
+    int reading = mode[0] == 'r';
+    if (!slot || (mode[0] != 'r' && mode[0] != 'w')) {
+        return real_popen(command, mode);
+    }
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return NULL;
+    }
+    int child_end = reading ? fds[1] : fds[0], parent_end = reading ? fds[0] : fds[1];
+    int target = reading ? STDOUT_FILENO : STDIN_FILENO;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (child_end == target) {
+        /* dup2() onto itself would keep close-on-exec: move it out of the way first. */
+        posix_spawn_file_actions_adddup2(&actions, child_end, parent_end);
+        child_end = parent_end;
+    }
+    posix_spawn_file_actions_adddup2(&actions, child_end, target);
+    if (child_end == parent_end) {
+        posix_spawn_file_actions_addclose(&actions, parent_end);
+    }
+    char *argv[] = {"sh", "-c", (char *)command, NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, "/bin/sh", &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(reading ? fds[1] : fds[0]);
+    FILE *stream = rc == 0 ? fdopen(parent_end, reading ? "r" : "w") : NULL;
+    if (!stream) {
+        close(parent_end);
+        if (rc == 0) {
+            while (real_wait4(pid, NULL, 0, NULL) < 0 && errno == EINTR) {
+            }
+        }
+        errno = rc ? rc : errno;
+        return NULL;
+    }
+    slot->stream = stream;
+    slot->pid = pid;
+    return stream;
+}
+
+static int hook_pclose(FILE *stream)
+{
+    popen_child *child = NULL;
+    for (size_t i = 0; i < sizeof(popen_children) / sizeof(popen_children[0]) && !child; i++) {
+        child = popen_children[i].stream == stream ? &popen_children[i] : NULL;
+    }
+    if (!child) {
+        return real_pclose(stream);
+    }
+    pid_t pid = child->pid;
+    child->stream = NULL;
+    fclose(stream);
+    int status = 0;
+    pid_t rc;
+    while ((rc = hook_wait4(pid, &status, 0, NULL)) < 0 && errno == EINTR) {
+    }
+    return rc == pid ? status : -1; /* 0: given up (the execution is being stopped) */
+}
+
+/* PHP's plain-file streams read a pipe again after EINTR (exec()'s output, proc_open() pipes):
+ * once stopped, a read that could block returns EINTR at once.  Regular files never block, and
+ * shutdown functions and destructors still include and read them. */
+static ssize_t hook_read(int fd, void *buf, size_t len)
+{
+    struct stat st;
+    if (stop_requested() && fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ||
+                                                    S_ISCHR(st.st_mode))) {
+        errno = EINTR;
+        return -1;
+    }
+    return real_read(fd, buf, len);
+}
+
+static int hook_flock(int fd, int operation)
+{
+    if (!(operation & LOCK_NB) && stop_requested()) {
+        errno = EINTR;
+        return -1;
+    }
+    return real_flock(fd, operation);
+}
+
+/* Bytes libphp writes to fd 1 or 2 itself.  stdout goes to the execution's output (as
+ * fp_ub_write() would, minus aborting on a gone client: this can run in request shutdown);
+ * stderr, and stdout without an execution, to host->log() as type-0 lines. */
+static void raw_output(int fd, const char *data, size_t len)
+{
+    fp_request *r = current;
+    if (fd == 1 && r) {
+        if (r->output_mode == FP_OUTPUT_STREAM) {
+            host->output(r->handle, data, len);
+        } else {
+            append_output(r, data, len);
+        }
+        return;
+    }
+    while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) {
+        len--;
+    }
+    char *line = len ? malloc(len + 1) : NULL;
+    if (line) {
+        memcpy(line, data, len);
+        line[len] = '\0';
+        host->log(r ? r->handle : NULL, 0, NULL, 0, line);
+        free(line);
+    }
+}
+
+static int std_fd(FILE *f)
+{
+    return f == stdout ? 1 : f == stderr ? 2 : 0;
+}
+
+/* php://stdout and php://stderr write to a dup() of fd 1 or 2: those copies are remembered (with
+ * the file they refer to, in case one is closed behind our back and its number reused). */
+typedef struct std_dup {
+    int fd, std;
+    dev_t dev;
+    ino_t ino;
+} std_dup;
+static std_dup std_dups[8];
+static int std_dup_count;
+
+static int hook_dup(int fd)
+{
+    int copy = real_dup(fd);
+    struct stat st;
+    if (copy >= 0 && (fd == 1 || fd == 2) && std_dup_count < 8 && fstat(copy, &st) == 0) {
+        std_dups[std_dup_count++] = (std_dup){copy, fd, st.st_dev, st.st_ino};
+    }
+    return copy;
+}
+
+static void forget_dup(int i)
+{
+    std_dups[i] = std_dups[--std_dup_count];
+}
+
+static int hook_close(int fd)
+{
+    for (int i = 0; i < std_dup_count; i++) {
+        if (std_dups[i].fd == fd) {
+            forget_dup(i);
+            break;
+        }
+    }
+    return real_close(fd);
+}
+
+/* 1 or 2 if `fd` is the process's stdout/stderr or a remembered copy of it, else 0. */
+static int std_target(int fd)
+{
+    if (fd == 1 || fd == 2) {
+        return fd;
+    }
+    for (int i = 0; i < std_dup_count; i++) {
+        if (std_dups[i].fd == fd) {
+            struct stat st;
+            if (fstat(fd, &st) == 0 && st.st_dev == std_dups[i].dev && st.st_ino == std_dups[i].ino) {
+                return std_dups[i].std;
+            }
+            forget_dup(i);
+            break;
+        }
+    }
+    return 0;
+}
+
+static ssize_t hook_write(int fd, const void *data, size_t len)
+{
+    int target = std_target(fd);
+    if (!target) {
+        return real_write(fd, data, len);
+    }
+    raw_output(target, data, len);
+    return (ssize_t)len;
+}
+
+static size_t hook_fwrite(const void *data, size_t size, size_t n, FILE *f)
+{
+    int fd = std_fd(f);
+    if (!fd) {
+        return real_fwrite(data, size, n, f);
+    }
+    raw_output(fd, data, size * n);
+    return n;
+}
+
+static int hook_fputs(const char *s, FILE *f)
+{
+    int fd = std_fd(f);
+    if (!fd) {
+        return real_fputs(s, f);
+    }
+    raw_output(fd, s, strlen(s));
+    return 1;
+}
+
+static int hook_fputc(int c, FILE *f)
+{
+    int fd = std_fd(f);
+    if (!fd) {
+        return real_fputc(c, f);
+    }
+    char ch = (char)c;
+    raw_output(fd, &ch, 1);
+    return (unsigned char)c;
+}
+
+static int hook_puts(const char *s)
+{
+    raw_output(1, s, strlen(s));
+    raw_output(1, "\n", 1);
+    return 1;
+}
+
+static int hook_putchar(int c)
+{
+    return hook_fputc(c, stdout);
+}
+
+static int vprintf_to(int fd, const char *format, va_list ap)
+{
+    char *text = NULL;
+    int len = vasprintf(&text, format, ap);
+    if (len >= 0) {
+        raw_output(fd, text, (size_t)len);
+        free(text);
+    }
+    return len;
+}
+
+int __vfprintf_chk(FILE *, int, const char *, va_list); /* glibc; declared only under _FORTIFY_SOURCE */
+
+static int hook_fprintf_chk(FILE *f, int flag, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    int fd = std_fd(f);
+    int rc = fd ? vprintf_to(fd, format, ap) : __vfprintf_chk(f, flag, format, ap);
+    va_end(ap);
+    return rc;
+}
+
+static int hook_vfprintf_chk(FILE *f, int flag, const char *format, va_list ap)
+{
+    int fd = std_fd(f);
+    return fd ? vprintf_to(fd, format, ap) : __vfprintf_chk(f, flag, format, ap);
+}
+
+static int hook_printf_chk(int flag, const char *format, ...)
+{
+    (void)flag;
+    va_list ap;
+    va_start(ap, format);
+    int rc = vprintf_to(1, format, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* What the hooks replace, in libphp and in every shared extension this copy loads (Debian's
+ * ftp.so and redis.so call poll() themselves, ftp's my_poll() restarting it after EINTR;
+ * opcache.so and fileinfo.so write to stderr/stdout). */
+static fp_interposition hooks[] = {
+    {"sigaction", (void *)hook_sigaction, (void **)&real_sigaction},
+    {"signal", (void *)hook_signal, NULL},
+    {"setitimer", (void *)hook_setitimer, (void **)&real_setitimer},
+    {"alarm", (void *)hook_alarm, NULL},
+    {"poll", (void *)hook_poll, (void **)&real_poll},
+    {"select", (void *)hook_select, (void **)&real_select},
+    {"waitpid", (void *)hook_waitpid, NULL},
+    {"wait4", (void *)hook_wait4, (void **)&real_wait4},
+    {"flock", (void *)hook_flock, (void **)&real_flock},
+    {"popen", (void *)hook_popen, (void **)&real_popen},
+    {"pclose", (void *)hook_pclose, (void **)&real_pclose},
+    {"write", (void *)hook_write, (void **)&real_write},
+    {"read", (void *)hook_read, (void **)&real_read},
+    {"dup", (void *)hook_dup, (void **)&real_dup},
+    {"close", (void *)hook_close, (void **)&real_close},
+    {"fwrite", (void *)hook_fwrite, (void **)&real_fwrite},
+    {"fputs", (void *)hook_fputs, (void **)&real_fputs},
+    {"fputc", (void *)hook_fputc, (void **)&real_fputc},
+    {"puts", (void *)hook_puts, NULL},
+    {"putchar", (void *)hook_putchar, NULL},
+    {"__fprintf_chk", (void *)hook_fprintf_chk, NULL},
+    {"__printf_chk", (void *)hook_printf_chk, NULL},
+    {"__vfprintf_chk", (void *)hook_vfprintf_chk, NULL},
+};
+#define FP_HOOKS (sizeof(hooks) / sizeof(hooks[0]))
+
+/* Redirect this copy of libphp's imports to the hooks above. */
+static int interpose_libphp(void)
+{
+    int patched = fp_interpose((const void *)php_request_startup, hooks, FP_HOOKS);
+    /* What libphp does not import, the hooks still call: libc's own. */
+#define FP_REAL(name) if (!real_##name) real_##name = name
+    FP_REAL(sigaction);
+    FP_REAL(setitimer);
+    FP_REAL(poll);
+    FP_REAL(select);
+    FP_REAL(wait4);
+    FP_REAL(flock);
+    FP_REAL(popen);
+    FP_REAL(pclose);
+    FP_REAL(write);
+    FP_REAL(read);
+    FP_REAL(dup);
+    FP_REAL(close);
+    FP_REAL(fwrite);
+    FP_REAL(fputs);
+    FP_REAL(fputc);
+#undef FP_REAL
+    return patched;
+}
+
+/* The same for the shared extensions php_module_startup() loaded into this copy (each image
+ * has copies of its own, bound to its libphp). */
+static int interpose_extensions(void)
+{
+    zend_module_entry *module;
+    ZEND_HASH_MAP_FOREACH_PTR(&module_registry, module) {
+        if (module->handle && fp_interpose_handle(module->handle, hooks, FP_HOOKS) < 0) {
+            return -1;
+        }
+    } ZEND_HASH_FOREACH_END();
+    for (zend_llist_element *e = zend_extensions.head; e; e = e->next) {
+        zend_extension *ext = (zend_extension *)e->data;
+        if (ext->handle && fp_interpose_handle(ext->handle, hooks, FP_HOOKS) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- frankenphp_* functions ----------------------------------------------------------------- */
@@ -333,8 +883,9 @@ PHP_FUNCTION(frankenphp_get_worker_handle)
  * layers are always active while PHP code runs: between requests they belong to the worker
  * script itself, whose output goes to the worker's own fp_request. */
 
-/* Extensions whose per-request state must be cycled with each HTTP request. */
-static const char *const reloaded_modules[] = {"filter", "session", NULL};
+/* Extensions whose per-request state must be cycled with each HTTP request (zlib: the encoding
+ * ob_gzhandler negotiated from the previous request's Accept-Encoding). */
+static const char *const reloaded_modules[] = {"filter", "session", "zlib", NULL};
 
 static void call_module_hooks(int startup)
 {
@@ -422,10 +973,7 @@ static void layers_shutdown(void)
     } zend_end_try();
     call_module_hooks(0);
     zend_try {
-        if (current && current->http && !SG(headers_sent)) {
-            sapi_send_headers(); /* an empty body still gets its status and headers */
-        }
-        php_output_deactivate();
+        php_output_deactivate(); /* sends the status and headers if no output did */
     } zend_end_try();
     zend_try {
         sapi_deactivate();
@@ -465,7 +1013,7 @@ PHP_FUNCTION(frankenphp_handle_request)
     }
     worker_looping = 1;
     fp_request *req = NULL;
-    fp_wf_reset_views(); /* each request gets its own view of the workers' vars */
+    fp_wf_reset_views(0); /* each request gets its own view of the workers' vars */
     if (!host->next_request(worker->handle, &req) || !req) {
         RETURN_FALSE; /* drained: the script leaves its loop */
     }
@@ -543,7 +1091,9 @@ static void replace_function(const char *name, zif_handler handler, zif_handler 
 {
     zend_function *fn = zend_hash_str_find_ptr(CG(function_table), name, strlen(name));
     if (fn && fn->type == ZEND_INTERNAL_FUNCTION) {
-        *original = fn->internal_function.handler;
+        if (original) {
+            *original = fn->internal_function.handler;
+        }
         fn->internal_function.handler = handler;
     }
 }
@@ -555,8 +1105,12 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
         return -1;
     }
     host = callbacks;
-    /* zend_signal would install PHP's handlers for SIGINT, SIGTERM... process-wide at every
-     * request start: keep the host's handlers by never letting this copy reset them. */
+    if (interpose_libphp() < 0) {
+        snprintf(err, err_len, "cannot redirect libphp's imports: %s", strerror(errno));
+        return -1;
+    }
+    /* zend_signal would save and re-install the handlers of SIGINT, SIGTERM... at every request
+     * start and end (as no-ops now): not even that. */
     zend_signal_startup();
     SIGG(reset) = 0;
 
@@ -583,6 +1137,12 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     /* php_module_startup() installs PHP's error callback: wrap it now. */
     php_error_cb = zend_error_cb;
     zend_error_cb = fp_error_cb;
+    if (interpose_extensions() < 0) {
+        snprintf(err, err_len, "cannot redirect an extension's imports: %s", strerror(errno));
+        startup_done = 1;
+        fp_shutdown();
+        return -1;
+    }
     SG(options) |= SAPI_OPTION_NO_CHDIR;
 
     zend_ini_entry *timeout = zend_hash_str_find_ptr(EG(ini_directives), ZEND_STRL("max_execution_time"));
@@ -591,6 +1151,7 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
         fp_on_update_timeout(timeout, timeout->value, NULL, NULL, NULL, ZEND_INI_STAGE_STARTUP);
     }
     replace_function("chdir", fp_chdir, &php_chdir);
+    replace_function("pcntl_signal", fp_pcntl_signal, NULL);
     startup_done = 1;
     return 0;
 }
@@ -647,6 +1208,10 @@ int fp_execute(fp_request *req)
     req->exit_status = 0;
     req->exec_id = 0;
     req->output_len = 0; /* a reused request keeps its buffer */
+    output_failed = 0;
+    free(req->headers); /* a reused request's previous header block */
+    req->headers = NULL;
+    req->headers_len = 0;
     req->headers_sent = 0;
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
@@ -655,9 +1220,7 @@ int fp_execute(fp_request *req)
     worker_looping = 0;
 
     fatal_error = 0;
-    host->restore_signals(); /* first learn the host's current SIGPROF disposition */
     int started = php_request_startup();
-    host->restore_signals();
     if (started == FAILURE) {
         req->end_reason = FP_END_STARTUP;
         req->exit_status = 255;
@@ -670,11 +1233,10 @@ int fp_execute(fp_request *req)
     pthread_mutex_lock(&exec_mu);
     running_exec = req->exec_id = ++exec_counter;
     running_thread = pthread_self();
-    interrupted = 0;
     pthread_mutex_unlock(&exec_mu);
 
     if (time_limit > 0) {
-        host->time_limit(req->handle, time_limit);
+        host->time_limit(req->handle, time_limit, 1);
     }
     zend_first_try {
         run_script(req);
@@ -688,12 +1250,14 @@ int fp_execute(fp_request *req)
             finish_http_request();
         } zend_end_try();
     }
-    req->exit_status = EG(exit_status);
-    if (req->http && !SG(headers_sent)) {
-        sapi_send_headers(); /* an empty body still gets its status and headers */
-    }
-    fp_wf_reset_views(); /* they live in the request's heap */
+    fp_wf_reset_views(0); /* they live in the request's heap */
+    /* Shutdown functions, destructors and output handlers may still set the status and headers:
+     * PHP sends them after those, in php_output_deactivate(), also for an empty body.  `current`
+     * (req) receives them there.  A fatal error among those steps sets the exit status too (as
+     * php-cli, read it afterwards). */
     php_request_shutdown(NULL);
+    fp_wf_reset_views(1); /* any that shutdown functions read went with the heap */
+    req->exit_status = EG(exit_status);
 
     pthread_mutex_lock(&exec_mu);
     running_exec = 0;
@@ -702,11 +1266,11 @@ int fp_execute(fp_request *req)
     } else if (fatal_error) {
         req->end_reason = FP_END_BAILOUT;
     }
+    __atomic_store_n(&interrupted, 0, __ATOMIC_RELEASE);
     EG(timeout_seconds) = 0;
     pthread_mutex_unlock(&exec_mu);
 
-    restore_cwd();
-    host->restore_signals(); /* zend_timeout() re-registers PHP's SIGPROF handler */
+    release_cwd();
     worker_handle = NULL; /* freed with the request's resource list */
     SG(server_context) = NULL;
     script_req = current = NULL;
@@ -735,7 +1299,7 @@ int fp_interrupt(uint64_t exec_id, int64_t seconds, int signo)
         EG(timeout_seconds) = seconds;
         zend_atomic_bool_store(&EG(timed_out), true);
         zend_atomic_bool_store(&EG(vm_interrupt), true);
-        interrupted = 1;
+        __atomic_store_n(&interrupted, 1, __ATOMIC_RELEASE);
         if (signo > 0) {
             pthread_kill(running_thread, signo);
         }

@@ -17,8 +17,8 @@ FP_HIDDEN fp_request *fp_glue_script_request(void);
 FP_HIDDEN int fp_glue_worker_booting(void);
 
 /* worker_functions.c: forget the snapshots frankenphp_get_vars() returned, so that the next
- * call reads the latest.  Called at each request's start and end (before request shutdown:
- * they live in the request's heap). */
-FP_HIDDEN void fp_wf_reset_views(void);
+ * call reads the latest.  Called at each request's start and end: before request shutdown
+ * (they live in the request's heap), and after it with heap_gone = 1 (only forgets them). */
+FP_HIDDEN void fp_wf_reset_views(int heap_gone);
 
 #endif

@@ -434,13 +434,13 @@ PHP_FUNCTION(frankenphp_set_vars)
 /* Snapshots this request has read, by worker name: one consistent view per request. */
 static HashTable *views;
 
-void fp_wf_reset_views(void)
+void fp_wf_reset_views(int heap_gone)
 {
-    if (views) {
+    if (views && !heap_gone) {
         zend_hash_destroy(views);
         FREE_HASHTABLE(views);
-        views = NULL;
     }
+    views = NULL;
 }
 
 PHP_FUNCTION(frankenphp_get_vars)
@@ -546,7 +546,7 @@ PHP_FUNCTION(frankenphp_receive_task)
     if (!ctx) {
         RETURN_THROWS();
     }
-    fp_wf_reset_views(); /* a background worker's unit of work: a fresh view of others' vars */
+    fp_wf_reset_views(0); /* a background worker's unit of work: a fresh view of others' vars */
     fp_blob *payload = NULL;
     int64_t id = host->receive_task(ctx, &payload);
     if (id <= 0) {

@@ -26,6 +26,27 @@ ffi, lib = _native.ffi, _native.lib
 php_logger = logging.getLogger("frankenpy.php")
 php_logger_adapter = php_log_adapter("-")
 
+# A time limit longer than this never ends anything a runtime runs: no deadline at all (PHP
+# accepts set_time_limit(PHP_INT_MAX); Python's waits refuse timeouts that large).
+NO_LIMIT_BEYOND = 366 * 24 * 3600.0
+
+
+def _limit(seconds: float | None) -> float | None:
+    """``seconds`` as a deadline length, None for no deadline (0, negative, huge or infinite)."""
+    if seconds is None or not 0 < seconds <= NO_LIMIT_BEYOND:
+        return None
+    return seconds
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A ``timeout=`` argument as a deadline length; ValueError naming it unless it is None or
+    a number > 0 (``float('inf')`` and anything beyond a year mean no deadline)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0 (or None), got {timeout!r}")
+    return _limit(float(timeout))
+
 # E_* constants (Zend/zend_errors.h) and the label PHP prints for each.
 _ERROR_LABELS = {
     1: "Fatal error",
@@ -175,16 +196,17 @@ class Request:
     """The ``fp_request`` struct of one execution and the C memory it points to.
 
     ``shared`` is a PHP thread's own struct, reused execution after execution: it keeps its
-    output buffer (C reallocates it as it grows), which saves an allocation and a C call."""
+    output buffer (C reallocates it as it grows), which saves an allocation and a C call, and
+    the previous response's header block, which the glue frees (both belong to the glue)."""
 
     def __init__(self, shared: Any = None) -> None:
         self.shared = shared is not None
         if shared is None:
             self.struct = ffi.new("fp_request *")
         else:
-            output, capacity = shared.output, shared.output_cap
+            output, capacity, headers = shared.output, shared.output_cap, shared.headers
             ffi.memmove(shared, _ZERO_REQUEST, _REQUEST_SIZE)
-            shared.output, shared.output_cap = output, capacity
+            shared.output, shared.output_cap, shared.headers = output, capacity, headers
             self.struct = shared
         self._keep: list[Any] = []
 
@@ -248,6 +270,7 @@ class Execution:
         honor_initial_time_limit: bool = True,
         reuse_request: bool = False,
     ) -> None:
+        timeout = check_timeout(timeout)
         self.thread = thread
         self.request = Request(thread.request if thread is not None and reuse_request else None)
         self.output = output
@@ -255,12 +278,13 @@ class Execution:
         self.logger = logger or (thread.logger if thread is not None else php_logger_adapter)
         self.worker_ready = worker_ready
         self.honor_initial_time_limit = honor_initial_time_limit
-        self.initial_limit = 0.0  # max_execution_time at start, when it was not applied
+        self.initial_limit: float | None = None  # max_execution_time at start, when not applied
         self.diagnostics: list[Diagnostic] = []
         self.started = time.monotonic()
         self.deadline: float | None = None
         self.limit: float | None = None  # the limit that set the deadline, for messages
         self.stopped = False  # fp_interrupt() reached it
+        self.output_error: Exception | None = None  # output that could not be delivered
         self.watched = False  # registered with the watchdog (only once it has a deadline)
         self.lock = threading.Lock()
         self.handle = ffi.new_handle(self)
@@ -276,7 +300,8 @@ class Execution:
         execution's ``timeout`` and PHP's own limit wins."""
         now = time.monotonic()
         candidates = []
-        if seconds:
+        seconds = _limit(seconds)
+        if seconds is not None:
             candidates.append((now + seconds, seconds))
         if self.timeout is not None:
             candidates.append((self.started + self.timeout, self.timeout))
@@ -358,6 +383,13 @@ class Execution:
             self.output(data)
         return True
 
+    def output_failed(self, exc: Exception) -> None:
+        """Output could not be delivered (``exc``): the glue stops the script; the caller
+        learns it from :attr:`output_error` (the runtime raises it)."""
+        if self.output_error is None:
+            self.output_error = exc
+        self.logger.error("output lost, script stopped: %r", exc)
+
     def read_body(self, size: int) -> bytes:
         """Up to ``size`` bytes of the request body (HTTP executions override this)."""
         return b""
@@ -373,14 +405,13 @@ class Execution:
         if self.worker_ready is not None:
             self.worker_ready()
 
-    def on_time_limit(self, seconds: int) -> None:
-        if not self.honor_initial_time_limit:
-            # Only the limit in force at start is skipped (set_time_limit(0) semantics for
-            # workers); HTTP workers apply it to each request instead.
-            self.honor_initial_time_limit = True
-            self.initial_limit = float(seconds)
+    def on_time_limit(self, seconds: int, initial: bool = False) -> None:
+        if initial and not self.honor_initial_time_limit:
+            # Workers do not run under the max_execution_time in force at start
+            # (set_time_limit(0) semantics); HTTP workers apply it to each request instead.
+            self.initial_limit = _limit(float(seconds))
             return
-        self.set_deadline(float(seconds) if seconds > 0 else None)
+        self.set_deadline(float(seconds))
 
 
 def _execution(handle: Any) -> Execution | None:
@@ -389,15 +420,20 @@ def _execution(handle: Any) -> Execution | None:
 
 def _output_failed(exc_type: Any, exc: Any, tb: Any) -> int:
     php_logger.error("output callback failed", exc_info=(exc_type, exc, tb))
-    return 0
+    return -1  # never lose output silently: PHP stops the script as if its reader had gone
 
 
 @ffi.def_extern(onerror=_output_failed)
 def fp_py_output(handle: Any, data: Any, length: int) -> int:
     execution = _execution(handle)
-    if execution is not None and not execution.on_output(bytes(ffi.buffer(data, length))):
-        return -1  # the client is gone
-    return 0
+    if execution is None:
+        return 0
+    try:
+        delivered = execution.on_output(bytes(ffi.buffer(data, length)))
+    except Exception as exc:  # the output is lost (MemoryError, the caller's callable ...)
+        execution.output_failed(exc)
+        return -1  # PHP stops the script as if its reader had gone
+    return 0 if delivered else -1  # -1: the client is gone
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("log callback failed", exc_info=exc))
@@ -419,10 +455,10 @@ def fp_py_log(handle: Any, type_: int, file: Any, line: int, message: Any) -> No
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("time limit callback failed", exc_info=exc))
-def fp_py_time_limit(handle: Any, seconds: int) -> None:
+def fp_py_time_limit(handle: Any, seconds: int, initial: int) -> None:
     execution = _execution(handle)
     if execution is not None:
-        execution.on_time_limit(seconds)
+        execution.on_time_limit(seconds, bool(initial))
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("worker callback failed", exc_info=exc))

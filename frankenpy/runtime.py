@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
+from .execution import Execution, Result, ScriptArgs, check_timeout, env_pairs, script_server_vars
 from .images import POOL, Image, extension_load_order
 from .threads import PHPThread, ThreadPool, Watchdog
 from .worker_state import RUNNING, wrap
@@ -35,6 +35,7 @@ OPCACHE_DEFAULTS = {
 }
 
 PHPValue = str | int | float | bool
+DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024  # bytes an execution may collect in Result.output
 PREPARED_SCRIPTS = 256  # execute_file() calls without env/argv reuse their C arguments per script
 
 
@@ -75,6 +76,8 @@ class Runtime:
     ``php_ini`` applies to every interpreter (no system php.ini or scan dir is read),
     ``extensions`` names Debian shared extensions (``"ctype"``) or paths, ``opcache=True`` gives
     each interpreter its own opcode cache.  ``env`` is added to every execution's ``$_SERVER``.
+    ``max_output_size`` bounds the output an execution collects into ``Result.output`` (bytes,
+    None for no bound): past it the script ends with a fatal error (exit status 255).
     """
 
     def __init__(
@@ -88,9 +91,15 @@ class Runtime:
         workers: Sequence[Any] = (),
         start_timeout: float = 10.0,
         name: str = "frankenpy",
+        max_output_size: int | None = DEFAULT_MAX_OUTPUT_SIZE,
     ) -> None:
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
             raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        if max_output_size is not None and (
+            not isinstance(max_output_size, int) or isinstance(max_output_size, bool) or max_output_size < 1
+        ):
+            raise ValueError(f"max_output_size must be an integer >= 1 or None, got {max_output_size!r}")
+        self.max_output_size = max_output_size
         self.num_threads = num_threads
         self.php_ini = dict(php_ini or {})
         self._user_ini = ini_text(self.php_ini)
@@ -218,7 +227,8 @@ class Runtime:
 
         ``env`` adds to ``$_SERVER`` and ``getenv()``; ``argv`` sets ``$argv``/``$argc``
         (default: ``[path]``); ``timeout`` stops the script after that many seconds;
-        ``output`` receives the output as it is written instead of collecting it."""
+        ``output`` receives the output as it is written instead of collecting it (if it raises,
+        the script is stopped and this method raises that exception)."""
         # (an absolute str is taken as is: abspath() costs more than the rest of this method)
         script = path if isinstance(path, str) and path[:1] == "/" else os.path.abspath(os.fspath(path))
         if not os.path.isfile(script):
@@ -262,8 +272,7 @@ class Runtime:
         timeout: float | None,
         output: Callable[[bytes], Any] | None,
     ) -> Result:
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        check_timeout(timeout)  # before waiting for a thread
         pool = self._running_pool()
         thread = pool.acquire()
         assert thread is not None
@@ -274,7 +283,11 @@ class Runtime:
             if code is not None:
                 request.struct.code = request.cstr(code)
             request.struct.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
-            return execution.run()
+            request.struct.output_limit = self.max_output_size or 0
+            result = execution.run()
+            if execution.output_error is not None:
+                raise execution.output_error  # the script was stopped: its output is incomplete
+            return result
         finally:
             pool.release(thread)
 

@@ -29,6 +29,8 @@ if lib.fp_install_interrupt_signal(INTERRUPT_SIGNAL) != 0:  # pragma: no cover -
     raise ImageError("cannot install the PHP interrupt signal handler")
 
 STOP_RETRY = 0.05  # re-send the stop while a stopped script is still running (missed EINTR)
+MAX_WAIT = 3600.0  # the watchdog looks at least this often (Condition.wait refuses huge timeouts)
+_watchdog_logger = logging.getLogger("frankenpy")
 
 # Startup diagnostics have no execution to go to: the thread starting an interpreter collects
 # them here.
@@ -181,15 +183,34 @@ class Watchdog:
     def _loop(self) -> None:
         with self._cond:
             while self._running:
-                now = time.monotonic()
-                next_check: float | None = None
-                for execution in self._watched:
-                    with execution.lock:
-                        deadline, limit = execution.deadline, execution.limit
-                    if deadline is None:
-                        continue
-                    if now >= deadline:
-                        execution.interrupt(limit or 0)
-                        deadline = now + STOP_RETRY
-                    next_check = deadline if next_check is None else min(next_check, deadline)
-                self._cond.wait(None if next_check is None else max(0.0, next_check - now))
+                try:
+                    timeout = self._check()
+                except Exception:
+                    # A watchdog that dies takes every later time limit and force-stop of its
+                    # runtime with it: log, and look again soon.
+                    _watchdog_logger.exception("watchdog %s: check failed", self._thread.name,
+                                               extra={"worker": self._thread.name})
+                    timeout = STOP_RETRY
+                self._cond.wait(timeout)
+
+    def _check(self) -> float | None:
+        """Interrupt the executions past their deadline; seconds until the next deadline."""
+        now = time.monotonic()
+        next_check: float | None = None
+        for execution in list(self._watched):
+            with execution.lock:
+                deadline, limit = execution.deadline, execution.limit
+            if deadline is None:
+                continue
+            if now >= deadline:
+                try:
+                    execution.interrupt(limit or 0)
+                except Exception:  # one bad execution must not keep the others running
+                    worker = execution.logger.extra.get("worker", "-") if execution.logger.extra else "-"
+                    _watchdog_logger.exception("watchdog %s: stopping %s failed", self._thread.name, worker,
+                                               extra={"worker": worker})
+                deadline = now + STOP_RETRY
+            next_check = deadline if next_check is None else min(next_check, deadline)
+        if next_check is None:
+            return None
+        return min(max(0.0, next_check - now), MAX_WAIT)

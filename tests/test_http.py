@@ -10,6 +10,7 @@ machine's two cores.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
@@ -185,6 +186,89 @@ for ($i = 0; $i < 100; $i++) {{
 }}
 """
 
+# Defect 5: what shutdown functions, destructors and output handlers do to the response.
+SHUTDOWN_PHP = """<?php
+register_shutdown_function(function () {
+    http_response_code(503);
+    header('X-Shutdown: ran');
+    if (isset($_GET['body'])) {
+        echo 'from shutdown';
+    }
+});
+"""
+OUTPUT_HANDLER_PHP = """<?php
+ob_start(function ($buffer) {
+    header('X-Handler: saw ' . strlen($buffer));
+    return strtoupper($buffer);
+});
+echo 'handled';
+"""
+SHUTDOWN_FATAL_PHP = """<?php
+register_shutdown_function(function () {
+    undefined_function_in_shutdown();
+});
+"""
+GZIP_PHP = """<?php
+ob_start('ob_gzhandler');
+echo str_repeat('compress me ', 500);
+"""
+DESTRUCTOR_PHP = """<?php
+class SetsHeader {
+    public function __destruct() {
+        header('X-Destructor: ran');
+        echo 'destructed';
+    }
+}
+$object = new SetsHeader();
+"""
+FLUSH_TWICE_PHP = """<?php
+header('Content-Type: text/plain');
+echo 'first';
+flush();
+echo 'second';
+"""
+# ?mib=N: N MiB of output under a memory_limit of 8M.
+BIG_OUTPUT_PHP = """<?php
+ini_set('memory_limit', '8M');
+$chunk = str_repeat('x', 1 << 20);
+for ($i = 0; $i < (int) $_GET['mib']; $i++) {
+    echo $chunk;
+}
+"""
+# An HTTP worker for the same cases (?case=gzip|destructor|flush|big&mib=N).
+RESPONSE_WORKER_PHP = """<?php
+class SetsHeader {
+    public function __destruct() {
+        header('X-Destructor: ran');
+        echo 'destructed';
+    }
+}
+while (frankenphp_handle_request(function () {
+    switch ($_GET['case'] ?? '') {
+        case 'gzip':
+            ob_start('ob_gzhandler');
+            echo str_repeat('compress me ', 500);
+            break;
+        case 'destructor':
+            $object = new SetsHeader();  // destroyed when the handler returns
+            break;
+        case 'flush':
+            header('Content-Type: text/plain');
+            echo 'first';
+            flush();
+            echo 'second';
+            break;
+        case 'big':
+            $chunk = str_repeat('x', 1 << 20);
+            for ($i = 0; $i < (int) $_GET['mib']; $i++) {
+                echo $chunk;
+            }
+            break;
+    }
+})) {
+}
+"""
+
 SLEEP_PHP = """<?php
 usleep((int) ($_GET['ms'] ?? 1000) * 1000);
 echo 'slept';
@@ -224,6 +308,14 @@ def build_site(base: Path) -> Path:
     write(root / "header.php", "<?php header($_GET['header']); echo 'body';\n")
     write(root / "long_stream.php", LONG_STREAM_PHP.format(out=php_str(out)))
     write(root / "sleep.php", SLEEP_PHP)
+    write(root / "shutdown.php", SHUTDOWN_PHP)
+    write(root / "gzip.php", GZIP_PHP)
+    write(root / "output_handler.php", OUTPUT_HANDLER_PHP)
+    write(root / "shutdown_fatal.php", SHUTDOWN_FATAL_PHP)
+    write(root / "destructor.php", DESTRUCTOR_PHP)
+    write(root / "flush_twice.php", FLUSH_TWICE_PHP)
+    write(root / "big.php", BIG_OUTPUT_PHP)
+    write(root / "respworker.php", RESPONSE_WORKER_PHP)
     write(root / "handle.php", CLASSIC_HANDLE_PHP)
     write(root / "sentinel.php", f"<?php touch({php_str(out / 'sentinel-ran')}); echo 'ran';\n")
     write(root / "worker.php", WORKER_PHP.format(name=php_str("app")))
@@ -390,6 +482,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             frankenpy.Worker("app", base / "public" / "worker.php", num=1),
             frankenpy.Worker("api", base / "workers" / "api.php", num=1, match="/api/*"),
             frankenpy.Worker("bg", base / "workers" / "bg.php", background=True),
+            frankenpy.Worker("resp", base / "public" / "respworker.php", num=1),
         ],
         app_options=[{}, {"max_body_size": 1024}],
     )
@@ -693,6 +786,133 @@ def test_head_sends_headers_without_body(site: Served, path: str) -> None:
         assert all(int(n) > 0 for n in lengths), head
     else:
         assert all(int(n) == get_length for n in lengths), head
+
+
+# --- the response: shutdown order, streaming, HEAD ----------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("body", [True, False], ids=["with-body", "empty-body"])
+def test_shutdown_function_sets_status_and_headers(site: Served, body: bool) -> None:
+    """As in PHP's other SAPIs, the status and headers go out after shutdown functions ran (in
+    php_request_shutdown()), also when the response has no body."""
+    reply = site.get("/shutdown.php" + ("?body=1" if body else ""))
+    assert reply.status == 503, reply.wire
+    assert reply.header("X-Shutdown") == "ran"
+    assert reply.body == (b"from shutdown" if body else b"")
+
+
+@pytest.mark.timeout(30)
+def test_output_handler_and_shutdown_fatal_error_shape_the_response(site: Served) -> None:
+    """An output handler run at request end may still set headers; a fatal error in a shutdown
+    function still turns the status into 500 (nothing was sent before)."""
+    reply = site.get("/output_handler.php")
+    assert (reply.status, reply.header("X-Handler"), reply.body) == (200, "saw 7", b"HANDLED"), reply.wire
+    assert site.get("/shutdown_fatal.php").status == 500
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path", ["/gzip.php", "/respworker.php?case=gzip"], ids=["classic", "worker"])
+def test_ob_gzhandler_compresses_the_response(site: Served, path: str) -> None:
+    text = b"compress me " * 500
+    reply = site.get(path, headers={"Accept-Encoding": "gzip"})
+    assert reply.status == 200, reply.wire
+    assert reply.header("Content-Encoding") == "gzip", reply.headers
+    assert "Accept-Encoding" in (reply.header("Vary") or "")
+    assert len(reply.body) < len(text) // 4
+    assert gzip.decompress(reply.body) == text
+    plain = site.get(path)  # no Accept-Encoding: no compression
+    assert plain.header("Content-Encoding") is None
+    assert plain.body == text
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "path", ["/destructor.php", "/respworker.php?case=destructor"], ids=["classic", "worker"]
+)
+def test_destructor_sets_a_header(site: Served, path: str) -> None:
+    """Classic: a global object's destructor runs at request shutdown; worker: a request's
+    object is destroyed when its handler returns.  Either way before the headers go out."""
+    reply = site.get(path)
+    assert reply.status == 200, reply.wire
+    assert reply.header("X-Destructor") == "ran", reply.headers
+    assert reply.body == b"destructed"
+
+
+def read_head(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes]:
+    """Read one response head from ``sock``: (head, bytes received after it)."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed inside a response head: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "path",
+    ["/flush_twice.php", "/big.php?mib=2", "/respworker.php?case=flush", "/respworker.php?case=big&mib=2"],
+    ids=["classic-flush", "classic-large", "worker-flush", "worker-large"],
+)
+def test_head_of_a_streamed_response_has_no_body_and_keeps_the_connection(site: Served, path: str) -> None:
+    """A script that flushes (or prints more than the glue collects) streams its GET response;
+    its HEAD response must carry no body bytes (no chunked terminator either) and leave the
+    keep-alive connection usable for the next request."""
+    with socket.create_connection(("127.0.0.1", site.port), timeout=20) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head, rest = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"transfer-encoding" not in head.lower(), head
+        assert b"connection: close" not in head.lower(), head
+        sock.sendall(b"GET /hello.php HTTP/1.1\r\nHost: x\r\n\r\n")
+        second, body = read_head(sock, rest)
+        assert second.startswith(b"HTTP/1.1 200"), (head, rest[:80], second)
+        while len(body) < len(b"hello from PHP"):
+            chunk = sock.recv(65536)
+            assert chunk
+            body += chunk
+        assert body == b"hello from PHP"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "path", ["/big.php?mib={mib}", "/respworker.php?case=big&mib={mib}"], ids=["classic", "worker"]
+)
+def test_unbounded_output_streams_with_flat_memory(site: Served, path: str) -> None:
+    """256 MiB of output (memory_limit=8M) reaches the client whole, streamed, while this
+    process's RSS stays flat: the glue never holds more than FP_FLUSH_AT of it (it held all of
+    it, twice over, before)."""
+    mib = 256
+    baseline, peak, done = rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=60)
+    try:
+        conn.request("GET", path.format(mib=mib))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        total, wrong = 0, 0
+        while chunk := resp.read(1 << 16):
+            total += len(chunk)
+            wrong += len(chunk) - chunk.count(b"x")
+    finally:
+        conn.close()
+        done.set()
+        sampler.join()
+    assert total == mib << 20
+    assert wrong == 0
+    growth = peak[0] - baseline
+    assert growth < 64 << 20, f"RSS grew by {growth >> 20} MiB while streaming {mib} MiB"
 
 
 # --- security -------------------------------------------------------------------------------------

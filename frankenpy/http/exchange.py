@@ -2,10 +2,12 @@
 
 An :class:`HTTPExchange` is an execution whose SAPI callbacks build an HTTP response: PHP's
 status and headers arrive once (before the first body byte), body bytes arrive on each
-``flush()`` and at the end.  A classic request runs on the WSGI server's own thread and writes
-through the WSGI ``write()`` callable as it goes, so ``flush()`` streams.  A request handed to an
-HTTP worker runs on the worker's thread; the exchange then carries its response back to the
-waiting WSGI thread through a queue, which that thread writes the same way.
+``flush()``, whenever the glue has collected ``FP_FLUSH_AT`` bytes, and at the end.  A classic
+request runs on the WSGI server's own thread and writes through the WSGI ``write()`` callable as
+it goes, so ``flush()`` streams.  A request handed to an HTTP worker runs on the worker's thread;
+the exchange then carries its response back to the waiting WSGI thread through a bounded queue
+(the worker waits while the client is slower than the script), which that thread writes the same
+way.  Either way a response's memory stays bounded however much the script prints.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .routing import Route, cgi_environ
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 ffi = _native.ffi
+WORKER_CHUNKS_IN_FLIGHT = 16  # flushed chunks (each <= FP_FLUSH_AT bytes) a worker may run ahead
 
 class _End:
     """The worker finished the request; ``rest`` is the body not flushed before."""
@@ -75,10 +78,11 @@ class HTTPExchange(Execution):
         self.headers: list[tuple[str, str]] = []
         self._write: Callable[[bytes], Any] | None = None
         self._body = memoryview(body)
-        self._events: queue.SimpleQueue[Any] | None = None  # set when a worker runs it
+        self._events: queue.Queue[Any] | None = None  # set when a worker runs it
         self.claimed = False  # a worker thread took it (set under its RequestQueue's lock)
         self.client_gone = False  # a write to the client failed: PHP aborts the script
         self._have_headers = False
+        self._head_length = 0  # HEAD: body bytes the script produced (flushed ones dropped)
 
         cgi = cgi_environ(environ, route, extra=server_env)
         request = self.request
@@ -127,7 +131,7 @@ class HTTPExchange(Execution):
 
     def handed_to_worker(self) -> None:
         """From now on the response is produced on a worker thread."""
-        self._events = queue.SimpleQueue()
+        self._events = queue.Queue(WORKER_CHUNKS_IN_FLIGHT)
 
     def finish_from_worker(self, rest: bytes) -> None:
         """The worker is done with this request (on the worker thread)."""
@@ -151,6 +155,10 @@ class HTTPExchange(Execution):
             return not self.client_gone
         return self._emit(data)
 
+    def output_failed(self, exc: Exception) -> None:
+        super().output_failed(exc)
+        self.client_gone = True  # nothing more is written; _finish() breaks the response
+
     def read_body(self, size: int) -> bytes:
         chunk, self._body = self._body[:size], self._body[size:]
         return bytes(chunk)
@@ -162,11 +170,19 @@ class HTTPExchange(Execution):
 
     def _finish(self, rest: bytes) -> list[bytes]:
         """Start the response if nothing was flushed (then with a Content-Length, which keeps
-        the connection alive) and return the rest of the body."""
+        the connection alive) and return the rest of the body.  HEAD starts it only here,
+        whatever was flushed, with the length of the body the script produced: a HEAD response
+        started early would be framed as chunked, and the server would then send a chunked
+        terminator as its body and close the connection."""
+        if self.output_error is not None:
+            # Part of the body is lost: the server answers 500 if nothing was sent yet, and
+            # otherwise closes the connection without the response's end (the client sees
+            # the truncation instead of a complete-looking short body).
+            raise RuntimeError("PHP output lost") from self.output_error
         bodiless = 100 <= self.status < 200 or self.status in (204, 304)
         if self._write is None and not bodiless:
             if not any(name.lower() == "content-length" for name, _ in self.headers):
-                self.headers.append(("Content-Length", str(len(rest))))
+                self.headers.append(("Content-Length", str(self._head_length + len(rest))))
         self._start()
         return [rest] if rest and not self.head else []
 
@@ -174,9 +190,12 @@ class HTTPExchange(Execution):
         """Write a flushed chunk to the client; False once the client has gone away."""
         if self.client_gone:
             return False
+        if self.head:  # the glue produces the body; it is not sent (see _finish)
+            self._head_length += len(data)
+            return True
         try:
             self._start()
-            if data and not self.head:  # HEAD: the glue produces the body; it is not sent
+            if data:
                 assert self._write is not None
                 self._write(data)
         except Exception as exc:  # each WSGI server has its own "client disconnected" error

@@ -9,6 +9,9 @@ forks; cheroot had 300+ ms p99; uvicorn with a2wsgi was slower.
 
 A graceful stop: new requests get 503, in-flight ones finish (up to the grace period), the
 listeners close, then the runtime drains its workers.
+
+Malformed requests never reach the app: waitress answers them (400, 413, 431, 501) and closes
+the connection; :class:`StrictRequestParser` removes two of its leniencies.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import create_server
 
 from ..runtime import Runtime
@@ -46,6 +51,37 @@ class Site:
     max_body_size: int = 8 * 1024 * 1024
 
 
+class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
+    """waitress's request parser, refusing (400, connection closed) what waitress would serve:
+
+    - a request line without an HTTP version (HTTP/0.9 form), which waitress runs as HTTP/1.0;
+    - both Content-Length and Transfer-Encoding (RFC 9112 section 6.3: an error, or at least the
+      connection MUST close after the response).  waitress decodes the chunked body and keeps
+      the connection open, which smuggles a request past any front proxy that framed the
+      message by its Content-Length instead;
+    - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 section 6.1: faulty framing, close the
+      connection).  waitress ignores the header there and reads the chunked body that follows
+      as the next request on a kept-alive connection;
+    - an HTTP/1.1 request without a Host header or with several (RFC 9112 section 3.2: 400).
+      waitress joins repeated ones into "a, b", which then reaches ``$_SERVER['HTTP_HOST']``.
+    """
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if not self.version:
+            raise ParsingError("request line without an HTTP version")
+        if self.chunked and "CONTENT_LENGTH" in self.headers:
+            raise ParsingError("both Content-Length and Transfer-Encoding")
+        if self.version == "1.0" and "TRANSFER_ENCODING" in self.headers:
+            raise ParsingError("Transfer-Encoding in an HTTP/1.0 request")
+        if self.version == "1.1" and "," in self.headers.get("HOST", ","):
+            raise ParsingError("an HTTP/1.1 request needs exactly one Host header")
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    parser_class = StrictRequestParser
+
+
 OUTPUT_FLUSH_WAIT = 2.0  # seconds a stop waits for finished responses to leave waitress's buffers
 
 
@@ -53,9 +89,9 @@ def _pending_output(server: Any) -> bool:
     return any(getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values()))
 
 
-def _close_everything(server: Any) -> None:
+def _close_everything(server: Any, force: bool) -> None:
     """Close the listener and every idle connection of a waitress server, and the others once
-    their response is out; its loop then ends.  Runs on the loop thread."""
+    their response is out (``force``: now); its loop then ends.  Runs on the loop thread."""
     for channel in list(server._map.values()):
         if channel is server.trigger:
             channel.del_channel()  # out of the loop; closed once no task can pull it any more
@@ -64,9 +100,35 @@ def _close_everything(server: Any) -> None:
             # of a stop() or a task thread still pulling it.
             wasyncore.dispatcher.close(server)
         elif getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0):
-            channel.close_when_flushed = True  # a response is on its way: let it finish
+            if force:
+                channel.handle_close()  # see _close_stalled()
+            else:
+                channel.close_when_flushed = True  # a response is on its way: let it finish
         else:
             channel.close()  # idle keep-alive connections
+
+
+def _close_stalled(server: Any) -> None:
+    """Extend waitress's periodic clean-up (on its loop thread) to connections whose client
+    stopped reading a response.  waitress closes idle connections after ``channel_timeout``,
+    but not those: their unsent output stays, and once 16 MiB of it wait
+    (``outbuf_high_watermark``) waitress blocks the task thread writing it, and the PHP thread
+    behind it, for as long as the client keeps the connection open.  handle_close() wakes that
+    writer, which then sees a client that went away (the script is aborted)."""
+    maintenance = server.maintenance
+
+    def close_stalled(now: float) -> None:
+        maintenance(now)
+        cutoff = now - server.adj.channel_timeout
+        stalled = [
+            channel for channel in server.active_channels.values()
+            if channel.total_outbufs_len and channel.last_activity < cutoff
+        ]
+        if stalled:
+            # Not now: this runs while the loop collects the sockets to select() on.
+            server.trigger.pull_trigger(lambda: [channel.handle_close() for channel in stalled])
+
+    server.maintenance = close_stalled
 
 
 class _Response:
@@ -90,11 +152,20 @@ class _Response:
 
 
 class Server:
-    """Serves ``sites`` over HTTP with waitress until :meth:`stop`."""
+    """Serves ``sites`` over HTTP with waitress until :meth:`stop`.
 
-    def __init__(self, runtime: Runtime, sites: list[Site], *, threads: int | None = None) -> None:
+    ``client_timeout``: a connection that neither sends nor takes a byte for that many seconds
+    is closed, also in the middle of a response (its script is then aborted).
+    """
+
+    def __init__(
+        self, runtime: Runtime, sites: list[Site], *, threads: int | None = None, client_timeout: int = 120
+    ) -> None:
+        if not isinstance(client_timeout, int) or isinstance(client_timeout, bool) or client_timeout < 1:
+            raise ValueError(f"client_timeout must be an integer >= 1 (seconds), got {client_timeout!r}")
         self.runtime = runtime
         self.sites = sites
+        self.client_timeout = client_timeout
         http_threads = sum(w.num for w in runtime.workers_group.workers if not w.background)
         # A request holds a WSGI thread while PHP runs it: a few more than PHP threads keeps
         # every PHP thread busy; more only adds GIL contention (measured: 8 threads ran hello
@@ -161,7 +232,11 @@ class Server:
                 max_request_body_size=site.max_body_size + 1,  # the app answers 413 itself
                 ident="frankenpy",
                 clear_untrusted_proxy_headers=True,
+                channel_timeout=self.client_timeout,
+                cleanup_interval=min(30, self.client_timeout),
             )
+            server.channel_class = _Channel
+            _close_stalled(server)
             self._servers.append(server)
             loop = threading.Thread(target=server.run, name=f"http-{site.port}", daemon=True)
             loop.start()
@@ -177,7 +252,8 @@ class Server:
         the listeners, then shut the runtime down (draining its workers)."""
         with self._cond:
             self._draining = True
-            if not self._cond.wait_for(lambda: self._in_flight == 0, grace):
+            finished = self._cond.wait_for(lambda: self._in_flight == 0, grace)
+            if not finished:
                 logger.warning("%d request(s) still running after %.1f s", self._in_flight, grace,
                                extra={"worker": "-"})
         # Let responses already handed to waitress leave its buffers, then close every socket
@@ -185,8 +261,11 @@ class Server:
         deadline = time.monotonic() + min(grace, OUTPUT_FLUSH_WAIT)
         while time.monotonic() < deadline and any(_pending_output(server) for server in self._servers):
             time.sleep(0.01)
+        # Past the grace, what is still being written goes to clients that stopped reading (or
+        # to scripts that run on): close those connections too, which frees their threads.
+        force = not finished or any(_pending_output(server) for server in self._servers)
         for server in self._servers:
-            server.trigger.pull_trigger(lambda server=server: _close_everything(server))
+            server.trigger.pull_trigger(lambda server=server: _close_everything(server, force))
         for loop in self._loops:
             loop.join(5.0)
         for server in self._servers:

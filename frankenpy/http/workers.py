@@ -81,6 +81,7 @@ class HTTPWorkerExecution(Execution):
 
     def next_request(self) -> Execution | None:
         self.retired = None  # the glue is done with the previous request by now
+        self.set_deadline(None)  # no limit while waiting, even one the script set (set_time_limit)
         thread = self.worker_thread
         if not self.reached_loop:
             self.reached_loop = True

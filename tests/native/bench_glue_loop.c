@@ -53,9 +53,9 @@ static size_t on_read_body(void *handle, char *buf, size_t len)
     return 0;
 }
 
-static void on_time_limit(void *handle, int64_t seconds)
+static void on_time_limit(void *handle, int64_t seconds, int initial)
 {
-    (void)handle; (void)seconds;
+    (void)handle; (void)seconds; (void)initial;
 }
 
 static void on_worker_ready(void *handle)
@@ -63,8 +63,8 @@ static void on_worker_ready(void *handle)
     (void)handle;
 }
 
-/* The benchmark has no SIGPROF disposition of its own to put back. */
-static void on_restore_signals(void)
+/* The benchmark's scripts never call chdir(). */
+static void on_chdir(void)
 {
 }
 
@@ -86,7 +86,8 @@ static const fp_host host = {
     .read_body = on_read_body,
     .time_limit = on_time_limit,
     .worker_ready = on_worker_ready,
-    .restore_signals = on_restore_signals,
+    .chdir_begin = on_chdir,
+    .chdir_end = on_chdir,
     .next_request = on_next_request,
     .request_done = on_request_done,
 };

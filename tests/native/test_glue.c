@@ -221,6 +221,7 @@ typedef struct rec {
     size_t body_len, body_pos;
     /* time_limit() */
     int64_t limits[16];
+    int initial[16]; /* time_limit()'s `initial` flag of each call */
     int nlimits;
     int itimer_armed_at_limit;
     /* worker_ready() */
@@ -235,6 +236,7 @@ typedef struct rec {
 /* Diagnostics logged without an execution (handle NULL): startup messages. */
 static int null_handle_logs;
 static int startup_log_type_seen = -1; /* type of the first one */
+static int zend_extension_failure_logged; /* zend_extension's "Failed loading" (libphp's stderr) */
 
 static void rec_init(rec *r)
 {
@@ -310,6 +312,9 @@ static void host_log(void *handle, int type, const char *file, uint32_t line, co
             strstr(message, "nonexistent")) {
             startup_log_type_seen = type;
         }
+        if (message && strstr(message, "Failed loading /nonexistent/fp_zend_ext.so")) {
+            zend_extension_failure_logged = 1;
+        }
         return;
     }
     pthread_mutex_lock(&r->mu);
@@ -349,12 +354,13 @@ static size_t host_read_body(void *handle, char *buf, size_t len)
     return n;
 }
 
-static void host_time_limit(void *handle, int64_t seconds)
+static void host_time_limit(void *handle, int64_t seconds, int initial)
 {
     rec *r = handle;
     pthread_mutex_lock(&r->mu);
     if (r->nlimits < 16) {
         r->limits[r->nlimits] = seconds;
+        r->initial[r->nlimits] = initial;
     }
     r->nlimits++;
     if (itimer_prof_armed() != 0) {
@@ -396,16 +402,9 @@ static void host_request_done(void *handle, fp_request *done)
     }
 }
 
-/* restore_signals(): the SIGPROF keeper of csrc/loader.c (restore_host_signals), for one
- * interpreter linked directly.  The host's SIGPROF action is remembered before fp_startup();
- * when the glue calls back, a handler that lies inside libphp (same dli_fbase as
- * php_request_startup) and is not the remembered one is PHP's: the host's is put back.
- * Anything else is the host's own (it may have changed since): remember it. */
-static pthread_mutex_t sigprof_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct sigaction host_sigprof; /* the host's SIGPROF action */
-static void *libphp_base;             /* dli_fbase of libphp, 0 if not found */
-static int restore_signals_calls;     /* atomic */
-static int sigprof_restores;          /* atomic: times PHP's handler was replaced by the host's */
+/* libphp's own SIGPROF handler (zend_signal_handler_defer) lies inside libphp: same dli_fbase as
+ * php_request_startup.  The glue must never let it be installed. */
+static void *libphp_base; /* dli_fbase of libphp, 0 if not found */
 
 static void *sigaction_handler(const struct sigaction *sa)
 {
@@ -424,32 +423,40 @@ static int sigprof_handler_in_libphp(void)
     return sigaction(SIGPROF, NULL, &sa) == 0 && in_libphp(sigaction_handler(&sa));
 }
 
-/* Before fp_startup(): find libphp and remember the host's SIGPROF action. */
-static void host_remember_signals(void)
+static void find_libphp(void)
 {
     Dl_info info;
     void *startup = dlsym(RTLD_DEFAULT, "php_request_startup");
     libphp_base = startup && dladdr(startup, &info) ? info.dli_fbase : NULL;
-    pthread_mutex_lock(&sigprof_mu);
-    sigaction(SIGPROF, NULL, &host_sigprof);
-    pthread_mutex_unlock(&sigprof_mu);
 }
 
-static void host_restore_signals(void)
+/* chdir_begin()/chdir_end(): the process's directory keeper of csrc/loader.c. */
+static pthread_mutex_t cwd_mu = PTHREAD_MUTEX_INITIALIZER;
+static int cwd_saved_fd = -1;
+static int cwd_holders;
+static int chdir_begin_calls; /* under cwd_mu */
+
+static void host_chdir_begin(void)
 {
-    __atomic_add_fetch(&restore_signals_calls, 1, __ATOMIC_SEQ_CST);
-    pthread_mutex_lock(&sigprof_mu);
-    struct sigaction current;
-    if (sigaction(SIGPROF, NULL, &current) == 0) {
-        void *handler = sigaction_handler(&current);
-        if (handler != sigaction_handler(&host_sigprof) && in_libphp(handler)) {
-            sigaction(SIGPROF, &host_sigprof, NULL);
-            __atomic_add_fetch(&sigprof_restores, 1, __ATOMIC_SEQ_CST);
-        } else {
-            host_sigprof = current;
-        }
+    pthread_mutex_lock(&cwd_mu);
+    chdir_begin_calls++;
+    if (cwd_holders++ == 0) {
+        cwd_saved_fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     }
-    pthread_mutex_unlock(&sigprof_mu);
+    pthread_mutex_unlock(&cwd_mu);
+}
+
+static void host_chdir_end(void)
+{
+    pthread_mutex_lock(&cwd_mu);
+    if (--cwd_holders == 0 && cwd_saved_fd >= 0) {
+        if (fchdir(cwd_saved_fd) != 0) {
+            fprintf(stdout, "host: fchdir failed: %s\n", strerror(errno));
+        }
+        close(cwd_saved_fd);
+        cwd_saved_fd = -1;
+    }
+    pthread_mutex_unlock(&cwd_mu);
 }
 
 static const fp_host host = {
@@ -459,7 +466,8 @@ static const fp_host host = {
     .read_body = host_read_body,
     .time_limit = host_time_limit,
     .worker_ready = host_worker_ready,
-    .restore_signals = host_restore_signals,
+    .chdir_begin = host_chdir_begin,
+    .chdir_end = host_chdir_end,
     .next_request = host_next_request,
     .request_done = host_request_done,
 };
@@ -578,7 +586,8 @@ static uint64_t wait_for_execution(double timeout_s)
     return id;
 }
 
-/* Wait until thread `tid` of this process blocks in (clock_)nanosleep; 1 if seen. */
+/* Wait until thread `tid` of this process blocks in a sleep, poll, select, wait4, read or flock
+ * syscall; 1 if seen. */
 static int wait_in_sleep_syscall(pid_t tid, double timeout_s)
 {
     char path[64];
@@ -592,7 +601,9 @@ static int wait_in_sleep_syscall(pid_t tid, double timeout_s)
         long nr = -1;
         int got = fscanf(f, "%ld", &nr);
         fclose(f);
-        if (got == 1 && (nr == SYS_nanosleep || nr == SYS_clock_nanosleep)) {
+        if (got == 1 && (nr == SYS_nanosleep || nr == SYS_clock_nanosleep || nr == SYS_poll || nr == SYS_ppoll ||
+                         nr == SYS_select || nr == SYS_pselect6 || nr == SYS_wait4 || nr == SYS_read ||
+                         nr == SYS_flock)) {
             return 1;
         }
         sleep_ms(1);
@@ -925,6 +936,22 @@ static void group_output(void)
     CHECK(all_y, "buffer 1 MiB: wrong bytes");
     fp_request_clear(&q);
 
+    /* Bytes libphp writes to the process's stdout/stderr itself (php://stdout is a dup() of
+     * fd 1; a user stream wrapper's stream_close() echoes after the output layer is shut down)
+     * reach the execution and log(), never the test's own fd 1 and 2. */
+    rec_reset(&r);
+    req_init(&q, &r,
+             "class W { public $context; function stream_open($p, $m, $o, &$op) { return true; }"
+             " function stream_close() { echo '|closed'; } }"
+             "stream_wrapper_register('wrap', 'W'); $GLOBALS['f'] = fopen('wrap://x', 'r');"
+             "file_put_contents('php://stdout', 'raw'); file_put_contents('php://stderr', \"err\\n\");",
+             FP_OUTPUT_BUFFER);
+    rc = fp_execute(&q);
+    CHECK(rc == 0 && strcmp(req_out(&q), "raw|closed") == 0, "raw stdout: rc %d output '%s'", rc, req_out(&q));
+    CHECK(r.nlogs == 1 && r.logs[0].type == 0 && strcmp(r.logs[0].message, "err") == 0,
+          "raw stderr: %d logs, first '%s'", r.nlogs, r.nlogs ? r.logs[0].message : "");
+    fp_request_clear(&q);
+
     /* Flush mode: the collected bytes go to output() on flush(), the rest stays in req.output. */
     rec_reset(&r);
     req_init(&q, &r, "echo 'a'; flush(); echo 'b';", FP_OUTPUT_FLUSH);
@@ -1011,6 +1038,9 @@ static void group_time_limit(void)
     CHECK(r.nlimits >= 2 && r.limits[1] == 3, "second limit %lld, expected 3 (set_time_limit)",
           (long long)r.limits[1]);
     CHECK(r.nlimits >= 3 && r.limits[2] == 0, "third limit %lld, expected 0 (ini_set)", (long long)r.limits[2]);
+    /* The start-up limit is told apart from the script's changes (workers skip only that one). */
+    CHECK(r.nlimits >= 3 && r.initial[0] == 1 && r.initial[1] == 0 && r.initial[2] == 0,
+          "initial flags %d %d %d, expected 1 0 0", r.initial[0], r.initial[1], r.initial[2]);
     CHECK(r.itimer_armed_at_limit == 0, "ITIMER_PROF armed in %d time_limit() calls", r.itimer_armed_at_limit);
     CHECK(r.output_calls >= 2 && r.itimer_armed_at_output == 0, "ITIMER_PROF armed in %d of %d output() calls",
           r.itimer_armed_at_output, r.output_calls);
@@ -1032,7 +1062,7 @@ static void group_time_limit(void)
              FP_OUTPUT_STREAM);
     rc = fp_execute(&q);
     CHECK(rc == 0 && strcmp(rec_out(&r), "survived") == 0, "CPU loop: rc %d output '%s'", rc, rec_out(&r));
-    CHECK(r.nlimits == 2 && r.limits[1] == 1, "CPU loop: %d limit calls", r.nlimits);
+    CHECK(r.nlimits == 2 && r.limits[1] == 1 && !r.initial[1], "CPU loop: %d limit calls", r.nlimits);
     CHECK(r.itimer_armed_at_output == 0, "CPU loop: ITIMER_PROF armed");
     fp_request_clear(&q);
 
@@ -1134,6 +1164,24 @@ static void group_interrupt(void)
     q.script_path = path;
     interrupt_sleeping("sleep(30) in a file", &q, &r);
     fp_request_clear(&q);
+
+    /* Waits that PHP restarts after EINTR (php_sock_stream_wait_for_data() polls again with its
+     * full timeout, proc_close() loops on waitpid()): libphp's poll()/waitpid() give up once the
+     * execution is interrupted. */
+    static const char *const waits[][2] = {
+        {"socket read", "ini_set('default_socket_timeout', '30');"
+                        "$p = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, 0); fread($p[0], 1);"},
+        {"stream_select", "$p = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, 0);"
+                          "$r = [$p[0]]; $w = $e = null; stream_select($r, $w, $e, 30);"},
+        {"proc_close", "$p = proc_open('sleep 3', [], $pipes); proc_close($p);"},
+        {"exec", "exec('sleep 3');"},
+    };
+    for (size_t i = 0; i < sizeof(waits) / sizeof(waits[0]); i++) {
+        rec_reset(&r);
+        req_init(&q, &r, waits[i][1], FP_OUTPUT_BUFFER);
+        interrupt_sleeping(waits[i][0], &q, &r);
+        fp_request_clear(&q);
+    }
 
     /* A CPU loop, no signal: the VM interrupt flag alone stops it. */
     rec_reset(&r);
@@ -1297,8 +1345,12 @@ static void group_chdir(void)
     CHECK(count_fds() == fds_before, "chdir: fds %d before, %d after", fds_before, count_fds());
     fp_request_clear(&q);
 
+    int begins = chdir_begin_calls;
     rc = run_code(&q, &r, "chdir('/tmp'); chdir('/'); chdir('/tmp'); echo getcwd();");
     CHECK(rc == 0 && strcmp(req_out(&q), "/tmp") == 0, "chdir x3: '%s'", req_out(&q));
+    CHECK(chdir_begin_calls - begins == 1 && cwd_holders == 0,
+          "chdir x3: chdir_begin() called %d times (expected once per execution), %d holders left",
+          chdir_begin_calls - begins, cwd_holders);
     CHECK(getcwd(after, sizeof(after)) != NULL && strcmp(before, after) == 0, "chdir x3: cwd '%s'", after);
     CHECK(rec_count_logs(&r, PHP_E_WARNING) == 3, "chdir x3: %d warnings", rec_count_logs(&r, PHP_E_WARNING));
     CHECK(count_fds() == fds_before, "chdir x3: fds %d before, %d after", fds_before, count_fds());
@@ -1315,8 +1367,20 @@ static void group_chdir(void)
     CHECK(getcwd(after, sizeof(after)) != NULL && strcmp(before, after) == 0, "chdir+fatal: cwd '%s'", after);
     fp_request_clear(&q);
 
+    /* The directory is the process's: while another execution (here: the host itself) still
+     * holds it, the end of this one leaves it alone; the last holder puts it back. */
+    host_chdir_begin();
+    rc = run_code(&q, &r, "chdir('/tmp'); echo getcwd();");
+    CHECK(rc == 0 && getcwd(after, sizeof(after)) && strcmp(after, "/tmp") == 0,
+          "another holder left: cwd '%s', expected /tmp until it ends", after);
+    host_chdir_end();
+    CHECK(getcwd(after, sizeof(after)) != NULL && strcmp(before, after) == 0, "last holder: cwd '%s'", after);
+    fp_request_clear(&q);
+
     /* Executions without chdir() see the host's directory. */
+    begins = chdir_begin_calls;
     rc = run_code(&q, &r, "echo getcwd();");
+    CHECK(chdir_begin_calls == begins, "no chdir: chdir_begin() called");
     CHECK(rc == 0 && strcmp(req_out(&q), before) == 0, "no chdir: '%s'", req_out(&q));
     CHECK(r.nlogs == 0, "no chdir: %d diagnostics", r.nlogs);
     fp_request_clear(&q);
@@ -1439,35 +1503,63 @@ static void group_signals(void)
         install_host_handler(sigs[i]);
     }
     install_host_handler(SIGPROF);
-    /* The host installed its SIGPROF handler after fp_startup(): let its keeper see it (as
-     * csrc/loader.c's fp_install_interrupt_signal() does). */
-    host_restore_signals();
+    /* A host profiler's timer, long enough never to fire during the group. */
+    struct itimerval prof = {{100, 0}, {100, 0}};
+    setitimer(ITIMER_PROF, &prof, NULL);
 
     fp_request q;
     rec r;
     rec_init(&r);
-    int calls_before = __atomic_load_n(&restore_signals_calls, __ATOMIC_SEQ_CST);
-    int restores_before = __atomic_load_n(&sigprof_restores, __ATOMIC_SEQ_CST);
-    req_init(&q, &r, "echo ini_get('hard_timeout'), '|'; echo 'x';", FP_OUTPUT_STREAM);
+    req_init(&q, &r, "echo ini_get('hard_timeout'), '|'; set_time_limit(3); echo 'x';", FP_OUTPUT_STREAM);
     int rc = fp_execute(&q);
-    int calls = __atomic_load_n(&restore_signals_calls, __ATOMIC_SEQ_CST) - calls_before;
-    int restores = __atomic_load_n(&sigprof_restores, __ATOMIC_SEQ_CST) - restores_before;
     CHECK(rc == 0 && strcmp(rec_out(&r), "0|x") == 0, "rc %d output '%s' (hard_timeout must be 0)", rc,
           rec_out(&r));
     fp_request_clear(&q);
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
         CHECK(host_handler_installed(sigs[i]), "the host's %s handler was replaced", names[i]);
     }
-    /* php_request_startup() -> zend_set_timeout() -> zend_signal(SIGPROF, ...) installs PHP's
-     * handler process-wide; restore_signals() right after it puts the host's back. */
-    CHECK(calls >= 2, "restore_signals() called %d times in one execution, expected after request "
-                      "start-up and at its end", calls);
-    CHECK(restores >= 1, "PHP never installed its SIGPROF handler? (%d restores; the check of "
-                         "restore_signals() is void)", restores);
+    /* php_request_startup() -> zend_set_timeout() -> zend_signal(SIGPROF, ...) would install
+     * PHP's handler process-wide: libphp's sigaction() is redirected to a no-op. */
     CHECK(r.output_calls >= 1 && r.php_sigprof_at_output == 0,
           "PHP's SIGPROF handler was installed while the script ran (%d of %d output() calls)",
           r.php_sigprof_at_output, r.output_calls);
     CHECK(host_handler_installed(SIGPROF), "the host's SIGPROF handler was replaced by the execution");
+    CHECK(itimer_prof_armed() == 1, "the host's ITIMER_PROF was disarmed by an execution");
+
+    /* A timed-out execution: zend_timeout() re-registers the SIGPROF handler
+     * (zend_set_timeout_ex(0, 1)) and zend_unset_timeout() disarms ITIMER_PROF because
+     * fp_interrupt() set EG(timeout_seconds).  Neither may reach the process. */
+    rec_reset(&r);
+    req_init(&q, &r, "for (;;) {}", FP_OUTPUT_BUFFER);
+    runner rn;
+    runner_start(&rn, &q);
+    uint64_t id = wait_for_execution(5);
+    sleep_ms(50);
+    CHECK(id != 0 && fp_interrupt(id, 1, 0) == 1, "busy loop: fp_interrupt() failed");
+    CHECK(runner_wait(&rn, 5.0), "busy loop: not stopped");
+    pthread_join(rn.thread, NULL);
+    CHECK(q.end_reason == FP_END_INTERRUPT, "busy loop: end_reason %d", q.end_reason);
+    fp_request_clear(&q);
+    CHECK(!sigprof_handler_in_libphp() && host_handler_installed(SIGPROF),
+          "after a timeout: the host's SIGPROF handler was replaced");
+    CHECK(itimer_prof_armed() == 1, "after a timeout: the host's ITIMER_PROF was disarmed");
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_PROF, &off, NULL);
+
+    /* A script's own handlers and alarms would be process-wide: refused. */
+    rec_reset(&r);
+    req_init(&q, &r,
+             "var_dump(pcntl_signal(SIGTERM, function () {}));"
+             "var_dump(pcntl_signal(SIGINT, SIG_IGN)); pcntl_alarm(30); echo 'end';",
+             FP_OUTPUT_BUFFER);
+    rc = fp_execute(&q);
+    CHECK(rc == 0 && strcmp(req_out(&q), "bool(false)\nbool(false)\nend") == 0, "pcntl: rc %d output '%s'", rc,
+          req_out(&q));
+    CHECK(rec_count_logs(&r, PHP_E_WARNING) == 2 && rec_has_log(&r, PHP_E_WARNING, "whole host process"),
+          "pcntl_signal(): %d warnings", rec_count_logs(&r, PHP_E_WARNING));
+    CHECK(host_handler_installed(SIGTERM) && host_handler_installed(SIGINT), "pcntl_signal() took a handler");
+    CHECK(alarm(0) == 0, "pcntl_alarm() armed the process's alarm");
+    fp_request_clear(&q);
 
     /* A SIGPROF during a script (any profiler using ITIMER_PROF, kill -PROF). */
     install_host_handler(SIGPROF);
@@ -1490,7 +1582,6 @@ static void group_signals(void)
      * does not disarm it while EG(timeout_seconds) is 0. */
     CHECK(itimer_prof_armed() == 0, "after that SIGPROF, ITIMER_PROF is armed process-wide");
     CHECK(host_handler_installed(SIGPROF), "after that SIGPROF: the host's handler was replaced");
-    struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_PROF, &off, NULL); /* for the rest of this group */
 
     rc = run_code(&q, &r, "echo 'x';");
@@ -1554,6 +1645,8 @@ static void group_startup_errors(void)
     /* This group's ini loads an extension that does not exist: fp_startup() still succeeds and
      * reports the problem through log() with a NULL handle. */
     CHECK(null_handle_logs >= 1, "no startup diagnostic for the missing extension");
+    /* zend_extension loading reports with fprintf(stderr): the host's log gets it instead. */
+    CHECK(zend_extension_failure_logged, "zend_extension's 'Failed loading' did not reach log()");
     CHECK(startup_log_type_seen >= 0, "no startup diagnostic recorded");
     KNOWN_BUG(startup_log_type_seen == 32 /* E_CORE_WARNING */,
               "startup diagnostics reach log() with type %d and a preformatted 'PHP Warning:  ...' "
@@ -1778,7 +1871,8 @@ static const group groups[] = {
     {"chdir", "memory_limit=32M\n", group_chdir},
     {"fds", "memory_limit=32M\n", group_fds},
     {"signals", "memory_limit=32M\n", group_signals},
-    {"startup_errors", "memory_limit=32M\nextension=/nonexistent/frankenpy_native_test.so\n",
+    {"startup_errors",
+     "memory_limit=32M\nextension=/nonexistent/frankenpy_native_test.so\nzend_extension=/nonexistent/fp_zend_ext.so\n",
      group_startup_errors},
     {"http", "memory_limit=32M\n", group_http},
     {"http_worker", "memory_limit=32M\n", group_http_worker},
@@ -1794,7 +1888,7 @@ static int run_group(const group *g)
         return 2;
     }
     char err[512] = "";
-    host_remember_signals();
+    find_libphp();
     CHECK(libphp_base != NULL, "libphp not found (dlsym/dladdr of php_request_startup)");
     int rc = fp_startup(&host, g->ini, err, sizeof(err));
     CHECK(rc == 0, "fp_startup(\"%s\"): %s", g->ini, err);
