@@ -4,7 +4,8 @@
 # Usage: bash scripts/install_deps.sh [--bench] [--dev]
 #   --bench  also install the tools the benchmarks compare against:
 #            supervisor, nginx, php8.2-fpm, and the C HTTP libraries bench_http_libs.py
-#            compares (libh2o-evloop-dev, libmicrohttpd-dev, libevent-dev)
+#            compares (libh2o-evloop-dev, libmicrohttpd-dev, libevent-dev); redis-server and
+#            php8.2-redis (bench_workers.py: tasks against a Redis LPUSH/BRPOP round trip)
 #   --dev    also install Debian's PHP-Parser 4.x (package php-parser), needed only by
 #            scripts/gen_arginfo.sh to regenerate csrc/frankenphp_arginfo.h (which is committed)
 #
@@ -17,7 +18,7 @@ for arg in "$@"; do
     case "$arg" in
         --bench) want_bench=1 ;;
         --dev) want_dev=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "install_deps.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -51,6 +52,7 @@ if ! command -v cmake >/dev/null 2>&1; then
 fi
 if [ "$want_bench" -eq 1 ]; then
     apt_pkgs+=(supervisor nginx php8.2-fpm)
+    apt_pkgs+=(redis-server php8.2-redis)
     apt_pkgs+=(libh2o-evloop-dev libssl-dev libmicrohttpd-dev libevent-dev pkg-config)
 fi
 if [ "$want_dev" -eq 1 ]; then
