@@ -228,8 +228,15 @@ static int decode(reader *r, zval *out, int depth)
                 if (decode(r, &item, depth + 1) != 0) {
                     return -1;
                 }
-                /* "1" from a Python dict becomes the int key 1, as PHP would store it */
-                zend_symtable_str_update(ht, key, len, &item);
+                zend_ulong numeric;
+                if (ZEND_HANDLE_NUMERIC_STR(key, len, numeric)) {
+                    /* "1" from a Python dict becomes the int key 1, as PHP would store it */
+                    zend_hash_index_update(ht, numeric, &item);
+                } else {
+                    /* A map's other string keys are unique (they come from a PHP array or a
+                     * Python dict): no lookup needed. */
+                    zend_hash_str_add_new(ht, key, len, &item);
+                }
             } else {
                 return -1;
             }
