@@ -694,3 +694,35 @@ def test_python_encoding_round_trip_and_errors():
         encode([1 << 64])
     with pytest.raises(ValueError, match="malformed"):
         decode(b"S\xff\x00\x00\x00ab")
+
+
+@pytest.mark.timeout(40)
+def test_queued_tasks_fail_when_the_worker_halts_and_a_halted_worker_takes_none(runtime, script, out):
+    path = script("""
+        $run = count(glob(out('run-*')));
+        touch(out('run-' . $run));
+        if ($run === 0) { serve(fn () => null); }   // ready, takes no task, until restarted
+        exit(4);                                     // every later run fails at boot
+    """)
+    rt = runtime(bg("doomed", path, max_consecutive_failures=1))
+    queued = rt.submit_task("doomed", [1], timeout=None)
+    rt.restart_workers(grace=5.0)  # the next runs crash twice: halted
+    wait_for(lambda: state(rt, "doomed") == "halted", 15.0, "the halt")
+    with pytest.raises(frankenpy.TaskError, match="background worker 'doomed' halted: exit status 4"):
+        queued.result(10)
+    with pytest.raises(frankenpy.WorkerError, match="halted"):
+        rt.send_task("doomed", [2])
+
+
+@pytest.mark.timeout(30)
+def test_a_background_worker_sends_tasks_to_another(runtime, script, out):
+    adder = script("""
+        serve(function () { answer_tasks(fn ($p) => ['sum' => array_sum($p)]); });
+    """, "adder.php")
+    client = script("""
+        $answer = frankenphp_send_task('adder', [20, 22], 10.0);
+        frankenphp_set_vars(['answer' => $answer['sum']]);
+        serve(fn () => null);
+    """, "client.php")
+    rt = runtime(bg("adder", adder), bg("client", client))
+    assert rt.get_vars("client") == {"answer": 42}
