@@ -70,7 +70,7 @@ struct fp_ws_domain {
 
 fp_blob *fp_blob_new(const char *data, size_t len)
 {
-    fp_blob *blob = malloc(offsetof(fp_blob, data) + len + 1);
+    fp_blob *blob = malloc(sizeof(*blob) + len); /* data[1] holds the final NUL */
     if (!blob) {
         return NULL;
     }
