@@ -39,6 +39,7 @@ ffibuilder.cdef(
     extern "Python+C" void fp_py_worker_ready(void *);
     extern "Python+C" int fp_py_next_request(void *, fp_request **);
     extern "Python+C" void fp_py_request_done(void *, fp_request *);
+    extern "Python+C" void fp_py_stderr_output(void *, const char *, size_t);
     extern "Python+C" int fp_py_ws_start(int64_t, int, const char *, char *, size_t);
     extern "Python+C" void fp_py_task_done(int64_t, int64_t);
     """

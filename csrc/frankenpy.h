@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 8
+#define FP_ABI_VERSION 9
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -96,6 +96,9 @@ typedef struct fp_host {
     /* The request that next_request() handed out is complete: take what is left of its output
      * (`output`, `output_len`) now, the glue frees it when this returns. */
     void (*request_done)(void *handle, fp_request *done);
+    /* Bytes the script wrote to STDERR / php://stderr (or, in HTTP requests, php://stdout),
+     * except in a plain execution, which collects them in `stderr_output` instead. */
+    void (*stderr_output)(void *handle, const char *data, size_t len);
     /* --- background workers: readiness, shared vars, tasks (process-wide state, so the host
      * keeps it: csrc/worker_state.h).  `ctx` is the script's fp_request.worker_ctx; the glue
      * never calls these without one.  Failures return -1 / NULL / 0 with a message in err;
@@ -134,6 +137,10 @@ struct fp_request {
      * (0: no limit other than memory) */
     size_t output_limit;
     void *handle;    /* passed back to every fp_host callback */
+    /* What STDIN / php://stdin read (CLI-style executions); NULL/0: empty.  Not copied: it
+     * must stay valid until fp_execute() returns. */
+    const char *stdin_data;
+    size_t stdin_len;
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */
     int worker_fd;           /* background: read end of the stop pipe (not owned), else -1 */
@@ -159,6 +166,11 @@ struct fp_request {
     int headers_sent;  /* HTTP: status and headers are final (sent before the first output byte) */
     char *headers;     /* HTTP: "Name: value\n" lines once headers_sent; freed by fp_request_clear */
     size_t headers_len;
+    /* STDERR of a plain execution (worker_kind FP_WORKER_NONE, http 0); freed by
+     * fp_request_clear.  Other executions hand their STDERR to host->stderr_output(). */
+    char *stderr_output;
+    size_t stderr_len;
+    size_t stderr_cap;
 };
 
 /* Everything above is also fed to cffi by csrc/build_native.py; the functions below live in the

@@ -6,7 +6,9 @@
 #include "frankenpy.h"
 #include "sapi_internal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -29,10 +31,12 @@
 #include <php_variables.h>
 #include <php_ini.h>
 #include <php_output.h>
+#include <php_streams.h>
 #include <ext/spl/spl_exceptions.h>
 #include <zend_exceptions.h>
 #include <zend_extensions.h>
 #include <zend_ini.h>
+#include <zend_ini_scanner.h>
 #include <zend_signal.h>
 #include <zend_smart_str.h>
 
@@ -59,15 +63,15 @@ static uint64_t running_exec; /* under exec_mu: id of the execution in progress,
 static pthread_t running_thread;
 static int interrupted; /* written under exec_mu, read by the libc hooks without it (atomics) */
 static int fatal_error; /* a fatal diagnostic was reported during the execution */
+static size_t stdin_pos; /* read position in script_req->stdin_data, shared by every STDIN stream */
+static bool register_argc_argv; /* the ini setting (each execution sets PG(register_argc_argv)) */
 
 static void prepare_request_info(fp_request *req);
 
 /* What sapi_activate() decided that we decide otherwise. */
 static void after_sapi_activate(fp_request *req)
 {
-    if (!req->http) {
-        SG(headers_sent) = 1; /* like the CLI: header() is a no-op without an HTTP response */
-    }
+    (void)req;
     /* HEAD runs like GET and the host drops the body, so that it can announce the body's
      * Content-Length (RFC 9110 9.3.2) instead of none. */
     SG(request_info).headers_only = 0;
@@ -180,6 +184,146 @@ static void fp_flush(void *server_context)
     }
 }
 
+/* ---- standard streams ------------------------------------------------------------------------
+ * The host's fds 0, 1 and 2 are not the script's.  STDIN, STDOUT, STDERR (CLI-style executions)
+ * and php://stdin, php://stdout, php://stderr, php://fd/0-2 (every execution) are streams of
+ * the execution instead: stdin reads fp_request.stdin_data, stdout is the execution's output
+ * (written past PHP's output buffers, as the CLI writes to fd 1), stderr is collected or handed
+ * to the host.  In an HTTP request stdout would corrupt the response: it goes where stderr goes. */
+enum { FP_STDIN, FP_STDOUT, FP_STDERR };
+
+static void append_stderr(fp_request *r, const char *data, size_t len)
+{
+    if (r->stderr_len + len > r->stderr_cap) {
+        size_t cap = r->stderr_cap ? r->stderr_cap : 1024;
+        while (cap < r->stderr_len + len) {
+            cap *= 2;
+        }
+        char *grown = realloc(r->stderr_output, cap); /* outlives the request, like output */
+        if (!grown) {
+            return;
+        }
+        r->stderr_output = grown;
+        r->stderr_cap = cap;
+    }
+    memcpy(r->stderr_output + r->stderr_len, data, len);
+    r->stderr_len += len;
+}
+
+static ssize_t fp_std_write(php_stream *stream, const char *buf, size_t count)
+{
+    fp_request *r = script_req;
+    if (!r) {
+        return (ssize_t)count;
+    }
+    if ((uintptr_t)stream->abstract == FP_STDOUT && current && !current->http) {
+        fp_ub_write(buf, count);
+    } else if (!r->http && r->worker_kind == FP_WORKER_NONE) {
+        append_stderr(r, buf, count);
+    } else if (host->stderr_output) {
+        host->stderr_output(r->handle, buf, count);
+    }
+    return (ssize_t)count;
+}
+
+static ssize_t fp_std_read(php_stream *stream, char *buf, size_t count)
+{
+    fp_request *r = script_req;
+    size_t left = r && r->stdin_data && stdin_pos < r->stdin_len ? r->stdin_len - stdin_pos : 0;
+    if ((uintptr_t)stream->abstract != FP_STDIN || left == 0) {
+        stream->eof = 1;
+        return 0;
+    }
+    size_t n = count < left ? count : left;
+    memcpy(buf, r->stdin_data + stdin_pos, n);
+    stdin_pos += n;
+    return (ssize_t)n;
+}
+
+static int fp_std_close(php_stream *stream, int close_handle)
+{
+    (void)stream; (void)close_handle;
+    return 0;
+}
+
+static int fp_std_flush(php_stream *stream)
+{
+    (void)stream;
+    return 0;
+}
+
+static const php_stream_ops fp_std_ops = {
+    fp_std_write, fp_std_read, fp_std_close, fp_std_flush, "STDIO", NULL, NULL, NULL, NULL,
+};
+
+/* php:// with the std streams answered here, everything else by PHP's own wrapper. */
+static const php_stream_wrapper *php_wrapper;
+static php_stream_wrapper_ops fp_php_wrapper_ops;
+static php_stream_wrapper fp_php_wrapper;
+
+static php_stream *open_std_stream(int which)
+{
+    php_stream *stream = php_stream_alloc(&fp_std_ops, (void *)(uintptr_t)which, NULL, which == FP_STDIN ? "rb" : "wb");
+    stream->wrapper = &fp_php_wrapper; /* stream_get_meta_data(): "wrapper_type" PHP, as the CLI's */
+    return stream;
+}
+
+static php_stream *fp_php_opener(php_stream_wrapper *wrapper, const char *path, const char *mode, int options,
+                                 zend_string **opened_path, php_stream_context *context STREAMS_DC)
+{
+    static const char *const names[][2] = {{"stdin", "fd/0"}, {"stdout", "fd/1"}, {"stderr", "fd/2"}};
+    if (!strncasecmp(path, "php://", 6)) {
+        for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+            if (!strcasecmp(path + 6, names[which][0]) || !strcmp(path + 6, names[which][1])) {
+                return open_std_stream(which);
+            }
+        }
+    }
+    return php_wrapper->wops->stream_opener(wrapper, path, mode, options, opened_path, context STREAMS_REL_CC);
+}
+
+static void replace_php_wrapper(void)
+{
+    HashTable *wrappers = php_stream_get_url_stream_wrappers_hash_global();
+    php_stream_wrapper *found = zend_hash_str_find_ptr(wrappers, ZEND_STRL("php"));
+    if (!found || found == &fp_php_wrapper) {
+        return; /* (module start-up registers PHP's own again: keep that one as the fallback) */
+    }
+    php_wrapper = found;
+    fp_php_wrapper_ops = *php_wrapper->wops;
+    fp_php_wrapper_ops.stream_opener = fp_php_opener;
+    fp_php_wrapper = *php_wrapper;
+    fp_php_wrapper.wops = &fp_php_wrapper_ops;
+    zend_hash_str_update_ptr(wrappers, ZEND_STRL("php"), &fp_php_wrapper);
+}
+
+/* The constants' names, made once: interning them at every execution costs more than the rest.
+ * Persistent strings with a reference of ours, so that no request end frees them. */
+static zend_string *std_names[3];
+
+static void make_std_names(void)
+{
+    static const char *const names[] = {"STDIN", "STDOUT", "STDERR"};
+    for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+        std_names[which] = zend_string_init(names[which], strlen(names[which]), 1);
+        zend_string_hash_val(std_names[which]);
+    }
+}
+
+/* What the CLI gives a script beyond php_request_startup() (sapi/cli/php_cli.c do_cli). */
+static void cli_request_startup(void)
+{
+    for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+        zend_constant c;
+        php_stream *stream = open_std_stream(which); /* (a macro argument is evaluated twice) */
+        php_stream_to_zval(stream, &c.value);
+        ZEND_CONSTANT_SET_FLAGS(&c, CONST_CS, 0);
+        c.name = zend_string_copy(std_names[which]); /* the constant's reference, released at request end */
+        zend_register_constant(&c);
+    }
+    zend_is_auto_global(ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_SERVER)); /* $_SERVER even when jit */
+}
+
 /* ---- headers, body, cookies, variables ------------------------------------------------------ */
 
 static int fp_send_headers(sapi_headers_struct *headers)
@@ -225,23 +369,68 @@ static char *fp_read_cookies(void)
     return r ? (char *)r->cookie_data : NULL;
 }
 
+/* Register one $_SERVER / $_ENV entry through the input filter, as CGI and FPM do: ext/filter
+ * keeps the raw value for filter_input() and registers the value filter.default makes of it (it
+ * then returns 0: nothing is left for us to register).  filter_arg -1: no filter. */
+static void register_filtered(const char *name, const char *value, size_t value_len, zval *track_vars,
+                              int filter_arg)
+{
+    char *filtered = (char *)value; /* only PARSE_STRING lets the filter replace it */
+    size_t filtered_len = value_len;
+    if (filter_arg < 0 || sapi_module.input_filter(filter_arg, name, &filtered, value_len, &filtered_len)) {
+        php_register_variable_safe((char *)name, filtered, filtered_len, track_vars);
+    }
+}
+
+/* The execution's NAME/VALUE pairs (fp_request.env) into `track_vars`. */
+static void register_env_pairs(const fp_request *r, zval *track_vars, int filter_arg)
+{
+    const char *entry = r->env;
+    for (size_t i = 0; i < r->env_pairs; i++) {
+        const char *name = entry;
+        const char *value = name + strlen(name) + 1;
+        size_t value_len = strlen(value);
+        register_filtered(name, value, value_len, track_vars, filter_arg);
+        entry = value + value_len + 1;
+    }
+}
+
 static void fp_register_variables(zval *track_vars)
 {
     fp_request *r = current;
     if (!r) {
         return;
     }
-    const char *entry = r->env;
-    for (size_t i = 0; i < r->env_pairs; i++) {
-        const char *name = entry;
-        const char *value = name + strlen(name) + 1;
-        size_t value_len = strlen(value);
-        php_register_variable_safe((char *)name, (char *)value, value_len, track_vars);
-        entry = value + value_len + 1;
-    }
+    register_env_pairs(r, track_vars, PARSE_SERVER);
     if (script_req && script_req->worker_kind == FP_WORKER_BACKGROUND) {
         add_assoc_bool(track_vars, "FRANKENPHP_WORKER_BACKGROUND", 1);
     }
+}
+
+/* $_ENV: the process environment (PHP's own importer), then the execution's pairs over it, so
+ * that $_ENV agrees with getenv().  PHP builds $_ENV only when a script uses it (jit). */
+static void (*php_import_env)(zval *array_ptr);
+
+static void fp_import_environment_variables(zval *array_ptr)
+{
+    php_import_env(array_ptr);
+    if (!current) {
+        return;
+    }
+    zval *env = &PG(http_globals)[TRACK_VARS_ENV];
+    if (Z_TYPE_P(env) == IS_ARRAY && Z_ARR_P(array_ptr) == Z_ARR_P(env)) {
+        register_env_pairs(current, array_ptr, PARSE_ENV);
+    } else { /* getenv() without arguments: the filter would register into $_ENV instead */
+        register_env_pairs(current, array_ptr, -1);
+    }
+}
+
+/* Like the CLI's: header() works and headers_sent() turns true at the first output, but outside
+ * HTTP no header is kept (headers_list() stays empty, as under php-cli). */
+static int fp_header_handler(sapi_header_struct *header, sapi_header_op_enum op, sapi_headers_struct *headers)
+{
+    (void)header; (void)op; (void)headers;
+    return current && current->http ? SAPI_HEADER_ADD : 0;
 }
 
 /* getenv() answers from the execution's environment first; PHP falls back to the process's. */
@@ -1075,7 +1264,7 @@ static sapi_module_struct fp_sapi = {
     NULL,           /* get_stat */
     fp_getenv,
     php_error,
-    NULL,           /* header_handler */
+    fp_header_handler,
     fp_send_headers,
     NULL,           /* send_header */
     fp_read_post,
@@ -1096,6 +1285,135 @@ static void replace_function(const char *name, zif_handler handler, zif_handler 
         }
         fn->internal_function.handler = handler;
     }
+}
+
+/* ---- GC threshold --------------------------------------------------------------------------------
+ * php_request_startup() empties the cycle collector's root buffer (gc_reset()) but keeps its
+ * threshold, which grows by 10,000 roots after each collection that frees little
+ * (gc_adjust_threshold() in Zend/zend_gc.c): one script's garbage would tune the collector of the
+ * next.  The threshold lives in zend_gc.c's static gc_globals, which Debian's stripped libphp does
+ * not export, so the word is found once per copy: among this copy's writable words that hold the
+ * threshold, the one zend_gc_get_status() reads back after a change.  Found exactly once, or the
+ * reset is left out (a missed reset only changes when collections run). */
+static uint32_t *gc_threshold_word;
+static uint32_t gc_threshold_default;
+
+struct gc_search {
+    const void *base; /* this copy's libphp */
+    uint32_t *found;
+    int matches;
+};
+
+static void gc_probe_range(struct gc_search *search, uintptr_t start, uintptr_t end)
+{
+    for (uint32_t *word = (uint32_t *)((start + 3) & ~(uintptr_t)3); (uintptr_t)(word + 1) <= end; word++) {
+        if (*word != gc_threshold_default) {
+            continue;
+        }
+        zend_gc_status status;
+        *word = gc_threshold_default + 7; /* this thread alone runs this copy: nobody else reads it */
+        zend_gc_get_status(&status);
+        *word = gc_threshold_default;
+        if (status.threshold == gc_threshold_default + 7) {
+            search->found = word;
+            search->matches++;
+        }
+    }
+}
+
+static int gc_search_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct gc_search *search = data;
+    int mine = 0;
+    uintptr_t relro_start = 0, relro_end = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && info->dlpi_addr + ph->p_vaddr == (uintptr_t)search->base) {
+            mine = 1;
+        } else if (ph->p_type == PT_GNU_RELRO) { /* read-only once relocated: never written */
+            relro_start = info->dlpi_addr + ph->p_vaddr;
+            relro_end = relro_start + ph->p_memsz;
+        }
+    }
+    if (!mine) {
+        return 0;
+    }
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W)) {
+            continue;
+        }
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr, end = start + ph->p_memsz;
+        if (relro_end > start && relro_start < end) {
+            gc_probe_range(search, start, relro_start > start ? relro_start : start);
+            start = relro_end > start ? relro_end : start;
+        }
+        if (start < end) {
+            gc_probe_range(search, start, end);
+        }
+    }
+    return 1;
+}
+
+static void find_gc_threshold(void)
+{
+    zend_gc_status status;
+    zend_gc_get_status(&status);
+    Dl_info info;
+    if (status.threshold == 0 || !dladdr((void *)zend_gc_get_status, &info)) {
+        return; /* zend.enable_gc=0: the collector has no buffer, nor threshold, yet */
+    }
+    gc_threshold_default = status.threshold;
+    struct gc_search search = {info.dli_fbase, NULL, 0};
+    dl_iterate_phdr(gc_search_object, &search);
+    gc_threshold_word = search.matches == 1 ? search.found : NULL;
+}
+
+/* Before each request start-up. */
+static void reset_gc_threshold(void)
+{
+    if (gc_threshold_word && *gc_threshold_word != gc_threshold_default) {
+        *gc_threshold_word = gc_threshold_default;
+    }
+}
+
+/* ---- ini check -------------------------------------------------------------------------------
+ * PHP's parser stops at the first bad line of the ini entries and only warns about it: parse each
+ * line of the host's ini on its own, so that the one at fault can be named. */
+static char ini_error[256];
+
+static void capture_ini_error(int type, zend_string *file, const uint32_t line, zend_string *message)
+{
+    (void)type; (void)file; (void)line;
+    snprintf(ini_error, sizeof(ini_error), "%s", ZSTR_VAL(message));
+}
+
+static void ignore_ini_entry(zval *arg1, zval *arg2, zval *arg3, int callback_type, void *arg)
+{
+    (void)arg1; (void)arg2; (void)arg3; (void)callback_type; (void)arg;
+}
+
+static int check_ini_lines(const char *ini, char *err, size_t err_len)
+{
+    void (*error_cb)(int, zend_string *, const uint32_t, zend_string *) = zend_error_cb;
+    zend_error_cb = capture_ini_error;
+    int failed = 0;
+    for (const char *line = ini; *line && !failed;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char *copy = estrndup(line, len);
+        ini_error[0] = '\0';
+        if (zend_parse_ini_string(copy, 0, ZEND_INI_SCANNER_NORMAL, ignore_ini_entry, NULL) == FAILURE) {
+            size_t msg_len = strcspn(ini_error, "\n");
+            snprintf(err, err_len, "php.ini line '%s' cannot be parsed: %.*s", copy, (int)msg_len, ini_error);
+            failed = 1;
+        }
+        efree(copy);
+        line = end ? end + 1 : line + len;
+    }
+    zend_error_cb = error_cb;
+    return failed ? -1 : 0;
 }
 
 int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_len)
@@ -1134,6 +1452,22 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
         sapi_shutdown();
         return -1;
     }
+    if (check_ini_lines(ini, err, err_len) != 0) {
+        php_module_shutdown();
+        sapi_shutdown();
+        free(fp_sapi.ini_entries);
+        fp_sapi.ini_entries = NULL;
+        return -1;
+    }
+    replace_php_wrapper();
+    make_std_names();
+    find_gc_threshold();
+    register_argc_argv = PG(register_argc_argv); /* php_ini may turn it off */
+    if (php_import_environment_variables != fp_import_environment_variables) {
+        /* (a plain variable of libphp: a restarted interpreter still has ours in it) */
+        php_import_env = php_import_environment_variables;
+        php_import_environment_variables = fp_import_environment_variables;
+    }
     /* php_module_startup() installs PHP's error callback: wrap it now. */
     php_error_cb = zend_error_cb;
     zend_error_cb = fp_error_cb;
@@ -1165,6 +1499,9 @@ void fp_shutdown(void)
     sapi_shutdown();
     free(fp_sapi.ini_entries);
     fp_sapi.ini_entries = NULL;
+    for (int which = FP_STDIN; which <= FP_STDERR; which++) {
+        zend_string_release_ex(std_names[which], 1);
+    }
     startup_done = 0;
 }
 
@@ -1182,15 +1519,19 @@ static void prepare_request_info(fp_request *req)
     SG(request_info).content_type = req->content_type;
     SG(request_info).content_length = req->content_length;
     SG(request_info).no_headers = !req->http;
-    SG(sapi_headers).http_response_code = 200;
+    SG(sapi_headers).http_response_code = req->http ? 200 : 0; /* http_response_code(): false, as the CLI */
     if (req->http && req->authorization) {
         php_handle_auth_data(req->authorization); /* freed by sapi_deactivate() */
     }
-    PG(register_argc_argv) = req->argv != NULL;
+    PG(register_argc_argv) = register_argc_argv && req->argv != NULL;
 }
 
 static void run_script(fp_request *req)
 {
+    if (!req->http && req->worker_kind != FP_WORKER_HTTP) {
+        cli_request_startup();
+    }
+    CG(skip_shebang) = 1; /* a "#!" first line is not output, in included files too (CLI, CGI) */
     if (req->script_path) {
         zend_file_handle file;
         zend_stream_init_filename(&file, req->script_path);
@@ -1212,6 +1553,8 @@ int fp_execute(fp_request *req)
     free(req->headers); /* a reused request's previous header block */
     req->headers = NULL;
     req->headers_len = 0;
+    req->stderr_len = 0;
+    stdin_pos = 0;
     req->headers_sent = 0;
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
@@ -1220,6 +1563,7 @@ int fp_execute(fp_request *req)
     worker_looping = 0;
 
     fatal_error = 0;
+    reset_gc_threshold();
     int started = php_request_startup();
     if (started == FAILURE) {
         req->end_reason = FP_END_STARTUP;
@@ -1285,6 +1629,9 @@ void fp_request_clear(fp_request *req)
     free(req->headers);
     req->headers = NULL;
     req->headers_len = 0;
+    free(req->stderr_output);
+    req->stderr_output = NULL;
+    req->stderr_len = req->stderr_cap = 0;
     req->headers_sent = 0;
     req->exit_status = req->end_reason = 0;
     req->exec_id = 0;

@@ -95,6 +95,7 @@ class Result:
     ``exit_status`` is PHP's: ``exit(n)``'s ``n``, 255 after a fatal error, parse error,
     uncaught exception, exhausted ``memory_limit`` or a time limit.  ``output`` is empty when it
     was streamed to a callable.  ``errors`` holds every diagnostic as PHP would print it.
+    ``stderr`` holds what the script wrote to ``STDERR`` / ``php://stderr``.
     """
 
     exit_status: int
@@ -103,6 +104,7 @@ class Result:
     timed_out: bool = False
     duration: float = 0.0
     time_limit: float | None = field(default=None, repr=False)
+    stderr: bytes = b""
 
     @property
     def errors(self) -> list[str]:
@@ -220,6 +222,13 @@ class Request:
         self._keep.append(block)
         self.struct.env = block
         self.struct.env_pairs = len(pairs)
+
+    def set_stdin(self, data: bytes) -> None:
+        """What STDIN reads (the glue reads it in place: kept alive with the request)."""
+        buf = ffi.from_buffer(data)
+        self._keep.append(buf)
+        self.struct.stdin_data = buf
+        self.struct.stdin_len = len(data)
 
     def apply(self, args: ScriptArgs) -> None:
         """Point the struct at prepared script, environment and argv."""
@@ -357,9 +366,11 @@ class Execution:
                 timed_out=self.stopped,
                 duration=time.monotonic() - self.started,
                 time_limit=self.limit,
+                stderr=bytes(ffi.buffer(req.stderr_output, req.stderr_len)) if req.stderr_len else b"",
             )
         finally:
-            if not self.request.shared or req.output_cap > KEPT_OUTPUT_BUFFER:
+            # (a shared struct is zeroed for its next execution: its STDERR buffer goes now)
+            if not self.request.shared or req.output_cap > KEPT_OUTPUT_BUFFER or req.stderr_cap:
                 lib.fp_image_request_clear(self.thread.image.handle, req)
 
     # --- callbacks ------------------------------------------------------------------------------
@@ -389,6 +400,13 @@ class Execution:
         if self.output_error is None:
             self.output_error = exc
         self.logger.error("output lost, script stopped: %r", exc)
+
+    def on_stderr(self, data: bytes) -> None:
+        """STDERR of a worker or an HTTP request: to the log, a line at a time (a plain
+        execution collects it in ``Result.stderr`` instead)."""
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line:
+                self.logger.warning("stderr: %s", line)
 
     def read_body(self, size: int) -> bytes:
         """Up to ``size`` bytes of the request body (HTTP executions override this)."""
@@ -495,3 +513,10 @@ def fp_py_request_done(handle: Any, done: Any) -> None:
         request = _execution(done.handle)
         if request is not None:
             execution.request_done(request)
+
+
+@ffi.def_extern(onerror=lambda *exc: php_logger.error("stderr callback failed", exc_info=exc))
+def fp_py_stderr_output(handle: Any, data: Any, length: int) -> None:
+    execution = _execution(handle)
+    if execution is not None:
+        execution.on_stderr(bytes(ffi.buffer(data, length)))

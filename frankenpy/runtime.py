@@ -24,7 +24,11 @@ logger = logging.getLogger("frankenpy")
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
 _INI_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_INI_BARE_VALUE = re.compile(r"^[A-Za-z0-9_.\-+/:,@ ]*$")
+# What php.ini takes unquoted: words (paths, numbers, bare words such as On), and expressions of
+# constants and numbers with the ini operators and parentheses (E_ALL & ~E_DEPRECATED); an
+# operator alone ("&") is a string.
+_INI_WORDS = re.compile(r"^[A-Za-z0-9_.\-+/:,@]+( [A-Za-z0-9_.\-+/:,@]+)*$")
+_INI_EXPRESSION = re.compile(r"^(?=.*\w)(?=.*[|&^~!()])[\w\s|&^~!()]+$")
 # Every PHP thread has its own opcache segment: keep the defaults small (PHP's are 128 MB and an
 # 8 MB interned-strings buffer, which alone costs each thread ~2 MB of resident memory).
 OPCACHE_DEFAULTS = {
@@ -45,8 +49,17 @@ def _positive(timeout: float) -> float:
     return float(timeout)
 
 
+def _ini_quote(text: str) -> str:
+    """``text`` as a literal php.ini value: single-quoted pieces (no escapes, no ${} expansion
+    inside), with each ``'`` as a double-quoted piece; PHP joins adjacent pieces."""
+    pieces = text.split("'")
+    return '"\'"'.join(f"'{piece}'" if piece else "" for piece in pieces)
+
+
 def ini_text(settings: Mapping[str, PHPValue]) -> str:
-    """php.ini lines for ``settings``; ValueError naming the option at fault."""
+    """php.ini lines for ``settings``, each value as the same line of a php.ini file would read
+    (words, constants and expressions bare, anything else quoted); ValueError naming the option
+    at fault.  A value PHP's parser then refuses fails the runtime's start, naming its line."""
     lines = []
     for key, value in settings.items():
         if not isinstance(key, str) or not _INI_KEY.match(key):
@@ -59,11 +72,10 @@ def ini_text(settings: Mapping[str, PHPValue]) -> str:
             text = str(value)
         else:
             raise ValueError(f"php_ini: option {key!r} has a {type(value).__name__} value")
-        if not _INI_BARE_VALUE.match(text):
-            # (inside double quotes PHP would also expand ${NAME} from the environment)
-            if '"' in text or "\n" in text or "\0" in text or "${" in text:
-                raise ValueError(f"php_ini: option {key!r} has a value PHP's ini syntax cannot hold")
-            text = f'"{text}"'
+        if "\n" in text or "\r" in text or "\0" in text:
+            raise ValueError(f"php_ini: option {key!r} has a value PHP's ini syntax cannot hold")
+        if text and not _INI_WORDS.match(text) and not _INI_EXPRESSION.match(text):
+            text = _ini_quote(text)
         lines.append(f"{key}={text}\n")
     return "".join(lines)
 
@@ -222,13 +234,15 @@ class Runtime:
         argv: Sequence[str] | None = None,
         timeout: float | None = None,
         output: Callable[[bytes], Any] | None = None,
+        stdin: bytes | None = None,
     ) -> Result:
         """Run a PHP file on an idle PHP thread (waiting for one) and return its result.
 
-        ``env`` adds to ``$_SERVER`` and ``getenv()``; ``argv`` sets ``$argv``/``$argc``
-        (default: ``[path]``); ``timeout`` stops the script after that many seconds;
-        ``output`` receives the output as it is written instead of collecting it (if it raises,
-        the script is stopped and this method raises that exception)."""
+        ``env`` adds to ``$_SERVER``, ``$_ENV`` and ``getenv()``; ``argv`` sets
+        ``$argv``/``$argc`` (default: ``[path]``); ``timeout`` stops the script after that many
+        seconds; ``output`` receives the output as it is written instead of collecting it (if it
+        raises, the script is stopped and this method raises that exception); ``stdin`` is what
+        ``STDIN`` / ``php://stdin`` read (default: nothing)."""
         # (an absolute str is taken as is: abspath() costs more than the rest of this method)
         script = path if isinstance(path, str) and path[:1] == "/" else os.path.abspath(os.fspath(path))
         if not os.path.isfile(script):
@@ -242,7 +256,7 @@ class Runtime:
                 self._prepared[script] = args
         else:
             args = self._prepare(script, env, argv)
-        return self._execute(args, None, timeout, output)
+        return self._execute(args, None, timeout, output, stdin)
 
     def execute_code(
         self,
@@ -252,11 +266,12 @@ class Runtime:
         argv: Sequence[str] | None = None,
         timeout: float | None = None,
         output: Callable[[bytes], Any] | None = None,
+        stdin: bytes | None = None,
     ) -> Result:
         """Run PHP code given without its ``<?php`` tag; otherwise like :meth:`execute_file`."""
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
-        return self._execute(self._prepare(None, env, argv), code, timeout, output)
+        return self._execute(self._prepare(None, env, argv), code, timeout, output, stdin)
 
     def _prepare(
         self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
@@ -271,8 +286,11 @@ class Runtime:
         code: str | None,
         timeout: float | None,
         output: Callable[[bytes], Any] | None,
+        stdin: bytes | None = None,
     ) -> Result:
         check_timeout(timeout)  # before waiting for a thread
+        if stdin is not None and not isinstance(stdin, bytes):
+            raise TypeError(f"stdin must be bytes, not {type(stdin).__name__}")
         pool = self._running_pool()
         thread = pool.acquire()
         assert thread is not None
@@ -284,6 +302,8 @@ class Runtime:
                 request.struct.code = request.cstr(code)
             request.struct.output_mode = 1 if output is not None else 0  # FP_OUTPUT_STREAM / BUFFER
             request.struct.output_limit = self.max_output_size or 0
+            if stdin:
+                request.set_stdin(stdin)
             result = execution.run()
             if execution.output_error is not None:
                 raise execution.output_error  # the script was stopped: its output is incomplete

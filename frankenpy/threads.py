@@ -89,7 +89,8 @@ class PHPThread:
         if rc != 0 or problems:
             if rc == 0:
                 lib.fp_image_shutdown(self.image.handle)
-            detail = "; ".join(problems) or ffi.string(err).decode()
+            # (the glue's own message names the php.ini line at fault: it comes first)
+            detail = (rc != 0 and ffi.string(err).decode()) or "; ".join(problems) or ffi.string(err).decode()
             raise RuntimeError(f"PHP thread {self.name} failed to start: {detail}")
         self.image.running_ini = self.ini
         self.image.share_extension_pages()
