@@ -1234,7 +1234,8 @@ static zend_module_entry frankenphp_module = {
     STANDARD_MODULE_HEADER,
     "frankenphp",
     ext_functions,
-    NULL, NULL, NULL, NULL, NULL,
+    fp_wf_minit, /* registers FrankenPHP\\WorkerHandle (worker_functions.c) */
+    NULL, NULL, NULL, NULL,
     "frankenpy",
     STANDARD_MODULE_PROPERTIES,
 };

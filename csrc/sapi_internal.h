@@ -8,6 +8,8 @@
 
 #include "frankenpy.h"
 
+#include <php.h>
+
 #define FP_HIDDEN __attribute__((visibility("hidden")))
 
 /* sapi.c: the host callbacks, and the execution in progress (the worker script for workers). */
@@ -20,5 +22,7 @@ FP_HIDDEN int fp_glue_worker_booting(void);
  * call reads the latest.  Called at each request's start and end: before request shutdown
  * (they live in the request's heap), and after it with heap_gone = 1 (only forgets them). */
 FP_HIDDEN void fp_wf_reset_views(int heap_gone);
+/* worker_functions.c: the frankenphp module's MINIT (registers FrankenPHP\WorkerHandle). */
+FP_HIDDEN zend_result fp_wf_minit(INIT_FUNC_ARGS);
 
 #endif

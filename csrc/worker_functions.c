@@ -12,10 +12,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <poll.h>
+
 #include <php.h>
 #include <ext/spl/spl_exceptions.h>
 #include <zend_exceptions.h>
 #include <zend_smart_str.h>
+
+#include "worker_handle_arginfo.h"
 
 #define MAX_DEPTH 64   /* nesting of arrays accepted (and a bound on decoding recursion) */
 #define ERR_LEN 1024
@@ -619,4 +623,83 @@ PHP_FUNCTION(frankenphp_fail_task)
     ZEND_PARSE_PARAMETERS_END();
     (void)return_value;
     finish(id, NULL, message, "frankenphp_fail_task");
+}
+
+/* ---- FrankenPHP\WorkerHandle: thin aliases (FrankenPHP PR #2617) ------------------------------ */
+
+ZEND_FUNCTION(frankenphp_get_worker_handle); /* sapi.c */
+
+zend_result fp_wf_minit(INIT_FUNC_ARGS)
+{
+    (void)type;
+    (void)module_number;
+    register_class_FrankenPHP_WorkerHandle();
+    return SUCCESS;
+}
+
+ZEND_METHOD(FrankenPHP_WorkerHandle, __construct)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (!in_background_worker("FrankenPHP\\WorkerHandle::__construct")) {
+        RETURN_THROWS();
+    }
+}
+
+/* The methods below take the same parameters as the functions they alias, which parse them
+ * from execute_data themselves. */
+ZEND_METHOD(FrankenPHP_WorkerHandle, getStream)
+{
+    ZEND_FN(frankenphp_get_worker_handle)(INTERNAL_FUNCTION_PARAM_PASSTHRU);
+}
+
+ZEND_METHOD(FrankenPHP_WorkerHandle, setVars)
+{
+    ZEND_FN(frankenphp_set_vars)(INTERNAL_FUNCTION_PARAM_PASSTHRU);
+}
+
+ZEND_METHOD(FrankenPHP_WorkerHandle, receive)
+{
+    ZEND_FN(frankenphp_receive_task)(INTERNAL_FUNCTION_PARAM_PASSTHRU);
+}
+
+ZEND_METHOD(FrankenPHP_WorkerHandle, tick)
+{
+    double timeout = 0;
+    zend_bool timeout_null = 1;
+    ZEND_PARSE_PARAMETERS_START(0, 1)
+        Z_PARAM_OPTIONAL
+        Z_PARAM_DOUBLE_OR_NULL(timeout, timeout_null)
+    ZEND_PARSE_PARAMETERS_END();
+
+    zval handle, function;
+    ZVAL_UNDEF(&handle);
+    ZVAL_STRING(&function, "frankenphp_get_worker_handle"); /* the same stream every call */
+    call_user_function(NULL, NULL, &function, &handle, 0, NULL);
+    zval_ptr_dtor(&function);
+    if (EG(exception)) {
+        zval_ptr_dtor(&handle);
+        RETURN_THROWS();
+    }
+    php_stream *stream;
+    php_stream_from_zval_no_verify(stream, &handle);
+    int fd = -1;
+    int buffered = stream && stream->writepos > stream->readpos;
+    if (!stream || (!buffered && php_stream_cast(stream, PHP_STREAM_AS_FD_FOR_SELECT | PHP_STREAM_CAST_INTERNAL,
+                                                 (void **)&fd, 0) != SUCCESS)) {
+        zval_ptr_dtor(&handle);
+        zend_throw_exception(spl_ce_RuntimeException, "FrankenPHP\\WorkerHandle::tick(): no stream", 0);
+        RETURN_THROWS();
+    }
+    int ready = buffered;
+    if (!ready) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int ms = timeout_null ? -1 : (timeout <= 0 ? 0 : (int)(timeout * 1000));
+        /* EINTR (a time limit, a force-stop): return, the VM handles the interrupt next */
+        ready = poll(&pfd, 1, ms) > 0;
+    }
+    char byte;
+    /* readable: a task's wake-up byte, or EOF once drained */
+    int drained = ready && php_stream_read(stream, &byte, 1) == 0;
+    zval_ptr_dtor(&handle);
+    RETURN_BOOL(!drained);
 }

@@ -726,3 +726,33 @@ def test_a_background_worker_sends_tasks_to_another(runtime, script, out):
     """, "client.php")
     rt = runtime(bg("adder", adder), bg("client", client))
     assert rt.get_vars("client") == {"answer": 42}
+
+
+# --- FrankenPHP\WorkerHandle (PR #2617's API): thin aliases ------------------------------------------
+@pytest.mark.timeout(30)
+def test_worker_handle_class_aliases(runtime, script, out):
+    path = script("""
+        $w = new FrankenPHP\\WorkerHandle();
+        $w->setVars(['via' => 'WorkerHandle']);   // before the handle: readers see it once ready
+        $w->setVars(['via' => 'WorkerHandle', 'stream' => is_resource($w->getStream())]);
+        $ticks = 0;
+        while ($w->tick(5.0)) {       // true: a task waits (or the timeout passed)
+            $ticks++;
+            while (($t = $w->receive()) !== null) {
+                frankenphp_complete_task($t['id'], ['twice' => $t['payload'][0] * 2]);
+            }
+        }
+        file_put_contents(out('drained'), $ticks);   // false: drained
+    """)
+    rt = runtime(bg("oo", path))
+    wait_for(lambda: rt.get_vars("oo") == {"via": "WorkerHandle", "stream": True}, 10.0, "the 2nd snapshot")
+    assert state(rt, "oo") == "ready"
+    began = time.monotonic()
+    assert [rt.send_task("oo", [i]) for i in range(3)] == [{"twice": 2 * i} for i in range(3)]
+    assert time.monotonic() - began < 5.0  # tick() woke for each task
+    rt.shutdown(grace=10.0)
+    assert int((out / "drained").read_text()) >= 1
+    assert rt.workers()[0].last_exit_status == 0
+    error = php_error(runtime(), "new FrankenPHP\\WorkerHandle()")
+    assert error == {"class": "RuntimeException", "message": "FrankenPHP\\WorkerHandle::__construct() can "
+                     "only be called from a background worker"}
