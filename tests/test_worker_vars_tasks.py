@@ -756,3 +756,55 @@ def test_worker_handle_class_aliases(runtime, script, out):
     error = php_error(runtime(), "new FrankenPHP\\WorkerHandle()")
     assert error == {"class": "RuntimeException", "message": "FrankenPHP\\WorkerHandle::__construct() can "
                      "only be called from a background worker"}
+
+
+@pytest.mark.timeout(40)
+def test_http_requests_each_get_one_view_and_classic_requests_find_scoped_workers(script, tmp_path, out):
+    import urllib.request
+
+    from frankenpy.http.app import PHPApp
+    from frankenpy.http.server import Server, Site
+
+    counter = script("""
+        $i = 0;
+        frankenphp_set_vars(['i' => 0]);
+        $h = frankenphp_get_worker_handle();
+        while (true) {
+            $r = [$h]; $w = $e = [];
+            if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
+            frankenphp_set_vars(['i' => ++$i]);
+        }
+    """, "counter.php")
+    public = tmp_path / "public"
+    public.mkdir()
+    (public / "app.php").write_text(textwrap.dedent("""\
+        <?php
+        while (frankenphp_handle_request(function () {
+            $a = frankenphp_get_vars('counter');
+            usleep(50000);
+            echo json_encode([$a['i'], frankenphp_get_vars('counter')['i']]);
+        })) {}
+    """))
+    (public / "classic.php").write_text("<?php echo json_encode(frankenphp_get_vars('counter')['i']);")
+    scope = frankenpy.next_scope()
+    rt = frankenpy.Runtime(num_threads=1, env={"OUT": str(out)}, workers=[
+        bg("counter", counter, scope=scope),
+        frankenpy.Worker("app", str(public / "app.php"), scope=scope),
+    ])
+    rt.start()
+    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, public, scope=scope))])
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{int(server.ports[0])}"
+
+        def get(path: str) -> Any:
+            with urllib.request.urlopen(base + path, timeout=20) as reply:
+                return json.loads(reply.read())
+
+        first = get("/app.php")
+        second = get("/app.php")
+        assert first[0] == first[1] and second[0] == second[1]  # one view per request
+        assert second[0] > first[0]  # a fresh one for the next request
+        assert get("/classic.php") >= second[0]
+    finally:
+        server.stop(grace=5.0)
