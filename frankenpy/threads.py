@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _native
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 ffi, lib = _native.ffi, _native.lib
+logger = logging.getLogger("frankenpy")
 
 # pthread_kill() of this signal makes a blocking syscall of a PHP thread return EINTR.
 INTERRUPT_SIGNAL = lib.fp_interrupt_signal()
@@ -31,6 +33,7 @@ if lib.fp_install_interrupt_signal(INTERRUPT_SIGNAL) != 0:  # pragma: no cover -
 STOP_RETRY = 0.05  # re-send the stop while a stopped script is still running (missed EINTR)
 MAX_WAIT = 3600.0  # the watchdog looks at least this often (Condition.wait refuses huge timeouts)
 _watchdog_logger = logging.getLogger("frankenpy")
+FORCE_STOP_WAIT = 5.0  # after a force-stop, how long to wait for the script to end
 
 # Startup diagnostics have no execution to go to: the thread starting an interpreter collects
 # them here.
@@ -75,6 +78,11 @@ class PHPThread:
             return
         self.image.stop()
         err = ffi.new("char[]", 1024)
+        # Until start-up has fully succeeded the image counts as started with an unknown
+        # configuration: an exception (KeyboardInterrupt) anywhere below then leaves it to be
+        # shut down before its next start (fp_shutdown() of an interpreter that is not started
+        # is a no-op), never started but marked as stopped.
+        self.image.running_ini = STARTING
         _startup.diagnostics = diagnostics = []
         try:
             rc = lib.fp_image_startup(self.image.handle, self.ini.encode(), err, len(err))
@@ -87,14 +95,21 @@ class PHPThread:
             if d.type & (1 | 2 | 16 | 32) or (d.type == 0 and not d.message.startswith("PHP Deprecated"))
         ]
         if rc != 0 or problems:
-            if rc == 0:
-                lib.fp_image_shutdown(self.image.handle)
+            self.image.stop()
             # (the glue's own message names the php.ini line at fault: it comes first)
             detail = (rc != 0 and ffi.string(err).decode()) or "; ".join(problems) or ffi.string(err).decode()
             raise RuntimeError(f"PHP thread {self.name} failed to start: {detail}")
         self.image.running_ini = self.ini
         self.image.share_extension_pages()
         self.started = True
+
+    def interrupt(self) -> None:
+        """Force-stop the regular execution running on this thread, if any (from any thread).
+        Every execution of a pooled thread uses the thread's own request struct, whose
+        ``exec_id`` names the script running now (0 before it starts and after it ends)."""
+        exec_id = self.request.exec_id
+        if exec_id:
+            lib.fp_image_interrupt(self.image.handle, exec_id, 0, INTERRUPT_SIGNAL)
 
     def detach(self) -> None:
         """Let go of the interpreter, which stays started on its image for the next runtime
@@ -104,48 +119,134 @@ class PHPThread:
             self.started = False
 
 
+STARTING = "\0starting"  # Image.running_ini while start-up is under way (matches no ini)
+
+
+class _Waiter:
+    """A caller queued for a thread: release() hands it one directly and unlocks ``ready``."""
+
+    __slots__ = ("closed", "ready", "thread")
+
+    def __init__(self) -> None:
+        self.ready = threading.Lock()
+        self.ready.acquire()
+        self.thread: PHPThread | None = None
+        self.closed = False
+
+
 class ThreadPool:
-    """Idle PHP threads for regular executions; callers wait in FIFO order for a free one."""
+    """Idle PHP threads for regular executions; callers are served strictly in arrival order.
+
+    A caller that finds an idle thread (then nobody waits: release() hands a returned thread
+    straight to the first waiter, so idle threads and waiters never coexist) takes it at once;
+    any other caller queues a :class:`_Waiter` and sleeps on its own lock.
+    """
 
     def __init__(self, threads: list[PHPThread]) -> None:
-        self._idle = deque(threads)
-        self._cond = threading.Condition(threading.Lock())  # not reentrant: cheaper per call
+        self.threads = tuple(threads)
+        self._idle = list(threads)
+        self._waiters: deque[_Waiter] = deque()
+        self._mutex = threading.Lock()  # not reentrant: cheaper per call
+        self._all_back = threading.Condition(self._mutex)
         self._closed = False
+        self._late: Callable[[PHPThread], None] | None = None  # see close()
+        self._abandoned: list[PHPThread] = []
         self.size = len(threads)
-        self.waiting = 0  # callers queued for a thread (metrics)
 
     def acquire(self, timeout: float | None = None) -> PHPThread | None:
         """An idle thread, or None after ``timeout`` seconds; RuntimeError once closed."""
-        with self._cond:
-            if not self._idle and not self._closed:
-                self.waiting += 1
-                try:
-                    self._cond.wait_for(lambda: self._idle or self._closed, timeout)
-                finally:
-                    self.waiting -= 1
+        with self._mutex:
             if self._closed:
                 raise RuntimeError("the runtime is shut down")
-            return self._idle.popleft() if self._idle else None
+            if self._idle:
+                return self._idle.pop()  # the most recently used: its memory is warm
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+        try:
+            served = waiter.ready.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        except BaseException:  # KeyboardInterrupt while queued
+            if not self._withdraw(waiter) and waiter.thread is not None:
+                self.release(waiter.thread)  # served meanwhile: pass it on
+            raise
+        if not served and self._withdraw(waiter):
+            return None
+        if waiter.closed:
+            raise RuntimeError("the runtime is shut down")
+        return waiter.thread
+
+    def _withdraw(self, waiter: _Waiter) -> bool:
+        """Take ``waiter`` out of the queue; False when it was served (or closed) meanwhile."""
+        with self._mutex:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                return False
+            return True
 
     def release(self, thread: PHPThread) -> None:
-        with self._cond:
-            self._idle.append(thread)
-            if self._closed:
-                self._cond.notify_all()  # close() waits for every thread to come back
-            elif self.waiting:
-                self._cond.notify()
+        with self._mutex:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.thread = thread
+                waiter.ready.release()
+                return
+            if self._late is None:
+                self._idle.append(thread)
+                if self._closed:
+                    self._all_back.notify_all()  # close() waits for every thread to come back
+                return
+            self._abandoned.remove(thread)
+            late = self._late
+        late(thread)  # it came back after close() gave up on it
 
     @property
     def busy(self) -> int:
         return self.size - len(self._idle)
 
-    def close(self, timeout: float) -> list[PHPThread]:
-        """Refuse new callers, wait up to ``timeout`` for running executions, return idle threads."""
-        with self._cond:
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a thread (metrics)."""
+        return len(self._waiters)
+
+    def close(self, grace: float, late: Callable[[PHPThread], None]) -> list[PHPThread]:
+        """Refuse new callers, wait up to ``grace`` seconds for running executions, then
+        force-stop those still running and wait for them (FORCE_STOP_WAIT).  Returns the threads
+        that are back; ``late(thread)`` is called for each other one when (if ever) it comes back,
+        since its interpreter is still running a script until then."""
+        with self._mutex:
+            if self._closed:
+                raise RuntimeError("the thread pool is already closed")
             self._closed = True
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: len(self._idle) == self.size, timeout)
-            return list(self._idle)
+            for waiter in self._waiters:
+                waiter.closed = True
+                waiter.ready.release()
+            self._waiters.clear()
+            self._all_back.wait_for(lambda: len(self._idle) == self.size, grace)
+            out = [t for t in self.threads if t not in self._idle]
+        if out:
+            logger.warning(
+                "PHP thread(s) %s still running after the %.1f s grace period; force-stopping",
+                ", ".join(t.name for t in out), grace, extra={"worker": "-"},
+            )
+            deadline = time.monotonic() + FORCE_STOP_WAIT
+            with self._mutex:
+                while len(self._idle) < self.size and time.monotonic() < deadline:
+                    for thread in self.threads:
+                        if thread not in self._idle:
+                            thread.interrupt()  # again: a stop between two scripts hits nothing
+                    self._all_back.wait(STOP_RETRY)
+        with self._mutex:
+            back, self._idle = self._idle, []
+            self._abandoned = [t for t in self.threads if t not in back]
+            if self._abandoned:
+                self._late = late
+        for thread in self._abandoned:
+            logger.error(
+                "PHP thread %s still running %.0f s after its force-stop; its interpreter is "
+                "reused only once the script returns", thread.name, FORCE_STOP_WAIT,
+                extra={"worker": thread.name},
+            )
+        return back
 
 
 class Watchdog:

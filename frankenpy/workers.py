@@ -29,14 +29,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
 from .scopes import GLOBAL_SCOPE, metric_name, scope_label
-from .threads import PHPThread, WorkerLogAdapter, php_log_adapter
+from .threads import FORCE_STOP_WAIT, PHPThread, WorkerLogAdapter, php_log_adapter
 from .worker_state import Domain, WorkerError, lib
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ logger = logging.getLogger("frankenpy.workers")
 
 BACKOFF_STEP = 0.1  # seconds; backoff = min(failures^2 * step, cap)
 BACKOFF_CAP = 1.0
-FORCE_STOP_WAIT = 5.0  # after a force-stop, how long to wait for the script to end
 
 BOOTING, READY, RESTARTING, BACKOFF, HALTED, STOPPED, IDLE = (
     "booting", "ready", "restarting", "backoff", "halted", "stopped", "idle",
@@ -193,6 +192,8 @@ class WorkerThread:
         self._stopping = False
         self._drain_requested = False
         self._thread: threading.Thread | None = None
+        self._loop_running = False  # the loop may still run PHP on self.php
+        self._when_php_free: Callable[[PHPThread], None] | None = None
         self.runs = 0  # runs of the script started so far
         script = str(worker.path)
         server = {
@@ -210,17 +211,21 @@ class WorkerThread:
             lib.fp_ws_slot_started(self.group.domain.handle, self.slot)
 
     def launch(self) -> None:
-        """Start (or, after a halt, restart) the loop on a new Python thread."""
-        self._started_slot()
-        with self._lock:
+        """Start (or, after a halt, restart) the loop on a new Python thread; nothing once the
+        group is closed (shutdown has begun)."""
+        with self.group.lifecycle_lock, self._lock:
+            if self.group.closed:
+                return
+            self._loop_running = True
+            self._started_slot()
             self._stopping = False
             self._drain_requested = False
             self.failures = 0
             self.state = BOOTING if self.last_result is None else RESTARTING
-        self._thread = threading.Thread(
-            target=self._loop, name=f"worker-{self.worker.name}-{self.index}", daemon=True
-        )
-        self._thread.start()
+            self._thread = threading.Thread(
+                target=self._run_loop, name=f"worker-{self.worker.name}-{self.index}", daemon=True
+            )
+            self._thread.start()
 
     def drain(self, *, stop: bool) -> None:
         """Ask the running script to end (close its handle's pipe); ``stop`` also ends the loop,
@@ -249,6 +254,14 @@ class WorkerThread:
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+    def when_php_free(self, callback: Callable[[PHPThread], None]) -> bool:
+        """Have ``callback(php)`` called once the loop no longer runs PHP on its thread; True
+        when deferred (a script survived its force-stop), False when it is free already."""
+        with self._lock:
+            if self._loop_running:
+                self._when_php_free = callback
+            return self._loop_running
 
     @property
     def halted(self) -> bool:
@@ -358,6 +371,17 @@ class WorkerThread:
                 lib.fp_ws_run_ended(self.ctx, reason.encode("utf-8", "replace"))  # its tasks in flight fail
             os.close(read_fd)
 
+    def _run_loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                self._loop_running = False
+                callback, self._when_php_free = self._when_php_free, None
+            if callback is not None:
+                self.lifecycle_log.warning("its script ended after shutdown; interpreter released")
+                callback(self.php)
+
     def _loop(self) -> None:
         if self.php is None:
             try:
@@ -454,6 +478,10 @@ class WorkerGroup:
             seen.add(key)
             self.workers.append(worker)
         self.threads: list[WorkerThread] = []
+        # Closed once shutdown begins: no thread is launched again (restart_workers() racing
+        # shutdown() would otherwise run a script on an interpreter being handed back).
+        self.closed = False
+        self.lifecycle_lock = threading.Lock()
         self.http_queues: dict[tuple[int, str], Any] = {}  # HTTP workers' request queues
         self._cond = threading.Condition()
         # Vars and tasks (C): one slot per background worker, declared or started by a catch-all.
@@ -462,7 +490,6 @@ class WorkerGroup:
         self.instances: dict[int, list[str]] = {}  # catch-all scope -> names it started
         self._started: set[int] = set()  # slots whose threads exist
         self._start_lock = threading.RLock()
-        self._closed = False
 
     @property
     def thread_count(self) -> int:
@@ -492,7 +519,7 @@ class WorkerGroup:
         lazy or a new name for a catch-all (C calls this when a name has no running slot).
         WorkerError naming the problem."""
         with self._start_lock:
-            if self._closed or self.runtime.state not in ("starting", "running"):
+            if self.closed or self.runtime.state not in ("starting", "running"):
                 raise WorkerError(
                     f"background worker {name!r}: runtime {self.runtime.name} is {self.runtime.state}")
             worker = self._declared(scope, name)
@@ -521,6 +548,12 @@ class WorkerGroup:
                 for thread in threads:
                     thread.launch()
             return slot
+
+    def close(self) -> None:
+        """Refuse launches from now on and wake whoever waits for workers to settle."""
+        with self.lifecycle_lock:
+            self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         with self._cond:
@@ -555,6 +588,8 @@ class WorkerGroup:
             thread.launch()
         timeout = self.runtime.start_timeout
         halted, booting = self._wait_settled(self.threads, timeout)
+        if self.closed:
+            raise RuntimeError(f"runtime {self.runtime.name} was shut down during start()")
         if halted:
             details = "; ".join(f"worker {t.worker.name!r}: {t.status().last_error}" for t in halted)
             raise RuntimeError(f"worker(s) halted during start-up: {details}")
@@ -571,7 +606,9 @@ class WorkerGroup:
         """Wait until every thread is ready, or one halted; returns (halted, names still booting)."""
         with self._cond:
             self._cond.wait_for(
-                lambda: all(t.state == READY for t in threads) or any(t.state == HALTED for t in threads),
+                lambda: self.closed
+                or all(t.state == READY for t in threads)
+                or any(t.state == HALTED for t in threads),
                 timeout,
             )
         halted = [t for t in threads if t.state == HALTED]
@@ -581,8 +618,8 @@ class WorkerGroup:
     def stop(self, grace: float) -> None:
         """Drain every thread, force-stop those that have not exited after ``grace`` seconds;
         then fail the tasks still queued."""
+        self.close()  # nothing is launched, nor started on demand, any more
         with self._start_lock:
-            self._closed = True  # nothing starts on demand any more
             threads = list(self.threads)
         self._drain_and_wait(threads, grace)
         for thread in threads:
@@ -604,7 +641,10 @@ class WorkerGroup:
 
     def restart(self, grace: float) -> list[WorkerStatus]:
         """Drain every thread and boot it again (halted ones too), force-stopping scripts still
-        running after ``grace`` seconds; waits (start_timeout) until each is ready or halted."""
+        running after ``grace`` seconds; waits (start_timeout) until each is ready or halted.
+        RuntimeError once shutdown has begun (before or during the restart)."""
+        if self.closed:
+            raise RuntimeError(f"runtime {self.runtime.name} is shutting down; no restart")
         draining = []
         with self._start_lock:
             threads = list(self.threads)
@@ -617,11 +657,15 @@ class WorkerGroup:
             else:
                 thread.launch()
         with self._cond:
-            self._cond.wait_for(lambda: all(t.runs > runs or not t.alive for t, runs in draining), grace)
+            self._cond.wait_for(
+                lambda: self.closed or all(t.runs > runs or not t.alive for t, runs in draining), grace
+            )
         for thread, runs in draining:
             if thread.runs == runs and thread.alive:
                 thread.force_stop()
         halted, booting = self._wait_settled(threads, self.runtime.start_timeout)
+        if self.closed:
+            raise RuntimeError(f"runtime {self.runtime.name} shut down during restart_workers()")
         for thread in halted:
             thread.lifecycle_log.error("restart: halted again: %s", thread.status().last_error)
         if booting:

@@ -38,11 +38,12 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   php8.2-mbstring  mbstring.so
 #   php8.2-sqlite3   pdo_sqlite.so sqlite3.so
 #   php8.2-opcache   opcache.so
+#   php8.2-xml       dom.so xsl.so xmlreader.so simplexml.so (tests: extensions that call into dom)
 #   gcc libc6-dev make  C toolchain for csrc/ (usually present already)
 #   wrk              HTTP load from another process (tests/test_http.py, benchmarks)
 apt_pkgs=(
     libphp8.2-embed php8.2-dev php8.2-cli php8.2-common
-    php8.2-mbstring php8.2-sqlite3 php8.2-opcache
+    php8.2-mbstring php8.2-sqlite3 php8.2-opcache php8.2-xml
     gcc libc6-dev make
     wrk
 )

@@ -145,6 +145,50 @@ def test_max_execution_time_ends_blocking_call(make_runtime, call: str) -> None:
     assert result.timed_out and result.exit_status == 255, result
 
 
+@pytest.fixture
+def silent_nameserver() -> Iterator[socket.socket]:
+    """A nameserver on 127.0.0.1:53 that receives queries and never answers (root only)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 53))
+    except OSError as exc:
+        server.close()
+        pytest.skip(f"cannot listen on 127.0.0.1:53 ({exc})")
+    yield server
+    server.close()
+
+
+@pytest.mark.timeout(60)
+def test_dns_lookup_ends_within_the_resolver_bound(silent_nameserver, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The README's bound for DNS, which no hook reaches (glibc retries its own poll()): a
+    lookup against a silent nameserver ends after timeout x attempts of resolv.conf, then the
+    time limit stops the script.  The child gets its own resolv.conf in a private mount
+    namespace, so nothing of the machine's changes."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    code = textwrap.dedent(
+        """
+        import json, time, frankenpy
+        rt = frankenpy.Runtime(1).start()
+        started = time.monotonic()
+        r = rt.execute_code("gethostbyname('frankenpy-test.invalid'); for (;;) {}", timeout=0.3)
+        print(json.dumps([time.monotonic() - started, r.timed_out, r.exit_status]))
+        rt.shutdown()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH", "FRANKENPY_CACHE_DIR")}
+    script = f"mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} -c \"$0\""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, code], capture_output=True, text=True,
+                          timeout=50, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    elapsed, timed_out, status = json.loads(done.stdout.strip().splitlines()[-1])
+    assert timed_out and status == 255
+    assert 0.8 < elapsed < 5.0, f"the lookup should take about 1 s (timeout:1 attempts:1): {elapsed:.1f} s"
+
+
 # --- hostile and huge limits ---------------------------------------------------------------------
 
 
