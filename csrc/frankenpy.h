@@ -103,17 +103,18 @@ typedef struct fp_host {
      * keeps it: csrc/worker_state.h).  `ctx` is the script's fp_request.worker_ctx; the glue
      * never calls these without one.  Failures return -1 / NULL / 0 with a message in err;
      * `timeout` < 0 waits without limit; `flags`: 1 = a boot failure of the target fails at once
-     * (the caller is an HTTP worker before its first request).  May be NULL: the functions then
-     * throw. */
-    int (*ensure_worker)(void *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                         size_t err_len);
+     * (the caller is an HTTP worker before its first request); a wait also ends (an error) once
+     * *stop is set: the execution was interrupted (a time limit, a force-stop).  May be NULL: the
+     * functions then throw. */
+    int (*ensure_worker)(void *ctx, const char *name, size_t name_len, double timeout, int flags,
+                         const int *stop, char *err, size_t err_len);
     int (*set_vars)(void *ctx, const char *data, size_t len, char *err, size_t err_len);
     /* A reference to the worker's latest snapshot; NULL with err[0] == 0 if it never published. */
-    fp_blob *(*get_vars)(void *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                         size_t err_len);
+    fp_blob *(*get_vars)(void *ctx, const char *name, size_t name_len, double timeout, int flags,
+                         const int *stop, char *err, size_t err_len);
     /* Queue a task and wait for its answer (a reference; NULL with err on failure). */
     fp_blob *(*send_task)(void *ctx, const char *name, size_t name_len, const char *payload, size_t len,
-                          double timeout, int flags, char *err, size_t err_len);
+                          double timeout, int flags, const int *stop, char *err, size_t err_len);
     /* The next task of the calling background worker: its id (0: none) and payload reference. */
     int64_t (*receive_task)(void *ctx, fp_blob **payload);
     /* Answer a task taken by this worker with `result` (NULL: null) or fail it with `message`. */

@@ -1038,6 +1038,11 @@ fp_request *fp_glue_script_request(void)
     return script_req;
 }
 
+const int *fp_glue_stop_flag(void)
+{
+    return &interrupted;
+}
+
 int fp_glue_worker_booting(void)
 {
     return script_req && script_req->worker_kind == FP_WORKER_HTTP && !worker_looping;

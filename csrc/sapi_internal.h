@@ -15,6 +15,8 @@
 /* sapi.c: the host callbacks, and the execution in progress (the worker script for workers). */
 FP_HIDDEN const fp_host *fp_glue_host(void);
 FP_HIDDEN fp_request *fp_glue_script_request(void);
+/* Set (atomically) once the execution in progress is interrupted: host waits end on it. */
+FP_HIDDEN const int *fp_glue_stop_flag(void);
 /* An HTTP worker that has not called frankenphp_handle_request() yet (still booting). */
 FP_HIDDEN int fp_glue_worker_booting(void);
 

@@ -397,8 +397,8 @@ PHP_FUNCTION(frankenphp_ensure_background_worker)
     ZEND_HASH_FOREACH_VAL(names, item) {
         ZVAL_DEREF(item);
         double left = deadline - now_s();
-        if (host->ensure_worker(ctx, Z_STRVAL_P(item), Z_STRLEN_P(item), left > 0 ? left : 0.001, flags(), err,
-                                sizeof(err)) != 0) {
+        if (host->ensure_worker(ctx, Z_STRVAL_P(item), Z_STRLEN_P(item), left > 0 ? left : 0.001, flags(),
+                                fp_glue_stop_flag(), err, sizeof(err)) != 0) {
             zend_throw_exception(spl_ce_RuntimeException, err, 0);
             failed = 1;
             break;
@@ -481,7 +481,8 @@ PHP_FUNCTION(frankenphp_get_vars)
         RETURN_THROWS();
     }
     char err[ERR_LEN];
-    fp_blob *blob = host->get_vars(ctx, ZSTR_VAL(name), ZSTR_LEN(name), timeout, flags(), err, sizeof(err));
+    fp_blob *blob = host->get_vars(ctx, ZSTR_VAL(name), ZSTR_LEN(name), timeout, flags(), fp_glue_stop_flag(), err,
+                                   sizeof(err));
     if (!blob && err[0]) {
         zend_throw_exception(spl_ce_RuntimeException, err, 0);
         RETURN_THROWS();
@@ -533,7 +534,7 @@ PHP_FUNCTION(frankenphp_send_task)
     }
     char err[ERR_LEN];
     fp_blob *result = host->send_task(ctx, ZSTR_VAL(worker), ZSTR_LEN(worker), ZSTR_VAL(data), ZSTR_LEN(data),
-                                      timeout_null ? -1.0 : timeout, flags(), err, sizeof(err));
+                                      timeout_null ? -1.0 : timeout, flags(), fp_glue_stop_flag(), err, sizeof(err));
     zend_string_release(data);
     if (!result) {
         zend_throw_exception(spl_ce_RuntimeException, err, 0);

@@ -125,14 +125,24 @@ static void deadline_after(struct timespec *ts, double seconds)
     }
 }
 
-/* Wait on the domain's condition; returns ETIMEDOUT past the deadline (NULL: none). */
-static int domain_wait(fp_ws_domain *d, const struct timespec *deadline)
+/* Wait on the domain's condition; returns ETIMEDOUT past the deadline (NULL: none), EINTR once
+ * *stop is set.  A condition wait does not return for a signal, so a waiter that can be stopped
+ * (a PHP thread: fp_interrupt() sets its flag) waits in slices of STOP_SLICE seconds. */
+#define STOP_SLICE 0.02
+static int domain_wait(fp_ws_domain *d, const struct timespec *deadline, const int *stop)
 {
-    if (!deadline) {
-        pthread_cond_wait(&d->cond, &d->mu);
-        return 0;
+    if (stop && __atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+        return EINTR;
     }
-    return pthread_cond_timedwait(&d->cond, &d->mu, deadline);
+    if (!stop) {
+        return deadline ? pthread_cond_timedwait(&d->cond, &d->mu, deadline) : pthread_cond_wait(&d->cond, &d->mu);
+    }
+    struct timespec slice;
+    deadline_after(&slice, STOP_SLICE);
+    int last = !deadline || slice.tv_sec < deadline->tv_sec ||
+               (slice.tv_sec == deadline->tv_sec && slice.tv_nsec < deadline->tv_nsec);
+    int rc = pthread_cond_timedwait(&d->cond, &d->mu, last ? &slice : deadline);
+    return rc == ETIMEDOUT && last ? 0 : rc; /* a slice ended: not the deadline */
 }
 
 static task *find_task(fp_ws_domain *d, int64_t id, task ***link)
@@ -475,8 +485,8 @@ static void describe_failure(slot *s, const char *what, char *err, size_t err_le
          s->last_error ? s->last_error : "(none)");
 }
 
-int fp_ws_acquire(fp_ws_ctx *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                  size_t err_len)
+int fp_ws_acquire(fp_ws_ctx *ctx, const char *name, size_t name_len, double timeout, int flags, const int *stop,
+                  char *err, size_t err_len)
 {
     fp_ws_domain *d = ctx->domain;
     pthread_mutex_lock(&d->mu);
@@ -536,7 +546,13 @@ int fp_ws_acquire(fp_ws_ctx *ctx, const char *name, size_t name_len, double time
             d->waits = &edge;
             waiting = 1;
         }
-        if (domain_wait(d, timeout >= 0 ? &deadline : NULL) == ETIMEDOUT && !s->ready_once && !s->halted) {
+        int waited = domain_wait(d, timeout >= 0 ? &deadline : NULL, stop);
+        if (waited == EINTR) {
+            fail(err, err_len, "stopped while waiting for background worker '%s' to be ready", s->name);
+            rc = -1;
+            break;
+        }
+        if (waited == ETIMEDOUT && !s->ready_once && !s->halted) {
             fail(err, err_len, "timed out after %g s waiting for background worker '%s' to be ready", timeout,
                  s->name);
             rc = -1;
@@ -633,7 +649,8 @@ int64_t fp_ws_task_submit(fp_ws_domain *d, int index, fp_blob *payload, int noti
     return id;
 }
 
-int fp_ws_task_wait(fp_ws_domain *d, int64_t id, double timeout, fp_blob **result, char *err, size_t err_len)
+int fp_ws_task_wait(fp_ws_domain *d, int64_t id, double timeout, const int *stop, fp_blob **result, char *err,
+                    size_t err_len)
 {
     struct timespec deadline;
     if (timeout >= 0) {
@@ -642,8 +659,11 @@ int fp_ws_task_wait(fp_ws_domain *d, int64_t id, double timeout, fp_blob **resul
     *result = NULL;
     pthread_mutex_lock(&d->mu);
     task *t = find_task(d, id, NULL);
+    int stopped = 0;
     while (t && (t->state == T_QUEUED || t->state == T_INFLIGHT) && !t->abandoned) {
-        if (timeout == 0 || domain_wait(d, timeout > 0 ? &deadline : NULL) == ETIMEDOUT) {
+        int waited = timeout == 0 ? ETIMEDOUT : domain_wait(d, timeout > 0 ? &deadline : NULL, stop);
+        if (waited == ETIMEDOUT || waited == EINTR) {
+            stopped = waited == EINTR;
             break;
         }
         t = find_task(d, id, NULL);
@@ -663,8 +683,13 @@ int fp_ws_task_wait(fp_ws_domain *d, int64_t id, double timeout, fp_blob **resul
         rc = FP_TASK_FAILED;
     } else {
         slot *s = d->slots[t->slot];
-        fail(err, err_len, "timed out after %g s waiting for task %lld of background worker '%s'", timeout,
-             (long long)id, s->name);
+        if (stopped) {
+            fail(err, err_len, "stopped while waiting for task %lld of background worker '%s'", (long long)id,
+                 s->name);
+        } else {
+            fail(err, err_len, "timed out after %g s waiting for task %lld of background worker '%s'", timeout,
+                 (long long)id, s->name);
+        }
         if (t->state == T_QUEUED) {
             unqueue(s, t); /* withdrawn: nobody will ever want its answer */
             free_task(d, t);
@@ -730,10 +755,10 @@ int fp_ws_task_finish(fp_ws_ctx *ctx, int64_t id, fp_blob *result, const char *m
 
 /* ---- the fp_host callbacks ------------------------------------------------------------------ */
 
-int fp_ws_host_ensure(void *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                      size_t err_len)
+int fp_ws_host_ensure(void *ctx, const char *name, size_t name_len, double timeout, int flags, const int *stop,
+                      char *err, size_t err_len)
 {
-    return fp_ws_acquire(ctx, name, name_len, timeout, flags | FP_WS_RUNNING, err, err_len) < 0 ? -1 : 0;
+    return fp_ws_acquire(ctx, name, name_len, timeout, flags | FP_WS_RUNNING, stop, err, err_len) < 0 ? -1 : 0;
 }
 
 int fp_ws_host_set_vars(void *ctx, const char *data, size_t len, char *err, size_t err_len)
@@ -746,21 +771,21 @@ int fp_ws_host_set_vars(void *ctx, const char *data, size_t len, char *err, size
     return fp_ws_set_vars(ctx, blob, err, err_len);
 }
 
-fp_blob *fp_ws_host_get_vars(void *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                             size_t err_len)
+fp_blob *fp_ws_host_get_vars(void *ctx, const char *name, size_t name_len, double timeout, int flags,
+                             const int *stop, char *err, size_t err_len)
 {
     err[0] = 0;
-    int index = fp_ws_acquire(ctx, name, name_len, timeout, flags, err, err_len);
+    int index = fp_ws_acquire(ctx, name, name_len, timeout, flags, stop, err, err_len);
     return index < 0 ? NULL : fp_ws_get_vars(((fp_ws_ctx *)ctx)->domain, index);
 }
 
 fp_blob *fp_ws_host_send_task(void *ctx, const char *name, size_t name_len, const char *payload, size_t len,
-                              double timeout, int flags, char *err, size_t err_len)
+                              double timeout, int flags, const int *stop, char *err, size_t err_len)
 {
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     fp_ws_domain *d = ((fp_ws_ctx *)ctx)->domain;
-    int index = fp_ws_acquire(ctx, name, name_len, timeout, flags, err, err_len);
+    int index = fp_ws_acquire(ctx, name, name_len, timeout, flags, stop, err, err_len);
     if (index < 0) {
         return NULL;
     }
@@ -779,7 +804,7 @@ fp_blob *fp_ws_host_send_task(void *ctx, const char *name, size_t name_len, cons
         timeout = timeout > spent ? timeout - spent : 0.001;
     }
     fp_blob *result = NULL;
-    if (fp_ws_task_wait(d, id, timeout, &result, err, err_len) != FP_TASK_DONE) {
+    if (fp_ws_task_wait(d, id, timeout, stop, &result, err, err_len) != FP_TASK_DONE) {
         return NULL;
     }
     if (!result && !(result = fp_blob_new("N", 1))) {

@@ -64,10 +64,11 @@ void fp_ws_slot_counts(fp_ws_domain *domain, int slot, int64_t counts[4]); /* qu
 
 fp_ws_ctx *fp_ws_ctx_new(fp_ws_domain *domain, int scope, int slot);
 
-/* Look `name` up for `ctx` (its scope, then the global scope, then their catch-alls), start it
- * if needed, and wait until it has been ready once.  Returns the slot, or -1 with err filled. */
+/* Look `name` up for `ctx` (its scope, then the global scope; scope -1: any), have Python start
+ * it if needed, and wait until it has been ready once.  Returns the slot, or -1 with err filled.
+ * Waits end early once *stop is set (NULL: never), with "stopped while waiting" in err. */
 int fp_ws_acquire(fp_ws_ctx *ctx, const char *name, size_t name_len, double timeout, int flags,
-                  char *err, size_t err_len);
+                  const int *stop, char *err, size_t err_len);
 
 /* --- vars ------------------------------------------------------------------------------------ */
 int fp_ws_set_vars(fp_ws_ctx *ctx, fp_blob *vars, char *err, size_t err_len); /* takes the ref */
@@ -79,11 +80,11 @@ fp_blob *fp_ws_get_vars(fp_ws_domain *domain, int slot); /* a new reference; NUL
  * when it completes or fails (Python senders), instead of a waiter on fp_ws_task_wait(). */
 int64_t fp_ws_task_submit(fp_ws_domain *domain, int slot, fp_blob *payload, int notify,
                           char *err, size_t err_len);
-/* Wait up to `timeout` seconds (< 0: forever) for the task; returns FP_TASK_* and forgets a
- * finished task.  On DONE *result is a new reference; on FAILED err holds the message.  A task
+/* Wait up to `timeout` seconds (< 0: forever; ended early by *stop, as a timeout) for the task;
+ * returns FP_TASK_* and forgets a finished task.  On DONE *result is a new reference; on FAILED err holds the message.  A task
  * still pending at the timeout is withdrawn (dropped if queued, its answer ignored if taken). */
-int fp_ws_task_wait(fp_ws_domain *domain, int64_t id, double timeout, fp_blob **result, char *err,
-                    size_t err_len);
+int fp_ws_task_wait(fp_ws_domain *domain, int64_t id, double timeout, const int *stop, fp_blob **result,
+                    char *err, size_t err_len);
 /* Take the next task of ctx's worker: its id (0: none waiting), payload as a new reference. */
 int64_t fp_ws_task_receive(fp_ws_ctx *ctx, fp_blob **payload);
 /* Answer task `id` taken by ctx's worker: `result` (reference taken; NULL for null), or fail it
@@ -92,13 +93,13 @@ int fp_ws_task_finish(fp_ws_ctx *ctx, int64_t id, fp_blob *result, const char *m
                       size_t err_len);
 
 /* The fp_host callbacks of frankenpy.h for vars and tasks (loader.c puts them in its table). */
-int fp_ws_host_ensure(void *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                      size_t err_len);
+int fp_ws_host_ensure(void *ctx, const char *name, size_t name_len, double timeout, int flags, const int *stop,
+                      char *err, size_t err_len);
 int fp_ws_host_set_vars(void *ctx, const char *data, size_t len, char *err, size_t err_len);
-fp_blob *fp_ws_host_get_vars(void *ctx, const char *name, size_t name_len, double timeout, int flags, char *err,
-                             size_t err_len);
+fp_blob *fp_ws_host_get_vars(void *ctx, const char *name, size_t name_len, double timeout, int flags,
+                             const int *stop, char *err, size_t err_len);
 fp_blob *fp_ws_host_send_task(void *ctx, const char *name, size_t name_len, const char *payload, size_t len,
-                              double timeout, int flags, char *err, size_t err_len);
+                              double timeout, int flags, const int *stop, char *err, size_t err_len);
 int64_t fp_ws_host_receive_task(void *ctx, fp_blob **payload);
 int fp_ws_host_finish_task(void *ctx, int64_t id, const char *result, size_t len, const char *message, char *err,
                            size_t err_len);

@@ -213,7 +213,7 @@ class Domain:
         """The slot of worker ``name``, started if needed and ready once (WorkerError)."""
         err = ffi.new("char[]", ERR_LEN)
         data = name.encode("utf-8", "surrogateescape")
-        slot = lib.fp_ws_acquire(self.context(scope), data, len(data), timeout, flags, err, ERR_LEN)
+        slot = lib.fp_ws_acquire(self.context(scope), data, len(data), timeout, flags, ffi.NULL, err, ERR_LEN)
         if slot < 0:
             raise WorkerError(ffi.string(err).decode("utf-8", "replace"))
         return slot
@@ -234,7 +234,7 @@ class Domain:
         """The answer of task ``task_id`` (timeout < 0: no limit; 0: withdraw it unless done)."""
         err = ffi.new("char[]", ERR_LEN)
         result = ffi.new("fp_blob **")
-        state = lib.fp_ws_task_wait(self.handle, task_id, timeout, result, err, ERR_LEN)
+        state = lib.fp_ws_task_wait(self.handle, task_id, timeout, ffi.NULL, result, err, ERR_LEN)
         message = ffi.string(err).decode("utf-8", "replace")
         if state == TASK_DONE:
             return _array(take_blob(result[0]) if result[0] != ffi.NULL else None)

@@ -808,3 +808,17 @@ def test_http_requests_each_get_one_view_and_classic_requests_find_scoped_worker
         assert get("/classic.php") >= second[0]
     finally:
         server.stop(grace=5.0)
+
+
+@pytest.mark.timeout(40)
+def test_a_time_limit_stops_a_script_waiting_for_a_worker(runtime, script):
+    deaf = script("serve(fn () => null);", "deaf.php")
+    rt = runtime(bg("sleepy", script("sleep(30);"), num=0), bg("deaf", deaf))
+    for code in ("frankenphp_get_vars('sleepy', 30.0);",
+                 "frankenphp_ensure_background_worker('sleepy', 30.0);",
+                 "frankenphp_send_task('deaf', [1], null);"):  # no timeout of its own
+        began = time.monotonic()
+        result = rt.execute_code(code, timeout=0.5)
+        assert result.timed_out, (code, result.errors)
+        assert time.monotonic() - began < 5.0, code
+    assert rt.execute_code("echo 'still serving';").output == b"still serving"

@@ -75,7 +75,14 @@ typedef struct {
 static void *acquire_thread(void *arg)
 {
     acquire_call *c = arg;
-    c->rc = fp_ws_acquire(c->ctx, c->name, strlen(c->name), c->timeout, 0, c->err, sizeof(c->err));
+    c->rc = fp_ws_acquire(c->ctx, c->name, strlen(c->name), c->timeout, 0, NULL, c->err, sizeof(c->err));
+    return NULL;
+}
+
+static void *set_flag_later(void *flag)
+{
+    usleep(50000);
+    __atomic_store_n((int *)flag, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -93,9 +100,20 @@ static void test_readiness(void)
 
     /* not ready: times out */
     double t0 = now_s();
-    CHECK(fp_ws_acquire(anyone, "alpha", 5, 0.2, 0, err, sizeof(err)) == -1, "acquire of a booting worker");
+    CHECK(fp_ws_acquire(anyone, "alpha", 5, 0.2, 0, NULL, err, sizeof(err)) == -1, "acquire of a booting worker");
     CHECK(strstr(err, "timed out") != NULL, "message: %s", err);
     CHECK(now_s() - t0 >= 0.19 && now_s() - t0 < 2.0, "waited %.3f s", now_s() - t0);
+
+    /* an interrupted PHP thread stops waiting (its stop flag), long before the timeout */
+    static int stop_flag;
+    t0 = now_s();
+    pthread_t stopper;
+    pthread_create(&stopper, NULL, set_flag_later, &stop_flag);
+    CHECK(fp_ws_acquire(anyone, "alpha", 5, 10.0, 0, &stop_flag, err, sizeof(err)) == -1 &&
+              strstr(err, "stopped while waiting"),
+          "stopped: %s", err);
+    CHECK(now_s() - t0 < 2.0, "stopped after %.3f s", now_s() - t0);
+    pthread_join(stopper, NULL);
 
     /* a waiter wakes when the worker becomes ready */
     acquire_call waiter = {anyone, "alpha", 10.0, 0, ""};
@@ -107,7 +125,7 @@ static void test_readiness(void)
     CHECK(waiter.rc == a, "waiter got %d (%s)", waiter.rc, waiter.err);
 
     /* unknown names go to Python, which refuses; lazy ones are started by it */
-    CHECK(fp_ws_acquire(anyone, "ghost", 5, 1.0, 0, err, sizeof(err)) == -1 && strstr(err, "unknown"),
+    CHECK(fp_ws_acquire(anyone, "ghost", 5, 1.0, 0, NULL, err, sizeof(err)) == -1 && strstr(err, "unknown"),
           "ghost: %s", err);
     acquire_call lazy = {anyone, "lazy", 10.0, 0, ""};
     pthread_create(&thread, NULL, acquire_thread, &lazy);
@@ -116,18 +134,18 @@ static void test_readiness(void)
     pthread_join(thread, NULL);
     CHECK(lazy.rc == lazy_slot, "lazy: %d (%s)", lazy.rc, lazy.err);
     int calls = __atomic_load_n(&start_calls, __ATOMIC_SEQ_CST);
-    CHECK(fp_ws_acquire(anyone, "lazy", 4, 1.0, 0, err, sizeof(err)) == lazy_slot, "lazy again");
+    CHECK(fp_ws_acquire(anyone, "lazy", 4, 1.0, 0, NULL, err, sizeof(err)) == lazy_slot, "lazy again");
     CHECK(__atomic_load_n(&start_calls, __ATOMIC_SEQ_CST) == calls, "a started slot needs no Python");
 
     /* boot failures: fail fast only when asked; a halt always fails a wait */
     int c = fp_ws_slot_add(domain, 0, "gamma", 4);
     fp_ws_slot_started(domain, c);
     fp_ws_slot_failed(domain, c, 0, 3, 1, "exit status 3");
-    CHECK(fp_ws_acquire(anyone, "gamma", 5, 10.0, FP_WS_FAIL_FAST, err, sizeof(err)) == -1 &&
+    CHECK(fp_ws_acquire(anyone, "gamma", 5, 10.0, FP_WS_FAIL_FAST, NULL, err, sizeof(err)) == -1 &&
               strstr(err, "failed to boot: exit status 3 after 1 attempt;"),
           "fail fast: %s", err);
     fp_ws_slot_failed(domain, c, 1, 3, 2, "exit status 3");
-    CHECK(fp_ws_acquire(anyone, "gamma", 5, 10.0, 0, err, sizeof(err)) == -1 && strstr(err, "halted"),
+    CHECK(fp_ws_acquire(anyone, "gamma", 5, 10.0, 0, NULL, err, sizeof(err)) == -1 && strstr(err, "halted"),
           "halted: %s", err);
 
     /* a cycle: booting beta waits for delta, then booting delta asks for beta */
@@ -138,16 +156,16 @@ static void test_readiness(void)
     pthread_create(&thread, NULL, acquire_thread, &beta_waits);
     usleep(50000);
     t0 = now_s();
-    CHECK(fp_ws_acquire(in_delta, "beta", 4, 10.0, 0, err, sizeof(err)) == -1 && strstr(err, "wait cycle"),
+    CHECK(fp_ws_acquire(in_delta, "beta", 4, 10.0, 0, NULL, err, sizeof(err)) == -1 && strstr(err, "wait cycle"),
           "cycle: %s", err);
     CHECK(now_s() - t0 < 1.0, "the cycle was detected at once");
     fp_ws_slot_ready(domain, d);
     pthread_join(thread, NULL);
     CHECK(beta_waits.rc == d, "beta's wait ended with delta ready");
-    CHECK(fp_ws_acquire(in_alpha, "alpha", 5, 1.0, 0, err, sizeof(err)) == a, "a ready worker may ask for itself");
+    CHECK(fp_ws_acquire(in_alpha, "alpha", 5, 1.0, 0, NULL, err, sizeof(err)) == a, "a ready worker may ask for itself");
     fp_ws_ctx *in_gamma = fp_ws_ctx_new(domain, 0, c);
     fp_ws_slot_started(domain, c);
-    CHECK(fp_ws_acquire(in_gamma, "gamma", 5, 10.0, 0, err, sizeof(err)) == -1 && strstr(err, "wait cycle"),
+    CHECK(fp_ws_acquire(in_gamma, "gamma", 5, 10.0, 0, NULL, err, sizeof(err)) == -1 && strstr(err, "wait cycle"),
           "waiting for itself: %s", err);
 }
 
@@ -241,7 +259,7 @@ static void *sender_thread(void *arg)
         int n = snprintf(text, sizeof(text), "%d", i);
         int64_t id = fp_ws_task_submit(domain, task_slot, fp_blob_new(text, (size_t)n), 0, err, sizeof(err));
         fp_blob *result = NULL;
-        if (!id || fp_ws_task_wait(domain, id, 10.0, &result, err, sizeof(err)) != FP_TASK_DONE ||
+        if (!id || fp_ws_task_wait(domain, id, 10.0, NULL, &result, err, sizeof(err)) != FP_TASK_DONE ||
             result->len != (size_t)(2 * n) || memcmp(result->data, text, (size_t)n) != 0) {
             (*bad)++;
         }
@@ -280,7 +298,7 @@ static void test_tasks(void)
     fp_ws_run_ended(task_workers[0], "crashed: exit status 1");
     CHECK(__atomic_load_n(&done_count, __ATOMIC_SEQ_CST) == before + 1, "Python told once");
     fp_blob *result = NULL;
-    CHECK(fp_ws_task_wait(domain, first, 0, &result, err, sizeof(err)) == FP_TASK_FAILED &&
+    CHECK(fp_ws_task_wait(domain, first, 0, NULL, &result, err, sizeof(err)) == FP_TASK_FAILED &&
               strstr(err, "background worker 'tasks' crashed: exit status 1"),
           "crashed: %s", err);
     int64_t counts[4];
@@ -294,7 +312,7 @@ static void test_tasks(void)
     CHECK(read(fresh[0], bytes, sizeof(bytes)) == 7, "one wake-up byte per queued task");
     fp_ws_fail_queued(domain, task_slot, "halted: exit status 2");
     for (int i = 0; i < 7; i++) {
-        CHECK(fp_ws_task_wait(domain, first + 1 + i, 0, &result, err, sizeof(err)) == FP_TASK_FAILED &&
+        CHECK(fp_ws_task_wait(domain, first + 1 + i, 0, NULL, &result, err, sizeof(err)) == FP_TASK_FAILED &&
                   strstr(err, "'tasks' halted"),
               "queued task failed: %s", err);
     }
@@ -315,7 +333,7 @@ static void test_tasks(void)
         CHECK(bad[i] == 0, "sender %d got %d wrong answers", i, bad[i]);
     }
     int64_t refused = fp_ws_task_submit(domain, task_slot, fp_blob_new("fail", 4), 0, err, sizeof(err));
-    CHECK(fp_ws_task_wait(domain, refused, 10.0, &result, err, sizeof(err)) == FP_TASK_FAILED &&
+    CHECK(fp_ws_task_wait(domain, refused, 10.0, NULL, &result, err, sizeof(err)) == FP_TASK_FAILED &&
               strcmp(err, "refused") == 0,
           "fail_task message: %s", err);
     __atomic_store_n(&serving, 0, __ATOMIC_SEQ_CST);
@@ -328,14 +346,14 @@ static void test_tasks(void)
 
     /* a timeout withdraws a queued task; close fails what is left */
     int64_t late = fp_ws_task_submit(domain, task_slot, fp_blob_new("q", 1), 0, err, sizeof(err));
-    CHECK(fp_ws_task_wait(domain, late, 0.05, &result, err, sizeof(err)) == FP_TASK_PENDING &&
+    CHECK(fp_ws_task_wait(domain, late, 0.05, NULL, &result, err, sizeof(err)) == FP_TASK_PENDING &&
               strstr(err, "timed out"),
           "timeout: %s", err);
     fp_ws_slot_counts(domain, task_slot, counts);
     CHECK(counts[0] == 0, "withdrawn");
     int64_t orphan = fp_ws_task_submit(domain, task_slot, fp_blob_new("q", 1), 0, err, sizeof(err));
     fp_ws_domain_close(domain, "is stopped: runtime shut down");
-    CHECK(fp_ws_task_wait(domain, orphan, 0, &result, err, sizeof(err)) == FP_TASK_FAILED &&
+    CHECK(fp_ws_task_wait(domain, orphan, 0, NULL, &result, err, sizeof(err)) == FP_TASK_FAILED &&
               strstr(err, "'tasks' is stopped"),
           "closed: %s", err);
     CHECK(fp_ws_task_submit(domain, task_slot, fp_blob_new("q", 1), 0, err, sizeof(err)) == 0, "closed domain");
