@@ -692,11 +692,18 @@ ZEND_METHOD(FrankenPHP_WorkerHandle, tick)
         RETURN_THROWS();
     }
     int ready = buffered;
-    if (!ready) {
+    /* In slices, so that an interrupt (a time limit, a force-stop) that lands just before poll()
+     * still ends the wait; the VM then handles it at the next opcode. */
+    double deadline = now_s() + (timeout_null ? 1e9 : (timeout > 0 ? timeout : 0));
+    const int *stop = fp_glue_stop_flag();
+    while (!ready && !__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+        double left = deadline - now_s();
         struct pollfd pfd = {fd, POLLIN, 0};
-        int ms = timeout_null ? -1 : (timeout <= 0 ? 0 : (int)(timeout * 1000));
-        /* EINTR (a time limit, a force-stop): return, the VM handles the interrupt next */
-        ready = poll(&pfd, 1, ms) > 0;
+        int rc = poll(&pfd, 1, left <= 0 ? 0 : (left > 0.05 ? 50 : (int)(left * 1000) + 1));
+        ready = rc > 0;
+        if (rc < 0 || left <= 0) {
+            break;
+        }
     }
     char byte;
     /* readable: a task's wake-up byte, or EOF once drained */
