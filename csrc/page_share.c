@@ -61,7 +61,25 @@ static int map_run(const readonly_segment *seg, int fd, size_t first, size_t cou
     return mapped == at ? 0 : -1;
 }
 
-int fp_share_pages(const char *loaded_path, const char *source_path, fp_share_result *result, char *err,
+static int listed(const uint64_t *pages, size_t n, uint64_t page_index)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (pages[mid] == page_index) {
+            return 1;
+        }
+        if (pages[mid] < page_index) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return 0;
+}
+
+int fp_share_pages(const char *loaded_path, const char *source_path, const fp_file_identity *compared,
+                   const uint64_t *differing, size_t n_differing, fp_share_result *result, char *err,
                    size_t err_len)
 {
     memset(result, 0, sizeof(*result));
@@ -79,35 +97,25 @@ int fp_share_pages(const char *loaded_path, const char *source_path, fp_share_re
         }
         return -1;
     }
-    if (st.st_size == 0) {
-        snprintf(err, err_len, "%s is empty", source_path);
+    int64_t mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    if ((uint64_t)st.st_dev != compared->device || (uint64_t)st.st_ino != compared->inode ||
+        (int64_t)st.st_size != compared->size || mtime_ns != compared->mtime_ns) {
+        snprintf(err, err_len, "%s changed since it was compared with %s", source_path, loaded_path);
         close(fd);
         return -1;
     }
-    /* The whole source, read-only and populated in one go: comparing against it costs no copy
-     * and no page fault per page (this runs once per library per PHP thread at start-up). */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t source_size = (size_t)st.st_size;
-    const unsigned char *source = mmap(NULL, source_size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (source == MAP_FAILED) {
-        snprintf(err, err_len, "mmap of %s: %s", source_path, strerror(errno));
-        close(fd);
-        return -1;
-    }
     int rc = 0;
     for (size_t s = 0; s < lookup.count && rc == 0; s++) {
         const readonly_segment *seg = &lookup.segments[s];
         size_t pages = seg->length / page;
-        /* Fault the copy's pages in as a batch too (a hint: older kernels say EINVAL). */
-        madvise((void *)seg->address, seg->length, MADV_POPULATE_READ);
         size_t run_start = 0, run_length = 0;
         for (size_t i = 0; i <= pages; i++) {
             size_t offset = (size_t)seg->offset + i * page;
-            /* A page must lie wholly inside the source: past its end a mapping would SIGBUS,
-             * and the kernel's zero fill of a last partial page is not worth the special case. */
-            int equal = i < pages && offset + page <= source_size &&
-                        memcmp((const void *)(seg->address + i * page), source + offset, page) == 0;
-            if (equal) {
+            /* A page must lie wholly inside the source: past its end a mapping would SIGBUS. */
+            int same = i < pages && offset + page <= source_size && !listed(differing, n_differing, offset / page);
+            if (same) {
                 if (run_length == 0) {
                     run_start = i;
                 }
@@ -128,7 +136,6 @@ int fp_share_pages(const char *loaded_path, const char *source_path, fp_share_re
             }
         }
     }
-    munmap((void *)source, source_size);
     close(fd); /* the new mappings keep the file */
     return rc;
 }

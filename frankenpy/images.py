@@ -22,8 +22,10 @@ runtime that shuts down returns its images for the next runtime to start again.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -324,25 +326,65 @@ def _extension_template(source: Path, cache: Path) -> Path:
 
 # FRANKENPY_SHARE_PAGES=0 keeps every copy's read-only pages private (to measure the sharing).
 SHARE_PAGES = os.environ.get("FRANKENPY_SHARE_PAGES", "1") != "0"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _share_reported: set[Path] = set()  # sources whose sharing was logged (once each)
 
 
+def _identity_of(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def differing_pages(copy: Path, source: Path) -> tuple[list[int], list[int]]:
+    """(the source's identity, the pages of ``copy`` whose bytes differ from ``source`` at the
+    same offset).  The two files are compared byte for byte once; the answer is kept beside the
+    copy (``<copy>.pages``) with both files' identities, and computed again when either file
+    changed (a package upgrade of the source, a rebuilt copy)."""
+    record = copy.with_name(copy.name + ".pages")
+    source_id, copy_id = _identity_of(source.stat()), _identity_of(copy.stat())
+    try:
+        kept = json.loads(record.read_text())
+        if kept["source"] == source_id and kept["copy"] == copy_id and kept["page_size"] == PAGE_SIZE:
+            return source_id, kept["differ"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    a, b = copy.read_bytes(), source.read_bytes()
+    differ = [
+        i // PAGE_SIZE for i in range(0, max(len(a), len(b)), PAGE_SIZE)
+        if a[i : i + PAGE_SIZE] != b[i : i + PAGE_SIZE]
+    ]
+    # The files may have changed while they were read: keep the answer only if neither did.
+    if _identity_of(source.stat()) == source_id and _identity_of(copy.stat()) == copy_id:
+        payload = {"page_size": PAGE_SIZE, "source": source_id, "copy": copy_id, "differ": differ}
+        with contextlib.suppress(OSError):
+            _write_atomically(record, json.dumps(payload).encode())
+    return source_id, differ
+
+
 def share_pages(copy: Path, source: Path) -> None:
-    """Map ``source`` over the identical read-only pages of its loaded private ``copy``
-    (``csrc/page_share.h``), so that every image shares them in the page cache with each other
-    and with every process that maps ``source``.  Pages that differ (the rewritten library names
-    in ``.dynstr``) stay private.  Never raises: sharing only saves memory."""
+    """Map ``source`` over the read-only pages of its loaded private ``copy`` that are equal in
+    both files (``csrc/page_share.h``), so that every image shares them in the page cache with
+    each other and with every process that maps ``source``.  Pages that differ (the rewritten
+    library names in ``.dynstr``) stay private.  Never raises: sharing only saves memory."""
     if not SHARE_PAGES:
         return
     result = ffi.new("fp_share_result *")
     err = ffi.new("char[]", 512)
-    rc = lib.fp_share_pages(str(copy).encode(), str(source).encode(), result, err, len(err))
+    try:
+        source_id, differ = differing_pages(copy, source)
+    except OSError as exc:
+        rc, detail = -1, str(exc)
+    else:
+        compared = ffi.new("fp_file_identity *", source_id)
+        pages = ffi.new("uint64_t[]", differ)
+        rc = lib.fp_share_pages(
+            str(copy).encode(), str(source).encode(), compared, pages, len(differ), result, err, len(err)
+        )
+        detail = ffi.string(err).decode()
     if rc == 1 or source in _share_reported:
         return  # not loaded (an extension of another configuration), or already reported
     _share_reported.add(source)
     if rc != 0:
-        logger.warning("read-only pages of %s stay private: %s", copy.name, ffi.string(err).decode(),
-                       extra={"worker": "-"})
+        logger.warning("read-only pages of %s stay private: %s", copy.name, detail, extra={"worker": "-"})
     else:
         # Pages kept private hold the rewritten library names (.dynstr): expected, said once.
         logger.debug(

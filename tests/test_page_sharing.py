@@ -5,6 +5,7 @@ its template.  Real copies, real mappings, read back from /proc/self/smaps."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import struct
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from frankenpy import _native
-from frankenpy.images import find_libphp
+from frankenpy.images import differing_pages, find_libphp
 
 ffi, lib = _native.ffi, _native.lib
 
@@ -80,15 +81,21 @@ def _first_text_segment(data: bytes) -> tuple[int, int, int]:
     raise AssertionError("no executable segment")
 
 
-def _share(copy: Path, source: Path) -> tuple[int, int, int]:
+def _share(copy: Path, source: Path, compared: list[int] | None = None) -> tuple[int, int, int, str]:
+    """fp_share_pages() with the pages differing_pages() found; (rc, shared, kept, error)."""
+    identity, differ = differing_pages(copy, source)
     result = ffi.new("fp_share_result *")
     err = ffi.new("char[]", 512)
-    rc = lib.fp_share_pages(str(copy).encode(), str(source).encode(), result, err, len(err))
-    assert rc != -1, ffi.string(err).decode()
-    return rc, result.pages_shared, result.pages_kept
+    rc = lib.fp_share_pages(
+        str(copy).encode(), str(source).encode(), ffi.new("fp_file_identity *", compared or identity),
+        ffi.new("uint64_t[]", differ), len(differ), result, err, len(err),
+    )
+    return rc, result.pages_shared, result.pages_kept, ffi.string(err).decode()
 
 
-def test_a_page_that_differs_keeps_the_copys_bytes(tmp_path):
+def _copy_and_changed_source(tmp_path: Path) -> tuple[Path, Path, bytes, int, int]:
+    """A loaded copy of a small shared object, and a source that differs from it by one byte in
+    the text's second page: (copy, source, original bytes, changed offset, its address)."""
     import _json  # a small shared object with no dependencies, loaded once more as a copy
 
     original = Path(_json.__file__).read_bytes()
@@ -101,20 +108,45 @@ def test_a_page_that_differs_keeps_the_copys_bytes(tmp_path):
     copy_path, source_path = tmp_path / "copy.so", tmp_path / "source.so"
     copy_path.write_bytes(original)
     source_path.write_bytes(bytes(source))
-
     ctypes.CDLL(str(copy_path), mode=os.RTLD_LOCAL)
-    rc, shared, kept = _share(copy_path, source_path)
-    assert rc == 0 and kept == 1 and shared >= 1
+    base = min(m.start for m in smaps() if m.path == str(copy_path))
+    return copy_path, source_path, original, changed_at, base + vaddr + (changed_at - offset)
 
-    base = min(m.start for m in smaps() if m.path in (str(copy_path), str(source_path)))
-    address = base + vaddr + (changed_at - offset)
+
+def test_a_page_that_differs_keeps_the_copys_bytes(tmp_path):
+    copy_path, source_path, original, changed_at, address = _copy_and_changed_source(tmp_path)
+    assert differing_pages(copy_path, source_path)[1] == [changed_at // os.sysconf("SC_PAGE_SIZE")]
+    rc, shared, kept, error = _share(copy_path, source_path)
+    assert rc == 0 and kept == 1 and shared >= 1, error
     assert ctypes.string_at(address, 1) == original[changed_at : changed_at + 1]
     mapped_from = {m.path for m in smaps() if "x" in m.perms and m.path in (str(copy_path), str(source_path))}
     assert mapped_from == {str(copy_path), str(source_path)}  # the differing page stayed the copy's
+    # The comparison is kept beside the copy, tied to both files.
+    kept_record = json.loads((tmp_path / "copy.so.pages").read_text())
+    assert kept_record["differ"] == [changed_at // os.sysconf("SC_PAGE_SIZE")]
+
+
+def test_a_source_changed_since_the_comparison_is_not_mapped(tmp_path):
+    copy_path, source_path, *_ = _copy_and_changed_source(tmp_path)
+    identity = differing_pages(copy_path, source_path)[0]
+    stale = [identity[0], identity[1], identity[2], identity[3] - 1]  # another modification time
+    rc, shared, _, error = _share(copy_path, source_path, compared=stale)
+    assert rc == -1 and shared == 0 and "changed since it was compared" in error
+    assert {m.path for m in smaps() if m.path == str(source_path)} == set()
+
+
+def test_a_stale_comparison_is_made_again(tmp_path):
+    copy_path, source_path, original, *_ = _copy_and_changed_source(tmp_path)
+    differing_pages(copy_path, source_path)
+    before = source_path.stat().st_mtime_ns
+    source_path.write_bytes(original)  # the source changes: now equal to the copy everywhere
+    os.utime(source_path, ns=(before + 1_000_000, before + 1_000_000))  # whatever the clock's grain
+    assert differing_pages(copy_path, source_path)[1] == []
 
 
 def test_an_object_that_is_not_loaded_is_left_alone(tmp_path):
     missing = tmp_path / "never-loaded.so"
+    shutil.copyfile(find_libphp(), missing)
     assert _share(missing, Path(find_libphp()))[0] == 1
 
 
