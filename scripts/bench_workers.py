@@ -71,7 +71,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
-SECTION = "## Background workers (scripts/bench_workers.py)"
+SECTION = "## Background workers (`python3 scripts/bench_workers.py`)"
 COUNTS = (1, 4, 16)
 SETTLE = 0.3  # seconds parked before memory is read
 CHILD_TIMEOUT = 60.0
