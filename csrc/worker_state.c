@@ -649,8 +649,22 @@ int64_t fp_ws_task_submit(fp_ws_domain *d, int index, fp_blob *payload, int noti
     return id;
 }
 
+static int task_wait(fp_ws_domain *d, int64_t id, double timeout, const int *stop, int withdraw, fp_blob **result,
+                     char *err, size_t err_len);
+
 int fp_ws_task_wait(fp_ws_domain *d, int64_t id, double timeout, const int *stop, fp_blob **result, char *err,
                     size_t err_len)
+{
+    return task_wait(d, id, timeout, stop, 1, result, err, err_len);
+}
+
+int fp_ws_task_poll(fp_ws_domain *d, int64_t id, double timeout, fp_blob **result, char *err, size_t err_len)
+{
+    return task_wait(d, id, timeout, NULL, 0, result, err, err_len);
+}
+
+static int task_wait(fp_ws_domain *d, int64_t id, double timeout, const int *stop, int withdraw, fp_blob **result,
+                     char *err, size_t err_len)
 {
     struct timespec deadline;
     if (timeout >= 0) {
@@ -681,6 +695,9 @@ int fp_ws_task_wait(fp_ws_domain *d, int64_t id, double timeout, const int *stop
         fail(err, err_len, "%s", t->error ? t->error : "task failed");
         free_task(d, t);
         rc = FP_TASK_FAILED;
+    } else if (!withdraw) {
+        err[0] = 0; /* still pending: the caller waits again */
+        rc = FP_TASK_PENDING;
     } else {
         slot *s = d->slots[t->slot];
         if (stopped) {

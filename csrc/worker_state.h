@@ -85,6 +85,10 @@ int64_t fp_ws_task_submit(fp_ws_domain *domain, int slot, fp_blob *payload, int 
  * still pending at the timeout is withdrawn (dropped if queued, its answer ignored if taken). */
 int fp_ws_task_wait(fp_ws_domain *domain, int64_t id, double timeout, const int *stop, fp_blob **result,
                     char *err, size_t err_len);
+/* The same without withdrawing: a task still pending after `timeout` stays (FP_TASK_PENDING,
+ * err empty).  Python waits in slices of it, so that its signal handlers run in between. */
+int fp_ws_task_poll(fp_ws_domain *domain, int64_t id, double timeout, fp_blob **result, char *err,
+                    size_t err_len);
 /* Take the next task of ctx's worker: its id (0: none waiting), payload as a new reference. */
 int64_t fp_ws_task_receive(fp_ws_ctx *ctx, fp_blob **payload);
 /* Answer task `id` taken by ctx's worker: `result` (reference taken; NULL for null), or fail it

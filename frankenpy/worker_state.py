@@ -30,9 +30,12 @@ ffi, lib = _native.ffi, _native.lib
 
 FAIL_FAST = 1  # FP_WS_FAIL_FAST
 RUNNING = 2  # FP_WS_RUNNING
-TASK_DONE, TASK_FAILED = 1, 2
+TASK_PENDING, TASK_DONE, TASK_FAILED = 0, 1, 2
 ERR_LEN = 1024
 MAX_DEPTH = 64
+# Python waits in C in slices this long, so that signal handlers (Ctrl-C) run in between: a
+# C wait holds no GIL but the main thread's handlers only run between bytecodes.
+WAIT_SLICE = 0.1
 
 
 class WorkerError(RuntimeError):
@@ -213,10 +216,20 @@ class Domain:
         """The slot of worker ``name``, started if needed and ready once (WorkerError)."""
         err = ffi.new("char[]", ERR_LEN)
         data = name.encode("utf-8", "surrogateescape")
-        slot = lib.fp_ws_acquire(self.context(scope), data, len(data), timeout, flags, ffi.NULL, err, ERR_LEN)
-        if slot < 0:
-            raise WorkerError(ffi.string(err).decode("utf-8", "replace"))
-        return slot
+        ctx = self.context(scope)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            slot = lib.fp_ws_acquire(ctx, data, len(data), max(min(left, WAIT_SLICE), 0.0), flags, ffi.NULL,
+                                     err, ERR_LEN)
+            if slot >= 0:
+                return slot
+            message = ffi.string(err).decode("utf-8", "replace")
+            if not message.startswith("timed out"):
+                raise WorkerError(message)
+            if left <= WAIT_SLICE:
+                raise WorkerError(f"timed out after {timeout:g} s waiting for background worker {name!r} "
+                                  "to be ready")
 
     def get_vars(self, slot: int) -> Any:
         handle = lib.fp_ws_get_vars(self.handle, slot)
@@ -231,10 +244,33 @@ class Domain:
         return task_id
 
     def wait(self, task_id: int, timeout: float) -> Any:
-        """The answer of task ``task_id`` (timeout < 0: no limit; 0: withdraw it unless done)."""
+        """The answer of task ``task_id`` (timeout < 0: no limit; 0: withdraw it unless done).
+        Waits in slices; an exception between them (KeyboardInterrupt) withdraws the task."""
         err = ffi.new("char[]", ERR_LEN)
         result = ffi.new("fp_blob **")
-        state = lib.fp_ws_task_wait(self.handle, task_id, timeout, ffi.NULL, result, err, ERR_LEN)
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        state = TASK_PENDING
+        try:
+            while state == TASK_PENDING:
+                left = WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), WAIT_SLICE)
+                if left <= 0:
+                    break
+                state = lib.fp_ws_task_poll(self.handle, task_id, left, result, err, ERR_LEN)
+        except BaseException:
+            leftover = result[0]  # an answer collected just before the exception
+            lib.fp_ws_task_wait(self.handle, task_id, 0, ffi.NULL, result, err, ERR_LEN)  # withdraw
+            for handle in (leftover, result[0]):
+                if handle != ffi.NULL:
+                    lib.fp_blob_release(handle)
+            raise
+        if state == TASK_PENDING:
+            state = lib.fp_ws_task_wait(self.handle, task_id, 0, ffi.NULL, result, err, ERR_LEN)
+            if state == TASK_PENDING and timeout > 0:
+                raise TaskTimeout(f"timed out after {timeout:g} s waiting for task {task_id}")
+        return self._outcome(state, result, err)
+
+    @staticmethod
+    def _outcome(state: int, result: Any, err: Any) -> Any:
         message = ffi.string(err).decode("utf-8", "replace")
         if state == TASK_DONE:
             return _array(take_blob(result[0]) if result[0] != ffi.NULL else None)
@@ -254,19 +290,21 @@ class Domain:
         if early:
             self._settle(task_id, future)
         elif timeout is not None:
-            _TIMER.add(time.monotonic() + timeout, self, task_id)
+            _TIMER.add(time.monotonic() + timeout, self, task_id, timeout)
         return future
 
-    def expire(self, task_id: int) -> None:
+    def expire(self, task_id: int, timeout: float) -> None:
         """A future's timeout: withdraw the task unless it was answered meanwhile."""
         with self._lock:
             future = self._futures.pop(task_id, None)
         if future is not None:
-            self._settle(task_id, future)
+            self._settle(task_id, future, timeout)
 
-    def _settle(self, task_id: int, future: concurrent.futures.Future[Any]) -> None:
+    def _settle(self, task_id: int, future: concurrent.futures.Future[Any], timeout: float = 0.0) -> None:
         try:
             value = self.wait(task_id, 0)
+        except TaskTimeout:
+            future.set_exception(TaskTimeout(f"timed out after {timeout:g} s waiting for task {task_id}"))
         except BaseException as exc:
             future.set_exception(exc)
         else:
@@ -297,14 +335,14 @@ class _Timer:
     """Timeouts of task futures: one thread for all of them, started on first use."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Domain, int]] = []
+        self._heap: list[tuple[float, int, Domain, int, float]] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def add(self, deadline: float, domain: Domain, task_id: int) -> None:
+    def add(self, deadline: float, domain: Domain, task_id: int, timeout: float) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), domain, task_id))
+            heapq.heappush(self._heap, (deadline, next(self._seq), domain, task_id, timeout))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="frankenpy-task-timer", daemon=True)
                 self._thread.start()
@@ -315,8 +353,8 @@ class _Timer:
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                _, _, domain, task_id = heapq.heappop(self._heap)
-            domain.expire(task_id)
+                _, _, domain, task_id, timeout = heapq.heappop(self._heap)
+            domain.expire(task_id, timeout)
 
 
 _TIMER = _Timer()

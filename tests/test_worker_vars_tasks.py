@@ -392,9 +392,11 @@ def test_vars_survive_restarts_and_the_last_writer_wins(runtime, script, out):
 def test_snapshot_is_never_torn_while_8_readers_read_and_a_writer_publishes_1000_times(runtime, script, out):
     path = script("""
         $h = frankenphp_get_worker_handle();
+        while (!file_exists(out('go'))) { usleep(1000); }   // once the readers run
         for ($v = 1; $v <= 1000; $v++) {
             $text = str_repeat(chr(65 + $v % 26), 300);
             frankenphp_set_vars(['v' => $v, 'data' => array_fill(0, 200, $v), 'text' => $text]);
+            usleep(100);
         }
         touch(out('published'));
         serve(fn () => null);
@@ -425,6 +427,7 @@ def test_snapshot_is_never_torn_while_8_readers_read_and_a_writer_publishes_1000
     readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
     for reader in readers:
         reader.start()
+    (out / "go").touch()
     for reader in readers:
         reader.join(50)
     assert not errors, errors[:5]
@@ -822,3 +825,23 @@ def test_a_time_limit_stops_a_script_waiting_for_a_worker(runtime, script):
         assert result.timed_out, (code, result.errors)
         assert time.monotonic() - began < 5.0, code
     assert rt.execute_code("echo 'still serving';").output == b"still serving"
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_interrupts_python_waits_and_withdraws_the_task(runtime, script):
+    import os
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    sleepy = script("sleep(30);", "s.php")
+    rt = runtime(bg("deaf", script("serve(fn () => null);")), bg("sleepy", sleepy, num=0))
+    for call in (lambda: rt.send_task("deaf", [1], timeout=None), lambda: rt.get_vars("sleepy", timeout=30)):
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            call()
+        timer.join()
+        assert time.monotonic() - began < 5.0
+    assert rt.workers_group.task_counts()["m#:deaf"][0] == 0  # the task was withdrawn
