@@ -40,6 +40,9 @@ ffibuilder.cdef(
     extern "Python+C" int fp_py_next_request(void *, fp_request **);
     extern "Python+C" void fp_py_request_done(void *, fp_request *);
     extern "Python+C" void fp_py_stderr_output(void *, const char *, size_t);
+    extern "Python+C" int fp_py_interim(void *, int, const char *, size_t);
+    extern "Python+C" void fp_py_finish_request(void *, fp_request *);
+    extern "Python+C" void fp_py_php_log(void *, int, const char *, size_t, const char *, size_t);
     extern "Python+C" int fp_py_ws_start(int64_t, int, const char *, char *, size_t);
     extern "Python+C" void fp_py_task_done(int64_t, int64_t);
     """

@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 9
+#define FP_ABI_VERSION 10
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -99,6 +99,21 @@ typedef struct fp_host {
     /* Bytes the script wrote to STDERR / php://stderr (or, in HTTP requests, php://stdout),
      * except in a plain execution, which collects them in `stderr_output` instead. */
     void (*stderr_output)(void *handle, const char *data, size_t len);
+    /* --- ABI 9, each optional (NULL: the feature is off, see http_functions.c) --------------
+     * headers_send(1xx): send an interim response (103 Early Hints) with these header lines
+     * ("Name: value\n"), before the final one.  Returns 0 when sent, -1 when it cannot be (the
+     * host or the protocol has no interim responses, HTTP/1.0 client, client gone). */
+    int (*interim)(void *handle, int status, const char *lines, size_t len);
+    /* frankenphp_finish_request(): the response of `req` is complete.  Its status and headers
+     * are final (req->headers); take the rest of its output (req->output, output_len) now and
+     * end the response: the glue drops that output when this returns, and discards everything
+     * the script writes afterwards (req->finished). */
+    void (*finish_request)(void *handle, fp_request *req);
+    /* frankenphp_log(): `level` as FrankenPHP's (slog): -4 debug, 0 info, 4 warn, 8 error;
+     * `context` is the context array as JSON (an object, or a list for a list array), NULL
+     * when empty. */
+    void (*php_log)(void *handle, int level, const char *message, size_t message_len,
+                    const char *context, size_t context_len);
     /* --- background workers: readiness, shared vars, tasks (process-wide state, so the host
      * keeps it: csrc/worker_state.h).  `ctx` is the script's fp_request.worker_ctx; the glue
      * never calls these without one.  Failures return -1 / NULL / 0 with a message in err;
@@ -172,6 +187,8 @@ struct fp_request {
     char *stderr_output;
     size_t stderr_len;
     size_t stderr_cap;
+    int finished;      /* frankenphp_finish_request() completed the response: output is dropped */
+    size_t memory_usage; /* zend_memory_usage() as the script (or the worker's request) ended */
 };
 
 /* Everything above is also fed to cffi by csrc/build_native.py; the functions below live in the

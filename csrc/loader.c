@@ -21,6 +21,10 @@ void fp_py_worker_ready(void *handle);
 int fp_py_next_request(void *handle, fp_request **next);
 void fp_py_request_done(void *handle, fp_request *done);
 void fp_py_stderr_output(void *handle, const char *data, size_t len);
+int fp_py_interim(void *handle, int status, const char *lines, size_t len);
+void fp_py_finish_request(void *handle, fp_request *req);
+void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                   size_t context_len);
 
 static void chdir_begin(void);
 static void chdir_end(void);
@@ -29,6 +33,7 @@ static const fp_host python_host = {
     fp_py_output, fp_py_log, NULL /* headers: read from the request */, fp_py_read_body, fp_py_time_limit,
     fp_py_worker_ready, chdir_begin, chdir_end, fp_py_next_request, fp_py_request_done,
     fp_py_stderr_output,
+    fp_py_interim, fp_py_finish_request, fp_py_php_log,
     /* vars and tasks: process-wide, in C (worker_state.c) */
     fp_ws_host_ensure, fp_ws_host_set_vars, fp_ws_host_get_vars, fp_ws_host_send_task,
     fp_ws_host_receive_task, fp_ws_host_finish_task, fp_blob_release,

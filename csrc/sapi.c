@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE /* memrchr() in PHP headers, RTLD flags */
 #include "frankenpy.h"
+#include "glue_internal.h"
 #include "sapi_internal.h"
 
 #include <dlfcn.h>
@@ -162,8 +163,8 @@ static void append_output(fp_request *r, const char *data, size_t len)
 static size_t fp_ub_write(const char *str, size_t len)
 {
     fp_request *r = current;
-    if (!r) {
-        return len;
+    if (!r || r->finished) {
+        return len; /* after frankenphp_finish_request(): dropped */
     }
     if (r->output_mode == FP_OUTPUT_STREAM) {
         if (host->output(r->handle, str, len) != 0) {
@@ -404,6 +405,9 @@ static void fp_register_variables(zval *track_vars)
     register_env_pairs(r, track_vars, PARSE_SERVER);
     if (script_req && script_req->worker_kind == FP_WORKER_BACKGROUND) {
         add_assoc_bool(track_vars, "FRANKENPHP_WORKER_BACKGROUND", 1);
+    }
+    if (r->http) {
+        fp_register_auth_variables(track_vars);
     }
 }
 
@@ -1028,11 +1032,6 @@ static int interpose_extensions(void)
 /* ---- frankenphp_* functions ----------------------------------------------------------------- */
 
 /* For worker_functions.c (sapi_internal.h). */
-const fp_host *fp_glue_host(void)
-{
-    return host;
-}
-
 fp_request *fp_glue_script_request(void)
 {
     return script_req;
@@ -1192,6 +1191,7 @@ static void layers_shutdown(void)
 static void finish_http_request(void)
 {
     fp_request *done = current;
+    done->memory_usage = zend_memory_usage(0); /* the worker script's, request included */
     layers_shutdown();
     layers_startup(script_req, 0);
     host->request_done(script_req->handle, done);
@@ -1247,12 +1247,18 @@ PHP_FUNCTION(frankenphp_handle_request)
     RETURN_TRUE;
 }
 
+static PHP_MINIT_FUNCTION(frankenphp)
+{
+    (void)type;
+    register_frankenphp_symbols(module_number); /* FRANKENPHP_LOG_LEVEL_* */
+    return fp_wf_minit(INIT_FUNC_ARGS_PASSTHRU); /* FrankenPHP\\WorkerHandle (worker_functions.c) */
+}
+
 static zend_module_entry frankenphp_module = {
     STANDARD_MODULE_HEADER,
     "frankenphp",
     ext_functions,
-    fp_wf_minit, /* registers FrankenPHP\\WorkerHandle (worker_functions.c) */
-    NULL, NULL, NULL, NULL,
+    PHP_MINIT(frankenphp), NULL, NULL, NULL, NULL,
     "frankenpy",
     STANDARD_MODULE_PROPERTIES,
 };
@@ -1575,6 +1581,7 @@ int fp_execute(fp_request *req)
     req->stderr_len = 0;
     stdin_pos = 0;
     req->headers_sent = 0;
+    req->finished = 0;
     req->end_reason = FP_END_NORMAL;
     req->response_code = 200;
     script_req = current = req;
@@ -1618,6 +1625,7 @@ int fp_execute(fp_request *req)
      * PHP sends them after those, in php_output_deactivate(), also for an empty body.  `current`
      * (req) receives them there.  A fatal error among those steps sets the exit status too (as
      * php-cli, read it afterwards). */
+    req->memory_usage = zend_memory_usage(0);
     php_request_shutdown(NULL);
     fp_wf_reset_views(1); /* any that shutdown functions read went with the heap */
     req->exit_status = EG(exit_status);
@@ -1651,7 +1659,7 @@ void fp_request_clear(fp_request *req)
     free(req->stderr_output);
     req->stderr_output = NULL;
     req->stderr_len = req->stderr_cap = 0;
-    req->headers_sent = 0;
+    req->headers_sent = req->finished = 0;
     req->exit_status = req->end_reason = 0;
     req->exec_id = 0;
 }
@@ -1686,4 +1694,16 @@ uint64_t fp_current_execution(void)
 int fp_abi_version(void)
 {
     return FP_ABI_VERSION;
+}
+
+/* ---- for http_functions.c (glue_internal.h) -------------------------------------------------- */
+
+const fp_host *fp_glue_host(void)
+{
+    return host;
+}
+
+fp_request *fp_glue_current(void)
+{
+    return current;
 }

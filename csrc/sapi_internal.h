@@ -6,14 +6,11 @@
 #ifndef FRANKENPY_SAPI_INTERNAL_H
 #define FRANKENPY_SAPI_INTERNAL_H
 
-#include "frankenpy.h"
-
-#include <php.h>
+#include "glue_internal.h" /* fp_glue_host() */
 
 #define FP_HIDDEN __attribute__((visibility("hidden")))
 
-/* sapi.c: the host callbacks, and the execution in progress (the worker script for workers). */
-FP_HIDDEN const fp_host *fp_glue_host(void);
+/* sapi.c: the execution in progress (the worker script for workers). */
 FP_HIDDEN fp_request *fp_glue_script_request(void);
 /* Set (atomically) once the execution in progress is interrupted: host waits end on it. */
 FP_HIDDEN const int *fp_glue_stop_flag(void);

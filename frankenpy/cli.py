@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import Config, ConfigError, ServerConfig, load, parse_listen
 from .scopes import GLOBAL_SCOPE
+from .watch import DEFAULT_PATTERN
 from .workers import Worker
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "frankenpy.toml"
@@ -86,7 +89,30 @@ def php_server_config(args: argparse.Namespace) -> Config:
         runtime["num_threads"] = args.threads
     server = ServerConfig(listen=args.listen, root=root, scope=GLOBAL_SCOPE, label="",
                           metrics=args.metrics, follow_symlinks=args.follow_symlinks, workers=workers)
-    return Config("php-server", runtime, [server])
+    return Config("php-server", runtime, [server], base=root)
+
+
+def apply_service_options(config: Config, args: argparse.Namespace) -> Config:
+    """Command-line options that add to (or override) the configuration: --watch, --admin."""
+    if args.max_threads is not None:
+        config.runtime["max_threads"] = args.max_threads
+    if args.max_idle_time is not None:
+        config.runtime["max_idle_time"] = args.max_idle_time
+    if args.watch:
+        config.watch.extend(p for p in args.watch if p not in config.watch)
+    if args.admin:
+        config.admin = args.admin
+    token = os.environ.get("FRANKENPY_ADMIN_TOKEN")
+    if token:
+        config.admin_token = token
+    if config.admin is not None:
+        from .admin import check_address
+
+        try:
+            check_address(config.admin, config.admin_token)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return config
 
 
 def serve(config: Config, grace: float) -> None:
@@ -100,6 +126,7 @@ def serve(config: Config, grace: float) -> None:
         runtime = Runtime(**config.runtime, workers=config.workers)  # type: ignore[arg-type]
         runtime.start()
         http = None
+        services: list[Any] = []  # the watcher and the admin server, stopped before the runtime
         try:
             if not stop.event.is_set():
                 sites = []
@@ -112,12 +139,31 @@ def serve(config: Config, grace: float) -> None:
                                       max_body_size=server.max_body_size))
                 http = Server(runtime, sites)
                 http.start()
+                if config.watch:
+                    from .watch import watch_workers
+
+                    services.append(watch_workers(runtime, config.watch, config.base))
+                if config.admin is not None:
+                    from .admin import AdminServer
+
+                    services.append(AdminServer(runtime, config.admin, config.admin_token).start())
                 stop.wait()
         finally:
+            for service in reversed(services):
+                service.stop()
             if http is not None:
                 http.stop(grace)  # then shuts the runtime down
             else:
                 runtime.shutdown(grace)
+
+
+def _max_threads(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,9 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-log", action="store_true", help="log every request (frankenpy.access)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on stop (default 30)")
     commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("run", help="serve the servers and workers of a TOML configuration")
+    service = argparse.ArgumentParser(add_help=False)
+    service.add_argument(
+        "--watch", action="append", nargs="?", const=DEFAULT_PATTERN, default=[], metavar="PATTERN",
+        help=f"restart the workers when a matching file changes (repeatable; bare: {DEFAULT_PATTERN!r}, "
+        "relative to the config file or the root)",
+    )
+    service.add_argument(
+        "--admin", nargs="?", const="127.0.0.1:2019", metavar="ADDR",
+        help="serve the admin API (/frankenphp/...) on ADDR (bare: 127.0.0.1:2019; a non-loopback "
+        "address needs FRANKENPY_ADMIN_TOKEN)",
+    )
+    service.add_argument(
+        "--max-threads", type=_max_threads, metavar="N|auto",
+        help="let regular PHP threads grow to N under load (auto: memory / memory_limit)",
+    )
+    service.add_argument(
+        "--max-idle-time", type=float, metavar="SECONDS",
+        help="stop autoscaled PHP threads idle this long (default 5)",
+    )
+    run = commands.add_parser(
+        "run", parents=[service], help="serve the servers and workers of a TOML configuration"
+    )
     run.add_argument("--config", required=True, help="TOML file (see frankenpy.config)")
-    php = commands.add_parser("php-server", help="serve a directory with PHP")
+    php = commands.add_parser("php-server", parents=[service], help="serve a directory with PHP")
     php.add_argument("--root", default=".", help="document root (default: .)")
     php.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     php.add_argument("--worker", action="append", default=[], metavar="FILE[:NUM]", help="HTTP worker")
@@ -152,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             config = php_server_config(args)
         else:
             config = load(args.config if args.command == "run" else DEMO_CONFIG)
+        if args.command is not None:
+            config = apply_service_options(config, args)
         serve(config, args.grace)
     except ConfigError as exc:
         print(f"frankenpy: {exc}", file=sys.stderr)

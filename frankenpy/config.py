@@ -66,11 +66,18 @@ class ServerConfig:
 
 @dataclass
 class Config:
-    """A whole configuration: the runtime options and the servers."""
+    """A whole configuration: the runtime options and the servers.
+
+    ``watch`` (patterns relative to ``base``), ``admin`` and ``admin_token`` belong to the
+    process around the runtime (frankenpy.watch, frankenpy.admin), not to the Runtime."""
 
     source: str
     runtime: dict[str, Any]
     servers: list[ServerConfig]
+    base: Path = field(default_factory=Path.cwd)
+    watch: list[str] = field(default_factory=list)
+    admin: str | None = None
+    admin_token: str | None = None
 
     @property
     def workers(self) -> list[Worker]:
@@ -133,14 +140,17 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_RUNTIME_KEYS = {"num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env"}
+_RUNTIME_KEYS = {
+    "num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env", "watch", "admin",
+    "admin_token", "max_threads", "max_idle_time",
+}
 _SERVER_KEYS = {
     "listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "follow_symlinks",
     "worker",
 }
 _WORKER_KEYS = {
     "name", "file", "num", "background", "env", "max_consecutive_failures", "match", "max_requests",
-    "max_workers", "max_queued_tasks",
+    "watch", "max_threads", "max_workers", "max_queued_tasks",
 }
 
 
@@ -165,11 +175,19 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
     """Validate an already parsed configuration; relative paths are taken from ``base``."""
     base = base or Path.cwd()
     top = _Table(source, "top level", dict(data), {"runtime", "server"})
-    runtime = _parse_runtime(_Table(source, "[runtime]", top.get("runtime", dict, {}), _RUNTIME_KEYS))
+    runtime_table = _Table(source, "[runtime]", top.get("runtime", dict, {}), _RUNTIME_KEYS)
+    runtime = _parse_runtime(runtime_table)
+    watch = _patterns(runtime_table, "watch")
+    admin = runtime_table.get("admin", str)
+    if admin is not None:
+        runtime_table.checked("admin", lambda: parse_listen(admin))
+    admin_token = runtime_table.get("admin_token", str)
     servers_data = top.get("server", list, [])
     if not servers_data:
         raise ConfigError(f"{source}: top level: at least one [[server]] table is required")
-    servers = [_parse_server(source, base, index, item) for index, item in enumerate(servers_data, 1)]
+    servers = []
+    for index, item in enumerate(servers_data, 1):
+        servers.append(_parse_server(source, base, index, item, watch))
     seen: dict[tuple[str, int], str] = {}
     for server in servers:
         address = parse_listen(server.listen)
@@ -179,7 +197,15 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
                 f"{seen[address]!r}"
             )
         seen[address] = server.listen
-    return Config(source, runtime, servers)
+    return Config(source, runtime, servers, base=base, watch=watch, admin=admin, admin_token=admin_token)
+
+
+def _patterns(table: _Table, key: str) -> list[str]:
+    """A list of watch patterns (globs relative to the configuration file)."""
+    value = table.get(key, list, [])
+    if not all(isinstance(item, str) and item.strip() for item in value):
+        raise table.error(key, "must be an array of non-empty strings (glob patterns)")
+    return list(value)
 
 
 def _parse_runtime(table: _Table) -> dict[str, Any]:
@@ -201,10 +227,22 @@ def _parse_runtime(table: _Table) -> dict[str, Any]:
         options["start_timeout"] = float(table.get("start_timeout", (int, float)))
     if "env" in table.data:
         options["env"] = table.string_map("env")
+    if "max_threads" in table.data:
+        value = table.get("max_threads", (int, str))
+        if isinstance(value, str) and value != "auto":
+            raise table.error("max_threads", f"must be an integer or \"auto\", got {value!r}")
+        if isinstance(value, int) and value < options.get("num_threads", 1):
+            raise table.error("max_threads", "must be >= num_threads")
+        options["max_threads"] = value
+    if "max_idle_time" in table.data:
+        options["max_idle_time"] = float(table.get("max_idle_time", (int, float)))
+        if options["max_idle_time"] <= 0:
+            raise table.error("max_idle_time", "must be > 0 (seconds)")
     return options
 
 
-def _parse_server(source: str, base: Path, index: int, data: Any) -> ServerConfig:
+def _parse_server(source: str, base: Path, index: int, data: Any, watch: list[str]) -> ServerConfig:
+    """One [[server]] block; its workers' ``watch`` patterns are added to ``watch``."""
     table = _Table(source, f"[[server]] #{index}", data, _SERVER_KEYS)
     listen = table.get("listen", str, DEFAULT_LISTEN)
     table.checked("listen", lambda: parse_listen(listen))
@@ -227,6 +265,8 @@ def _parse_server(source: str, base: Path, index: int, data: Any) -> ServerConfi
     )
     for number, item in enumerate(table.get("worker", list, []), 1):
         wtable = _Table(source, f"[[server]] #{index} [[server.worker]] #{number}", item, _WORKER_KEYS)
+        # A change restarts every worker (FrankenPHP's watch): the patterns join the global list.
+        watch.extend(p for p in _patterns(wtable, "watch") if p not in watch)
         file = base / wtable.get("file", str, required=True)
         background = wtable.get("background", bool, False)
         worker = Worker(
@@ -240,6 +280,7 @@ def _parse_server(source: str, base: Path, index: int, data: Any) -> ServerConfi
             max_consecutive_failures=wtable.get("max_consecutive_failures", int, 6),
             match=wtable.get("match", str),
             max_requests=wtable.get("max_requests", int, 0),
+            max_threads=wtable.get("max_threads", int, 0),
             max_workers=wtable.get("max_workers", int, 16),
             max_queued_tasks=wtable.get("max_queued_tasks", int, 1024),
         )

@@ -351,11 +351,16 @@ class Execution:
         if self.timeout is not None:
             self.set_deadline(None)
         req = self.request.struct
+        thread = self.thread
+        thread.current, thread.since = self, time.time()
+        thread.executions += 1
         try:
-            lib.fp_image_execute(self.thread.image.handle, req)
+            lib.fp_image_execute(thread.image.handle, req)
         finally:
+            thread.current, thread.since = None, time.time()
+            thread.memory_usage = req.memory_usage
             if self.watched:
-                self.thread.watchdog.unwatch(self)
+                thread.watchdog.unwatch(self)
         try:
             self.collect(req)
             output = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
@@ -520,3 +525,6 @@ def fp_py_stderr_output(handle: Any, data: Any, length: int) -> None:
     execution = _execution(handle)
     if execution is not None:
         execution.on_stderr(bytes(ffi.buffer(data, length)))
+
+
+from . import php_functions  # noqa: E402, F401  (defines the ABI 9 callbacks the loader calls)

@@ -74,6 +74,10 @@ def collect(runtime: Runtime) -> list[Family]:
             "frankenphp_worker_request_count", "counter", "Requests served by HTTP workers", samples
         ))
         families.append(Family(
+            "frankenphp_worker_request_time", "counter", "Seconds HTTP workers spent handling requests",
+            [({"worker": name}, sum(s.request_time for s in group)) for name, group in sorted(http.items())],
+        ))
+        families.append(Family(
             "frankenphp_busy_workers", "gauge", "HTTP worker threads handling a request",
             [({"worker": name}, float(sum(s.busy for s in group))) for name, group in sorted(http.items())],
         ))

@@ -15,6 +15,7 @@ from typing import Any
 
 from .execution import Execution, Result, ScriptArgs, check_timeout, env_pairs, script_server_vars
 from .images import POOL, Image, extension_load_order
+from .scaling import Autoscaler, RegularThreads, ThreadSource, WorkerThreads, resolve_max_threads
 from .threads import PHPThread, ThreadPool, Watchdog
 from .worker_state import RUNNING, wrap
 from .workers import WorkerGroup, WorkerStatus
@@ -104,6 +105,8 @@ class Runtime:
         start_timeout: float = 10.0,
         name: str = "frankenpy",
         max_output_size: int | None = DEFAULT_MAX_OUTPUT_SIZE,
+        max_threads: int | str | None = None,
+        max_idle_time: float = 5.0,
     ) -> None:
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
             raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
@@ -113,6 +116,13 @@ class Runtime:
             raise ValueError(f"max_output_size must be an integer >= 1 or None, got {max_output_size!r}")
         self.max_output_size = max_output_size
         self.num_threads = num_threads
+        # Autoscaling (frankenpy.scaling): regular threads grow up to max_threads under load.
+        self.max_threads = resolve_max_threads(max_threads, php_ini or {}, num_threads)
+        number = isinstance(max_idle_time, int | float) and not isinstance(max_idle_time, bool)
+        if not number or max_idle_time <= 0:
+            raise ValueError(f"max_idle_time must be a number of seconds > 0, got {max_idle_time!r}")
+        self.max_idle_time = float(max_idle_time)
+        self._scaler: Autoscaler | None = None
         self.php_ini = dict(php_ini or {})
         self._user_ini = ini_text(self.php_ini)
         self.extensions = extension_load_order([str(e) for e in extensions])
@@ -154,10 +164,13 @@ class Runtime:
                 self._threads.append(thread)
             self._pool = ThreadPool(self._threads[: self.num_threads])
             self.workers_group.start(self._threads[self.num_threads :])
+            self._start_scaling()
             with self._state_lock:
                 self._check_not_stopped()
                 self.state = "running"
         except BaseException:
+            if self._scaler is not None:
+                self._scaler.stop()
             self.workers_group.stop(self._stop_grace)
             self._teardown(self._stop_grace)
             self.state = "stopped"
@@ -189,6 +202,8 @@ class Runtime:
             return
         if state != "running":
             return
+        if self._scaler is not None:
+            self._scaler.stop()  # before the threads it adds and removes go away
         self.workers_group.stop(grace)
         self._teardown(grace)
         self.state = "stopped"
@@ -220,6 +235,44 @@ class Runtime:
         POOL.release([image for image in self._images if id(image) not in owned])
         self._watchdog.stop()
         self._threads, self._images = [], []
+
+    # --- autoscaling (policy in frankenpy.scaling) -----------------------------------------------
+    def _start_scaling(self) -> None:
+        assert self._pool is not None
+        sources: list[ThreadSource] = []
+        regular = None
+        if self.max_threads > self.num_threads:
+            regular = RegularThreads(self, self.max_threads)
+            sources.append(regular)
+        workers = [WorkerThreads(self, w) for w in self.workers_group.workers
+                   if not w.background and w.max_threads > w.num]
+        sources.extend(workers)
+        if not sources:
+            return
+        scaler = Autoscaler(sources, max_idle_time=self.max_idle_time)
+        if regular is not None:
+            self._pool.on_starved = lambda: scaler.starved(regular)
+        for source in workers:  # HTTP requests that wait for a worker thread signal it
+            key = (source.worker.scope, source.worker.name)
+            self.workers_group.scaling[key] = lambda source=source: scaler.starved(source)
+        self._scaler = scaler.start()
+
+    def _start_php_thread(self) -> PHPThread:
+        """One more started PHP thread (autoscaling); the caller puts it to use."""
+        image = POOL.acquire(1)[0]
+        thread = PHPThread(image, self.ini_for(image), self._watchdog, f"php-{image.index}")
+        try:
+            thread.start()
+        except BaseException:
+            POOL.release([image])
+            raise
+        self._threads.append(thread)
+        return thread
+
+    def _stop_php_thread(self, thread: PHPThread) -> None:
+        """Give back a PHP thread no code runs on any more (autoscaling)."""
+        self._threads.remove(thread)
+        self._release_thread(thread)
 
     @staticmethod
     def _release_thread(thread: PHPThread) -> None:
@@ -491,3 +544,13 @@ class Runtime:
     @property
     def total_threads(self) -> int:
         return len(self._threads)
+
+    @property
+    def php_threads(self) -> list[PHPThread]:
+        """Every started PHP thread: the regular ones, then the workers' (admin API)."""
+        return list(self._threads)
+
+    @property
+    def reserved_threads(self) -> int:
+        """Regular PHP threads autoscaling may still add (FrankenPHP's reserved threads)."""
+        return max(0, self.max_threads - (self._pool.size if self._pool else self.num_threads))

@@ -69,6 +69,11 @@ class PHPThread:
         self.started = False
         self.request = ffi.new("fp_request *")  # reused by regular executions (execution.Request)
         self.worker_ctx = ffi.NULL  # the runtime's context for vars and tasks (worker_state.py)
+        # What the admin API's thread list shows (read without a lock: a snapshot may be stale).
+        self.current: Execution | None = None  # the execution running on it
+        self.since = time.time()  # when it last started or ended an execution
+        self.executions = 0
+        self.memory_usage = 0  # PHP's memory usage at the end of its last script or request
 
     def start(self) -> None:
         """Start the interpreter (or take over the one a previous runtime left started with the
@@ -152,6 +157,11 @@ class ThreadPool:
         self._late: Callable[[PHPThread], None] | None = None  # see close()
         self._abandoned: list[PHPThread] = []
         self.size = len(threads)
+        # Autoscaling (frankenpy.scaling): called when a caller has waited `starved_after`
+        # seconds for a thread; it must not block.
+        self.on_starved: Callable[[], None] | None = None
+        self.starved_after = 0.005
+        self._idle_at: dict[int, float] = {}  # id(thread) -> when it came back (monotonic)
 
     def acquire(self, timeout: float | None = None) -> PHPThread | None:
         """An idle thread, or None after ``timeout`` seconds; RuntimeError once closed."""
@@ -163,7 +173,16 @@ class ThreadPool:
             waiter = _Waiter()
             self._waiters.append(waiter)
         try:
-            served = waiter.ready.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+            starved = self.on_starved
+            if starved is not None and (timeout is None or timeout > self.starved_after):
+                served = waiter.ready.acquire(True, self.starved_after)
+                if not served:
+                    starved()
+                    timeout = None if timeout is None else timeout - self.starved_after
+            else:
+                served = False
+            if not served:
+                served = waiter.ready.acquire(True, -1 if timeout is None else max(timeout, 0.0))
         except BaseException:  # KeyboardInterrupt while queued
             if not self._withdraw(waiter) and waiter.thread is not None:
                 self.release(waiter.thread)  # served meanwhile: pass it on
@@ -192,6 +211,7 @@ class ThreadPool:
                 return
             if self._late is None:
                 self._idle.append(thread)
+                self._idle_at[id(thread)] = time.monotonic()
                 if self._closed:
                     self._all_back.notify_all()  # close() waits for every thread to come back
                 return
@@ -202,6 +222,32 @@ class ThreadPool:
     @property
     def busy(self) -> int:
         return self.size - len(self._idle)
+
+    def add(self, thread: PHPThread) -> None:
+        """One more thread (autoscaling): it goes to the first waiter, or idles."""
+        with self._mutex:
+            if self._closed:
+                raise RuntimeError("the runtime is shut down")
+            self.threads += (thread,)
+            self.size += 1
+        self.release(thread)
+
+    def take_idle(self, candidates: list[PHPThread], idle_for: float, limit: int) -> list[PHPThread]:
+        """Take up to ``limit`` of ``candidates`` that have been idle ``idle_for`` seconds or
+        more out of the pool, and return them (autoscaling)."""
+        cutoff = time.monotonic() - idle_for
+        with self._mutex:
+            if self._closed:
+                return []
+            wanted = {id(t) for t in candidates}
+            taken = [t for t in self._idle if id(t) in wanted and self._idle_at.get(id(t), 0.0) <= cutoff]
+            taken = taken[:limit]
+            for thread in taken:
+                self._idle.remove(thread)
+                self._idle_at.pop(id(thread), None)
+            self.threads = tuple(t for t in self.threads if t not in taken)
+            self.size -= len(taken)
+            return taken
 
     @property
     def waiting(self) -> int:

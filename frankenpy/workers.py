@@ -83,6 +83,7 @@ class Worker:
     max_consecutive_failures: int = 6
     match: str | None = None
     max_requests: int = 0
+    max_threads: int = 0  # HTTP only: autoscale up to this many threads (0: num, no scaling)
     max_workers: int = 16
     max_queued_tasks: int = 1024
 
@@ -117,8 +118,8 @@ class Worker:
             )
         else:
             label = f"worker {self.name!r}"
-        for option in ("num", "max_consecutive_failures", "max_requests", "scope", "max_workers",
-                       "max_queued_tasks"):
+        for option in ("num", "max_consecutive_failures", "max_requests", "scope", "max_threads",
+                       "max_workers", "max_queued_tasks"):
             value = getattr(self, option)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{label}: {option} must be an integer, got {value!r}")
@@ -140,6 +141,11 @@ class Worker:
             raise ValueError(f"{label}: match is not allowed for background workers")
         if self.background and self.max_requests:
             raise ValueError(f"{label}: max_requests applies to HTTP workers only")
+        if self.max_threads and (self.background or self.max_threads < self.num):
+            raise ValueError(
+                f"{label}: max_threads applies to HTTP workers and must be >= num ({self.num}), "
+                f"got {self.max_threads}"
+            )
         if self.max_requests < 0:
             raise ValueError(f"{label}: max_requests must be >= 0, got {self.max_requests}")
         if not self.path.is_file():
@@ -164,6 +170,7 @@ class WorkerStatus:
     last_error: str | None
     requests: int = 0
     busy: bool = False  # HTTP workers: handling a request right now
+    request_time: float = 0.0  # HTTP workers: seconds spent handling requests
 
 
 class WorkerThread:
@@ -184,6 +191,7 @@ class WorkerThread:
         self.state = BOOTING
         self.restarts = self.crashes = self.failures = 0
         self.requests = 0  # HTTP workers: requests served by this thread
+        self.request_time = 0.0  # HTTP workers: seconds spent on them (request start to end)
         self.last_result: Result | None = None
         self._execution: Execution | None = None
         self._write_fd = -1
@@ -289,6 +297,7 @@ class WorkerThread:
             last_error=None if result is None or result.ok else result.describe(),
             requests=self.requests,
             busy=self.busy,
+            request_time=self.request_time,
         )
 
     @property
@@ -483,6 +492,8 @@ class WorkerGroup:
         self.closed = False
         self.lifecycle_lock = threading.Lock()
         self.http_queues: dict[tuple[int, str], Any] = {}  # HTTP workers' request queues
+        # (scope, name) -> signal to the autoscaler that a request waited for a thread
+        self.scaling: dict[tuple[int, str], Any] = {}
         self._cond = threading.Condition()
         # Vars and tasks (C): one slot per background worker, declared or started by a catch-all.
         self.domain = Domain(self.start_on_demand)

@@ -127,7 +127,8 @@ class PHPApp:
     ) -> Iterable[bytes]:
         queue = request_queue(self.runtime.workers_group, worker.scope, worker.name)
         queue.submit(exchange)
-        body = exchange.wait_for_worker(lambda: queue.withdraw(exchange), self.max_wait_time)
+        starved = self.runtime.workers_group.scaling.get((worker.scope, worker.name))  # autoscaling
+        body = exchange.wait_for_worker(lambda: queue.withdraw(exchange), self.max_wait_time, starved)
         if body is None:
             return self._refuse(start_response, 503, f"no free thread of worker {worker.name!r}")
         return body

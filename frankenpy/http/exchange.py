@@ -20,6 +20,7 @@ from wsgiref.util import is_hop_by_hop
 
 from .. import _native
 from ..execution import Execution
+from ..scaling import STALL_TIME
 from ..threads import PHPThread
 from .routing import Route, cgi_environ
 
@@ -82,6 +83,11 @@ class HTTPExchange(Execution):
         self.claimed = False  # a worker thread took it (set under its RequestQueue's lock)
         self.client_gone = False  # a write to the client failed: PHP aborts the script
         self._have_headers = False
+        self._completed = False  # the WSGI response has been started for good (its body given)
+        self._end_sent = False  # a worker has sent the end of the response
+        # Interim (1xx) responses: only a server that offers them (frankenpy's, see server.py);
+        # WSGI itself has no way to send one.
+        self._interim: Callable[[int, list[tuple[str, str]]], bool] | None = environ.get("frankenpy.interim")
         self._head_length = 0  # HEAD: body bytes the script produced (flushed ones dropped)
 
         cgi = cgi_environ(environ, route, extra=server_env)
@@ -91,6 +97,7 @@ class HTTPExchange(Execution):
         req.output_mode = 2  # FP_OUTPUT_FLUSH: deliver on flush() and at the end
         req.request_method = request.cstr(cgi["REQUEST_METHOD"])
         self.head = cgi["REQUEST_METHOD"] == "HEAD"
+        self.method, self.uri = cgi["REQUEST_METHOD"], cgi["REQUEST_URI"]  # for the admin API
         req.request_uri = request.cstr(cgi["REQUEST_URI"])
         req.query_string = request.cstr(cgi["QUERY_STRING"])
         if cgi.get("CONTENT_TYPE"):
@@ -110,33 +117,53 @@ class HTTPExchange(Execution):
         self.request.struct.script_path = self.request.cstr(self.script)
         return self._finish(self.run().output)
 
-    def wait_for_worker(self, withdraw: Callable[[], bool], max_wait: float | None) -> list[bytes] | None:
+    def wait_for_worker(
+        self,
+        withdraw: Callable[[], bool],
+        max_wait: float | None,
+        starved: Callable[[], None] | None = None,
+    ) -> list[bytes] | None:
         """On the WSGI thread, once the request is queued for a worker: write what the worker
         flushes as it comes and return the rest of the body.  None when no worker thread took
-        the request within ``max_wait`` seconds and ``withdraw()`` took it back (503)."""
+        the request within ``max_wait`` seconds and ``withdraw()`` took it back (503).
+        ``starved()`` (autoscaling) is called if no thread took it within STALL_TIME."""
         assert self._events is not None
         timeout = max_wait
-        while True:
+        event: Any = None
+        if starved is not None:
+            stall = STALL_TIME if max_wait is None else min(max_wait, STALL_TIME)
             try:
-                event = self._events.get(timeout=timeout)
+                event = self._events.get(timeout=stall)
             except queue.Empty:
-                if withdraw():
-                    return None
-                timeout = None  # claimed meanwhile: its response is coming
-                continue
+                if not self.claimed:
+                    starved()
+                timeout = None if max_wait is None else max(0.0, max_wait - stall)
+        while True:
+            if event is None:
+                try:
+                    event = self._events.get(timeout=timeout)
+                except queue.Empty:
+                    if withdraw():
+                        return None
+                    timeout = None  # claimed meanwhile: its response is coming
+                    continue
             timeout = None
             if isinstance(event, _End):
                 return self._finish(event.rest)
             self._emit(event)
+            event = None
 
     def handed_to_worker(self) -> None:
         """From now on the response is produced on a worker thread."""
         self._events = queue.Queue(WORKER_CHUNKS_IN_FLIGHT)
 
     def finish_from_worker(self, rest: bytes) -> None:
-        """The worker is done with this request (on the worker thread)."""
+        """The worker is done with this request (on the worker thread); once only, as
+        frankenphp_finish_request() may have ended it before the callback returned."""
         assert self._events is not None
-        self._events.put(_End(rest))
+        if not self._end_sent:
+            self._end_sent = True
+            self._events.put(_End(rest))
 
     # --- SAPI callbacks ----------------------------------------------------------------------------
     def collect(self, req: Any) -> None:
@@ -155,6 +182,25 @@ class HTTPExchange(Execution):
             return not self.client_gone
         return self._emit(data)
 
+    def on_interim(self, status: int, lines: list[str]) -> bool:
+        """headers_send(1xx): an interim response with these headers, if the server can."""
+        if self._interim is None or self.client_gone:
+            return False
+        return bool(self._interim(status, parse_header_lines(lines)))
+
+    def on_finish(self, req: Any) -> None:
+        """frankenphp_finish_request(): end the response now with what PHP produced so far;
+        the script goes on, its later output is dropped by the glue."""
+        self.collect(req)
+        rest = bytes(ffi.buffer(req.output, req.output_len)) if req.output_len else b""
+        if self._events is not None:
+            self.finish_from_worker(rest)  # the WSGI thread ends the response at once
+            return
+        # A classic request runs on the WSGI thread, which returns the body only when the
+        # script ends: write it now.  The response is complete for the client when it carries
+        # a Content-Length, i.e. when nothing was flushed before (see README).
+        for chunk in self._finish(rest):
+            self._emit(chunk)
     def output_failed(self, exc: Exception) -> None:
         super().output_failed(exc)
         self.client_gone = True  # nothing more is written; _finish() breaks the response
@@ -174,6 +220,9 @@ class HTTPExchange(Execution):
         whatever was flushed, with the length of the body the script produced: a HEAD response
         started early would be framed as chunked, and the server would then send a chunked
         terminator as its body and close the connection."""
+        if self._completed:
+            return []  # frankenphp_finish_request() already ended it
+        self._completed = True
         if self.output_error is not None:
             # Part of the body is lost: the server answers 500 if nothing was sent yet, and
             # otherwise closes the connection without the response's end (the client sees

@@ -26,9 +26,10 @@ from types import FrameType
 from typing import Any
 
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import create_server
+from waitress.task import WSGITask
 
 from ..runtime import Runtime
 from ..threads import WorkerLogAdapter
@@ -78,8 +79,35 @@ class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
             raise ParsingError("an HTTP/1.1 request needs exactly one Host header")
 
 
+class _InterimTask(WSGITask):
+    """A waitress task whose environ offers ``frankenpy.interim(status, headers) -> bool``:
+    an interim (1xx) response written on the connection before the final one, which PEP 3333
+    has no way to express (PHP's ``headers_send(103)``, Early Hints)."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ.setdefault("frankenpy.interim", self.send_interim)
+        return environ
+
+    def send_interim(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        # RFC 9110 15.2: never to an HTTP/1.0 client, and only before the final response.
+        if self.wrote_header or self.version != "1.1" or not 100 <= status < 200 or status == 101:
+            return False
+        from .exchange import status_line
+
+        lines = [f"HTTP/1.1 {status_line(status)}", *(f"{name}: {value}" for name, value in headers)]
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        try:
+            self.channel.write_soon(head.encode("latin-1"))
+        except (ClientDisconnected, UnicodeEncodeError):
+            return False
+        self.channel.server.pull_trigger()  # the loop sends it now, not with the final response
+        return True
+
+
 class _Channel(HTTPChannel):  # type: ignore[misc]
     parser_class = StrictRequestParser
+    task_class = _InterimTask
 
 
 OUTPUT_FLUSH_WAIT = 2.0  # seconds a stop waits for finished responses to leave waitress's buffers
@@ -166,11 +194,14 @@ class Server:
         self.runtime = runtime
         self.sites = sites
         self.client_timeout = client_timeout
-        http_threads = sum(w.num for w in runtime.workers_group.workers if not w.background)
+        # (with autoscaling, as many as the PHP threads may grow to)
+        http_threads = sum(
+            max(w.num, w.max_threads) for w in runtime.workers_group.workers if not w.background
+        )
         # A request holds a WSGI thread while PHP runs it: a few more than PHP threads keeps
         # every PHP thread busy; more only adds GIL contention (measured: 8 threads ran hello
         # at 60 % of the rate of 2).
-        self.threads = threads or runtime.num_threads + http_threads + 2
+        self.threads = threads or runtime.max_threads + http_threads + 2
         self._in_flight = 0
         self._cond = threading.Condition()
         self._draining = False

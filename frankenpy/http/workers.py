@@ -10,6 +10,7 @@ false) and its script runs again on a fresh request cycle, which is a cooperativ
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from .. import _native
@@ -78,6 +79,7 @@ class HTTPWorkerExecution(Execution):
         self.handled = 0
         self.in_flight: HTTPExchange | None = None
         self.retired: HTTPExchange | None = None  # answered, but its struct still in C's hands
+        self.idle_since = time.time()  # waiting for a request since (admin API)
 
     def next_request(self) -> Execution | None:
         self.retired = None  # the glue is done with the previous request by now
@@ -106,7 +108,10 @@ class HTTPWorkerExecution(Execution):
         rest = bytes(_native.ffi.buffer(req.output, req.output_len)) if req.output_len else b""
         self.handled += 1
         self.worker_thread.requests += 1
+        self.worker_thread.request_time += time.monotonic() - request.started
+        self.worker_thread.php.memory_usage = req.memory_usage
         self.in_flight = None
+        self.idle_since = time.time()
         self.set_deadline(None)  # no time limit while waiting for the next request
         # The glue still clears the request's struct after this returns, and the WSGI thread
         # may drop the exchange (and the struct's memory) as soon as it has the rest: keep it.

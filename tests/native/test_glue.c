@@ -231,6 +231,15 @@ typedef struct rec {
     int nqueue, qpos;
     fp_request *done[8];
     int ndone;
+    /* interim(), finish_request(), php_log() (csrc/http_functions.c) */
+    int interim_calls, interim_status, interim_result;
+    char interim_headers[512];
+    size_t out_len_at_interim;
+    int headers_calls_at_interim;
+    int finish_calls, headers_calls_at_finish;
+    char finished_output[256]; /* what finish_request() found in req->output */
+    int php_log_calls, php_log_level;
+    char php_log_message[256], php_log_context[256];
 } rec;
 
 /* Diagnostics logged without an execution (handle NULL): startup messages. */
@@ -459,6 +468,40 @@ static void host_chdir_end(void)
     pthread_mutex_unlock(&cwd_mu);
 }
 
+static int host_interim(void *handle, int status, const char *lines, size_t len)
+{
+    rec *r = handle;
+    r->interim_calls++;
+    r->interim_status = status;
+    r->out_len_at_interim = r->out_len;
+    r->headers_calls_at_interim = r->headers_calls;
+    snprintf(r->interim_headers, sizeof(r->interim_headers), "%.*s", (int)len, lines);
+    return r->interim_result;
+}
+
+static void host_finish_request(void *handle, fp_request *req)
+{
+    rec *r = handle;
+    r->finish_calls++;
+    r->headers_calls_at_finish = r->headers_calls;
+    snprintf(r->finished_output, sizeof(r->finished_output), "%.*s", (int)req->output_len,
+             req->output ? req->output : "");
+}
+
+static void host_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                         size_t context_len)
+{
+    rec *r = handle;
+    r->php_log_calls++;
+    r->php_log_level = level;
+    snprintf(r->php_log_message, sizeof(r->php_log_message), "%.*s", (int)message_len, message);
+    if (context) {
+        snprintf(r->php_log_context, sizeof(r->php_log_context), "%.*s", (int)context_len, context);
+    } else {
+        snprintf(r->php_log_context, sizeof(r->php_log_context), "(null)");
+    }
+}
+
 static const fp_host host = {
     .output = host_output,
     .log = host_log,
@@ -470,6 +513,9 @@ static const fp_host host = {
     .chdir_end = host_chdir_end,
     .next_request = host_next_request,
     .request_done = host_request_done,
+    .interim = host_interim,
+    .finish_request = host_finish_request,
+    .php_log = host_php_log,
 };
 
 static int rec_has_log(rec *r, int type, const char *needle)
@@ -1852,6 +1898,99 @@ static void group_http_worker(void)
     rec_free(&wr);
 }
 
+/* ---- request functions (csrc/http_functions.c) ---------------------------------------------------- */
+
+static void group_request_functions(void)
+{
+    fp_request q;
+    rec r;
+    rec_init(&r);
+    int rc;
+    static const char env[] = "HTTP_X_FOO_BAR\0" "v1\0" "CONTENT_TYPE\0" "text/plain\0" "OTHER\0" "x";
+
+    /* headers_send(103): an interim response with the headers so far, before the final ones,
+     * and the status set before it is kept.  finish_request(): the host gets the final headers
+     * first, then the output so far; later output never reaches it. */
+    req_init(&q, &r,
+             "http_response_code(202); header('Link: </a.css>; rel=preload');"
+             "echo headers_send(103), '|', http_response_code(), '|';"
+             "var_export(frankenphp_finish_request()); echo 'late'; flush();"
+             "echo var_export(fastcgi_finish_request(), true);",
+             FP_OUTPUT_FLUSH);
+    q.http = 1;
+    q.request_method = "GET";
+    rc = fp_execute(&q);
+    CHECK(rc == 0, "finish: rc %d", rc);
+    CHECK(r.interim_calls == 1 && r.interim_status == 103, "interim: %d calls, status %d", r.interim_calls,
+          r.interim_status);
+    CHECK(strstr(r.interim_headers, "Link: </a.css>; rel=preload\n") != NULL, "interim headers '%s'",
+          r.interim_headers);
+    CHECK(r.headers_calls_at_interim == 0 && r.out_len_at_interim == 0, "interim after the final headers");
+    CHECK(r.finish_calls == 1 && r.headers_calls_at_finish == 1, "finish: %d calls, %d headers calls before",
+          r.finish_calls, r.headers_calls_at_finish);
+    CHECK(r.status == 202, "final status %d", r.status);
+    CHECK(strcmp(r.finished_output, "1|202|") == 0, "finish took '%s'", r.finished_output);
+    CHECK(strcmp(rec_out(&r), "") == 0 && q.output_len == 0 && q.finished, "after the finish: '%s' / '%s'",
+          rec_out(&r), req_out(&q));
+    fp_request_clear(&q);
+    CHECK(q.finished == 0, "fp_request_clear() leaves finished set");
+
+    /* The host cannot send an interim response: 3 (SAPI_HEADER_SEND_FAILED); final headers
+     * stay unsent.  headers_send(404) sends them now. */
+    rec_reset(&r);
+    r.interim_result = -1;
+    req_init(&q, &r, "$a = headers_send(103); $b = (int)headers_sent(); $c = headers_send(404);"
+                     "echo $a, '|', $b, '|', $c, '|', (int)headers_sent();", FP_OUTPUT_BUFFER);
+    q.http = 1;
+    q.request_method = "GET";
+    rc = fp_execute(&q);
+    CHECK(rc == 0 && strcmp(req_out(&q), "3|0|0|1") == 0 && r.status == 404, "send: '%s' status %d",
+          req_out(&q), r.status);
+    fp_request_clear(&q);
+
+    /* Header functions and the Basic-auth variables. */
+    rec_reset(&r);
+    req_init(&q, &r,
+             "header('X-A: 1'); header('X-B:two');"
+             "echo json_encode([getallheaders(), apache_response_headers(), $_SERVER['REMOTE_USER'],"
+             "$_SERVER['AUTH_TYPE'], $_SERVER['PHP_AUTH_PW']]);",
+             FP_OUTPUT_BUFFER);
+    q.http = 1;
+    q.request_method = "GET";
+    q.env = env;
+    q.env_pairs = 3;
+    q.authorization = "Basic dXNlcjpwYXNz"; /* user:pass */
+    rc = fp_execute(&q);
+    const char *expected = "[{\"X-Foo-Bar\":\"v1\",\"Content-Type\":\"text\\/plain\"},"
+                           "{\"X-Powered-By\":\"PHP\\/";
+    CHECK(rc == 0 && strncmp(req_out(&q), expected, strlen(expected)) == 0, "headers: '%s'", req_out(&q));
+    CHECK(strstr(req_out(&q), "\"X-A\":\"1\",\"X-B\":\"two\"},\"user\",\"Basic\",\"pass\"]") != NULL,
+          "headers: '%s'", req_out(&q));
+    fp_request_clear(&q);
+
+    /* frankenphp_log(): level, message and the context as JSON; no context: NULL. */
+    rec_reset(&r);
+    rc = run_code(&q, &r, "frankenphp_log('hello', FRANKENPHP_LOG_LEVEL_WARN, ['a' => 1, 'b' => 'x/y']);");
+    CHECK(rc == 0 && r.php_log_calls == 1 && r.php_log_level == 4 && strcmp(r.php_log_message, "hello") == 0 &&
+              strcmp(r.php_log_context, "{\"a\":1,\"b\":\"x/y\"}") == 0,
+          "log: %d calls, level %d, '%s' '%s'", r.php_log_calls, r.php_log_level, r.php_log_message,
+          r.php_log_context);
+    fp_request_clear(&q);
+    rec_reset(&r);
+    rc = run_code(&q, &r, "frankenphp_log('bare'); echo FRANKENPHP_LOG_LEVEL_DEBUG, FRANKENPHP_LOG_LEVEL_ERROR;");
+    CHECK(rc == 0 && r.php_log_level == 0 && strcmp(r.php_log_context, "(null)") == 0 &&
+              strcmp(req_out(&q), "-48") == 0, "bare log: level %d '%s' '%s'", r.php_log_level,
+          r.php_log_context, req_out(&q));
+    fp_request_clear(&q);
+
+    /* Outside HTTP: no interim response, no response headers, no request headers. */
+    rec_reset(&r);
+    rc = run_code(&q, &r, "echo headers_send(103), '|', json_encode([frankenphp_response_headers(), getallheaders()]);");
+    CHECK(rc == 0 && strcmp(req_out(&q), "3|[false,[]]") == 0 && r.interim_calls == 0, "cli: '%s'", req_out(&q));
+    fp_request_clear(&q);
+    rec_free(&r);
+}
+
 /* ---- runner ------------------------------------------------------------------------------------ */
 
 typedef struct group {
@@ -1876,6 +2015,7 @@ static const group groups[] = {
      group_startup_errors},
     {"http", "memory_limit=32M\n", group_http},
     {"http_worker", "memory_limit=32M\n", group_http_worker},
+    {"request_functions", "memory_limit=32M\n", group_request_functions},
 };
 #define NGROUPS (sizeof(groups) / sizeof(groups[0]))
 

@@ -1,0 +1,330 @@
+"""FrankenPHP's request functions over real HTTP on 127.0.0.1 (csrc/http_functions.c).
+
+Every page runs twice: classically (``/pages/<name>.php``) and inside the HTTP worker ``w``
+(``/w.php?page=<name>``), whose callback requires the same page.  Raw sockets where the client
+library would hide what is on the wire (the 103 interim response).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+import frankenpy
+from frankenpy.http.app import PHPApp
+from frankenpy.http.server import Server, Site
+
+WORKER = """<?php
+while (frankenphp_handle_request(function () {
+    require __DIR__ . '/pages/' . basename($_GET['page']) . '.php';
+})) {
+}
+"""
+
+PAGES = {
+    "early_hints": """<?php
+http_response_code(201);
+header('Link: </style.css>; rel=preload; as=style');
+$sent = headers_send(103);
+usleep(1500 * 1000);
+header('X-After: 1');
+echo json_encode(['sent' => $sent, 'code' => http_response_code()]);
+""",
+    "send_final": """<?php
+header('X-Before: 1');
+$rc = headers_send(404);
+header('X-After: 1');
+echo json_encode(['rc' => $rc, 'sent' => headers_sent(), 'code' => http_response_code()]);
+""",
+    "finish": """<?php
+$out = $_GET['out'];
+header('X-Finished: yes');
+ob_start();
+echo 'done';
+$first = $_GET['alias'] ?? '' ? fastcgi_finish_request() : frankenphp_finish_request();
+echo 'late output';
+flush();
+$again = frankenphp_finish_request();
+usleep(2500 * 1000);
+file_put_contents($out, json_encode(['first' => $first, 'again' => $again]));
+""",
+    "finish_after_flush": """<?php
+echo 'part1 ';
+flush();
+echo 'part2';
+frankenphp_finish_request();
+usleep(2500 * 1000);
+file_put_contents($_GET['out'], 'tail ran');
+""",
+    "headers": """<?php
+header('X-One: 1');
+header('X-Two: a');
+header('X-Two: b');
+echo json_encode([
+    'request' => frankenphp_request_headers(),
+    'apache' => apache_request_headers() === frankenphp_request_headers(),
+    'getall' => getallheaders() === frankenphp_request_headers(),
+    'response' => frankenphp_response_headers(),
+    'apache_response' => apache_response_headers() === frankenphp_response_headers(),
+]);
+""",
+    "log": """<?php
+frankenphp_log('debug line', FRANKENPHP_LOG_LEVEL_DEBUG);
+frankenphp_log('info line');
+frankenphp_log('warn line', FRANKENPHP_LOG_LEVEL_WARN, ['user' => 'bob', 'n' => 3, 'args' => [1, 2]]);
+frankenphp_log('error line', FRANKENPHP_LOG_LEVEL_ERROR, ['tag' => $_GET['tag']]);
+frankenphp_log('list context', 2, ['x', 'y']);
+echo 'logged';
+""",
+    "auth": """<?php
+$keys = ['REMOTE_USER', 'PHP_AUTH_USER', 'PHP_AUTH_PW', 'AUTH_TYPE'];
+echo json_encode(array_combine($keys, array_map(fn ($k) => $_SERVER[$k] ?? null, $keys)));
+""",
+}
+
+MODES = ["classic", "worker"]
+
+
+def page_url(mode: str, page: str, query: str = "") -> str:
+    if mode == "classic":
+        return f"/pages/{page}.php" + (f"?{query}" if query else "")
+    return f"/w.php?page={page}" + (f"&{query}" if query else "")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy.Runtime, int, Path]]:
+    base = tmp_path_factory.mktemp("phpfunc")
+    root = base / "public"
+    (root / "pages").mkdir(parents=True)
+    (root / "w.php").write_text(WORKER)
+    for name, source in PAGES.items():
+        (root / "pages" / f"{name}.php").write_text(source)
+    (base / "out").mkdir()
+    rt = frankenpy.Runtime(num_threads=2, workers=[frankenpy.Worker("w", root / "w.php", num=1)])
+    rt.start()
+    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    try:
+        server.start()
+        yield rt, server.ports[0], base / "out"
+    finally:
+        server.stop(grace=5.0)
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# --- headers_send -------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_early_hints_reach_a_raw_client_before_the_response(served: Any, mode: str) -> None:
+    """headers_send(103) writes ``HTTP/1.1 103 Early Hints`` with the Link header on the wire
+    while the script still runs (1.5 s more); the final response keeps the status set before
+    (201) and the headers set after."""
+    _, port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        started = time.monotonic()
+        target = page_url(mode, "early_hints")
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        interim = read_until(sock, b"\r\n\r\n")
+        interim_at = time.monotonic() - started
+        rest = read_until(sock, b"}", interim)
+    assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n"), interim[:200]
+    head, _, after = rest.partition(b"\r\n\r\n")
+    assert b"\r\nLink: </style.css>; rel=preload; as=style" in head
+    assert interim_at < 1.2, f"the 103 came after {interim_at:.2f} s, with the final response"
+    assert after.startswith(b"HTTP/1.1 201 Created\r\n"), after[:200]
+    final_head, _, body = after.partition(b"\r\n\r\n")
+    assert b"\r\nX-After: 1" in final_head
+    assert b"\r\nLink: </style.css>" in final_head  # still part of the final headers
+    assert json.loads(body[body.index(b"{"):]) == {"sent": 1, "code": 201}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_no_interim_response_for_http_1_0(served: Any, mode: str) -> None:
+    """RFC 9110: no 1xx to an HTTP/1.0 client; headers_send() says so (3, SEND_FAILED)."""
+    _, port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"GET {page_url(mode, 'early_hints')} HTTP/1.0\r\nHost: t\r\n\r\n".encode())
+        data = read_until(sock, b"}")
+    assert data.startswith(b"HTTP/1.0 201"), data[:100]
+    assert b" 103 " not in data
+    assert json.loads(data[data.index(b"{"):]) == {"sent": 3, "code": 201}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_headers_send_final_status_sends_headers_at_once(served: Any, mode: str) -> None:
+    _, port, _ = served
+    status, headers, body = get(port, page_url(mode, "send_final"))
+    assert status == 404
+    assert headers["X-Before"] == "1"
+    assert headers["X-After"] is None  # too late: the headers were already sent
+    assert json.loads(body) == {"rc": 0, "sent": True, "code": 404}
+
+
+def test_headers_send_outside_http(served: Any) -> None:
+    rt, _, _ = served
+    result = rt.execute_code("echo headers_send(103), ' ', headers_send(200);")
+    assert result.output == b"3 0"
+
+
+# --- frankenphp_finish_request ------------------------------------------------------------------
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("alias", [False, True], ids=["frankenphp", "fastcgi"])
+def test_finish_request_completes_the_response_before_a_slow_tail(
+    served: Any, mode: str, alias: bool, tmp_path: Path
+) -> None:
+    """The client has the whole response (output buffered so far, headers) long before the
+    script ends 2.5 s later; output after the finish is dropped; a second call returns false."""
+    _, port, _ = served
+    out = tmp_path / "tail.json"
+    query = f"out={out}" + ("&alias=1" if alias else "")
+    started = time.monotonic()
+    status, headers, body = get(port, page_url(mode, "finish", query))
+    elapsed = time.monotonic() - started
+    assert (status, body, headers["X-Finished"]) == (200, b"done", "yes")
+    assert elapsed < 2.0, f"the response took {elapsed:.2f} s: it waited for the script's tail"
+    assert not out.exists()
+    wait_for(out.exists, timeout=15, what="the script's tail")
+    assert json.loads(out.read_text()) == {"first": True, "again": False}
+
+
+@pytest.mark.timeout(40)
+def test_worker_takes_no_request_until_the_callback_returns(served: Any, tmp_path: Path) -> None:
+    """In an HTTP worker the thread is busy with the tail: a second request for the worker
+    (one thread) is answered only after the first callback has returned."""
+    _, port, _ = served
+    out = tmp_path / "tail.json"
+    status, _, body = get(port, page_url("worker", "finish", f"out={out}"))
+    assert (status, body) == (200, b"done")
+    status, _, _ = get(port, page_url("worker", "auth"))
+    assert status == 200
+    assert out.exists(), "the worker took the next request before its callback returned"
+
+
+@pytest.mark.timeout(40)
+def test_finish_request_in_the_worker_after_flush(served: Any, tmp_path: Path) -> None:
+    """After a flush() the response is already streaming (chunked): a worker still ends it at
+    the finish, since the WSGI thread writes its end."""
+    _, port, _ = served
+    out = tmp_path / "tail.txt"
+    started = time.monotonic()
+    status, _, body = get(port, page_url("worker", "finish_after_flush", f"out={out}"))
+    elapsed = time.monotonic() - started
+    assert (status, body) == (200, b"part1 part2")
+    assert elapsed < 2.0, f"the response took {elapsed:.2f} s: it waited for the script's tail"
+    wait_for(out.exists, timeout=15, what="the script's tail")
+
+
+def test_finish_request_outside_http(served: Any) -> None:
+    """A regular execution: its result holds the output up to the finish."""
+    rt, _, _ = served
+    result = rt.execute_code("echo 'a'; frankenphp_finish_request(); echo 'dropped'; exit(7);")
+    assert (result.output, result.exit_status) == (b"a", 7)
+
+
+# --- header functions --------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_request_and_response_header_functions(served: Any, mode: str) -> None:
+    _, port, _ = served
+    status, _, body = get(port, page_url(mode, "headers"), {"X-Custom-Thing": "v1", "Accept-Language": "fr"})
+    assert status == 200
+    data = json.loads(body)
+    assert data["request"]["X-Custom-Thing"] == "v1"
+    assert data["request"]["Accept-Language"] == "fr"
+    assert data["request"]["Host"].startswith("127.0.0.1")
+    assert data["apache"] is data["getall"] is data["apache_response"] is True
+    assert data["response"]["X-One"] == "1"
+    assert data["response"]["X-Two"] == "b"
+
+
+def test_header_functions_outside_http(served: Any) -> None:
+    rt, _, _ = served
+    result = rt.execute_code("echo json_encode([getallheaders(), frankenphp_response_headers()]);")
+    assert json.loads(result.output) == [[], False]
+
+
+# --- frankenphp_log ----------------------------------------------------------------------------
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_frankenphp_log_reaches_python_logging_with_extra(served: Any, mode: str) -> None:
+    _, port, _ = served
+    logger = logging.getLogger("frankenpy.php")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    tag = f"tag-{mode}"
+    try:
+        status, _, body = get(port, page_url(mode, "log", f"tag={tag}"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert (status, body) == (200, b"logged")
+    mine = [r for r in handler.records if r.getMessage().endswith(" line") or "context" in r.getMessage()]
+    by_text = {r.getMessage().split("] ", 1)[-1]: r for r in mine}
+    assert {k: r.levelno for k, r in by_text.items()} == {
+        "debug line": logging.DEBUG, "info line": logging.INFO, "warn line": logging.WARNING,
+        "error line": logging.ERROR, "list context": logging.INFO,
+    }
+    warn = by_text["warn line"]
+    assert (warn.user, warn.n) == ("bob", 3)  # type: ignore[attr-defined]
+    assert warn.context == {"user": "bob", "n": 3, "args": [1, 2]}  # type: ignore[attr-defined]
+    assert warn.args != [1, 2]  # a LogRecord attribute is not overwritten by a context key
+    assert by_text["error line"].tag == tag  # type: ignore[attr-defined]
+    assert by_text["list context"].context == {"0": "x", "1": "y"}  # type: ignore[attr-defined]
+    expected_worker = "w" if mode == "worker" else "php-"
+    assert all(str(r.worker).startswith(expected_worker) for r in mine), [r.worker for r in mine]  # type: ignore[attr-defined]
+
+
+# --- Basic auth --------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_basic_auth_server_variables(served: Any, mode: str) -> None:
+    _, port, _ = served
+    token = base64.b64encode(b"alice:s3cret:with-colon").decode()
+    status, _, body = get(port, page_url(mode, "auth"), {"Authorization": f"Basic {token}"})
+    assert status == 200
+    assert json.loads(body) == {
+        "REMOTE_USER": "alice", "PHP_AUTH_USER": "alice", "PHP_AUTH_PW": "s3cret:with-colon",
+        "AUTH_TYPE": "Basic",
+    }
+    status, _, body = get(port, page_url(mode, "auth"))
+    assert json.loads(body) == dict.fromkeys(["REMOTE_USER", "PHP_AUTH_USER", "PHP_AUTH_PW", "AUTH_TYPE"])

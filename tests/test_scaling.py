@@ -1,0 +1,218 @@
+"""Thread autoscaling (frankenpy.scaling): real PHP threads under a real burst.
+
+The scale-down pass runs every 5 s in production; tests shorten it (and pin the CPU probe
+where the decision must not depend on the machine's load).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+import frankenpy
+from frankenpy import cli, scaling
+from frankenpy.config import ConfigError, parse
+from frankenpy.http.app import PHPApp
+from frankenpy.http.server import Server, Site
+
+
+@pytest.fixture
+def fast_downscale(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scaling, "DOWNSCALE_INTERVAL", 0.3)
+
+
+@pytest.fixture
+def idle_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe reads 0 %: other test suites on the machine's two cores must not veto."""
+    monkeypatch.setattr(scaling, "process_cpu_usage", lambda: 0.0)
+
+
+def burst(count: int, call: Callable[[], object]) -> list[float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        started = time.monotonic()
+        call()
+        with lock:
+            latencies.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return latencies
+
+
+def total_threads_metric(rt: frankenpy.Runtime) -> int:
+    lines = rt.metrics_text().splitlines()
+    line = next(text for text in lines if text.startswith("frankenphp_total_threads "))
+    return int(float(line.split()[1]))
+
+
+def test_sizes_and_caps() -> None:
+    assert scaling.parse_size("128M") == 128 << 20
+    assert scaling.parse_size("1g") == 1 << 30
+    assert scaling.parse_size(4096) == 4096
+    assert scaling.parse_size("-1") is None
+    with pytest.raises(ValueError, match="memory_limit"):
+        scaling.parse_size("lots")
+    auto = scaling.resolve_max_threads("auto", {"memory_limit": "256M"}, 2)
+    assert auto == max(2, scaling.total_memory() // (256 << 20))
+    assert scaling.resolve_max_threads(None, {}, 3) == 3
+    with pytest.raises(ValueError, match=r"max_threads \(1\) must be >= num_threads \(2\)"):
+        frankenpy.Runtime(num_threads=2, max_threads=1)
+    with pytest.raises(ValueError, match="integer or 'auto'"):
+        frankenpy.Runtime(max_threads="many")
+    with pytest.raises(ValueError, match="max_idle_time"):
+        frankenpy.Runtime(max_idle_time=0)
+
+
+def test_worker_max_threads_validation(tmp_path: Path) -> None:
+    script = tmp_path / "w.php"
+    script.write_text("<?php\n")
+    with pytest.raises(ValueError, match="max_threads applies to HTTP workers"):
+        frankenpy.Worker("w", script, num=2, max_threads=1).validate()
+    with pytest.raises(ValueError, match="max_threads applies to HTTP workers"):
+        frankenpy.Worker("w", script, background=True, max_threads=4).validate()
+
+
+@pytest.mark.timeout(60)
+def test_burst_scales_regular_threads_up_then_idle_ones_down(fast_downscale: None, idle_cpu: None) -> None:
+    with frankenpy.Runtime(num_threads=1, max_threads=4, max_idle_time=0.5) as rt:
+        assert rt.reserved_threads == 3
+        peak = [1]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], total_threads_metric(rt))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            latencies = burst(60, lambda: rt.execute_code("usleep(100000);"))
+        finally:
+            stop.set()
+            sampler.join()
+        assert len(latencies) == 60
+        assert 1 < peak[0] <= 4, peak  # grew, never past max_threads
+        # Serial on one thread the burst takes 6 s; the added threads absorb it.
+        assert max(latencies) < 5.5, max(latencies)
+        wait_for(lambda: total_threads_metric(rt) == 1, timeout=15, what="idle threads to be stopped")
+        assert rt.reserved_threads == 3
+        assert rt.execute_code("echo 'still fine';").output == b"still fine"
+        # A second burst scales up again (the interpreters are taken over, not rebuilt).
+        burst(20, lambda: rt.execute_code("usleep(100000);"))
+
+
+@pytest.mark.timeout(60)
+def test_no_scale_up_when_the_cpu_is_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scaling, "process_cpu_usage", lambda: 0.95)
+    with frankenpy.Runtime(num_threads=1, max_threads=4) as rt:
+        burst(15, lambda: rt.execute_code("usleep(50000);"))
+        assert rt.total_threads == 1
+
+
+@pytest.mark.timeout(60)
+def test_no_scale_up_without_waiting(idle_cpu: None) -> None:
+    """One caller at a time never waits 5 ms for a thread: nothing is added."""
+    with frankenpy.Runtime(num_threads=1, max_threads=4) as rt:
+        for _ in range(20):
+            rt.execute_code("usleep(10000);")
+        assert rt.total_threads == 1
+
+
+WORKER = """<?php
+while (frankenphp_handle_request(function () {
+    usleep(100000);
+    echo 'served';
+})) {
+}
+"""
+
+
+@pytest.mark.timeout(90)
+def test_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_cpu: None) -> None:
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "app.php").write_text(WORKER)
+    worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
+    rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
+    rt.start()
+    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    assert server.threads >= 1 + 3  # a WSGI thread for every PHP thread autoscaling may add
+    server.start()
+    port = server.ports[0]
+
+    def get() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("GET", "/app.php")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"served")
+        finally:
+            conn.close()
+
+    def app_threads() -> int:
+        return len([s for s in rt.workers() if s.name == "app"])
+
+    try:
+        peak = [1]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], app_threads())
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            latencies = burst(30, get)
+        finally:
+            stop.set()
+            sampler.join()
+        assert len(latencies) == 30
+        assert 1 < peak[0] <= 3, peak
+        wait_for(lambda: app_threads() == 1, timeout=20, what="the idle worker threads to stop")
+        assert rt.workers()[0].state == "ready"
+        get()
+    finally:
+        server.stop(grace=5.0)
+
+
+def test_config_and_cli_options(tmp_path: Path) -> None:
+    (tmp_path / "w.php").write_text("<?php\n")
+    config = parse(
+        {
+            "runtime": {"num_threads": 2, "max_threads": "auto", "max_idle_time": 2},
+            "server": [{"root": ".", "worker": [{"file": "w.php", "num": 1, "max_threads": 4}]}],
+        },
+        base=tmp_path,
+    )
+    assert config.runtime["max_threads"] == "auto" and config.runtime["max_idle_time"] == 2.0
+    assert config.workers[0].max_threads == 4
+    bad_options = [
+        ({"max_threads": "lots"}, "max_threads"),
+        ({"max_threads": 1, "num_threads": 2}, "max_threads"),
+        ({"max_idle_time": 0}, "max_idle_time"),
+    ]
+    for bad, key in bad_options:
+        with pytest.raises(ConfigError, match=f"key '{key}'"):
+            parse({"runtime": bad, "server": [{"root": "."}]}, base=tmp_path)
+    args = cli.build_parser().parse_args(
+        ["php-server", "--root", str(tmp_path), "--max-threads", "auto", "--max-idle-time", "3"]
+    )
+    config = cli.apply_service_options(cli.php_server_config(args), args)
+    assert (config.runtime["max_threads"], config.runtime["max_idle_time"]) == ("auto", 3.0)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["php-server", "--max-threads", "lots"])
