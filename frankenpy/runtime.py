@@ -266,6 +266,7 @@ class Runtime:
         except BaseException:
             POOL.release([image])
             raise
+        thread.worker_ctx = self.workers_group.domain.context(-1)  # frankenphp_get_vars() & co.
         self._threads.append(thread)
         return thread
 
@@ -413,27 +414,13 @@ class Runtime:
             raise RuntimeError(f"runtime {self.name} is {self.state}: call start() first")
         return self._pool
 
-    def new_php_thread(self, name: str) -> PHPThread:
-        """A PHP thread started now, for a worker started on demand (lazy, catch-all); it is
-        given back with the others at shutdown."""
-        image = POOL.acquire(1)[0]
-        thread = PHPThread(image, self.ini_for(image), self._watchdog, name)
-        try:
-            thread.start()
-        except BaseException:
-            POOL.release([image])
-            raise
-        with self._state_lock:
-            if self.state not in ("starting", "running"):  # shutdown has begun: hand it back
-                late = True
-            else:
-                late = False
-                self._images.append(image)
-                self._threads.append(thread)
-        if late:
-            self._release_thread(thread)
-            raise RuntimeError(f"runtime {self.name} is {self.state}")
-        return thread
+    def new_php_thread(self) -> PHPThread:
+        """A PHP thread started now for a worker started on demand (lazy, catch-all), given back
+        with the others at shutdown; RuntimeError once shutdown has begun."""
+        with self._state_lock:  # (shutdown() cannot begin meanwhile: it would miss the thread)
+            if self.state not in ("starting", "running"):
+                raise RuntimeError(f"runtime {self.name} is {self.state}")
+            return self._start_php_thread()
 
     # --- workers ------------------------------------------------------------------------------
     def ensure_background_worker(self, names: str | Sequence[str], timeout: float = 30.0, *,

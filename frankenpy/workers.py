@@ -394,7 +394,7 @@ class WorkerThread:
     def _loop(self) -> None:
         if self.php is None:
             try:
-                self.php = self.group.runtime.new_php_thread(f"worker-{self.worker.name}-{self.index}")
+                self.php = self.group.runtime.new_php_thread()
             except Exception as exc:
                 self.lifecycle_log.error("halted: no PHP thread: %s", exc)
                 self.state = HALTED

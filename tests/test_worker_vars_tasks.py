@@ -845,3 +845,21 @@ def test_ctrl_c_interrupts_python_waits_and_withdraws_the_task(runtime, script):
         timer.join()
         assert time.monotonic() - began < 5.0
     assert rt.workers_group.task_counts()["m#:deaf"][0] == 0  # the task was withdrawn
+
+
+@pytest.mark.timeout(60)
+def test_autoscaled_regular_threads_reach_the_workers(runtime, script, monkeypatch):
+    import concurrent.futures
+
+    from frankenpy import scaling
+
+    monkeypatch.setattr(scaling, "process_cpu_usage", lambda: 0.1)  # let it scale up
+    rt = runtime(bg("cfg", script(ECHO)), num_threads=1, max_threads=4)
+    code = ("usleep(100000); echo frankenphp_get_vars('cfg')['name'], ' ', "
+            "json_encode(frankenphp_send_task('cfg', [1]));")
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: rt.execute_code(code, timeout=20), range(40)))
+    assert rt.total_threads > 2  # grew past one regular thread (+ the worker's)
+    for result in results:
+        assert result.exit_status == 0, result.errors
+        assert result.output == b'cfg {"echo":[1],"by":"cfg"}'
