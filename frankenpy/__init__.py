@@ -5,7 +5,7 @@ background workers (``frankenphp_get_worker_handle()``), HTTP workers
 (``frankenphp_handle_request()``) and classic per-request PHP behind a WSGI app.
 """
 
-from .execution import Diagnostic, Result
+from .execution import Diagnostic, PHPError, Result
 from .images import ImageError
 from .runtime import Runtime
 from .scopes import GLOBAL_SCOPE, next_scope, scope_label, set_scope_label
@@ -16,6 +16,7 @@ __all__ = [
     "GLOBAL_SCOPE",
     "Diagnostic",
     "ImageError",
+    "PHPError",
     "Result",
     "Runtime",
     "TaskError",

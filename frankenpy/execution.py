@@ -128,6 +128,26 @@ class Result:
             return str(fatal)
         return f"exit status {self.exit_status}"
 
+    def raise_for_status(self) -> Result:
+        """This result if the script ended with exit status 0 in time; :class:`PHPError`
+        otherwise (its message shows the fatal error with its file and line, if one ended the
+        script)."""
+        __tracebackhide__ = True  # pytest: the failure shows the caller's line, not this one
+        if self.exit_status == 0 and not self.timed_out:
+            return self
+        raise PHPError(self)
+
+
+class PHPError(RuntimeError):
+    """A PHP execution that failed (:meth:`Result.raise_for_status`); ``result`` is its Result."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        how = result.describe()
+        status = f"exit status {result.exit_status}"
+        where = "" if how == status else f" ({status})"
+        super().__init__(f"PHP execution failed{where}: {how}")
+
 
 def _encode(value: str | bytes | int | float | bool) -> bytes:
     if isinstance(value, bytes):
