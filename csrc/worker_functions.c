@@ -399,6 +399,10 @@ PHP_FUNCTION(frankenphp_ensure_background_worker)
         double left = deadline - now_s();
         if (host->ensure_worker(ctx, Z_STRVAL_P(item), Z_STRLEN_P(item), left > 0 ? left : 0.001, flags(),
                                 fp_glue_stop_flag(), err, sizeof(err)) != 0) {
+            if (strncmp(err, "timed out", 9) == 0) { /* name the caller's timeout, not what was left */
+                snprintf(err, sizeof(err), "timed out after %g s waiting for background worker '%s' to be ready",
+                         timeout, Z_STRVAL_P(item));
+            }
             zend_throw_exception(spl_ce_RuntimeException, err, 0);
             failed = 1;
             break;

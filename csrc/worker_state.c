@@ -802,6 +802,7 @@ fp_blob *fp_ws_host_send_task(void *ctx, const char *name, size_t name_len, cons
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     fp_ws_domain *d = ((fp_ws_ctx *)ctx)->domain;
+    double total = timeout;
     int index = fp_ws_acquire(ctx, name, name_len, timeout, flags, stop, err, err_len);
     if (index < 0) {
         return NULL;
@@ -822,6 +823,10 @@ fp_blob *fp_ws_host_send_task(void *ctx, const char *name, size_t name_len, cons
     }
     fp_blob *result = NULL;
     if (fp_ws_task_wait(d, id, timeout, stop, &result, err, err_len) != FP_TASK_DONE) {
+        if (strncmp(err, "timed out", 9) == 0) { /* the caller's timeout, not what was left of it */
+            fail(err, err_len, "timed out after %g s waiting for task %lld of background worker '%.*s'", total,
+                 (long long)id, (int)name_len, name);
+        }
         return NULL;
     }
     if (!result && !(result = fp_blob_new("N", 1))) {

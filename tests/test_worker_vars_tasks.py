@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
 import threading
 import time
@@ -531,6 +532,10 @@ def test_task_timeout_and_a_full_queue(runtime, script):
     assert time.monotonic() - began < 5.0
     with pytest.raises(TimeoutError):
         rt.submit_task("deaf", [2], timeout=0.2).result(10)
+    error = php_error(rt, "frankenphp_send_task('deaf', [3], 0.3)")
+    assert error["class"] == "RuntimeException"
+    expected = r"timed out after 0\.3 s waiting for task \d+ of background worker 'deaf'"
+    assert re.fullmatch(expected, error["message"]), error
     # The withdrawn tasks left the queue: two fit, the third is refused at once.
     pending = [rt.submit_task("deaf", [i]) for i in range(2)]
     began = time.monotonic()
