@@ -92,13 +92,15 @@ static void set_watched_exchange(watch_slot *s, fp_http_exchange *ex)
 
 /* ---- classic requests ------------------------------------------------------------------------ */
 
-uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, const volatile int *drain)
+uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, void *worker_ctx,
+                  const volatile int *drain)
 {
     uint64_t served = 0;
     watch_slot slot = {NULL, NULL, image, NULL, NULL};
     fp_http_exchange *ex;
     while ((ex = fp_http_take(server, 0, drain))) {
         fp_request *req = fp_http_exchange_request(ex, tag);
+        req->worker_ctx = worker_ctx;
         slot.script = req;
         if (!slot.next) {
             watch(&slot);

@@ -20,8 +20,11 @@
 
 /* Serve classic requests on `image` (a started interpreter the caller owns) until queue 0 of
  * `server` is closed or *drain is set (then fp_http_wake(server, 0)).  `tag` names the thread
- * in diagnostics.  Returns the number of requests served. */
-uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, const volatile int *drain);
+ * in diagnostics; `worker_ctx` is the runtime's context for the workers' vars and tasks
+ * (fp_request.worker_ctx of every request served, as a Python-driven execution gets it).
+ * Returns the number of requests served. */
+uint64_t fp_serve(fp_http_server *server, fp_image *image, const char *tag, void *worker_ctx,
+                  const volatile int *drain);
 
 typedef struct fp_native_worker fp_native_worker;
 

@@ -68,6 +68,7 @@ class PHPThread:
         self.logger = php_log_adapter(name)
         self.started = False
         self.request = ffi.new("fp_request *")  # reused by regular executions (execution.Request)
+        self.worker_ctx = ffi.NULL  # the runtime's context for vars and tasks (worker_state.py)
         # What the admin API's thread list shows (read without a lock: a snapshot may be stale).
         self.current: Execution | None = None  # the execution running on it
         self.since = time.time()  # when it last started or ended an execution

@@ -173,7 +173,8 @@ class NativeServer:
             with self.runtime.borrow_thread(None) as php:
                 if php is None:
                     return
-                lib.fp_serve(self._server, php.image.handle, tag, self._stop_flag)  # GIL released
+                # GIL released until the server stops
+                lib.fp_serve(self._server, php.image.handle, tag, php.worker_ctx, self._stop_flag)
         except RuntimeError:
             return  # the runtime shut down first
 
