@@ -37,7 +37,7 @@ class BuildExtWithSapi(build_ext):
     def build_sapi_library(self) -> None:
         include_dirs = [flag[2:] for flag in shlex.split(php_config("--includes"))]
         objects = self.compiler.compile(
-            ["csrc/sapi.c", "csrc/interpose.c", "csrc/http_functions.c"],
+            ["csrc/sapi.c", "csrc/interpose.c", "csrc/http_functions.c", "csrc/worker_functions.c"],
             output_dir=self.build_temp,
             include_dirs=["csrc", *include_dirs],
             extra_postargs=["-fPIC", "-O2", "-Wall", "-Wextra"],

@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 10
+#define FP_ABI_VERSION 11
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -54,6 +54,14 @@ enum fp_end_reason {
 };
 
 typedef struct fp_request fp_request;
+
+/* An immutable, reference-counted value in the neutral encoding of csrc/worker_state.h: how
+ * vars and task payloads cross from one interpreter's heap to another's (zvals never do). */
+typedef struct fp_blob {
+    int refs; /* atomic */
+    size_t len;
+    char data[1]; /* len bytes, then a NUL */
+} fp_blob;
 
 /* Callbacks into the host.  `handle` is fp_request.handle of the execution in progress. */
 typedef struct fp_host {
@@ -106,6 +114,28 @@ typedef struct fp_host {
      * when empty. */
     void (*php_log)(void *handle, int level, const char *message, size_t message_len,
                     const char *context, size_t context_len);
+    /* --- background workers: readiness, shared vars, tasks (process-wide state, so the host
+     * keeps it: csrc/worker_state.h).  `ctx` is the script's fp_request.worker_ctx; the glue
+     * never calls these without one.  Failures return -1 / NULL / 0 with a message in err;
+     * `timeout` < 0 waits without limit; `flags`: 1 = a boot failure of the target fails at once
+     * (the caller is an HTTP worker before its first request); a wait also ends (an error) once
+     * *stop is set: the execution was interrupted (a time limit, a force-stop).  May be NULL: the
+     * functions then throw. */
+    int (*ensure_worker)(void *ctx, const char *name, size_t name_len, double timeout, int flags,
+                         const int *stop, char *err, size_t err_len);
+    int (*set_vars)(void *ctx, const char *data, size_t len, char *err, size_t err_len);
+    /* A reference to the worker's latest snapshot; NULL with err[0] == 0 if it never published. */
+    fp_blob *(*get_vars)(void *ctx, const char *name, size_t name_len, double timeout, int flags,
+                         const int *stop, char *err, size_t err_len);
+    /* Queue a task and wait for its answer (a reference; NULL with err on failure). */
+    fp_blob *(*send_task)(void *ctx, const char *name, size_t name_len, const char *payload, size_t len,
+                          double timeout, int flags, const int *stop, char *err, size_t err_len);
+    /* The next task of the calling background worker: its id (0: none) and payload reference. */
+    int64_t (*receive_task)(void *ctx, fp_blob **payload);
+    /* Answer a task taken by this worker with `result` (NULL: null) or fail it with `message`. */
+    int (*finish_task)(void *ctx, int64_t id, const char *result, size_t len, const char *message, char *err,
+                       size_t err_len);
+    void (*release_blob)(fp_blob *blob);
 } fp_host;
 
 struct fp_request {
@@ -135,6 +165,7 @@ struct fp_request {
     /* --- worker identity ----------------------------------------------------------------- */
     int worker_kind;         /* enum fp_worker_kind */
     int worker_fd;           /* background: read end of the stop pipe (not owned), else -1 */
+    void *worker_ctx;        /* who asks, for the host's vars/task callbacks; NULL: none */
     /* --- HTTP request (http = 0 for a CLI-like execution without headers) ----------------
      * A HEAD request runs like a GET: its body reaches the host, which must not send it. */
     int http;

@@ -128,6 +128,7 @@ struct fp_http_exchange {
     int refs;           /* the h2o request, the PHP side, a message in flight */
     h2o_req_t *h2o;     /* NULL once h2o disposed the request (loop thread writes it) */
     int gone;           /* the client went away before the response was complete */
+    int broken;         /* output was lost (no memory): the response must not end cleanly */
     int final;          /* the PHP side is done: everything is in `pending` */
     int scheduled;      /* `message` is queued to the loop */
     int status;         /* 0 until the headers are known */
@@ -272,6 +273,24 @@ static void add_response_headers(h2o_req_t *req, const char *lines, size_t len)
     }
 }
 
+/* Loop thread: output was lost, so end the response as broken (h2o closes the connection
+ * without the last chunk, or a 500 if nothing was sent yet): never a clean, shorter body. */
+static void cut_response(fp_http_exchange *ex, h2o_req_t *req)
+{
+    if (!ex->response_started) {
+        ex->response_started = 2;
+        req->res.status = 500;
+        req->res.reason = reason_phrase(500);
+        req->res.content_length = SIZE_MAX;
+        h2o_start_response(req, &ex->generator);
+    } else if (ex->response_started == 1) {
+        ex->response_started = 2;
+        h2o_start_response(req, &ex->generator);
+    }
+    ex->final_sent = 1;
+    h2o_send(req, NULL, 0, H2O_SEND_STATE_ERROR);
+}
+
 /* Loop thread: start the response once the headers are known, and send what is pending
  * whenever h2o is not busy with the previous send. */
 static void pump(fp_http_exchange *ex)
@@ -282,6 +301,11 @@ static void pump(fp_http_exchange *ex)
     }
     pthread_mutex_lock(&ex->mu);
     int final = ex->final, status = ex->status;
+    if (ex->broken) {
+        pthread_mutex_unlock(&ex->mu);
+        cut_response(ex, req);
+        return;
+    }
     if (!status && !final) {
         pthread_mutex_unlock(&ex->mu);
         return;
@@ -355,7 +379,9 @@ static void send_scheduled(fp_http_exchange *ex)
     h2o_multithread_send_message(&ex->loop->receiver, &ex->message);
 }
 
-static void append_pending(fp_http_exchange *ex, const char *data, size_t len)
+/* Under ex->mu.  Returns -1 when the bytes could not be kept (out of memory): the exchange is
+ * then broken, so that the client sees a cut response rather than a clean, shorter one. */
+static int append_pending(fp_http_exchange *ex, const char *data, size_t len)
 {
     if (ex->pending_len + len > ex->pending_cap) {
         size_t cap = ex->pending_cap ? ex->pending_cap : 4096;
@@ -364,13 +390,15 @@ static void append_pending(fp_http_exchange *ex, const char *data, size_t len)
         }
         char *grown = realloc(ex->pending, cap);
         if (!grown) {
-            return; /* out of memory: drop output rather than crash */
+            ex->broken = 1;
+            return -1;
         }
         ex->pending = grown;
         ex->pending_cap = cap;
     }
     memcpy(ex->pending + ex->pending_len, data, len);
     ex->pending_len += len;
+    return 0;
 }
 
 /* ---- the exchange's host callbacks (PHP thread) --------------------------------------------- */
@@ -379,11 +407,16 @@ static int ex_output(void *handle, const char *data, size_t len)
 {
     fp_http_exchange *ex = handle;
     pthread_mutex_lock(&ex->mu);
-    if (ex->gone) {
+    if (ex->gone || ex->broken || append_pending(ex, data, len) != 0) {
+        /* Gone, or the output could not be kept: PHP aborts the script (unless it ignores
+         * user aborts, and then its output goes nowhere). */
+        int send = ex->broken ? schedule_locked(ex) : 0;
         pthread_mutex_unlock(&ex->mu);
+        if (send) {
+            send_scheduled(ex);
+        }
         return -1;
     }
-    append_pending(ex, data, len);
     if (!ex->status) {
         ex->status = ex->req.response_code ? ex->req.response_code : 200;
     }
@@ -529,7 +562,7 @@ static void finish(fp_http_exchange *ex, int release)
         ex->header_len = ex->header_lines ? r->headers_len : 0;
     }
     if (r->output_len && !ex->gone) {
-        append_pending(ex, r->output, r->output_len);
+        (void)append_pending(ex, r->output, r->output_len); /* a failure: pump() cuts the response */
     }
     r->output_len = 0;
     ex->final = 1;
@@ -568,7 +601,7 @@ void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *head
     ex->header_lines = headers ? strdup(headers) : NULL;
     ex->header_len = ex->header_lines ? strlen(ex->header_lines) : 0;
     if (!ex->gone) {
-        append_pending(ex, body, body_len);
+        (void)append_pending(ex, body, body_len); /* a failure: pump() cuts the response */
     }
     pthread_mutex_unlock(&ex->mu);
     finish(ex, 1);

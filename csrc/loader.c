@@ -1,6 +1,7 @@
 /* Interpreter image loader; see loader.h. */
 #define _GNU_SOURCE /* RTLD_DEEPBIND */
 #include "loader.h"
+#include "worker_state.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -33,6 +34,9 @@ static const fp_host python_host = {
     fp_py_worker_ready, chdir_begin, chdir_end, fp_py_next_request, fp_py_request_done,
     fp_py_stderr_output,
     fp_py_interim, fp_py_finish_request, fp_py_php_log,
+    /* vars and tasks: process-wide, in C (worker_state.c) */
+    fp_ws_host_ensure, fp_ws_host_set_vars, fp_ws_host_get_vars, fp_ws_host_send_task,
+    fp_ws_host_receive_task, fp_ws_host_finish_task, fp_blob_release,
 };
 
 /* ---- the working directory ----------------------------------------------------------------------

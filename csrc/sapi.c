@@ -5,6 +5,7 @@
 #define _GNU_SOURCE /* memrchr() in PHP headers, RTLD flags */
 #include "frankenpy.h"
 #include "glue_internal.h"
+#include "sapi_internal.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -55,6 +56,7 @@ static zend_resource *worker_handle; /* stream returned by frankenphp_get_worker
 static void (*php_error_cb)(int, zend_string *, const uint32_t, zend_string *);
 static zif_handler php_chdir;
 static int startup_done;
+static int worker_looping; /* an HTTP worker called frankenphp_handle_request() in this run */
 
 static pthread_mutex_t exec_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t exec_counter; /* under exec_mu */
@@ -1035,6 +1037,22 @@ static int interpose_extensions(void)
 
 /* ---- frankenphp_* functions ----------------------------------------------------------------- */
 
+/* For worker_functions.c (sapi_internal.h). */
+fp_request *fp_glue_script_request(void)
+{
+    return script_req;
+}
+
+const int *fp_glue_stop_flag(void)
+{
+    return &interrupted;
+}
+
+int fp_glue_worker_booting(void)
+{
+    return script_req && script_req->worker_kind == FP_WORKER_HTTP && !worker_looping;
+}
+
 PHP_FUNCTION(frankenphp_get_worker_handle)
 {
     ZEND_PARSE_PARAMETERS_NONE();
@@ -1205,7 +1223,9 @@ PHP_FUNCTION(frankenphp_handle_request)
                              "frankenphp_handle_request() cannot be called while handling a request", 0);
         RETURN_THROWS();
     }
+    worker_looping = 1;
     fp_request *req = NULL;
+    fp_wf_reset_views(0); /* each request gets its own view of the workers' vars */
     if (!host_of(worker)->next_request(worker->handle, &req) || !req) {
         RETURN_FALSE; /* drained: the script leaves its loop */
     }
@@ -1237,7 +1257,7 @@ static PHP_MINIT_FUNCTION(frankenphp)
 {
     (void)type;
     register_frankenphp_symbols(module_number); /* FRANKENPHP_LOG_LEVEL_* */
-    return SUCCESS;
+    return fp_wf_minit(INIT_FUNC_ARGS_PASSTHRU); /* FrankenPHP\\WorkerHandle (worker_functions.c) */
 }
 
 static zend_module_entry frankenphp_module = {
@@ -1572,6 +1592,7 @@ int fp_execute(fp_request *req)
     req->response_code = 200;
     script_req = current = req;
     prepare_request_info(req);
+    worker_looping = 0;
 
     fatal_error = 0;
     reset_gc_threshold();
@@ -1605,12 +1626,14 @@ int fp_execute(fp_request *req)
             finish_http_request();
         } zend_end_try();
     }
+    fp_wf_reset_views(0); /* they live in the request's heap */
     /* Shutdown functions, destructors and output handlers may still set the status and headers:
      * PHP sends them after those, in php_output_deactivate(), also for an empty body.  `current`
      * (req) receives them there.  A fatal error among those steps sets the exit status too (as
      * php-cli, read it afterwards). */
     req->memory_usage = zend_memory_usage(0);
     php_request_shutdown(NULL);
+    fp_wf_reset_views(1); /* any that shutdown functions read went with the heap */
     req->exit_status = EG(exit_status);
 
     pthread_mutex_lock(&exec_mu);
@@ -1684,6 +1707,11 @@ int fp_abi_version(void)
 const fp_host *fp_glue_host(void)
 {
     return host_of(current); /* a request's own table (the native server's) when it has one */
+}
+
+const fp_host *fp_glue_process_host(void)
+{
+    return host;
 }
 
 fp_request *fp_glue_current(void)

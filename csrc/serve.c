@@ -133,6 +133,7 @@ uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const 
         }
         fp_image *image = php->image;
         fp_request *req = fp_http_exchange_request(ex, tag);
+        req->worker_ctx = php->worker_ctx;
         set_watched(&slot, image, req, ex);
         fp_http_server_busy(server, 1);
         fp_image_execute(image, req);
@@ -541,6 +542,7 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     req->worker_fd = -1;
     req->content_length = -1;
     req->host = &fast_host;
+    req->worker_ctx = php->worker_ctx;
     fast_ctx ctx = {call, php, {0}, 0};
     ctx.ws.image = php->image;
     ctx.ws.script = req;

@@ -23,11 +23,13 @@
 
 /* A regular PHP thread as the runtime's pool (pool.h) holds it: its interpreter, the request
  * struct its regular executions reuse (Python's PHPThread.request, whose exec_id a force-stop
- * reads), and a Python handle of the PHPThread for frankenphp_log(). */
+ * reads), a Python handle of the PHPThread for frankenphp_log(), and the runtime's context
+ * for the workers' vars and tasks (fp_request.worker_ctx of everything run on it). */
 typedef struct fp_slot {
     fp_image *image;
     fp_request *request;
     void *py_handle;
+    void *worker_ctx;
 } fp_slot;
 
 /* Serve classic requests until queue 0 of `server` is closed or *drain is set (then

@@ -9,6 +9,7 @@ from .execution import Diagnostic, PHPError, Result
 from .images import ImageError
 from .runtime import Runtime
 from .scopes import GLOBAL_SCOPE, next_scope, scope_label, set_scope_label
+from .worker_state import TaskError, TaskTimeout, WorkerError
 from .workers import Worker, WorkerStatus, backoff_delay
 
 __all__ = [
@@ -18,7 +19,10 @@ __all__ = [
     "PHPError",
     "Result",
     "Runtime",
+    "TaskError",
+    "TaskTimeout",
     "Worker",
+    "WorkerError",
     "WorkerStatus",
     "backoff_delay",
     "next_scope",

@@ -5,7 +5,7 @@
   (:mod:`frankenpy.config`);
 * ``frankenpy php-server --root DIR --listen HOST:PORT [--worker FILE[:NUM]]
   [--background-worker NAME=FILE[:NUM]] [--php-ini KEY=VALUE] ...`` serves one directory,
-  like FrankenPHP's ``php-server``.
+  like FrankenPHP's ``php-server`` (``NUM`` 0 starts the background worker lazily).
 
 Each runs until SIGTERM or SIGINT, then stops gracefully: in-flight requests finish, workers
 are drained.  The HTTP server is the native one (:mod:`frankenpy.http.native`) unless
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     php.add_argument("--root", default=".", help="document root (default: .)")
     php.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     php.add_argument("--worker", action="append", default=[], metavar="FILE[:NUM]", help="HTTP worker")
-    php.add_argument("--background-worker", action="append", default=[], metavar="NAME=FILE[:NUM]")
+    php.add_argument("--background-worker", action="append", default=[], metavar="NAME=FILE[:NUM]",
+                     help="background worker (NUM 0: started lazily, on first use)")
     php.add_argument("--php-ini", action="append", default=[], metavar="KEY=VALUE")
     php.add_argument("--extension", action="append", default=[], metavar="NAME", help="Debian PHP extension")
     php.add_argument("--opcache", action="store_true", help="enable opcache in each PHP thread")

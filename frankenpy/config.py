@@ -18,7 +18,13 @@ follow_symlinks = false         # 403 for symlinks out of root (default: true, f
 name = "mailer"
 file = "bg/mailer.php"
 background = true
-num = 2
+num = 2                         # 0: started lazily, on first use
+max_queued_tasks = 1024         # tasks waiting for it (default 1024)
+
+[[server.worker]]               # no name: a catch-all, one instance per name asked for
+file = "bg/jobs.php"
+background = true
+max_workers = 16                # names it serves at most (default 16)
 ```
 
 :func:`load` validates everything and raises :class:`ConfigError` with one line naming the
@@ -147,7 +153,7 @@ _SERVER_KEYS = {
 }
 _WORKER_KEYS = {
     "name", "file", "num", "background", "env", "max_consecutive_failures", "match", "max_requests",
-    "watch", "max_threads",
+    "watch", "max_threads", "max_workers", "max_queued_tasks",
 }
 
 
@@ -269,23 +275,30 @@ def _parse_server(source: str, base: Path, index: int, data: Any, watch: list[st
         # A change restarts every worker (FrankenPHP's watch): the patterns join the global list.
         watch.extend(p for p in _patterns(wtable, "watch") if p not in watch)
         file = base / wtable.get("file", str, required=True)
+        background = wtable.get("background", bool, False)
         worker = Worker(
-            name=wtable.get("name", str, file.stem),
+            # a background worker without a name is a catch-all; an HTTP worker is named after its file
+            name=wtable.get("name", str, None if background else file.stem),
             file=file,
             num=wtable.get("num", int, 1),
-            background=wtable.get("background", bool, False),
+            background=background,
             env=wtable.string_map("env"),
             scope=scope,
             max_consecutive_failures=wtable.get("max_consecutive_failures", int, 6),
             match=wtable.get("match", str),
             max_requests=wtable.get("max_requests", int, 0),
             max_threads=wtable.get("max_threads", int, 0),
+            max_workers=wtable.get("max_workers", int, 16),
+            max_queued_tasks=wtable.get("max_queued_tasks", int, 1024),
         )
         try:
             worker.validate()
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"{source}: {wtable.where}: {exc}") from None
         if any(other.name == worker.name for other in server.workers):
+            if worker.catch_all:
+                raise ConfigError(f"{source}: {wtable.where}: this server already has a catch-all "
+                                  "background worker (one without a name)")
             raise wtable.error("name", f"{worker.name!r} is already a worker of this server")
         server.workers.append(worker)
     return server

@@ -319,6 +319,8 @@ class Execution:
         self.handle = ffi.new_handle(self)
         self.request.struct.handle = self.handle
         self.request.struct.worker_fd = -1
+        if thread is not None:
+            self.request.struct.worker_ctx = thread.worker_ctx
         self.request.struct.content_length = -1
 
     # --- time limits (the watchdog reads deadline/limit under self.lock) ---------------------

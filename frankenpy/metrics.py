@@ -40,11 +40,12 @@ def collect(runtime: Runtime) -> list[Family]:
         Family("frankenphp_total_threads", "gauge", "PHP threads (regular and worker)",
                [({}, runtime.total_threads)]),
         Family("frankenphp_busy_threads", "gauge", "PHP threads running a script",
-               [({}, runtime.busy_threads + sum(s.state not in ("halted", "stopped") for s in statuses))]),
+               [({}, runtime.busy_threads + sum(s.state not in ("halted", "stopped", "idle")
+                                                for s in statuses))]),
         Family("frankenphp_queue_depth", "gauge", "Regular executions waiting for a PHP thread",
                [({}, runtime.queue_depth)]),
-        Family("frankenphp_total_workers", "gauge", "Worker threads",
-               by_worker(len)),
+        Family("frankenphp_total_workers", "gauge", "Worker threads (a lazy worker not started yet: 0)",
+               by_worker(lambda group: sum(s.state != "idle" for s in group))),
         Family("frankenphp_ready_workers", "gauge", "Worker threads that reached their ready point",
                by_worker(lambda group: sum(s.state == "ready" for s in group))),
         Family("frankenphp_worker_crashes", "counter", "Worker script exits other than 0",
@@ -52,6 +53,18 @@ def collect(runtime: Runtime) -> list[Family]:
         Family("frankenphp_worker_restarts", "counter", "Cooperative worker restarts (exit 0, drain)",
                by_worker(lambda group: sum(s.restarts for s in group))),
     ]
+    tasks = runtime.workers_group.task_counts()
+    if tasks:
+        for index, (name, kind, text) in enumerate((
+            ("frankenphp_worker_tasks_queued", "gauge", "Tasks waiting for the background worker"),
+            ("frankenphp_worker_tasks_completed", "counter", "Tasks the background worker answered"),
+            ("frankenphp_worker_tasks_failed", "counter",
+             "Tasks that failed (frankenphp_fail_task, or the worker stopped holding them)"),
+            ("frankenphp_worker_vars_publications", "counter", "frankenphp_set_vars() calls of the worker"),
+        )):
+            families.append(Family(name, kind, text, [
+                ({"worker": worker}, float(counts[index])) for worker, counts in sorted(tasks.items())
+            ]))
     http = {name: group for name, group in per_worker.items() if not group[0].background}
     if http:
         samples = [

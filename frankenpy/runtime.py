@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from .execution import (
 from .images import POOL, Image, extension_load_order
 from .scaling import Autoscaler, RegularThreads, ThreadSource, WorkerThreads, resolve_max_threads
 from .threads import POOL_TIMEOUT, PHPThread, ThreadPool, Watchdog
+from .worker_state import RUNNING, wrap
 from .workers import WorkerGroup, WorkerStatus
 
 logger = logging.getLogger("frankenpy")
@@ -55,6 +57,12 @@ OPCACHE_DEFAULTS = {
 PHPValue = str | int | float | bool
 DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024  # bytes an execution may collect in Result.output
 PREPARED_SCRIPTS = 256  # execute_file() calls without env/argv reuse their C arguments per script
+
+
+def _positive(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a number > 0 (seconds), got {timeout!r}")
+    return float(timeout)
 
 
 def _ini_quote(text: str) -> str:
@@ -214,10 +222,12 @@ class Runtime:
         try:
             self._watchdog.start()
             self._images = POOL.acquire(self.num_threads + self.workers_group.thread_count)
+            any_scope = self.workers_group.domain.context(-1)
             for image in self._images:
                 self._check_not_stopped()
                 thread = PHPThread(image, self.ini_for(image), self._watchdog, f"php-{image.index}")
                 thread.start()
+                thread.worker_ctx = any_scope
                 self._threads.append(thread)
             self._pool = ThreadPool(self._threads[: self.num_threads])
             self.workers_group.start(self._threads[self.num_threads :])
@@ -323,6 +333,7 @@ class Runtime:
         except BaseException:
             POOL.release([image])
             raise
+        thread.worker_ctx = self.workers_group.domain.context(-1)  # frankenphp_get_vars() & co.
         self._threads.append(thread)
         return thread
 
@@ -625,7 +636,95 @@ class Runtime:
             raise RuntimeError(f"runtime {self.name} is {self.state}: call start() first")
         return self._pool
 
+    def new_php_thread(self) -> PHPThread:
+        """A PHP thread started now for a worker started on demand (lazy, catch-all), given back
+        with the others at shutdown; RuntimeError once shutdown has begun."""
+        with self._state_lock:  # (shutdown() cannot begin meanwhile: it would miss the thread)
+            if self.state not in ("starting", "running"):
+                raise RuntimeError(f"runtime {self.name} is {self.state}")
+            return self._start_php_thread()
+
     # --- workers ------------------------------------------------------------------------------
+    def ensure_background_worker(self, names: str | Sequence[str], timeout: float = 30.0, *,
+                                 scope: int = -1) -> None:
+        """Start the named background workers if they are not running and return once each is
+        ready (``frankenphp_ensure_background_worker()``).  ``scope`` -1 finds names in any
+        scope (global first).  RuntimeError (frankenpy.WorkerError) on a timeout, an unknown
+        name without a catch-all, or a halted worker; ValueError for an empty list, an empty or
+        duplicate name, or a timeout <= 0; TypeError for a name that is not a str."""
+        listed = [names] if isinstance(names, str) else names
+        if not isinstance(listed, list | tuple):
+            raise TypeError(f"names must be a str or a list of str, not {type(names).__name__}")
+        if not listed:
+            raise ValueError("names must not be empty")
+        seen: set[str] = set()
+        for name in listed:
+            if not isinstance(name, str):
+                raise TypeError(f"worker names must be str, got {type(name).__name__}")
+            if not name or "\0" in name:
+                raise ValueError("worker names must not be empty")
+            if name in seen:
+                raise ValueError(f"worker name {name!r} given twice")
+            seen.add(name)
+        deadline = time.monotonic() + _positive(timeout)
+        self._running_pool()
+        for name in listed:
+            self.workers_group.domain.acquire(scope, name, max(deadline - time.monotonic(), 0.001), RUNNING)
+
+    def get_vars(self, name: str, timeout: float | None = None, *, scope: int = -1) -> Any:
+        """A copy of the vars background worker ``name`` last published with
+        ``frankenphp_set_vars()`` (a PHP list is a list, any other array a dict; {} before the
+        first publication), waiting (``timeout``, default 30 s) until it has been ready once and
+        starting it if lazy.  RuntimeError (WorkerError) on an unknown worker or a timeout."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be str, not {type(name).__name__}")
+        self._running_pool()
+        domain = self.workers_group.domain
+        return domain.get_vars(domain.acquire(scope, name, _positive(30.0 if timeout is None else timeout)))
+
+    def send_task(self, worker: str, payload: Any, timeout: float | None = 30.0, *, scope: int = -1) -> Any:
+        """Hand ``payload`` (a dict or list) to background worker ``worker`` and return its answer
+        (``frankenphp_complete_task()``'s result; {} for none).  TaskError when the worker fails
+        the task or stops holding it, TaskTimeout (also a TimeoutError) after ``timeout``
+        seconds (None: no limit), WorkerError when the worker cannot take it (unknown, halted,
+        full queue)."""
+        limit = -1.0 if timeout is None else _positive(timeout)
+        started = time.monotonic()
+        domain = self.workers_group.domain
+        slot = self._task_slot(worker, payload, limit, scope)
+        task_id = domain.submit(slot, payload, notify=False)
+        left = -1.0 if limit < 0 else max(limit - (time.monotonic() - started), 0.001)
+        return domain.wait(task_id, left)
+
+    def submit_task(self, worker: str, payload: Any, timeout: float | None = 30.0, *,
+                    scope: int = -1) -> concurrent.futures.Future[Any]:
+        """Like :meth:`send_task`, but returns a Future at once (completed by the thread that
+        answers the task).  Starting a lazy worker is waited for here."""
+        limit = -1.0 if timeout is None else _positive(timeout)
+        slot = self._task_slot(worker, payload, limit, scope)
+        return self.workers_group.domain.future(slot, payload, None if limit < 0 else limit)
+
+    async def asend_task(self, worker: str, payload: Any, timeout: float | None = 30.0, *,
+                         scope: int = -1) -> Any:
+        """The asyncio form of :meth:`send_task`: no thread per call, the answer reaches the
+        event loop through ``call_soon_threadsafe``."""
+        domain = self.workers_group.domain
+        limit = -1.0 if timeout is None else _positive(timeout)
+        try:
+            slot = domain.acquire(scope, worker, 0.0, 0)  # already running: no wait
+        except RuntimeError:
+            loop = asyncio.get_running_loop()
+            slot = await loop.run_in_executor(None, self._task_slot, worker, payload, limit, scope)
+        return await wrap(domain.future(slot, payload, None if limit < 0 else limit))
+
+    def _task_slot(self, worker: str, payload: Any, limit: float, scope: int) -> int:
+        if not isinstance(worker, str):
+            raise TypeError(f"worker must be str, not {type(worker).__name__}")
+        if not isinstance(payload, dict | list | tuple):
+            raise TypeError(f"payload must be a dict or a list, not {type(payload).__name__}")
+        self._running_pool()
+        return self.workers_group.domain.acquire(scope, worker, 30.0 if limit < 0 else limit, 0)
+
     def workers(self) -> list[WorkerStatus]:
         """One status per worker thread."""
         return self.workers_group.statuses()

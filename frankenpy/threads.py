@@ -72,11 +72,22 @@ class PHPThread:
         self._handle = ffi.new_handle(self)
         self.slot = ffi.new("fp_slot *", {"image": image.handle, "request": self.request,
                                           "py_handle": self._handle})
+        self._worker_ctx: Any = ffi.NULL
         # What the admin API's thread list shows (read without a lock: a snapshot may be stale).
         self.current: Execution | None = None  # the execution running on it
         self.since = time.time()  # when it last started or ended an execution
         self.executions = 0
         self.memory_usage = 0  # PHP's memory usage at the end of its last script or request
+
+    @property
+    def worker_ctx(self) -> Any:
+        """The runtime's context for vars and tasks (worker_state.py), in the C pool's slot."""
+        return self._worker_ctx
+
+    @worker_ctx.setter
+    def worker_ctx(self, ctx: Any) -> None:
+        self._worker_ctx = ctx
+        self.slot.worker_ctx = ctx
 
     def start(self) -> None:
         """Start the interpreter (or take over the one a previous runtime left started with the

@@ -13,10 +13,18 @@ Background workers (FrankenPHP PR 2398) are non-HTTP scripts that park on the st
   (no respawn, an error log line, state ``halted``) until ``restart_workers()``.  An HTTP worker
   that crashes after it started serving is restarted without backoff;
 * once shutdown begins nothing respawns.
+
+Beyond PR 2398: a background worker declared with ``num=0`` starts lazily, the first time
+someone asks for it (``frankenphp_ensure_background_worker()``, ``frankenphp_get_vars()``, a task,
+or the same calls from Python); one declared without a name is a catch-all, which starts one
+instance per requested name (at most ``max_workers``).  Their published vars and task queues
+live in C (:mod:`frankenpy.worker_state`); this module tells that state when a worker starts,
+becomes ready, fails, and when a run of its script ends (its unanswered tasks then fail).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -29,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .execution import Execution, Result, ScriptArgs, env_pairs, script_server_vars
 from .scopes import GLOBAL_SCOPE, metric_name, scope_label
 from .threads import FORCE_STOP_WAIT, PHPThread, WorkerLogAdapter, php_log_adapter
+from .worker_state import Domain, WorkerError, lib
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -38,8 +47,8 @@ logger = logging.getLogger("frankenpy.workers")
 BACKOFF_STEP = 0.1  # seconds; backoff = min(failures^2 * step, cap)
 BACKOFF_CAP = 1.0
 
-BOOTING, READY, RESTARTING, BACKOFF, HALTED, STOPPED = (
-    "booting", "ready", "restarting", "backoff", "halted", "stopped",
+BOOTING, READY, RESTARTING, BACKOFF, HALTED, STOPPED, IDLE = (
+    "booting", "ready", "restarting", "backoff", "halted", "stopped", "idle",
 )
 
 
@@ -58,9 +67,14 @@ class Worker:
     it, on top of the runtime's ``num_threads``.  ``scope`` (``WithWorkerScope()``) isolates
     names; ``env`` adds to its ``$_SERVER``.  ``match`` (HTTP only) routes request paths to it;
     ``max_requests`` (HTTP only) restarts a thread after that many requests (0: never).
+
+    Background only: ``num=0`` starts the worker lazily (on first use); ``name=None`` makes a
+    catch-all, which starts one instance (of ``max(num, 1)`` threads) per name asked for, with
+    ``$_SERVER['FRANKENPHP_WORKER']`` set to that name, at most ``max_workers`` names;
+    ``max_queued_tasks`` bounds the worker's task queue (a full queue refuses at once).
     """
 
-    name: str
+    name: str | None
     file: str | os.PathLike[str]
     num: int = 1
     background: bool = False
@@ -70,6 +84,17 @@ class Worker:
     match: str | None = None
     max_requests: int = 0
     max_threads: int = 0  # HTTP only: autoscale up to this many threads (0: num, no scaling)
+    max_workers: int = 16
+    max_queued_tasks: int = 1024
+
+    @property
+    def catch_all(self) -> bool:
+        return self.name is None
+
+    @property
+    def lazy(self) -> bool:
+        """Started on first use rather than by Runtime.start()."""
+        return self.background and (self.num == 0 or self.name is None)
 
     @property
     def path(self) -> Path:
@@ -79,19 +104,32 @@ class Worker:
     def metric_name(self) -> str:
         """Label of this worker's metrics: ``m#<scope-label>:<name>`` for background workers
         (FrankenPHP's format), the name for HTTP workers."""
-        return metric_name(self.scope, self.name) if self.background else self.name
+        name = self.name if self.name is not None else "*"
+        return metric_name(self.scope, name) if self.background else name
 
     def validate(self) -> None:
         """Check the declaration; ValueError/FileNotFoundError naming the worker and the rule."""
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"worker for {self.file!s}: a non-empty name is required")
-        label = f"worker {self.name!r}"
-        for option in ("num", "max_consecutive_failures", "max_requests", "scope", "max_threads"):
+        if self.name is None and self.background:
+            label = f"catch-all worker {self.file!s}"
+        elif not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(
+                f"worker for {self.file!s}: a non-empty name is required (only a background worker "
+                "may have none: a catch-all)"
+            )
+        else:
+            label = f"worker {self.name!r}"
+        for option in ("num", "max_consecutive_failures", "max_requests", "scope", "max_threads",
+                       "max_workers", "max_queued_tasks"):
             value = getattr(self, option)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{label}: {option} must be an integer, got {value!r}")
-        if self.num < 1:
-            raise ValueError(f"{label}: num must be >= 1 (background workers start eagerly), got {self.num}")
+        if self.num < 0 or (self.num < 1 and not self.background):
+            least = "0 (0 = lazy start)" if self.background else "1"
+            raise ValueError(f"{label}: num must be >= {least}, got {self.num}")
+        if self.max_workers < 1:
+            raise ValueError(f"{label}: max_workers must be >= 1, got {self.max_workers}")
+        if self.max_queued_tasks < 1:
+            raise ValueError(f"{label}: max_queued_tasks must be >= 1, got {self.max_queued_tasks}")
         if self.max_consecutive_failures < -1:
             raise ValueError(
                 f"{label}: max_consecutive_failures must be >= -1 (-1 = unlimited), "
@@ -139,11 +177,15 @@ class WorkerThread:
     """One thread of a worker: a Python thread that runs the script on its own PHP thread,
     again and again, by the rules in this module's docstring."""
 
-    def __init__(self, group: WorkerGroup, worker: Worker, index: int, php: PHPThread) -> None:
+    def __init__(self, group: WorkerGroup, worker: Worker, index: int, php: PHPThread | None) -> None:
         self.group = group
         self.worker = worker
         self.index = index
-        self.php = php
+        self.php = php  # None: a lazily started worker's thread gets its PHP thread when it runs
+        # Background workers: their slot of vars and tasks, and this thread's C context.
+        self.slot = group.slots.get((worker.scope, worker.name), -1) if worker.background else -1
+        self.ctx = group.domain.context(worker.scope, self.slot)
+        self._ready_this_run = False
         self.log: WorkerLogAdapter = php_log_adapter(worker.name)
         self.lifecycle_log = WorkerLogAdapter(logger, {"worker": worker.name})
         self.state = BOOTING
@@ -172,6 +214,10 @@ class WorkerThread:
         )
 
     # --- control (any thread) ----------------------------------------------------------------
+    def _started_slot(self) -> None:
+        if self.slot >= 0:
+            lib.fp_ws_slot_started(self.group.domain.handle, self.slot)
+
     def launch(self) -> None:
         """Start (or, after a halt, restart) the loop on a new Python thread; nothing once the
         group is closed (shutdown has begun)."""
@@ -179,6 +225,7 @@ class WorkerThread:
             if self.group.closed:
                 return
             self._loop_running = True
+            self._started_slot()
             self._stopping = False
             self._drain_requested = False
             self.failures = 0
@@ -280,6 +327,9 @@ class WorkerThread:
     def mark_ready(self) -> None:
         with self._lock:
             self.state = READY
+            self._ready_this_run = True
+        if self.slot >= 0:
+            lib.fp_ws_slot_ready(self.group.domain.handle, self.slot)
         self.group.notify()
 
     def log_output(self, data: bytes) -> None:
@@ -289,6 +339,7 @@ class WorkerThread:
 
     def _close_write_end(self) -> None:
         if self._write_fd >= 0:
+            lib.fp_ws_attach(self.ctx, -1)  # C stops writing task wake-ups to it first
             os.close(self._write_fd)
             self._write_fd = -1
 
@@ -299,6 +350,7 @@ class WorkerThread:
         req = execution.request.struct
         req.worker_kind = 1 if self.worker.background else 2  # FP_WORKER_BACKGROUND / FP_WORKER_HTTP
         req.worker_fd = read_fd
+        req.worker_ctx = self.ctx
         req.output_mode = 1  # FP_OUTPUT_STREAM
         with self._lock:
             if self._stopping or self._drain_requested:
@@ -307,14 +359,25 @@ class WorkerThread:
                 raise _Drained
             self._write_fd = write_fd
             self._execution = execution
+            self._ready_this_run = False
             self.runs += 1
+            if self.slot >= 0:
+                lib.fp_ws_attach(self.ctx, write_fd)  # a waiting task makes the handle readable
         self.group.notify()
+        reason = "was stopped while holding it"
         try:
-            return execution.run(), execution
+            result = execution.run()
+            reason = "ended (exit status 0) without answering it" if result.ok else (
+                f"crashed: {result.describe()}")
+            return result, execution
         finally:
             with self._lock:
                 self._execution = None
                 self._close_write_end()
+                if self._stopping or self._drain_requested:
+                    reason = "was stopped while holding it"
+            if self.slot >= 0:
+                lib.fp_ws_run_ended(self.ctx, reason.encode("utf-8", "replace"))  # its tasks in flight fail
             os.close(read_fd)
 
     def _run_loop(self) -> None:
@@ -329,6 +392,16 @@ class WorkerThread:
                 callback(self.php)
 
     def _loop(self) -> None:
+        if self.php is None:
+            try:
+                self.php = self.group.runtime.new_php_thread()
+            except Exception as exc:
+                self.lifecycle_log.error("halted: no PHP thread: %s", exc)
+                self.state = HALTED
+                if self.slot >= 0:
+                    lib.fp_ws_slot_failed(self.group.domain.handle, self.slot, 1, 255, 1, str(exc).encode())
+                self.group.notify()
+                return
         cap = self.worker.max_consecutive_failures
         while True:
             try:
@@ -353,6 +426,10 @@ class WorkerThread:
                 continue
             assert result is not None and execution is not None
             self.crashes += 1
+            if self.slot >= 0:
+                halting = cap != -1 and self.failures >= cap  # (background: every crash is a boot failure)
+                lib.fp_ws_slot_failed(self.group.domain.handle, self.slot, int(halting), result.exit_status,
+                                      self.failures + 1, result.describe().encode("utf-8", "replace"))
             if self.reached_ready_in(execution):
                 self.lifecycle_log.warning("crashed (%s); restarting", result.describe())
                 self.failures = 0
@@ -361,8 +438,12 @@ class WorkerThread:
             if cap != -1 and self.failures >= cap:
                 with self._lock:
                     if self._drain_requested:
+                        self._started_slot()
                         continue  # restart_workers() arrived meanwhile: it revives the worker
                     self.state = HALTED
+                if self.slot >= 0:
+                    lib.fp_ws_fail_queued(self.group.domain.handle, self.slot,
+                                          f"halted: {result.describe()}".encode("utf-8", "replace"))
                 self.lifecycle_log.error(
                     "halted after %d consecutive failures (max_consecutive_failures=%d); last error: %s",
                     self.failures + 1, cap, result.describe(),
@@ -400,6 +481,8 @@ class WorkerGroup:
             key = (worker.scope, worker.name)
             if key in seen:
                 where = "the global scope" if worker.scope == GLOBAL_SCOPE else f"scope {worker.scope}"
+                if worker.catch_all:
+                    raise ValueError(f"catch-all worker {worker.file!s}: {where} already has a catch-all")
                 raise ValueError(f"worker {worker.name!r}: name already declared in {where}")
             seen.add(key)
             self.workers.append(worker)
@@ -412,10 +495,70 @@ class WorkerGroup:
         # (scope, name) -> signal to the autoscaler that a request waited for a thread
         self.scaling: dict[tuple[int, str], Any] = {}
         self._cond = threading.Condition()
+        # Vars and tasks (C): one slot per background worker, declared or started by a catch-all.
+        self.domain = Domain(self.start_on_demand)
+        self.slots: dict[tuple[int, str | None], int] = {}
+        self.instances: dict[int, list[str]] = {}  # catch-all scope -> names it started
+        self._started: set[int] = set()  # slots whose threads exist
+        self._start_lock = threading.RLock()
 
     @property
     def thread_count(self) -> int:
-        return sum(worker.num for worker in self.workers)
+        """PHP threads the eager workers need at start."""
+        return sum(worker.num for worker in self.workers if not worker.lazy)
+
+    def _declared(self, scope: int, name: str) -> Worker | None:
+        """The background worker ``name`` seen from ``scope`` (-1: any scope, global first)."""
+        candidates = [w for w in self.workers if w.background and w.name == name]
+        for wanted in (scope, GLOBAL_SCOPE):
+            for worker in candidates:
+                if worker.scope == wanted:
+                    return worker
+        return candidates[0] if candidates and scope < 0 else None
+
+    def _catch_all(self, scope: int) -> Worker | None:
+        for wanted in (scope, GLOBAL_SCOPE):
+            for worker in self.workers:
+                if worker.catch_all and worker.scope == wanted:
+                    return worker
+        if scope < 0:
+            return next((w for w in self.workers if w.catch_all), None)
+        return None
+
+    def start_on_demand(self, scope: int, name: str) -> int:
+        """The slot of background worker ``name`` as seen from ``scope``, starting it if it is
+        lazy or a new name for a catch-all (C calls this when a name has no running slot).
+        WorkerError naming the problem."""
+        with self._start_lock:
+            if self.closed or self.runtime.state not in ("starting", "running"):
+                raise WorkerError(
+                    f"background worker {name!r}: runtime {self.runtime.name} is {self.runtime.state}")
+            worker = self._declared(scope, name)
+            if worker is None:
+                template = self._catch_all(scope)
+                if template is None:
+                    raise WorkerError(f"unknown background worker {name!r} (no such worker and no catch-all)")
+                names = self.instances.setdefault(template.scope, [])
+                if len(names) >= template.max_workers:
+                    raise WorkerError(
+                        f"catch-all worker {template.file!s} cannot start {name!r}: it already runs "
+                        f"max_workers={template.max_workers} names ({', '.join(names)})"
+                    )
+                worker = dataclasses.replace(template, name=name)
+                self.workers.append(worker)
+                names.append(name)
+                self.slots[(worker.scope, name)] = lib.fp_ws_slot_add(
+                    self.domain.handle, worker.scope, name.encode("utf-8", "surrogateescape"),
+                    worker.max_queued_tasks,
+                )
+            slot = self.slots[(worker.scope, worker.name)]
+            if slot not in self._started:
+                self._started.add(slot)
+                threads = [WorkerThread(self, worker, index, None) for index in range(max(worker.num, 1))]
+                self.threads.extend(threads)
+                for thread in threads:
+                    thread.launch()
+            return slot
 
     def close(self) -> None:
         """Refuse launches from now on and wake whoever waits for workers to settle."""
@@ -440,6 +583,15 @@ class WorkerGroup:
         down); threads still booting at the timeout are logged and left booting."""
         php = iter(php_threads)
         for worker in self.workers:
+            if worker.background and not worker.catch_all:
+                self.slots[(worker.scope, worker.name)] = lib.fp_ws_slot_add(
+                    self.domain.handle, worker.scope, str(worker.name).encode("utf-8", "surrogateescape"),
+                    worker.max_queued_tasks,
+                )
+            if worker.lazy:
+                continue
+            if worker.background:
+                self._started.add(self.slots[(worker.scope, worker.name)])
             factory = self.thread_factory(worker)
             for index in range(worker.num):
                 self.threads.append(factory(self, worker, index, next(php)))
@@ -475,11 +627,15 @@ class WorkerGroup:
         return halted, booting
 
     def stop(self, grace: float) -> None:
-        """Drain every thread, force-stop those that have not exited after ``grace`` seconds."""
-        self.close()
-        self._drain_and_wait(self.threads, grace)
-        for thread in self.threads:
+        """Drain every thread, force-stop those that have not exited after ``grace`` seconds;
+        then fail the tasks still queued."""
+        self.close()  # nothing is launched, nor started on demand, any more
+        with self._start_lock:
+            threads = list(self.threads)
+        self._drain_and_wait(threads, grace)
+        for thread in threads:
             thread.state = STOPPED
+        self.domain.close(f"is stopped: runtime {self.runtime.name} shut down")
 
     def _drain_and_wait(self, threads: list[WorkerThread], grace: float) -> None:
         for thread in threads:
@@ -501,7 +657,9 @@ class WorkerGroup:
         if self.closed:
             raise RuntimeError(f"runtime {self.runtime.name} is shutting down; no restart")
         draining = []
-        for thread in self.threads:
+        with self._start_lock:
+            threads = list(self.threads)
+        for thread in threads:
             if thread.halted:
                 thread.join(FORCE_STOP_WAIT)  # its loop has ended or is logging the halt
             if thread.alive:
@@ -516,7 +674,7 @@ class WorkerGroup:
         for thread, runs in draining:
             if thread.runs == runs and thread.alive:
                 thread.force_stop()
-        halted, booting = self._wait_settled(self.threads, self.runtime.start_timeout)
+        halted, booting = self._wait_settled(threads, self.runtime.start_timeout)
         if self.closed:
             raise RuntimeError(f"runtime {self.runtime.name} shut down during restart_workers()")
         for thread in halted:
@@ -527,4 +685,24 @@ class WorkerGroup:
         return self.statuses()
 
     def statuses(self) -> list[WorkerStatus]:
-        return [thread.status() for thread in self.threads]
+        """One status per worker thread, and one ``idle`` status per lazy worker not started."""
+        with self._start_lock:
+            threads = list(self.threads)
+            idle = [w for w in self.workers if w.lazy and not w.catch_all
+                    and self.slots.get((w.scope, w.name)) not in self._started]
+        statuses = [thread.status() for thread in threads]
+        for worker in idle:
+            statuses.append(WorkerStatus(
+                name=str(worker.name), scope=worker.scope, label=scope_label(worker.scope),
+                metric_name=worker.metric_name, background=True, thread=0, state=IDLE, restarts=0,
+                crashes=0, failures=0, last_exit_status=None, last_error=None,
+            ))
+        return statuses
+
+    def task_counts(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per background worker (metric name): tasks queued now, completed, failed, and vars
+        publications."""
+        with self._start_lock:
+            slots = [(w, self.slots[(w.scope, w.name)]) for w in self.workers
+                     if w.background and not w.catch_all and (w.scope, w.name) in self.slots]
+        return {worker.metric_name: self.domain.counts(slot) for worker, slot in slots}

@@ -28,6 +28,13 @@ Measured (median over the rounds, min-max in brackets):
    summed over the 16 php-cli processes / 16.  PSS is the fair comparison (php-cli processes share
    their text pages; frankenpy's interpreter copies are private to the process); both are given.
 
+5. shared vars and tasks (issue 10): ``frankenphp_get_vars()`` of a 1,000-entry array from a
+   classic request (timed in PHP with ``hrtime()`` around the first call of each request, which
+   copies the snapshot into the request's heap), and the task round trip Python -> PHP
+   background worker -> Python (``rt.send_task()``, p50) against a Redis LPUSH/BRPOP round trip
+   to a php-cli worker (Debian ``redis-server`` started here on 127.0.0.1, ``php8.2-redis``; the
+   Python side speaks RESP on a plain socket, both sides encode JSON).
+
 Every frankenpy measurement runs in a child process (this file with ``--child``); supervisord
 runs with a generated config (``nodaemon``, its own unix socket) in a temporary directory and is
 driven over XML-RPC on that socket.  Everything started is stopped at the end, errors included.
@@ -64,7 +71,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
-SECTION = "## Background workers (scripts/bench_workers.py)"
+SECTION = "## Background workers (`python3 scripts/bench_workers.py`)"
 COUNTS = (1, 4, 16)
 SETTLE = 0.3  # seconds parked before memory is read
 CHILD_TIMEOUT = 60.0
@@ -241,6 +248,147 @@ def own_processes(marker: str) -> list[int]:
         if marker.encode() in cmdline and pid_alive(int(entry)):
             pids.append(int(entry))
     return pids
+
+
+# Shared vars and tasks (5.): the frankenpy worker publishes 1,000 entries and answers tasks,
+# waking on its handle; the php-cli worker answers the same tasks through Redis.
+VARS_TASKS_PHP = r"""<?php
+$vars = [];
+for ($i = 0; $i < 1000; $i++) { $vars["key_$i"] = "value number $i"; }
+frankenphp_set_vars($vars);
+$h = frankenphp_get_worker_handle();
+while (true) {
+    $r = [$h]; $w = $e = [];
+    if (stream_select($r, $w, $e, null) > 0 && fread($h, 1) === '') {
+        break;
+    }
+    while (($t = frankenphp_receive_task()) !== null) {
+        frankenphp_complete_task($t['id'], ['echo' => $t['payload']]);
+    }
+}
+"""
+
+REDIS_PHP = r"""<?php
+$redis = new Redis();
+$redis->connect('127.0.0.1', (int) getenv('BENCH_REDIS_PORT'));
+while (true) {
+    $job = $redis->brPop(['tasks'], 0);
+    if (!$job) { continue; }
+    $task = json_decode($job[1], true);
+    if ($task === 'quit') { break; }
+    $redis->lPush('reply', json_encode(['echo' => $task]));
+}
+"""
+GETVARS_REQUESTS = 300
+TASKS = 2000
+TASK_WARMUP = 200
+
+GETVARS_CODE = """
+$t = hrtime(true);
+$v = frankenphp_get_vars('vars');
+$d = hrtime(true) - $t;
+echo $d, ' ', count($v);
+"""
+
+
+def vars_tasks_child(script: str) -> dict[str, object]:
+    """In a fresh process: frankenphp_get_vars() of 1,000 entries from classic requests (ns per
+    call), and the Python -> PHP worker -> Python task round trip (us per task)."""
+    import frankenpy
+
+    worker = frankenpy.Worker("vars", script, background=True)
+    rt = frankenpy.Runtime(num_threads=1, workers=[worker])
+    rt.start()
+    try:
+        getvars = []
+        for _ in range(GETVARS_REQUESTS):
+            result = rt.execute_code(GETVARS_CODE)
+            ns, count = result.output.split()
+            if int(count) != 1000:
+                raise RuntimeError(f"frankenphp_get_vars() returned {count} entries")
+            getvars.append(int(ns) / 1000)
+        trips = []
+        for i in range(TASK_WARMUP + TASKS):
+            t0 = time.perf_counter()
+            answer = rt.send_task("vars", {"n": i, "job": "resize"})
+            if i >= TASK_WARMUP:
+                trips.append((time.perf_counter() - t0) * 1e6)
+            if answer != {"echo": {"n": i, "job": "resize"}}:
+                raise RuntimeError(f"unexpected task answer {answer!r}")
+    finally:
+        rt.shutdown(grace=5.0)
+    return {"getvars_us": statistics.median(getvars), "task_p50_us": statistics.median(trips),
+            "task_p99_us": sorted(trips)[int(len(trips) * 0.99)]}
+
+
+class RedisBench:
+    """redis-server on 127.0.0.1 (a free port) and a php-cli worker on BRPOP; Python is the
+    client, with RESP on a plain socket (no client library in the way)."""
+
+    def __init__(self, root: Path, php: str, redis_server: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command = [redis_server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", str(root)]
+        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True)
+        self.sock: socket.socket | None = None
+        deadline = time.monotonic() + WAIT_TIMEOUT
+        while self.sock is None:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT_TIMEOUT)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb")
+        script = root / "worker_redis.php"
+        script.write_text(REDIS_PHP)
+        env = {**os.environ, "BENCH_REDIS_PORT": str(self.port)}
+        self.worker = subprocess.Popen([php, str(script)], env=env, stdout=subprocess.DEVNULL,
+                                       start_new_session=True)
+
+    def command(self, *args: bytes) -> object:
+        assert self.sock is not None
+        self.sock.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        return self._reply()
+
+    def _reply(self) -> object:
+        line = self.reader.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            data = self.reader.read(int(rest) + 2)[:-2]
+            return data
+        if kind == b"*":
+            return [self._reply() for _ in range(int(rest))]
+        if kind == b"+":
+            return rest
+        raise RuntimeError(f"redis error: {line!r}")
+
+    def round_trips(self) -> list[float]:
+        trips = []
+        for i in range(TASK_WARMUP + TASKS):
+            t0 = time.perf_counter()
+            self.command(b"LPUSH", b"tasks", json.dumps({"n": i, "job": "resize"}).encode())
+            _, reply = self.command(b"BRPOP", b"reply", b"10")  # type: ignore[misc]
+            answer = json.loads(reply)
+            if i >= TASK_WARMUP:
+                trips.append((time.perf_counter() - t0) * 1e6)
+            if answer != {"echo": {"n": i, "job": "resize"}}:
+                raise RuntimeError(f"unexpected redis answer {answer!r}")
+        return trips
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.command(b"LPUSH", b"tasks", b'"quit"')
+        for proc in (self.worker, self.server):
+            kill_group(proc, grace=2.0)
+        if self.sock is not None:
+            self.sock.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,8 +715,10 @@ def version_info(php: str, supervisord: str) -> str:
 def run(args: argparse.Namespace) -> int:
     php = shutil.which("php8.2") or shutil.which("php")
     supervisord = shutil.which("supervisord")
-    if not php or not supervisord:
-        print("needs php8.2-cli and supervisor: apt-get install -y php8.2-cli supervisor", file=sys.stderr)
+    redis_server = shutil.which("redis-server")
+    if not php or not supervisord or not redis_server:
+        print("needs php8.2-cli, supervisor, redis-server and php8.2-redis: "
+              "bash scripts/install_deps.sh --bench", file=sys.stderr)
         return 2
     rounds = args.rounds or (3 if args.quick else 10)
     budget = 22.0 if args.quick else 140.0  # seconds; no new round starts after it
@@ -583,10 +733,14 @@ def run(args: argparse.Namespace) -> int:
     fp_script, cli_script = root / "worker_frankenpy.php", root / "worker_cli.php"
     fp_script.write_text(FRANKENPY_PHP)
     cli_script.write_text(CLI_PHP)
+    vt_script = root / "worker_vars_tasks.php"
+    vt_script.write_text(VARS_TASKS_PHP)
     fp, sv = Samples(), Samples()
     notes: list[str] = []
     sup = Supervisor(root, php, cli_script)
+    redis: RedisBench | None = None
     try:
+        redis = RedisBench(root, php, redis_server)
         print(f"temp dir {root}; {rounds} rounds", file=sys.stderr)
         # Warm-up (not counted): writes frankenpy's interpreter copies to its (private) cache,
         # warms the page cache for php-cli.
@@ -623,8 +777,16 @@ def run(args: argparse.Namespace) -> int:
                 sv.add(f"stop{count}", exited_ms)
                 sv.add(f"stoprpc{count}", returned_ms)
             sv.add("respawn", sup.crash_respawn())
+            res = run_child("vars-tasks", vt_script, root / f"fp-vt-{done}", 1, env)
+            for key in ("getvars_us", "task_p50_us", "task_p99_us"):
+                fp.add(key, float(res[key]))  # type: ignore[arg-type]
+            trips = redis.round_trips()
+            sv.add("redis_p50_us", statistics.median(trips))
+            sv.add("redis_p99_us", sorted(trips)[int(len(trips) * 0.99)])
             done += 1
     finally:
+        if redis is not None:
+            redis.close()
         sup.close()
         leftovers = own_processes(str(root))
         for pid in leftovers:
@@ -708,6 +870,12 @@ def render_table(fp: Samples, sv: Samples) -> str:
                      f"{sv.cell(f'rss{count}', mb)} / {sv.cell(f'pss{count}', mb)}", ""))
     rows.append(("Not counted: python3 `import frankenpy` / supervisord launch (ms)", fp.cell("import_ms"),
                  sv.cell("launch_ms"), ""))
+    rows.append(("frankenphp_get_vars(), 1,000 entries, classic request (us)", fp.cell("getvars_us"), "", ""))
+    rows.append(("Task round trip p50: send_task vs Redis LPUSH/BRPOP to php-cli (us)",
+                 fp.cell("task_p50_us"), sv.cell("redis_p50_us"),
+                 ratio(sv.median("redis_p50_us"), fp.median("task_p50_us"))))
+    rows.append(("Task round trip p99 (us)", fp.cell("task_p99_us"), sv.cell("redis_p99_us"),
+                 ratio(sv.median("redis_p99_us"), fp.median("task_p99_us"))))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for index, row in enumerate(rows):
@@ -742,6 +910,13 @@ def check_targets(fp: Samples, sv: Samples) -> list[str]:
         out.append(f"{verdict(ok)}: memory per worker below half of a php-cli process, by {label}: "
                    f"{(mine or 0) / 1024:.2f} MB vs {(theirs or 0) / 1024:.2f} MB / 2 = "
                    f"{(theirs or 0) / 2048:.2f} MB")
+    getvars = fp.median("getvars_us")
+    out.append(f"{verdict(None if getvars is None else getvars <= 50)}: frankenphp_get_vars() of a "
+               f"1,000-entry array from a classic request <= 50 us ({getvars or 0:.1f} us)")
+    task, redis = fp.median("task_p50_us"), sv.median("redis_p50_us")
+    out.append(f"{verdict(None if task is None or redis is None else task <= redis / 2)}: task round trip "
+               f"p50 <= half of a Redis LPUSH/BRPOP round trip to php-cli ({task or 0:.1f} us vs "
+               f"{redis or 0:.1f} us / 2 = {(redis or 0) / 2:.1f} us)")
     return out
 
 
@@ -781,6 +956,13 @@ def write_docs(command: str, header: str, table: str, verdicts: list[str], notes
         "  extension templates) once verified equal, so every PHP thread shares libphp's text; what",
         "  each worker adds is its writable data and heap. `FRANKENPY_SHARE_PAGES=0` shows the cost",
         "  before that sharing.",
+        "- Shared vars and tasks: `frankenphp_get_vars()` is timed inside PHP (`hrtime()`) around the",
+        "  first call of each of 300 classic requests (it copies the snapshot into the request's",
+        "  heap; later calls in the same request return that copy). A task round trip is",
+        "  `rt.send_task()` from Python to a background worker parked on its handle and back (2,000",
+        "  tasks after 200 warm-up); Redis: LPUSH of a JSON payload from Python (RESP on a plain",
+        "  socket) to a php-cli worker on `brPop` (php8.2-redis) that LPUSHes the answer, which",
+        "  Python BRPOPs: the way PHP applications hand work to workers today.",
         "- The machine is shared and drifts: compare the ratios of one run, not runs with each other.",
     ]
     if notes:
@@ -814,7 +996,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         mode, script, state, count = args.child
-        result = child_main(mode, script, state, int(count))
+        if mode == "vars-tasks":
+            result = vars_tasks_child(script)
+        else:
+            result = child_main(mode, script, state, int(count))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     return run(args)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate csrc/frankenphp_arginfo.h from csrc/frankenphp.stub.php with php-src's
-# gen_stub.php, as shipped by Debian's php8.2-dev.
+# Regenerate csrc/frankenphp_arginfo.h from csrc/frankenphp.stub.php (and
+# csrc/worker_handle_arginfo.h from csrc/worker_handle.stub.php) with php-src's gen_stub.php, as
+# shipped by Debian's php8.2-dev.
 #
 # Usage: bash scripts/gen_arginfo.sh
 # Needs: php8.2-cli (with tokenizer.so), php8.2-dev, and Debian's PHP-Parser 4.x
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-stub="$repo_root/csrc/frankenphp.stub.php"
+stubs=("$repo_root/csrc/frankenphp.stub.php" "$repo_root/csrc/worker_handle.stub.php")
 php_bin="${PHP:-php8.2}"
 php_config="${PHP_CONFIG:-php-config8.2}"
 
@@ -34,6 +35,7 @@ ln -s "$parser_dir" "$tmp/PHP-Parser-$parser_version/lib/PhpParser"
 
 # -n: ignore the system php.ini and conf.d, then load just the tokenizer gen_stub needs.
 # -f: always rewrite the header, even when the stub's hash has not changed.
-"$php_bin" -n -d extension=tokenizer "$tmp/gen_stub.php" -f "$stub"
-
-echo "gen_arginfo.sh: wrote ${stub%.stub.php}_arginfo.h"
+for stub in "${stubs[@]}"; do
+    "$php_bin" -n -d extension=tokenizer "$tmp/gen_stub.php" -f "$stub"
+    echo "gen_arginfo.sh: wrote ${stub%.stub.php}_arginfo.h"
+done

@@ -3,8 +3,10 @@
 #
 # Usage: bash scripts/install_deps.sh [--bench] [--dev]
 #   --bench  also install the tools the benchmarks compare against:
-#            supervisor, nginx, php8.2-fpm, apache2 + libapache2-mod-php8.2, and the C HTTP
-#            libraries bench_http_libs.py compares (libmicrohttpd-dev, libevent-dev)
+#            supervisor, nginx, php8.2-fpm, apache2 + libapache2-mod-php8.2, the C HTTP
+#            libraries bench_http_libs.py compares (libmicrohttpd-dev, libevent-dev), and
+#            redis-server + php8.2-redis (bench_workers.py: tasks against a Redis LPUSH/BRPOP
+#            round trip)
 #   --dev    also install Debian's PHP-Parser 4.x (package php-parser), needed only by
 #            scripts/gen_arginfo.sh to regenerate csrc/frankenphp_arginfo.h (which is committed)
 #
@@ -17,7 +19,7 @@ for arg in "$@"; do
     case "$arg" in
         --bench) want_bench=1 ;;
         --dev) want_dev=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "install_deps.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +59,7 @@ fi
 if [ "$want_bench" -eq 1 ]; then
     apt_pkgs+=(supervisor nginx php8.2-fpm apache2 libapache2-mod-php8.2)
     apt_pkgs+=(libmicrohttpd-dev libevent-dev)
+    apt_pkgs+=(redis-server php8.2-redis)
 fi
 if [ "$want_dev" -eq 1 ]; then
     apt_pkgs+=(php-parser)

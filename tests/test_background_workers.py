@@ -522,8 +522,18 @@ def test_validation_rules(tmp_path):
         declare(frankenpy.Worker("", file, background=True))
     assert file in str(info.value)  # no name to give: the message names the script
 
-    with pytest.raises(ValueError, match=r"'zero'.*num"):
-        declare(frankenpy.Worker("zero", file, num=0, background=True))
+    with pytest.raises(ValueError, match=r"'negative'.*num must be >= 0"):
+        declare(frankenpy.Worker("negative", file, num=-1, background=True))
+    with pytest.raises(ValueError, match=r"'http'.*num must be >= 1"):
+        declare(frankenpy.Worker("http", file, num=0))  # lazy start is for background workers
+    declare(frankenpy.Worker("zero", file, num=0, background=True))  # lazy: allowed
+    with pytest.raises(ValueError, match=r"name is required"):
+        declare(frankenpy.Worker(None, file))  # only a background worker may be a catch-all
+    with pytest.raises(ValueError, match=r"catch-all.*already has a catch-all"):
+        declare(frankenpy.Worker(None, file, background=True), frankenpy.Worker(None, file, background=True))
+    for option in ("max_workers", "max_queued_tasks"):
+        with pytest.raises(ValueError, match=rf"{option} must be >= 1"):
+            declare(frankenpy.Worker(None, file, background=True, **{option: 0}))
 
     with pytest.raises(ValueError, match=r"'dup'.*already declared"):
         declare(frankenpy.Worker("dup", file, background=True),

@@ -311,9 +311,10 @@ def test_load_relative_config_path_and_defaults(tmp_path: Path, monkeypatch: pyt
     assert server.listen == DEFAULT_LISTEN and server.label == DEFAULT_LISTEN
     assert server.root == tmp_path / "conf" / "www" and server.root.is_absolute()
     (worker,) = server.workers
-    assert worker.name == "tick" and worker.background and worker.num == 1
+    # no name: a catch-all (issue 10), which starts one instance per name asked for
+    assert worker.name is None and worker.catch_all and worker.background and worker.num == 1
+    assert worker.max_workers == 16 and worker.max_queued_tasks == 1024
     assert worker.file == tmp_path / "conf" / "w" / "tick.php" and worker.path.is_file()
-    assert worker.metric_name == f"m#{DEFAULT_LISTEN}:tick"
 
 
 def test_load_root_defaults_to_config_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -833,3 +834,69 @@ def test_demo_serves_counter_and_stops(tmp_path: Path, run_frankenpy: Callable[.
     assert proc.wait(STOP_TIMEOUT) == 0, proc.stderr
     # The worker left its loop and removed its state file.
     assert not list(state_dir.glob("frankenpy-demo-*")), list(state_dir.iterdir())
+
+
+# --- lazy and catch-all background workers (issue 10) ------------------------------------------------
+def test_toml_lazy_and_catch_all_workers(tmp_path: Path) -> None:
+    write(tmp_path / "bg" / "w.php", BG_WORKER)
+    path = write_config(tmp_path, """
+        [[server]]
+        listen = "127.0.0.1:18931"
+
+        [[server.worker]]
+        name = "config"
+        file = "bg/w.php"
+        background = true
+        num = 0
+        max_queued_tasks = 8
+
+        [[server.worker]]
+        file = "bg/w.php"
+        background = true
+        max_workers = 3
+    """)
+    lazy, catch_all = load(path).servers[0].workers
+    assert (lazy.name, lazy.num, lazy.lazy, lazy.max_queued_tasks) == ("config", 0, True, 8)
+    assert catch_all.name is None and catch_all.catch_all and catch_all.max_workers == 3
+    rt = frankenpy.Runtime(num_threads=1, workers=[lazy, catch_all])  # the runtime accepts both
+    assert rt.workers_group.thread_count == 0  # neither starts with the runtime
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('file = "bg/w.php"\nbackground = true\nnum = -1', "num must be >= 0"),
+    ('file = "bg/w.php"\nnum = 0', "num must be >= 1"),
+    ('file = "bg/w.php"\nbackground = true\nmax_workers = 0', "max_workers must be >= 1"),
+    ('file = "bg/w.php"\nbackground = true\nmax_queued_tasks = "many"',
+     "'max_queued_tasks': must be an integer"),
+])
+def test_toml_lazy_and_catch_all_errors(tmp_path: Path, body: str, message: str) -> None:
+    write(tmp_path / "bg" / "w.php", BG_WORKER)
+    head = '[[server]]\nlisten = "127.0.0.1:18932"\n\n[[server.worker]]\n'
+    path = write_config(tmp_path, head + body + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(path)
+
+
+def test_toml_two_catch_alls_in_one_server_are_refused(tmp_path: Path) -> None:
+    write(tmp_path / "bg" / "w.php", BG_WORKER)
+    path = write_config(tmp_path, """
+        [[server]]
+        listen = "127.0.0.1:18933"
+        [[server.worker]]
+        file = "bg/w.php"
+        background = true
+        [[server.worker]]
+        file = "bg/w.php"
+        background = true
+    """)
+    with pytest.raises(ConfigError, match=r"#2: this server already has a catch-all"):
+        load(path)
+
+
+def test_cli_background_worker_with_num_0_is_lazy(tmp_path: Path) -> None:
+    worker_file = write(tmp_path / "bg.php", BG_WORKER)
+    args = ["php-server", "--root", str(tmp_path), "--background-worker", f"lazy={worker_file}:0",
+            "--background-worker", f"eager={worker_file}"]
+    lazy, eager = cli.php_server_config(cli.build_parser().parse_args(args)).servers[0].workers
+    assert (lazy.name, lazy.num, lazy.lazy) == ("lazy", 0, True)
+    assert (eager.name, eager.num, eager.lazy) == ("eager", 1, False)
