@@ -503,6 +503,7 @@ class Runtime:
         if call.given_up:
             pool.given_up(thread)
         thread.executions += 1
+        thread.since = time.time()
         thread.memory_usage = call.memory_usage
         diagnostics: tuple[Diagnostic, ...] = ()
         if call.diag_count:  # logged in a batch after the call, never dropped
