@@ -256,16 +256,14 @@ def glue_only_us(rt: Any, iterations: int, warmup: int) -> float | None:
     """The C side alone: fp_image_execute() + fp_request_clear() called through cffi on one
     prepared request, without frankenpy's Python layer.  Uses internals: None if they moved."""
     try:
-        from frankenpy.execution import Execution, lib
+        from frankenpy.execution import Execution, ScriptArgs, lib
 
         pool = rt._pool
         thread = pool.acquire()
         try:
             execution = Execution(thread)
             request = execution.request
-            request.struct.script_path = request.cstr(str(HELLO))
-            request.set_env([])
-            request.set_argv([str(HELLO)])
+            request.apply(ScriptArgs.build(str(HELLO), [], [str(HELLO)]))
             req, handle = request.struct, thread.image.handle
             run, clear = lib.fp_image_execute, lib.fp_image_request_clear
             for _ in range(warmup):
