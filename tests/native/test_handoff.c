@@ -14,15 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures, checks;
-#define CHECK(cond, what)                                                                      \
-    do {                                                                                       \
-        checks++;                                                                              \
-        if (!(cond)) {                                                                         \
-            failures++;                                                                        \
-            fprintf(stderr, "%s:%d: FAILED %s: %s\n", __FILE__, __LINE__, #cond, what);         \
-        }                                                                                      \
-    } while (0)
+#include "check.h"
 
 typedef struct {
     fp_handoff_item link; /* first: an item pointer is a job pointer */

@@ -15,15 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int failures, checks;
-#define CHECK(cond, what)                                                                      \
-    do {                                                                                       \
-        checks++;                                                                              \
-        if (!(cond)) {                                                                         \
-            failures++;                                                                        \
-            fprintf(stderr, "%s:%d: FAILED %s: %s\n", __FILE__, __LINE__, #cond, what);         \
-        }                                                                                      \
-    } while (0)
+#include "check.h"
 
 static double now_s(void)
 {
