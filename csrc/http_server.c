@@ -635,18 +635,25 @@ static void log_record(fp_http_server *server, const char *kind, const char *tag
     pthread_mutex_unlock(&server->log_mu);
 }
 
+/* The CLOCK_REALTIME instant `ms` milliseconds from now (pthread_cond_timedwait's clock). */
+static struct timespec realtime_after_ms(int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, int timeout_ms)
 {
     pthread_mutex_lock(&server->log_mu);
     if (!server->logs_len && !server->logs_woken && timeout_ms > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = realtime_after_ms(timeout_ms);
         pthread_cond_timedwait(&server->log_cond, &server->log_mu, &ts);
     }
     server->logs_woken = 0;
@@ -1699,14 +1706,7 @@ void fp_http_server_drain(fp_http_server *server)
 
 uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = realtime_after_ms(timeout_ms);
     pthread_mutex_lock(&server->mu);
     while (server->in_flight > 0) {
         if (pthread_cond_timedwait(&server->idle, &server->mu, &ts) == ETIMEDOUT) {
