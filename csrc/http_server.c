@@ -137,8 +137,15 @@ struct fp_http_exchange {
     char *pending;
     size_t pending_len, pending_cap;
     h2o_multithread_message_t message;
+    /* headers_send(1xx): the raw interim response the PHP thread asks for, and the outcome the
+     * loop thread gives back (0 until known, 1 written, -1 refused or failed) */
+    const char *interim;
+    size_t interim_len;
+    int interim_result;
 
     /* loop thread only */
+    h2o_socket_t *interim_sock; /* our interim write is in flight on this socket */
+    struct fp_http_exchange *interim_next; /* in the loop thread's interim_writes */
     h2o_generator_t generator;
     int response_started;
     int sending;        /* an h2o_send() awaits its proceed */
@@ -188,11 +195,93 @@ static void exchange_unref(fp_http_exchange *ex)
     free(ex);
 }
 
+/* ---- interim responses (headers_send(1xx): 103 Early Hints) ---------------------------------
+ * h2o 2.2 has no API for 1xx responses (h2o_send_informational came in 2.3), so for HTTP/1.1
+ * the loop thread writes the raw interim response on the connection's socket itself, before
+ * the final head.  h2o 2.2's http1 leaves the socket to the request while it is processed: it
+ * stops reading when it dispatches the request, and parses a pipelined next request only once
+ * this response is completely written, so the socket is idle until h2o_start_response (checked
+ * anyway: a socket with a write in flight is refused).  pump() holds the final head back until
+ * the interim write completed (h2o_socket_write allows one write at a time).  HTTP/2 would need
+ * a HEADERS frame, which h2o 2.2 cannot send for 1xx; HTTP/1.0 has no 1xx: both refused. */
+
+/* Exchanges of this loop thread whose interim write is in flight (each loop is one thread). */
+static __thread fp_http_exchange *interim_writes;
+
+static void interim_unlink(fp_http_exchange *ex)
+{
+    for (fp_http_exchange **p = &interim_writes; *p; p = &(*p)->interim_next) {
+        if (*p == ex) {
+            *p = ex->interim_next;
+            break;
+        }
+    }
+    ex->interim_next = NULL;
+    ex->interim_sock = NULL;
+}
+
+/* Give the PHP thread waiting in ex_interim() its outcome. */
+static void interim_done(fp_http_exchange *ex, int result)
+{
+    pthread_mutex_lock(&ex->mu);
+    ex->interim_result = result;
+    pthread_cond_broadcast(&ex->cond);
+    pthread_mutex_unlock(&ex->mu);
+}
+
+static void pump(fp_http_exchange *ex);
+
+static void on_interim_written(h2o_socket_t *sock, const char *err)
+{
+    fp_http_exchange *ex = interim_writes;
+    while (ex && ex->interim_sock != sock) {
+        ex = ex->interim_next;
+    }
+    if (!ex) {
+        return;
+    }
+    interim_unlink(ex);
+    interim_done(ex, err ? -1 : 1);
+    pump(ex); /* the final response may be ready and waiting for the socket */
+}
+
+/* Loop thread: write the interim response the PHP thread asked for, or refuse it. */
+static void interim_start(fp_http_exchange *ex)
+{
+    pthread_mutex_lock(&ex->mu);
+    const char *raw = ex->interim_result ? NULL : ex->interim;
+    size_t len = ex->interim_len;
+    pthread_mutex_unlock(&ex->mu);
+    if (!raw || ex->interim_sock) {
+        return;
+    }
+    h2o_req_t *req = ex->h2o;
+    h2o_socket_t *sock = NULL;
+    if (req && !ex->response_started && req->version >= 0x101 && req->version < 0x200 &&
+        req->conn->callbacks->get_socket) {
+        sock = req->conn->callbacks->get_socket(req->conn);
+    }
+    if (!sock || h2o_socket_is_writing(sock)) {
+        interim_done(ex, -1);
+        return;
+    }
+    /* `raw` stays valid: its PHP thread waits for the outcome, or for on_h2o_dispose(), after
+     * which h2o closes the socket without writing again. */
+    h2o_iovec_t buf = h2o_iovec_init(raw, len);
+    ex->interim_sock = sock;
+    ex->interim_next = interim_writes;
+    interim_writes = ex;
+    h2o_socket_write(sock, &buf, 1, on_interim_written);
+}
+
 /* h2o disposes the request's pool: the request is over (answered, or its client gone). */
 static void on_h2o_dispose(void *slot)
 {
     fp_http_exchange *ex = *(fp_http_exchange **)slot;
     fp_http_server *server = ex->server;
+    if (ex->interim_sock) {
+        interim_unlink(ex); /* the socket closes with its write: no callback will come */
+    }
     pthread_mutex_lock(&ex->mu);
     ex->h2o = NULL;
     if (!ex->final_sent) {
@@ -210,8 +299,6 @@ static void on_generator_stop(h2o_generator_t *generator, h2o_req_t *req)
     (void)generator;
     (void)req; /* on_h2o_dispose follows and marks the exchange gone */
 }
-
-static void pump(fp_http_exchange *ex);
 
 static void on_generator_proceed(h2o_generator_t *generator, h2o_req_t *req)
 {
@@ -296,7 +383,7 @@ static void cut_response(fp_http_exchange *ex, h2o_req_t *req)
 static void pump(fp_http_exchange *ex)
 {
     h2o_req_t *req = ex->h2o;
-    if (!req || ex->sending || ex->final_sent) {
+    if (!req || ex->sending || ex->final_sent || ex->interim_sock) {
         return;
     }
     pthread_mutex_lock(&ex->mu);
@@ -358,6 +445,7 @@ static void on_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *me
         pthread_mutex_lock(&ex->mu);
         ex->scheduled = 0;
         pthread_mutex_unlock(&ex->mu);
+        interim_start(ex);
         pump(ex);
         exchange_unref(ex);
     }
@@ -501,6 +589,61 @@ static void ex_stderr(void *handle, const char *data, size_t len)
     }
 }
 
+/* headers_send(1xx): the loop thread writes "HTTP/1.1 <status> <reason>" and `lines` (the
+ * headers set so far, "Name: value\n") before the final response; see interim_start(). */
+static int ex_interim(void *handle, int status, const char *lines, size_t len)
+{
+    fp_http_exchange *ex = handle;
+    if (status < 100 || status > 199 || status == 101) {
+        return -1; /* 101 switches protocols: not an interim response */
+    }
+    /* Each "\n" becomes "\r\n": at most len more bytes, plus the status line and the blank line. */
+    char *raw = malloc(64 + 2 * len + 2);
+    if (!raw) {
+        return -1;
+    }
+    size_t n = (size_t)sprintf(raw, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+    for (const char *p = lines, *end = lines + len; p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        size_t line_len = (size_t)((eol ? eol : end) - p);
+        if (line_len && p[line_len - 1] == '\r') {
+            line_len--;
+        }
+        if (line_len && memchr(p, ':', line_len)) {
+            memcpy(raw + n, p, line_len);
+            n += line_len;
+            raw[n++] = '\r';
+            raw[n++] = '\n';
+        }
+        p = eol ? eol + 1 : end;
+    }
+    raw[n++] = '\r';
+    raw[n++] = '\n';
+
+    pthread_mutex_lock(&ex->mu);
+    int result = -1;
+    /* Only before the final response: no status known yet (headers sent, or output). */
+    if (!ex->gone && !ex->final && !ex->status && !ex->interim) {
+        ex->interim = raw;
+        ex->interim_len = n;
+        ex->interim_result = 0;
+        int send = schedule_locked(ex);
+        pthread_mutex_unlock(&ex->mu);
+        if (send) {
+            send_scheduled(ex);
+        }
+        pthread_mutex_lock(&ex->mu);
+        while (!ex->interim_result && !ex->gone) {
+            pthread_cond_wait(&ex->cond, &ex->mu);
+        }
+        result = ex->interim_result == 1 ? 0 : -1;
+        ex->interim = NULL;
+    }
+    pthread_mutex_unlock(&ex->mu);
+    free(raw);
+    return result;
+}
+
 static void finish(fp_http_exchange *ex, int release);
 
 /* frankenphp_finish_request(): the response ends now, the script runs on (its output dropped). */
@@ -518,8 +661,8 @@ static const fp_host exchange_host = {
     .time_limit = ex_time_limit,
     .stderr_output = ex_stderr,
     .finish_request = ex_finish_request,
-    /* interim: h2o 2.2 cannot send 1xx responses (headers_send(103) reports failure);
-     * php_log: frankenphp_log() falls back to log() */
+    .interim = ex_interim, /* HTTP/1.1 only: see interim_start() */
+    /* php_log: frankenphp_log() falls back to log() */
 };
 
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds)
@@ -691,6 +834,8 @@ static const char *reason_phrase(int status)
 {
     switch (status) {
     case 100: return "Continue";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";

@@ -8,6 +8,7 @@ library would hide what is on the wire (the 103 interim response).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -22,6 +23,7 @@ from helpers import wait_for
 
 import frankenpy
 from frankenpy.http.app import PHPApp
+from frankenpy.http.native import NativeServer
 from frankenpy.http.server import Server, Site
 
 WORKER = """<?php
@@ -39,6 +41,24 @@ $sent = headers_send(103);
 usleep(1500 * 1000);
 header('X-After: 1');
 echo json_encode(['sent' => $sent, 'code' => http_response_code()]);
+""",
+    "hints_twice": """<?php
+header('Link: </a.css>; rel=preload; as=style');
+$first = headers_send(103);
+header('Link: </b.js>; rel=preload; as=script', false);
+$second = headers_send(103);
+echo json_encode([$first, $second]);
+""",
+    "hints_late": """<?php
+header('Link: </late.css>; rel=preload');
+if ($_GET['how'] === 'flush') {
+    echo 'started ';
+    flush();
+} else {
+    headers_send(200);
+}
+$rc = headers_send(103);
+echo json_encode(['rc' => $rc]);
 """,
     "send_final": """<?php
 header('X-Before: 1');
@@ -101,9 +121,8 @@ def page_url(mode: str, page: str, query: str = "") -> str:
     return f"/w.php?page={page}" + (f"&{query}" if query else "")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy.Runtime, int, Path]]:
-    base = tmp_path_factory.mktemp("phpfunc")
+@contextlib.contextmanager
+def serving(base: Path, kind: str) -> Iterator[tuple[frankenpy.Runtime, int, Path]]:
     root = base / "public"
     (root / "pages").mkdir(parents=True)
     (root / "w.php").write_text(WORKER)
@@ -112,12 +131,28 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy
     (base / "out").mkdir()
     rt = frankenpy.Runtime(num_threads=2, workers=[frankenpy.Worker("w", root / "w.php", num=1)])
     rt.start()
-    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    site = Site("127.0.0.1", 0, PHPApp(rt, root))
+    server: Server | NativeServer = Server(rt, [site]) if kind == "waitress" else NativeServer(rt, [site])
     try:
         server.start()
         yield rt, server.ports[0], base / "out"
     finally:
         server.stop(grace=5.0)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy.Runtime, int, Path]]:
+    with serving(tmp_path_factory.mktemp("phpfunc"), "waitress") as result:
+        yield result
+
+
+@pytest.fixture(scope="module", params=["waitress", "native"])
+def both(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy.Runtime, int, Path]]:
+    """The same pages on waitress (frankenpy.http.server) and on the native server
+    (csrc/http_server.c, which writes the 103 itself: h2o 2.2 has no 1xx API)."""
+    with serving(tmp_path_factory.mktemp("phpfunc-both"), request.param) as result:
+        yield result
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
@@ -140,13 +175,52 @@ def read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
 
 
 # --- headers_send -------------------------------------------------------------------------------
+def split_responses(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each response in `data`: 1xx have no body; the others are
+    Content-Length or chunked (decoded)."""
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+        body = b""
+        if not lines[0].split(b" ")[1].startswith(b"1"):
+            if b"content-length" in fields:
+                n = int(fields[b"content-length"])
+                body, data = data[:n], data[n:]
+            elif fields.get(b"transfer-encoding") == b"chunked":
+                while True:
+                    size_line, _, data = data.partition(b"\r\n")
+                    n = int(size_line, 16)
+                    body, data = body + data[:n], data[n + 2:]
+                    if n == 0:
+                        break
+            else:
+                body, data = data, b""
+        out.append((head, body))
+    return out
+
+
+def raw_exchange(port: int, request: bytes, responses: int | None) -> list[tuple[bytes, bytes]]:
+    """Send `request` (one or more, pipelined) and read until the connection closes; the
+    (head, body) of each response, `responses` of them (None: any number)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    parsed = split_responses(data)
+    assert responses is None or len(parsed) == responses, data
+    return parsed
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("mode", MODES)
-def test_early_hints_reach_a_raw_client_before_the_response(served: Any, mode: str) -> None:
+def test_early_hints_reach_a_raw_client_before_the_response(both: Any, mode: str) -> None:
     """headers_send(103) writes ``HTTP/1.1 103 Early Hints`` with the Link header on the wire
     while the script still runs (1.5 s more); the final response keeps the status set before
     (201) and the headers set after."""
-    _, port, _ = served
+    _, port, _ = both
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         started = time.monotonic()
         target = page_url(mode, "early_hints")
@@ -167,21 +241,70 @@ def test_early_hints_reach_a_raw_client_before_the_response(served: Any, mode: s
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("mode", MODES)
-def test_no_interim_response_for_http_1_0(served: Any, mode: str) -> None:
+def test_several_early_hints_in_one_request(both: Any, mode: str) -> None:
+    """Each headers_send(103) is one interim response with the headers set so far, in order,
+    then the final 200 with its body (each headers_send returned 1, SAPI_HEADER_SENT)."""
+    _, port, _ = both
+    request = f"GET {page_url(mode, 'hints_twice')} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    (first, _), (second, _), (final, body) = raw_exchange(port, request.encode(), 3)
+    assert first.startswith(b"HTTP/1.1 103 Early Hints\r\n") and second.startswith(b"HTTP/1.1 103 ")
+    assert b"</a.css>" in first and b"</b.js>" not in first
+    assert b"</a.css>" in second and b"</b.js>" in second
+    assert final.startswith(b"HTTP/1.1 200 "), final
+    assert json.loads(body) == [1, 1]
+
+
+@pytest.mark.timeout(30)
+def test_early_hints_on_pipelined_requests_stay_in_order(both: Any) -> None:
+    """Three pipelined requests on one connection, each with 103s: every interim response
+    comes after the previous request's complete response and before its own final one."""
+    _, port, _ = both
+    one = f"GET {page_url('classic', 'hints_twice')} HTTP/1.1\r\nHost: t\r\n\r\n"
+    last = f"GET {page_url('worker', 'hints_twice')} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    responses = raw_exchange(port, (one + one + last).encode(), 9)
+    statuses = [head.split(b" ")[1] for head, _ in responses]
+    assert statuses == [b"103", b"103", b"200"] * 3, responses
+    assert all(json.loads(body) == [1, 1] for head, body in responses[2::3])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how", ["flush", "send"])
+def test_early_hints_after_the_response_started_fail_cleanly(both: Any, mode: str, how: str) -> None:
+    """Once output was flushed or the final headers sent, headers_send(103) returns 3
+    (SAPI_HEADER_SEND_FAILED), nothing 1xx reaches the wire, and the response is intact and
+    the connection usable for the next request."""
+    _, port, _ = both
+    target = page_url(mode, "hints_late", f"how={how}")
+    request = f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n"
+    request += f"GET {page_url(mode, 'hints_twice')} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    (head, body), *rest = raw_exchange(port, request.encode(), None)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"Link: </late.css>" in head
+    assert body == (b"started " if how == "flush" else b"") + b'{"rc":3}'
+    if b"\r\nConnection: close" in head:  # waitress ends a streamed response's connection
+        assert not rest
+    else:
+        assert [h.split(b" ")[1] for h, _ in rest] == [b"103", b"103", b"200"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
+def test_no_interim_response_for_http_1_0(both: Any, mode: str) -> None:
     """RFC 9110: no 1xx to an HTTP/1.0 client; headers_send() says so (3, SEND_FAILED)."""
-    _, port, _ = served
+    _, port, _ = both
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(f"GET {page_url(mode, 'early_hints')} HTTP/1.0\r\nHost: t\r\n\r\n".encode())
         data = read_until(sock, b"}")
-    assert data.startswith(b"HTTP/1.0 201"), data[:100]
+    assert data.startswith((b"HTTP/1.0 201", b"HTTP/1.1 201")), data[:100]
     assert b" 103 " not in data
     assert json.loads(data[data.index(b"{"):]) == {"sent": 3, "code": 201}
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("mode", MODES)
-def test_headers_send_final_status_sends_headers_at_once(served: Any, mode: str) -> None:
-    _, port, _ = served
+def test_headers_send_final_status_sends_headers_at_once(both: Any, mode: str) -> None:
+    _, port, _ = both
     status, headers, body = get(port, page_url(mode, "send_final"))
     assert status == 404
     assert headers["X-Before"] == "1"
