@@ -24,7 +24,7 @@ int fp_handoff_init(fp_handoff *q)
     q->head.next = q->head.prev = &q->head;
     q->length = q->idle_takers = 0;
     q->closed = 0;
-    q->total_put = q->total_taken = q->total_expired = 0;
+    q->total_put = q->total_taken = q->total_expired = q->total_stalled = 0;
     return 0;
 }
 
@@ -80,6 +80,9 @@ fp_handoff_item *fp_handoff_take(fp_handoff *q, const volatile int *drain)
             item = q->head.next;
             unlink_item(q, item);
             q->total_taken++;
+            if (fp_monotonic_ns() - item->enqueued_ns >= FP_HANDOFF_STALL_NS) {
+                q->total_stalled++;
+            }
             break;
         }
         q->idle_takers++;
@@ -139,4 +142,15 @@ size_t fp_handoff_idle_takers(fp_handoff *q)
     size_t n = q->idle_takers;
     pthread_mutex_unlock(&q->mu);
     return n;
+}
+
+uint64_t fp_handoff_stalls(fp_handoff *q, uint64_t *oldest_wait_ns)
+{
+    uint64_t now = fp_monotonic_ns();
+    pthread_mutex_lock(&q->mu);
+    uint64_t stalled = q->total_stalled;
+    uint64_t enqueued = q->length ? q->head.next->enqueued_ns : now;
+    pthread_mutex_unlock(&q->mu);
+    *oldest_wait_ns = now > enqueued ? now - enqueued : 0;
+    return stalled;
 }

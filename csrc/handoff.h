@@ -38,7 +38,12 @@ typedef struct fp_handoff {
     uint64_t total_put;   /* counters, for metrics */
     uint64_t total_taken;
     uint64_t total_expired;
+    uint64_t total_stalled; /* taken after waiting FP_HANDOFF_STALL_NS or more (autoscaling) */
 } fp_handoff;
+
+/* A request that waits this long for a free PHP thread asks for one more (FrankenPHP's 5 ms;
+ * frankenpy.scaling.STALL_TIME). */
+#define FP_HANDOFF_STALL_NS 5000000u
 
 /* Initialise an empty, open queue.  Returns 0 or an errno value. */
 int fp_handoff_init(fp_handoff *q);
@@ -68,6 +73,11 @@ void fp_handoff_close(fp_handoff *q);
 /* Queued items and blocked takers right now (for metrics and for the loop's decisions). */
 size_t fp_handoff_length(fp_handoff *q);
 size_t fp_handoff_idle_takers(fp_handoff *q);
+
+/* Autoscaling, without Python per request: the items taken after waiting FP_HANDOFF_STALL_NS
+ * or more so far (a running count), and how long the oldest queued item has waited by now (0:
+ * none queued). */
+uint64_t fp_handoff_stalls(fp_handoff *q, uint64_t *oldest_wait_ns);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t fp_monotonic_ns(void);

@@ -1920,6 +1920,15 @@ void fp_http_server_busy(fp_http_server *server, int delta)
     atomic_fetch_add(&server->php_busy, delta);
 }
 
+uint64_t fp_http_server_queue_stalls(fp_http_server *server, int queue, uint64_t *oldest_wait_ns)
+{
+    if (queue < 0 || queue >= server->n_queues) {
+        *oldest_wait_ns = 0;
+        return 0;
+    }
+    return fp_handoff_stalls(server->queues[queue], oldest_wait_ns);
+}
+
 size_t fp_http_server_queue_length(fp_http_server *server, int queue)
 {
     return queue >= 0 && queue < server->n_queues ? fp_handoff_length(server->queues[queue]) : 0;

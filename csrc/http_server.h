@@ -110,6 +110,10 @@ void fp_http_server_counters(fp_http_server *server, fp_http_counters *out);
 /* A classic PHP thread starts (+1) or ends (-1) a request (for php_busy). */
 void fp_http_server_busy(fp_http_server *server, int delta);
 
+/* fp_handoff_stalls() of `queue` (autoscaling): requests taken after waiting 5 ms or more so
+ * far, and the wait of its oldest queued request by now. */
+uint64_t fp_http_server_queue_stalls(fp_http_server *server, int queue, uint64_t *oldest_wait_ns);
+
 /* Queued requests of `queue` right now. */
 size_t fp_http_server_queue_length(fp_http_server *server, int queue);
 

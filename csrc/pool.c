@@ -13,6 +13,7 @@ struct fp_pool_waiter {
     pthread_cond_t cond;
     int state; /* under the pool's mutex */
     int id;    /* when SERVED */
+    uint64_t since; /* monotonic ns, when it queued */
 };
 
 typedef struct {
@@ -31,8 +32,11 @@ struct fp_pool {
     int size;  /* members in the pool */
     int waiting;
     int closed;
+    uint64_t stalled; /* waiters served after STALL_NS or more (fp_pool_stalls) */
     fp_pool_waiter queue; /* sentinel of the FIFO list */
 };
+
+#define STALL_NS 5000000u /* as FP_HANDOFF_STALL_NS: FrankenPHP's 5 ms */
 
 static uint64_t now_ns(void)
 {
@@ -101,6 +105,9 @@ static void give_back(fp_pool *pool, int id)
         pool->waiting--;
         w->state = SERVED;
         w->id = id;
+        if (now_ns() - w->since >= STALL_NS) {
+            pool->stalled++;
+        }
         pthread_cond_signal(&w->cond);
         return;
     }
@@ -163,6 +170,7 @@ fp_pool_waiter *fp_pool_enqueue(fp_pool *pool, int *id)
         init_cond(&w->cond);
         w->state = QUEUED;
         w->id = FP_POOL_TIMEOUT;
+        w->since = now_ns();
         w->next = &pool->queue;
         w->prev = pool->queue.prev;
         pool->queue.prev->next = w;
@@ -326,6 +334,17 @@ int fp_pool_busy(fp_pool *pool)
     int n = pool->size - pool->n_idle;
     pthread_mutex_unlock(&pool->mu);
     return n;
+}
+
+uint64_t fp_pool_stalls(fp_pool *pool, uint64_t *oldest_wait_ns)
+{
+    uint64_t now = now_ns();
+    pthread_mutex_lock(&pool->mu);
+    uint64_t stalled = pool->stalled;
+    uint64_t since = pool->queue.next != &pool->queue ? pool->queue.next->since : now;
+    pthread_mutex_unlock(&pool->mu);
+    *oldest_wait_ns = now > since ? now - since : 0;
+    return stalled;
 }
 
 int fp_pool_waiting(fp_pool *pool)

@@ -71,6 +71,10 @@ int fp_pool_wait_idle(fp_pool *pool, int64_t timeout_ns);
  * many); members still busy are given up: their fp_pool_release() returns 1. */
 int fp_pool_take_all(fp_pool *pool, int *ids, int cap);
 
+/* Autoscaling, without Python per request: the callers served after waiting 5 ms or more so
+ * far (a running count), and how long the first caller in line has waited by now (0: none). */
+uint64_t fp_pool_stalls(fp_pool *pool, uint64_t *oldest_wait_ns);
+
 /* Counters (metrics; a snapshot). */
 int fp_pool_size(fp_pool *pool);
 int fp_pool_busy(fp_pool *pool);

@@ -12,8 +12,13 @@
 * ``max_threads = "auto"``: total memory / ``memory_limit`` (:func:`auto_max_threads`).
 
 The policy only talks to a :class:`ThreadSource` (add a thread, take idle ones back, count
-them), so it does not care where the threads live: the regular pool (today in Python,
-``Runtime``), or an HTTP worker's threads.
+them), so it does not care where the threads live: the regular pool (``Runtime``), or an HTTP
+worker's threads.
+
+Where requests wait in C (the native server's hand-off queues, its serving threads waiting in
+the regular pool), C counts the waits of :data:`STALL_TIME` or more (``fp_handoff_stalls``,
+``fp_pool_stalls``) and a :class:`StallWatch` polls those counters every
+:data:`STALL_POLL_INTERVAL` to signal the scaler: no Python runs per request.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ DOWNSCALE_INTERVAL = 5.0
 MAX_DOWNSCALE = 10
 DEFAULT_MAX_IDLE_TIME = 5.0
 PHP_DEFAULT_MEMORY_LIMIT = 128 * 1024 * 1024
+STALL_POLL_INTERVAL = 0.01
 
 
 class ThreadSource(Protocol):
@@ -208,8 +214,49 @@ class Autoscaler:
             logger.debug("%s: scaled down to %d threads", source.name, source.thread_count())
 
 
+Stalls = Callable[[], tuple[int, int]]  # () -> (waits of STALL_TIME so far, oldest wait now in ns)
+
+
+class StallWatch:
+    """Polls C wait counters and tells ``scaler`` which sources have a request that waited
+    :data:`STALL_TIME` for a thread (a new counted wait, or one still waiting that long)."""
+
+    def __init__(self, scaler: Autoscaler, probes: Sequence[tuple[ThreadSource, Stalls]],
+                 interval: float = STALL_POLL_INTERVAL) -> None:
+        self.scaler = scaler
+        self.probes = list(probes)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="frankenpy-stalls", daemon=True)
+
+    def start(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def _loop(self) -> None:
+        seen = [probe()[0] for _, probe in self.probes]
+        stall_ns = STALL_TIME * 1e9
+        while not self._stop.wait(self.interval):
+            for i, (source, probe) in enumerate(self.probes):
+                try:
+                    count, oldest_ns = probe()
+                except Exception:
+                    logger.exception("%s: reading the waits failed", source.name)
+                    continue
+                if count > seen[i] or oldest_ns >= stall_ns:
+                    self.scaler.starved(source)
+                seen[i] = count
+
+
 class RegularThreads:
-    """The runtime's regular PHP threads as a :class:`ThreadSource`."""
+    """The runtime's regular PHP threads as a :class:`ThreadSource`.  ``on_resize`` (if set)
+    is called after threads were added or removed: the native server keeps one serving thread
+    per regular PHP thread."""
 
     name = "regular PHP threads"
 
@@ -217,6 +264,7 @@ class RegularThreads:
         self.runtime = runtime
         self.max_threads = max_threads
         self.added: list[Any] = []  # PHPThreads started by autoscaling
+        self.on_resize: Callable[[], None] | None = None
 
     def thread_count(self) -> int:
         return self.runtime._running_pool().size
@@ -229,18 +277,28 @@ class RegularThreads:
             return False
         self.added.append(thread)
         self.runtime._running_pool().add(thread)
+        self._resized()
         return True
+
+    def _resized(self) -> None:
+        callback = self.on_resize  # (the server may unhook it meanwhile)
+        if callback is not None:
+            callback()
 
     def remove_idle(self, idle_for: float, limit: int) -> int:
         taken = self.runtime._running_pool().take_idle(self.added, idle_for, limit)
         for thread in taken:
             self.added.remove(thread)
             self.runtime._stop_php_thread(thread)
+        if taken:
+            self._resized()
         return len(taken)
 
 
 class WorkerThreads:
-    """The threads of one HTTP worker as a :class:`ThreadSource` (its ``max_threads``)."""
+    """The threads of one HTTP worker as a :class:`ThreadSource` (its ``max_threads``).
+    Under the native server, ``prepare`` gives a new thread its C queue before it starts and
+    ``release`` frees that once the thread has stopped."""
 
     STOP_WAIT = 30.0  # a thread asked to stop finishes its request in progress first
 
@@ -250,6 +308,11 @@ class WorkerThreads:
         self.name = f"worker {worker.name!r}"
         self.max_threads = worker.max_threads
         self.added: list[Any] = []  # WorkerThreads started by autoscaling
+        self.prepare: Callable[[Any], None] | None = None
+        self.release: Callable[[Any], None] | None = None
+        # Native threads serve in C: idle since when their request count last moved (or they
+        # were busy), as seen by the scale-down passes.
+        self._last_seen: dict[Any, tuple[int, float]] = {}
 
     def thread_count(self) -> int:
         return sum(1 for t in self.runtime.workers_group.threads if t.worker is self.worker)
@@ -263,25 +326,53 @@ class WorkerThreads:
             return False
         index = max((t.index for t in group.threads if t.worker is self.worker), default=-1) + 1
         thread = group.thread_factory(self.worker)(group, self.worker, index, php)
+        prepare = self.prepare  # (the server may unhook it meanwhile)
+        if prepare is not None:
+            try:
+                prepare(thread)
+            except Exception:
+                logger.exception("%s: could not give the new thread its queue", self.name)
+                self.runtime._stop_php_thread(php)
+                return False
         group.threads.append(thread)
         self.added.append(thread)
         thread.launch()
         return True
 
+    def _idle_since(self, thread: Any) -> float | None:
+        """When ``thread`` last served (epoch seconds); None while it is busy or not ready."""
+        if thread.state != "ready":
+            return None
+        if getattr(thread, "native", None) is None:
+            run = getattr(thread, "current_run", None)
+            return None if run is None or run.in_flight is not None else run.idle_since
+        now, count = time.time(), thread.requests
+        last = self._last_seen.get(thread)
+        if thread.busy or last is None or last[0] != count:
+            self._last_seen[thread] = (count, now)
+            return None
+        return last[1]
+
     def remove_idle(self, idle_for: float, limit: int) -> int:
         cutoff = time.time() - idle_for
         removed = 0
         for thread in list(self.added):
-            run = getattr(thread, "current_run", None)
-            if removed >= limit or thread.state != "ready" or run is None or run.in_flight is not None:
+            if removed >= limit:
+                break
+            idle_since = self._idle_since(thread)
+            if idle_since is None or idle_since > cutoff:
                 continue
-            if run.idle_since > cutoff:
-                continue
+            # A drained thread ends its request in progress first (a native one takes no new
+            # one from its C queue once drained): none is lost.
             thread.drain(stop=True)
             if not thread.join(self.STOP_WAIT):
                 continue  # still busy: leave it running; the next pass tries again
             self.added.remove(thread)
+            self._last_seen.pop(thread, None)
             self.runtime.workers_group.threads.remove(thread)
             self.runtime._stop_php_thread(thread.php)
+            release = self.release
+            if release is not None:
+                release(thread)
             removed += 1
         return removed

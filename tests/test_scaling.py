@@ -216,3 +216,145 @@ def test_config_and_cli_options(tmp_path: Path) -> None:
     assert (config.runtime["max_threads"], config.runtime["max_idle_time"]) == ("auto", 3.0)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["php-server", "--max-threads", "lots"])
+
+
+# --- the native server (csrc/http_server.c): C counts the waits, a StallWatch polls them ------
+def native_get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def sample_peak(measure: Callable[[], int], during: Callable[[], object]) -> int:
+    peak = [measure()]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], measure())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        during()
+    finally:
+        stop.set()
+        sampler.join()
+    return peak[0]
+
+
+@pytest.mark.timeout(120)
+def test_native_burst_scales_regular_threads_up_then_down(
+    tmp_path: Path, fast_downscale: None, idle_cpu: None
+) -> None:
+    """A burst on a page with 20 ms of usleep: requests wait in C (queue 0), the StallWatch
+    sees it, the scaler adds PHP threads and as many serving threads; after max_idle_time the
+    added ones go again (their serving threads drained).  Every request gets its 200, including
+    the ones served while threads are being removed; the metric follows the thread count."""
+    from frankenpy.http.native import NativeServer
+
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "page.php").write_text("<?php usleep(20000); echo 'ok';\n")
+    rt = frankenpy.Runtime(num_threads=1, max_threads=4, max_idle_time=0.5)
+    rt.start()
+    server = NativeServer(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    server.start()
+    port = server.ports[0]
+    results: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        result = native_get(port, "/page.php")
+        with lock:
+            results.append(result)
+
+    try:
+        assert server.serving_threads == 1
+        peak = sample_peak(lambda: total_threads_metric(rt), lambda: burst(120, one))
+        assert 1 < peak <= 4, peak  # grew, never past max_threads
+        assert server.serving_threads == rt.total_threads
+        # Scale-down while a trickle of requests keeps arriving: none lost, none 5xx.
+        trickle_stop = threading.Event()
+
+        def trickle() -> None:
+            while not trickle_stop.is_set():
+                one()
+                time.sleep(0.05)
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            # (the trickle may keep one added thread busy: the pool hands out the most recently
+            # used idle thread, so only the others go while it runs)
+            wait_for(lambda: total_threads_metric(rt) < peak, timeout=30, what="idle threads to be stopped")
+            time.sleep(1.0)
+        finally:
+            trickle_stop.set()
+            trickler.join(30)
+        wait_for(lambda: total_threads_metric(rt) == 1, timeout=30, what="every added thread to be stopped")
+        wait_for(lambda: server.serving_threads == 1, timeout=10, what="serving threads to be drained")
+        assert len(results) > 120
+        assert all(r == (200, b"ok") for r in results), [r for r in results if r != (200, b"ok")][:5]
+        assert native_get(port, "/page.php") == (200, b"ok")
+    finally:
+        server.stop(grace=5.0)
+
+
+@pytest.mark.timeout(60)
+def test_native_no_scale_up_without_waiting(tmp_path: Path, idle_cpu: None) -> None:
+    """One client at a time never waits 5 ms for a thread: nothing is added."""
+    from frankenpy.http.native import NativeServer
+
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "page.php").write_text("<?php usleep(10000); echo 'ok';\n")
+    rt = frankenpy.Runtime(num_threads=1, max_threads=4)
+    rt.start()
+    server = NativeServer(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    server.start()
+    try:
+        for _ in range(20):
+            assert native_get(server.ports[0], "/page.php") == (200, b"ok")
+        assert rt.total_threads == 1 and server.serving_threads == 1
+    finally:
+        server.stop(grace=5.0)
+
+
+@pytest.mark.timeout(120)
+def test_native_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_cpu: None) -> None:
+    """The worker's C queue: added worker threads take requests in C, and go again once idle."""
+    from frankenpy.http.native import NativeServer
+
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "app.php").write_text(WORKER)
+    worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
+    rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
+    rt.start()
+    server = NativeServer(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    server.start()
+    port = server.ports[0]
+
+    def app_threads() -> int:
+        return len([s for s in rt.workers() if s.name == "app"])
+
+    def get() -> None:
+        assert native_get(port, "/app.php") == (200, b"served")
+
+    try:
+        latencies: list[float] = []
+        peak = sample_peak(app_threads, lambda: latencies.extend(burst(30, get)))
+        assert len(latencies) == 30
+        assert 1 < peak <= 3, peak
+        # Serially on one thread the burst takes 3 s; the added threads took requests in C.
+        wait_for(lambda: app_threads() == 1, timeout=30, what="the idle worker threads to stop")
+        assert rt.workers()[0].state == "ready"
+        get()
+    finally:
+        server.stop(grace=5.0)

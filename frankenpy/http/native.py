@@ -15,10 +15,18 @@ through C queues (csrc/handoff.h) to PHP threads that never come back to Python 
 
 Python runs for lifecycle events, for ``/metrics`` (a C queue of its own), and for diagnostics
 and the access log, which C queues and one Python thread logs in batches.
+
+Autoscaling (``max_threads``, frankenpy.scaling) uses the runtime's scaler: C counts the
+requests that waited 5 ms for a thread (in queue 0 or the pool, in a worker's queue) and a
+:class:`~frankenpy.scaling.StallWatch` polls the counts.  There is one serving thread per
+regular PHP thread: when the scaler adds one, a serving thread is started; when it stops idle
+ones, as many serving threads are drained (each finishes its request in progress first, then
+takes no other).  Worker threads it adds get their C queue before they start.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -26,6 +34,7 @@ from typing import Any
 from .. import _native
 from ..execution import _FATAL, _WARNING, Diagnostic, pack_strings
 from ..runtime import Runtime
+from ..scaling import RegularThreads, StallWatch, WorkerThreads
 from ..threads import WorkerLogAdapter, php_log_adapter
 from .app import PHPApp
 from .server import Site, StopSignals, access_logger
@@ -71,6 +80,12 @@ class NativeServer:
         self._logging = True
         self._stopped = threading.Event()
         self._php_loggers: dict[str, WorkerLogAdapter] = {}
+        # serving threads (fp_serve) and their drain flags, one per regular PHP thread
+        self._serving: list[tuple[threading.Thread, Any]] = []
+        self._serving_lock = threading.Lock()
+        self._serving_index = 0
+        self._stall_watch: StallWatch | None = None
+        self._scaled: list[Any] = []  # the scaler's sources this server hooked into
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,12 +110,8 @@ class NativeServer:
             lib.fp_http_server_stop(server)
             raise
         self._rebind_workers(workers, queues)
-        if self.runtime.max_threads > self.runtime.num_threads or any(
-                w.max_threads > w.num for w in group.workers if not w.background):
-            logger.warning("autoscaling (max_threads) is not wired to the native server yet: it serves with "
-                           "num_threads regular threads and each worker's num threads")
-        for index in range(self.runtime.num_threads):
-            self._spawn(self._serve_classic, f"php-http-{index}", index)
+        self._resize_serving()
+        self._start_scaling(queues)
         self._spawn(self._serve_python, "http-python")
         self._log_thread = self._spawn(self._drain_logs, "http-logs")
         if lib.fp_http_server_start(server, err, len(err)) != 0:
@@ -166,13 +177,101 @@ class NativeServer:
         self._threads.append(thread)
         return thread
 
-    def _serve_classic(self, index: int) -> None:
+    def _serve_classic(self, index: int, drain: Any) -> None:
         tag = ffi.new("char[]", f"php-{index}".encode())
         try:
             pool = self.runtime._running_pool()
         except RuntimeError:
             return  # the runtime shut down first
-        lib.fp_serve(self._server, pool.handle, tag, self._stop_flag)  # GIL released
+        lib.fp_serve(self._server, pool.handle, tag, drain)  # GIL released
+
+    def _resize_serving(self) -> None:
+        """As many serving threads as regular PHP threads (autoscaling changes their number):
+        start the missing ones, drain the extra ones (a drained one ends its request first)."""
+        try:
+            target = self.runtime._running_pool().size
+        except RuntimeError:
+            return  # shutting down
+        with self._serving_lock:
+            if self._stop_flag[0]:
+                return
+            while len(self._serving) < target:
+                drain = ffi.new("int *")
+                index, self._serving_index = self._serving_index, self._serving_index + 1
+                thread = self._spawn(self._serve_classic, f"php-http-{index}", index, drain)
+                self._serving.append((thread, drain))
+            drained = False
+            while len(self._serving) > target:
+                _, drain = self._serving.pop()
+                drain[0] = 1
+                drained = True
+            if drained:
+                lib.fp_http_wake(self._server, 0)
+
+    @property
+    def serving_threads(self) -> int:
+        """Threads serving classic requests now (one per regular PHP thread)."""
+        with self._serving_lock:
+            return len(self._serving)
+
+    def _start_scaling(self, queues: dict[tuple[int, str], int]) -> None:
+        """Hook the runtime's autoscaler (if max_threads asks for one) into this server."""
+        scaler = self.runtime._scaler
+        if scaler is None:
+            return
+        probes = []
+        for source in scaler.sources:
+            if isinstance(source, RegularThreads):
+                source.on_resize = self._resize_serving
+                probes.append((source, self._classic_stalls))
+            elif isinstance(source, WorkerThreads):
+                queue = queues.get((source.worker.scope, source.worker.name))
+                if queue is None:
+                    continue  # no site routes to this worker
+                source.prepare = functools.partial(self._attach_native, queue)
+                source.release = self._release_native
+                probes.append((source, functools.partial(self._queue_stalls, queue)))
+            else:
+                continue
+            self._scaled.append(source)
+        self._stall_watch = StallWatch(scaler, probes).start()
+
+    def _queue_stalls(self, queue: int) -> tuple[int, int]:
+        oldest = ffi.new("uint64_t *")
+        count = lib.fp_http_server_queue_stalls(self._server, queue, oldest)
+        return int(count), int(oldest[0])
+
+    def _classic_stalls(self) -> tuple[int, int]:
+        """Classic requests wait in queue 0 for a serving thread, then in the regular pool for
+        an interpreter (Python's execute_* callers in the same line)."""
+        count, oldest = self._queue_stalls(0)
+        pool_oldest = ffi.new("uint64_t *")
+        pool_count = lib.fp_pool_stalls(self.runtime._running_pool().handle, pool_oldest)
+        return count + int(pool_count), max(oldest, int(pool_oldest[0]))
+
+    def _attach_native(self, queue: int, thread: HTTPWorkerThread) -> None:
+        tag = ffi.new("char[]", thread.worker.name.encode())
+        native = lib.fp_native_worker_new(self._server, queue, thread.php.image.handle, tag,
+                                          thread.worker.max_requests or 0)
+        if native == ffi.NULL:
+            raise MemoryError("fp_native_worker_new")
+        self._keep.append(tag)
+        thread.attach_native(native)
+
+    @staticmethod
+    def _release_native(thread: HTTPWorkerThread) -> None:
+        native, thread.native = thread.native, None
+        if native is not None:
+            lib.fp_native_worker_free(native)
+
+    def _stop_scaling(self) -> None:
+        if self._stall_watch is not None:
+            self._stall_watch.stop()
+        for source in self._scaled:
+            if isinstance(source, RegularThreads):
+                source.on_resize = None
+            else:
+                source.prepare = source.release = None
 
     def _serve_python(self) -> None:
         queue = lib.fp_http_server_python_queue(self._server)
@@ -258,14 +357,16 @@ class NativeServer:
         server = self._server
         if server is None or self._stopped.is_set():
             return
+        self._stop_scaling()
         lib.fp_http_server_drain(server)
         left = lib.fp_http_server_wait_idle(server, int(grace * 1000))  # GIL released
         if left:
             logger.warning("%d request(s) still running after %.1f s", left, grace)
-        lib.fp_http_server_stop(server)
-        self._stop_flag[0] = 1
+        lib.fp_http_server_stop(server)  # closes the queues: every serving thread returns
+        with self._serving_lock:
+            self._stop_flag[0] = 1
         lib.fp_http_wake(server, 0)
-        for thread in self._threads:
+        for thread in list(self._threads):
             if thread is not self._log_thread:
                 thread.join(max(grace, 5.0))
         for queue in self.runtime.workers_group.http_queues.values():
