@@ -7,10 +7,13 @@ idle (2 regular PHP threads), then ``wrk -t2 -cC -dDs --latency`` hits it at onc
 process: the burst.  The scaler's warm-up is inside the measurement.
 
 * ``fixed``: ``Runtime(num_threads=2)``;
-* ``autoscaling``: ``Runtime(num_threads=2, max_threads=M)``.
+* ``autoscaling``: ``Runtime(num_threads=2, max_threads=M)``;
+
+each behind the WSGI server (frankenpy's waitress) and behind the native server
+(``NativeServer``, where C counts the waits and a StallWatch polls them).
 
 Reported: req/s, p50/p99 latency (wrk's), the peak of ``frankenphp_total_threads`` during the
-run, and the p99 ratio fixed/autoscaling.  Both servers listen on 127.0.0.1 only.
+run, and per server the p99 ratio fixed/autoscaling.  Every server listens on 127.0.0.1 only.
 
 Usage::
 
@@ -34,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import frankenpy  # noqa: E402
 from frankenpy.http.app import PHPApp  # noqa: E402
+from frankenpy.http.native import NativeServer  # noqa: E402
 from frankenpy.http.server import Server, Site  # noqa: E402
 
 PAGE = "<?php usleep(20000); echo 'ok';\n"
@@ -48,10 +52,13 @@ def parse_latency(text: str, percentile: str) -> float:
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run(label: str, root: Path, args: argparse.Namespace, max_threads: int | None) -> dict[str, float]:
+def run(label: str, root: Path, args: argparse.Namespace, max_threads: int | None,
+        native: bool) -> dict[str, float]:
     rt = frankenpy.Runtime(num_threads=2, max_threads=max_threads)
     rt.start()
-    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))], threads=args.connections + 4)
+    site = Site("127.0.0.1", 0, PHPApp(rt, root))
+    server: Server | NativeServer = (NativeServer(rt, [site]) if native
+                                     else Server(rt, [site], threads=args.connections + 4))
     server.start()
     peak = [rt.total_threads]
     stop = threading.Event()
@@ -80,7 +87,7 @@ def run(label: str, root: Path, args: argparse.Namespace, max_threads: int | Non
         "p99": parse_latency(out, "99%"),
         "threads": float(peak[0]),
     }
-    print(f"{label:<12} {result['rps']:9.0f} req/s   p50 {result['p50']:8.1f} ms   "
+    print(f"{label:<20} {result['rps']:9.0f} req/s   p50 {result['p50']:8.1f} ms   "
           f"p99 {result['p99']:8.1f} ms   peak PHP threads {int(result['threads'])}", flush=True)
     return result
 
@@ -98,10 +105,11 @@ def main() -> int:
         root = Path(tmp)
         (root / "page.php").write_text(PAGE)
         print(f"page: 20 ms of I/O wait; wrk -c{args.connections} -d{args.duration}s from idle")
-        fixed = run("fixed 2", root, args, None)
-        scaled = run(f"auto <= {args.max_threads}", root, args, args.max_threads)
-    print(f"p99 fixed / autoscaling: {fixed['p99'] / scaled['p99']:.1f}x   "
-          f"throughput autoscaling / fixed: {scaled['rps'] / fixed['rps']:.1f}x")
+        for name, native in (("wsgi", False), ("native", True)):
+            fixed = run(f"{name} fixed 2", root, args, None, native)
+            scaled = run(f"{name} auto <= {args.max_threads}", root, args, args.max_threads, native)
+            print(f"{name}: p99 fixed / autoscaling: {fixed['p99'] / scaled['p99']:.1f}x   "
+                  f"throughput autoscaling / fixed: {scaled['rps'] / fixed['rps']:.1f}x", flush=True)
     return 0
 
 
