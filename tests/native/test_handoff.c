@@ -185,9 +185,31 @@ static void test_stress(void)
     fp_handoff_destroy(&stress_q);
 }
 
+/* Autoscaling's input: takes after a wait of 5 ms or more are counted, quick ones are not, and
+ * the oldest queued item's wait is readable while it waits. */
+static void test_stalls(void)
+{
+    fp_handoff q;
+    CHECK(fp_handoff_init(&q) == 0, "init");
+    uint64_t oldest = 1;
+    CHECK(fp_handoff_stalls(&q, &oldest) == 0 && oldest == 0, "nothing queued: no stall, no wait");
+    job a = {.value = 1}, b = {.value = 2};
+    fp_handoff_put(&q, &a.link);
+    CHECK(fp_handoff_take(&q, NULL) == &a.link, "quick take");
+    CHECK(fp_handoff_stalls(&q, &oldest) == 0, "a quick take is no stall");
+    fp_handoff_put(&q, &b.link);
+    usleep(20000);
+    fp_handoff_stalls(&q, &oldest);
+    CHECK(oldest >= 20000000u, "the queued item's wait so far");
+    CHECK(fp_handoff_take(&q, NULL) == &b.link, "late take");
+    CHECK(fp_handoff_stalls(&q, &oldest) == 1 && oldest == 0, "a take after 20 ms counts once");
+    fp_handoff_destroy(&q);
+}
+
 int main(void)
 {
     test_fifo();
+    test_stalls();
     test_blocking_take_drain_and_close();
     test_expire();
     test_stress();

@@ -221,9 +221,39 @@ static void test_many_threads(void)
     fp_pool_free(pool);
 }
 
+/* Autoscaling's input: a caller served after waiting 5 ms or more counts once; the first
+ * waiter's wait is readable while it waits. */
+static void test_stalls(void)
+{
+    fp_pool *pool = fp_pool_new();
+    int a = fp_pool_add(pool, NULL);
+    uint64_t oldest = 1;
+    CHECK(fp_pool_stalls(pool, &oldest) == 0 && oldest == 0, "nobody waits");
+    CHECK(fp_pool_acquire(pool, -1, NULL) == a, "idle member at once");
+    fp_pool_release(pool, a);
+    CHECK(fp_pool_stalls(pool, &oldest) == 0, "taking an idle member is no stall");
+    CHECK(fp_pool_acquire(pool, -1, NULL) == a, "busy now");
+    int id;
+    fp_pool_waiter *w = fp_pool_enqueue(pool, &id);
+    CHECK(w && id == FP_POOL_TIMEOUT, "queued");
+    usleep(20000);
+    fp_pool_stalls(pool, &oldest);
+    CHECK(oldest >= 20000000u, "the waiter's wait so far");
+    fp_pool_release(pool, a);
+    CHECK(fp_pool_wait(pool, w, -1) == a, "served");
+    fp_pool_waiter_free(w);
+    CHECK(fp_pool_stalls(pool, &oldest) == 1 && oldest == 0, "served after 20 ms: one stall");
+    fp_pool_release(pool, a);
+    fp_pool_close(pool);
+    int ids[1];
+    fp_pool_take_all(pool, ids, 1);
+    fp_pool_free(pool);
+}
+
 int main(void)
 {
     test_fifo();
+    test_stalls();
     test_timeout_and_withdraw();
     test_close();
     test_take_idle();
