@@ -373,6 +373,26 @@ def test_frankenphp_request_functions_use_the_requests_own_callbacks(
 
 
 @pytest.mark.timeout(60)
+def test_early_hints_after_100_continue(native: Callable[..., Native]) -> None:
+    """h2o writes ``100 Continue`` on the socket itself; the 103 the loop thread writes later
+    comes after it (never while h2o's own write is in flight), then the final response."""
+    served = native()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=20) as sock:
+        sock.sendall(b"POST /functions.php HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 100 Continue\r\n"), received
+        sock.sendall(b"a=1")
+        while chunk := sock.recv(65536):
+            received += chunk
+    heads = [part.split(b"\r\n", 1)[0] for part in received.split(b"\r\n\r\n")[:3]]
+    assert heads == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 103 Early Hints", b"HTTP/1.1 200 OK"], received
+    assert received.endswith(b"\r\n\r\ndone")
+
+
+@pytest.mark.timeout(60)
 def test_server_refuses_non_php_apps(tmp_path: Path) -> None:
     rt = frankenpy.Runtime(num_threads=1)
     with pytest.raises(TypeError, match="PHPApp"):

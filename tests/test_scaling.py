@@ -278,7 +278,10 @@ def test_native_burst_scales_regular_threads_up_then_down(
         assert server.serving_threads == 1
         peak = sample_peak(lambda: total_threads_metric(rt), lambda: burst(120, one))
         assert 1 < peak <= 4, peak  # grew, never past max_threads
-        assert server.serving_threads == rt.total_threads
+        # (the scaler may be between adding a PHP thread and its serving thread)
+        wait_for(lambda: server.serving_threads == rt.total_threads, timeout=10,
+                 what="one serving thread per regular PHP thread")
+        assert f"frankenpy_http_serving_threads {server.serving_threads}\n" in server.metrics_text()
         # Scale-down while a trickle of requests keeps arriving: none lost, none 5xx.
         trickle_stop = threading.Event()
 

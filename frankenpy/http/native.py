@@ -347,6 +347,9 @@ class NativeServer:
              "Requests answered 503 (max_wait_time passed, or stopping)", counters["rejected_503"]),
             ("frankenpy_http_client_gone_total", "counter",
              "Clients that left before their response was complete", counters["client_gone"]),
+            ("frankenpy_http_serving_threads", "gauge",
+             "Threads serving classic requests (one per regular PHP thread, autoscaled with them)",
+             self.serving_threads),
         ]
         return "".join(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {value}\n"
                        for name, kind, help_, value in families)
