@@ -354,9 +354,17 @@ def test_native_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None
 
     try:
         latencies: list[float] = []
-        peak = sample_peak(app_threads, lambda: latencies.extend(burst(30, get)))
+        served_by_added = [0]
+
+        def measure() -> int:
+            statuses = [s for s in rt.workers() if s.name == "app"]
+            served_by_added[0] = max(served_by_added[0], sum(s.requests for s in statuses if s.thread > 0))
+            return len(statuses)
+
+        peak = sample_peak(measure, lambda: latencies.extend(burst(30, get)))
         assert len(latencies) == 30
         assert 1 < peak <= 3, peak
+        assert served_by_added[0] > 0, "the added worker threads took no request from the C queue"
         # Serially on one thread the burst takes 3 s; the added threads took requests in C.
         wait_for(lambda: app_threads() == 1, timeout=30, what="the idle worker threads to stop")
         assert rt.workers()[0].state == "ready"
