@@ -1590,11 +1590,11 @@ static void *loop_main(void *arg)
 
 /* ---- TLS ---------------------------------------------------------------------------------------- */
 
-/* "OPTION FILE: what" with OpenSSL's reason for the last error (its queue is per thread and
+/* "OPTION FILE: what" with OpenSSL's reason for the first error (its queue is per thread and
  * cleared here). */
 static void tls_error(char *err, size_t err_len, const char *option, const char *file, const char *what)
 {
-    unsigned long code = ERR_peek_last_error();
+    unsigned long code = ERR_peek_error(); /* the first: the cause */
     const char *reason = code ? ERR_reason_error_string(code) : NULL;
     snprintf(err, err_len, "%s %s: %s%s%s", option, file, what, reason ? ": " : "", reason ? reason : "");
     ERR_clear_error();
@@ -1637,6 +1637,11 @@ static SSL_CTX *tls_context_new(const char *cert, const char *key, char *err, si
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        tls_error(err, err_len, "tls_cert", cert, "not a PEM certificate chain");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     /* The key is read apart from the context, so that an unreadable key and a key of another
      * certificate get different messages. */
     EVP_PKEY *pkey = NULL;
@@ -1645,9 +1650,7 @@ static SSL_CTX *tls_context_new(const char *cert, const char *key, char *err, si
         pkey = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
         fclose(f);
     }
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        tls_error(err, err_len, "tls_cert", cert, "not a PEM certificate chain");
-    } else if (!pkey) {
+    if (!pkey) {
         tls_error(err, err_len, "tls_key", key, "not a PEM private key (or an encrypted one)");
     } else if (SSL_CTX_use_PrivateKey(ctx, pkey) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
         tls_error(err, err_len, "tls_key", key, "not the private key of the certificate in tls_cert");
