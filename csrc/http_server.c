@@ -1270,19 +1270,6 @@ static int name_is(const struct phr_header *h, const char *name)
     return h->name_len == n && strncasecmp(h->name, name, n) == 0;
 }
 
-/* The head check of an HTTP/2 stream: its framing is HTTP/2's (no Content-Length/Transfer-
- * Encoding smuggling), but HPACK lets a small HEADERS frame expand to a huge header list, so
- * the decoded head gets the same FP_HTTP_MAX_HEAD limit as an HTTP/1 head.  The 400 ends this
- * stream only: the connection's other streams go on. */
-static const char *check_stream_head(h2o_req_t *req)
-{
-    size_t len = req->input.method.len + req->input.path.len + req->input.authority.len;
-    for (size_t i = 0; i < req->headers.size; i++) {
-        len += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
-    }
-    return len > FP_HTTP_MAX_HEAD ? "request head too large" : NULL;
-}
-
 /* What h2o lets through and we refuse (400, connection closed; RFC 9112 6.1 and 6.3): a body
  * framed both by Content-Length and Transfer-Encoding, or by several Content-Length headers
  * (request smuggling: h2o takes one and ignores the others), and a head larger than
@@ -1293,7 +1280,10 @@ static const char *check_stream_head(h2o_req_t *req)
 static const char *check_request_head(h2o_req_t *req)
 {
     if (req->version >= 0x200) {
-        return check_stream_head(req);
+        /* HTTP/2 frames its bodies itself (no Content-Length/Transfer-Encoding smuggling), and h2o
+         * refuses a stream whose decoded head passes 64 KiB (REFUSED_STREAM).  The connection's
+         * input buffer holds frames of any stream, not this request's head. */
+        return NULL;
     }
     h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
     if (!sock || !sock->input) {

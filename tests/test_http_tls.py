@@ -289,6 +289,23 @@ def test_request_smuggling_is_refused_over_https_too(served: Served) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_oversized_http2_head_never_reaches_php(served: Served, tmp_path: Path) -> None:
+    """A 70 kB header on an HTTP/2 stream (HPACK would let it grow further): refused before
+    PHP; a stream beside it on the same connection is served."""
+    big = tmp_path / "big-header"
+    big.write_text("X-Big: " + "a" * 70000)
+    ok = tmp_path / "ok"
+    rows = transfers(served.curl(
+        "-Z", "-w", WRITE_OUT, "-o", os.devnull, "-H", f"@{big}", f"{served.url}/info.php",
+        "--next", "--http2", "--cacert", str(served.cert), "-w", WRITE_OUT, "-o", str(ok),
+        f"{served.url}/sleep.php?ms=1&id=beside",
+    ))
+    assert sorted(row[3] for row in rows) == ["000", "200"], rows
+    assert ok.read_text() == "slept beside"
+    assert served.server.counters()["php_requests"] == 1
+
+
+@pytest.mark.timeout(60)
 def test_stop_closes_idle_http2_connections(served: Served) -> None:
     """An HTTP/2 connection with no stream open when the server stops gets GOAWAY and EOF."""
     context = ssl.create_default_context(cafile=str(served.cert))
