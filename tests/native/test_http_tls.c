@@ -138,7 +138,7 @@ int main(void)
 
     /* STREAMS requests multiplexed on one HTTP/2 connection (curl -Z), each answered from the
      * answerer thread; one line per transfer: protocol, new connections, status, body size. */
-    int len = snprintf(command, sizeof command, "curl -s -Z --http2 --cacert '%s' "
+    int len = snprintf(command, sizeof command, "curl -s -Z --http2 --cacert '%s' 2>/dev/null "
                        "-w '%%{http_version} %%{num_connects} %%{response_code} %%{size_download}\\n'", cert);
     for (int i = 0; i < STREAMS; i++) {
         len += snprintf(command + len, sizeof command - (size_t)len, " -o /dev/null https://127.0.0.1:%d/metrics?%d",
