@@ -289,6 +289,23 @@ def test_request_smuggling_is_refused_over_https_too(served: Served) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_body_above_max_body_size_never_reaches_php(served: Served, tmp_path: Path) -> None:
+    """HTTPS/1.1: 413.  HTTP/2: h2o refuses the stream (REFUSED_STREAM) as the body passes the
+    limit, before the request is complete, so no 413 can be sent; PHP never runs either way."""
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 5000)  # max_body_size is 4096
+    out = served.curl("-s", "-o", os.devnull, "-w", "%{response_code}", "--data-binary", f"@{body}",
+                      f"{served.url}/info.php")
+    assert out == "000"
+    assert served.https("POST", "/info.php", b"x" * 5000)[0] == 413
+    assert served.server.counters()["php_requests"] == 0
+    body.write_bytes(b"x" * 4000)
+    out = served.curl("-s", "-o", os.devnull, "-w", "%{http_version} %{response_code}", "--data-binary",
+                      f"@{body}", f"{served.url}/info.php")
+    assert out == "2 200"
+
+
+@pytest.mark.timeout(60)
 def test_oversized_http2_head_never_reaches_php(served: Served, tmp_path: Path) -> None:
     """A 70 kB header on an HTTP/2 stream (HPACK would let it grow further): refused before
     PHP; a stream beside it on the same connection is served."""
