@@ -1780,9 +1780,6 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
      * 413 (h2o answers larger ones itself, with 413 too, and closes). */
     st->globalconf.max_request_entity_size = conf->max_body_size + 1;
     h2o_hostconf_t *host = h2o_config_register_host(&st->globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    /* HTTP/2 server push of "Link: rel=preload" targets would run those URLs through PHP
-     * unasked (and browsers dropped push): off. */
-    host->http2.push_preload = 0;
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     site_handler *handler = (site_handler *)h2o_create_handler(path, sizeof(*handler));
     handler->super.on_req = on_req;

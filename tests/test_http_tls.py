@@ -68,6 +68,10 @@ def build_root(base: Path) -> Path:
         "echo 'body=', file_get_contents('php://input'), \"\\n\";\n"
     )
     (root / "static.txt").write_text("static over TLS\n")
+    (root / "preload.php").write_text(
+        "<?php header('Link: </pushed.php>; rel=preload'); echo 'preloading';\n"
+    )
+    (root / "pushed.php").write_text(f"<?php touch('{out}/pushed'); echo 'pushed';\n")
     (root / "worker.php").write_text(
         "<?php while (frankenphp_handle_request(function () {\n"
         "    echo 'worker ', $_SERVER['SERVER_PROTOCOL'], ' ', $_SERVER['HTTPS'] ?? '-';\n"
@@ -345,6 +349,45 @@ def test_stop_closes_idle_http2_connections(served: Served) -> None:
         stopper.join(10)
     finally:
         sock.close()
+
+
+def h2_frames(sock: ssl.SSLSocket, until_end_of: int) -> list[tuple[int, int, int, bytes]]:
+    """HTTP/2 frames (type, flags, stream, payload) read until stream ``until_end_of`` ends."""
+    frames, buffer = [], b""
+    while True:
+        while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+            length = int.from_bytes(buffer[:3], "big")
+            kind, flags, stream = buffer[3], buffer[4], int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+            frames.append((kind, flags, stream, buffer[9:9 + length]))
+            buffer = buffer[9 + length:]
+            if (stream == until_end_of and kind in (0, 1) and flags & 0x1) or kind == 7:
+                return frames
+        chunk = sock.recv(65536)
+        if not chunk:
+            return frames
+        buffer += chunk
+
+
+@pytest.mark.timeout(60)
+def test_no_server_push_of_preload_links(served: Served) -> None:
+    """A page that sends "Link: rel=preload" to a client that accepts pushes (SETTINGS left at
+    their defaults): no PUSH_PROMISE, and the linked PHP page is not run unasked (h2o 2.2 pushes
+    for its proxy only; a push would run a PHP request nobody sent)."""
+    context = ssl.create_default_context(cafile=str(served.cert))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        path, authority = b"/preload.php", f"127.0.0.1:{served.port}".encode()
+        # HPACK: GET, https (static table), :path and :authority as literals without indexing.
+        block = b"\x82\x87\x04" + bytes([len(path)]) + path + b"\x01" + bytes([len(authority)]) + authority
+        headers = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + headers)
+        frames = h2_frames(sock, until_end_of=1)
+    data = b"".join(payload for kind, _, stream, payload in frames if kind == 0 and stream == 1)
+    assert b"preloading" in data
+    assert 5 not in [kind for kind, _, _, _ in frames]  # PUSH_PROMISE
+    time.sleep(0.5)
+    assert not (served.base / "out" / "pushed").exists()
 
 
 # --- configuration ---------------------------------------------------------------------------
