@@ -1106,6 +1106,12 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
         key[5 + name_len] = '\0';
         sb_pair(&b, &pairs, key, h->value.base, h->value.len);
     }
+    if (!host.ptr && req->input.authority.len) {
+        /* h2o keeps the Host header (HTTP/1) and :authority (HTTP/2) out of req->headers, as the
+         * request's authority; PHP applications read HTTP_HOST (FrankenPHP sets it from there). */
+        host = (fp_str){req->input.authority.base, req->input.authority.len};
+        sb_pair(&b, &pairs, "HTTP_HOST", host.ptr, host.len);
+    }
     if (!host.ptr && req->authority.len) {
         host = (fp_str){req->authority.base, req->authority.len};
     }

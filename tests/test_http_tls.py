@@ -61,7 +61,8 @@ def build_root(base: Path) -> Path:
     out.mkdir()
     (root / "info.php").write_text(
         "<?php header('Content-Type: text/plain');\n"
-        "foreach (['HTTPS', 'REQUEST_SCHEME', 'SERVER_PORT', 'SERVER_PROTOCOL', 'HTTP_COOKIE'] as $k) {\n"
+        "$keys = ['HTTPS', 'REQUEST_SCHEME', 'SERVER_PORT', 'SERVER_PROTOCOL', 'HTTP_HOST', 'HTTP_COOKIE'];\n"
+        "foreach ($keys as $k) {\n"
         "    echo $k, '=', $_SERVER[$k] ?? '-', \"\\n\";\n"
         "}\n"
         "echo 'cookies=', json_encode($_COOKIE), \"\\n\";\n"
@@ -162,11 +163,36 @@ def test_https_1_1_serves_php_static_files_and_workers(served: Served) -> None:
     status, body = served.https("POST", "/info.php", b"a=1", {"Cookie": "c=1; d=2"})
     assert status == 200
     lines = body.decode().splitlines()
-    assert lines[:5] == ["HTTPS=on", "REQUEST_SCHEME=https", f"SERVER_PORT={served.port}",
-                         "SERVER_PROTOCOL=HTTP/1.1", "HTTP_COOKIE=c=1; d=2"]
-    assert lines[5:] == ['cookies={"c":"1","d":"2"}', "body=a=1"]
+    assert lines[:6] == ["HTTPS=on", "REQUEST_SCHEME=https", f"SERVER_PORT={served.port}",
+                         "SERVER_PROTOCOL=HTTP/1.1", f"HTTP_HOST=127.0.0.1:{served.port}",
+                         "HTTP_COOKIE=c=1; d=2"]
+    assert lines[6:] == ['cookies={"c":"1","d":"2"}', "body=a=1"]
     assert served.https("GET", "/static.txt") == (200, b"static over TLS\n")
     assert served.https("GET", "/worker.php") == (200, b"worker HTTP/1.1 on")
+
+
+@pytest.mark.timeout(60)
+def test_plain_http_is_unchanged_and_has_http_host(tmp_path: Path) -> None:
+    """A site without TLS beside the TLS one: plain HTTP/1.1, no HTTPS; and HTTP_HOST, which
+    h2o keeps out of the request's headers (as for HTTPS and HTTP/2 above)."""
+    root = build_root(tmp_path)
+    runtime = frankenpy.Runtime(num_threads=1)
+    runtime.start()
+    try:
+        server = NativeServer(runtime, [Site("127.0.0.1", 0, PHPApp(runtime, root))])
+        server.start()
+    except BaseException:
+        runtime.shutdown(5.0)
+        raise
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=20)
+        conn.request("GET", "/info.php")
+        lines = conn.getresponse().read().decode().splitlines()
+        conn.close()
+        assert lines[:5] == ["HTTPS=-", "REQUEST_SCHEME=http", f"SERVER_PORT={server.ports[0]}",
+                             "SERVER_PROTOCOL=HTTP/1.1", f"HTTP_HOST=127.0.0.1:{server.ports[0]}"]
+    finally:
+        server.stop(grace=5.0)
 
 
 @pytest.mark.timeout(60)
@@ -184,10 +210,10 @@ def test_http2_serves_php_static_files_and_workers_on_one_connection(served: Ser
     assert [row[0] for row in rows] == ["2"] * 3 and [row[3] for row in rows] == ["200"] * 3, result
     assert sum(int(row[1]) for row in rows) == 1  # one connection for the three
     info = out[0].read_text().splitlines()
-    assert info[:4] == ["HTTPS=on", "REQUEST_SCHEME=https", f"SERVER_PORT={served.port}",
-                        "SERVER_PROTOCOL=HTTP/2.0"]
+    assert info[:5] == ["HTTPS=on", "REQUEST_SCHEME=https", f"SERVER_PORT={served.port}",
+                        "SERVER_PROTOCOL=HTTP/2.0", f"HTTP_HOST=127.0.0.1:{served.port}"]  # from :authority
     # An HTTP/2 client may send one Cookie header per cookie: PHP sees them joined.
-    assert info[4:] == ["HTTP_COOKIE=a=1; b=2", 'cookies={"a":"1","b":"2"}', "body=posted"]
+    assert info[5:] == ["HTTP_COOKIE=a=1; b=2", 'cookies={"a":"1","b":"2"}', "body=posted"]
     assert out[1].read_bytes() == b"static over TLS\n"
     assert out[2].read_text() == "worker HTTP/2.0 on"
 
