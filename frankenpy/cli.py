@@ -4,8 +4,9 @@
 * ``frankenpy run --config FILE`` serves the servers and workers of a TOML file
   (:mod:`frankenpy.config`);
 * ``frankenpy php-server --root DIR --listen HOST:PORT [--worker FILE[:NUM]]
-  [--background-worker NAME=FILE[:NUM]] [--php-ini KEY=VALUE] ...`` serves one directory,
-  like FrankenPHP's ``php-server`` (``NUM`` 0 starts the background worker lazily).
+  [--background-worker NAME=FILE[:NUM]] [--php-ini KEY=VALUE] [--tls-cert PEM --tls-key PEM]
+  ...`` serves one directory, like FrankenPHP's ``php-server`` (``NUM`` 0 starts the background
+  worker lazily; with a certificate: HTTPS, HTTP/2 by ALPN).
 
 Each runs until SIGTERM or SIGINT, then stops gracefully: in-flight requests finish, workers
 are drained.  The HTTP server is the native one (:mod:`frankenpy.http.native`) unless
