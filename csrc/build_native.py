@@ -31,6 +31,8 @@ def _pkg_config(package: str) -> tuple[list[str], list[str]]:
 
 # libh2o-evloop (Debian libh2o-evloop-dev, MIT): the native HTTP server's library.
 H2O_CFLAGS, H2O_LIBS = _pkg_config("libh2o-evloop")
+# OpenSSL (Debian libssl-dev): the server's own TLS contexts (tls_cert/tls_key); h2o links it too.
+SSL_CFLAGS, SSL_LIBS = _pkg_config("openssl")
 
 
 def _cdef_text(header: str, stop_marker: str | None = None) -> str:
@@ -81,8 +83,8 @@ ffibuilder.set_source(
     include_dirs=["csrc"],
     define_macros=[("H2O_USE_LIBUV", "0")],
     libraries=["dl", "pthread"],
-    extra_compile_args=["-Wall", "-Wextra", *H2O_CFLAGS],
-    extra_link_args=H2O_LIBS,
+    extra_compile_args=["-Wall", "-Wextra", *H2O_CFLAGS, *SSL_CFLAGS],
+    extra_link_args=[*H2O_LIBS, *SSL_LIBS],
 )
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@
 #include <unistd.h>
 
 #include <h2o.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
 
 /* picohttpparser, as bundled and exported by libh2o-evloop (h2o's own request parser; Debian
  * installs no header for it).  Used only to re-read a request head h2o already accepted. */
@@ -61,6 +64,7 @@ typedef struct site {
     fp_http_site conf;
     h2o_globalconf_t globalconf;
     site_ctx per_loop[MAX_LOOPS];
+    SSL_CTX *ssl_ctx; /* NULL: plain HTTP */
     int fd;
     int fds[MAX_LOOPS]; /* the listening socket, one descriptor per loop (fd, then dups) */
     worker_route routes[MAX_WORKER_ROUTES];
@@ -335,8 +339,8 @@ static void add_response_headers(h2o_req_t *req, const char *lines, size_t len)
             h2o_iovec_t lower = h2o_strdup(&req->pool, name, name_len);
             h2o_strtolower(lower.base, lower.len);
             static const char *const hop[] = {"connection", "keep-alive", "proxy-authenticate",
-                                              "proxy-authorization", "te", "trailers",
-                                              "transfer-encoding", "upgrade"};
+                                              "proxy-authorization", "proxy-connection", "te",
+                                              "trailers", "transfer-encoding", "upgrade"};
             int skip = 0;
             for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++) {
                 skip |= strlen(hop[i]) == lower.len && memcmp(hop[i], lower.base, lower.len) == 0;
@@ -1166,6 +1170,35 @@ static size_t percent_decode(const char *in, size_t len, char *out)
     return o;
 }
 
+/* The Cookie header as one value: an HTTP/2 client may split it into one header per cookie
+ * (RFC 9113 8.2.3), which are joined with "; " again.  {NULL, 0} when there is none. */
+static fp_str joined_cookies(h2o_req_t *req)
+{
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, -1);
+    if (i == -1) {
+        return (fp_str){NULL, 0};
+    }
+    h2o_iovec_t first = req->headers.entries[i].value;
+    ssize_t next = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, i);
+    if (next == -1) {
+        return (fp_str){first.base, first.len};
+    }
+    size_t len = 0;
+    for (ssize_t j = i; j != -1; j = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, j)) {
+        len += req->headers.entries[j].value.len + 2;
+    }
+    char *joined = h2o_mem_alloc_pool(&req->pool, len), *p = joined;
+    for (ssize_t j = i; j != -1; j = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, j)) {
+        if (p != joined) {
+            memcpy(p, "; ", 2);
+            p += 2;
+        }
+        memcpy(p, req->headers.entries[j].value.base, req->headers.entries[j].value.len);
+        p += req->headers.entries[j].value.len;
+    }
+    return (fp_str){joined, (size_t)(p - joined)};
+}
+
 typedef struct php_target {
     const char *script_filename;
     fp_str script_name, path_info;
@@ -1198,9 +1231,10 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
             h2o_memis(name, name_len, H2O_STRLIT("proxy"))) {
             continue;
         }
-        if (h2o_memis(name, name_len, H2O_STRLIT("cookie")) && !cookie.ptr) {
-            cookie = (fp_str){h->value.base, h->value.len};
-        } else if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
+        if (h2o_memis(name, name_len, H2O_STRLIT("cookie"))) {
+            continue; /* below, as one */
+        }
+        if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
             authorization = (fp_str){h->value.base, h->value.len};
         } else if (h2o_memis(name, name_len, H2O_STRLIT("host"))) {
             host = (fp_str){h->value.base, h->value.len};
@@ -1217,9 +1251,20 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
         key[5 + name_len] = '\0';
         sb_pair(&b, &pairs, key, h->value.base, h->value.len);
     }
+    if (!host.ptr && req->input.authority.len) {
+        /* h2o keeps the Host header (HTTP/1) and :authority (HTTP/2) out of req->headers, as the
+         * request's authority; PHP applications read HTTP_HOST (FrankenPHP sets it from there). */
+        host = (fp_str){req->input.authority.base, req->input.authority.len};
+        sb_pair(&b, &pairs, "HTTP_HOST", host.ptr, host.len);
+    }
     if (!host.ptr && req->authority.len) {
         host = (fp_str){req->authority.base, req->authority.len};
     }
+    cookie = joined_cookies(req);
+    if (cookie.ptr) {
+        sb_pair(&b, &pairs, "HTTP_COOKIE", cookie.ptr, cookie.len);
+    }
+    int tls = st->ssl_ctx != NULL;
 
     struct sockaddr_storage ss;
     char peer[64], peer_port[16], local[64], local_port[16];
@@ -1239,7 +1284,7 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     if (host.ptr && host.len) {
         split_host(host.ptr, host.len, &server_name, &server_port);
         if (!server_port.len) {
-            server_port = (fp_str){"80", 2};
+            server_port = tls ? (fp_str){"443", 3} : (fp_str){"80", 2};
         }
     }
     const char *target_uri = req->input.path.base;
@@ -1268,12 +1313,16 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
 
     sb_pair(&b, &pairs, "GATEWAY_INTERFACE", "CGI/1.1", 7);
     sb_pair(&b, &pairs, "SERVER_SOFTWARE", "frankenpy", 9);
-    sb_pair(&b, &pairs, "SERVER_PROTOCOL", req->version >= 0x101 ? "HTTP/1.1" : "HTTP/1.0", 8);
+    const char *protocol = req->version >= 0x200 ? "HTTP/2.0" : req->version >= 0x101 ? "HTTP/1.1" : "HTTP/1.0";
+    sb_pair(&b, &pairs, "SERVER_PROTOCOL", protocol, 8);
     sb_pair(&b, &pairs, "SERVER_NAME", server_name.ptr, server_name.len);
     sb_pair(&b, &pairs, "SERVER_PORT", server_port.ptr, server_port.len);
     sb_pair(&b, &pairs, "REQUEST_METHOD", method, method_len);
     sb_pair(&b, &pairs, "REQUEST_URI", target_uri, target_len);
-    sb_pair(&b, &pairs, "REQUEST_SCHEME", "http", 4);
+    sb_pair(&b, &pairs, "REQUEST_SCHEME", tls ? "https" : "http", tls ? 5 : 4);
+    if (tls) {
+        sb_pair(&b, &pairs, "HTTPS", "on", 2);
+    }
     sb_pair(&b, &pairs, "QUERY_STRING", query, query_len);
     sb_pair(&b, &pairs, "DOCUMENT_ROOT", st->conf.router->root, st->conf.router->root_len);
     sb_pair(&b, &pairs, "DOCUMENT_URI", target->script_name.ptr, target->script_name.len);
@@ -1381,6 +1430,12 @@ static int name_is(const struct phr_header *h, const char *name)
  * Returns NULL, or the reason for the refusal. */
 static const char *check_request_head(h2o_req_t *req)
 {
+    if (req->version >= 0x200) {
+        /* HTTP/2 frames its bodies itself (no Content-Length/Transfer-Encoding smuggling), and h2o
+         * refuses a stream whose decoded head passes 64 KiB (REFUSED_STREAM).  The connection's
+         * input buffer holds frames of any stream, not this request's head. */
+        return NULL;
+    }
     h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
     if (!sock || !sock->input) {
         return NULL;
@@ -1622,6 +1677,7 @@ static void loop_setup(http_loop *lp)
         h2o_context_init(&sc->ctx, lp->loop, &st->globalconf);
         sc->accept_ctx.ctx = &sc->ctx;
         sc->accept_ctx.hosts = st->globalconf.hosts;
+        sc->accept_ctx.ssl_ctx = st->ssl_ctx;
         sc->listener = h2o_evloop_socket_create(lp->loop, st->fds[lp->index], H2O_SOCKET_FLAG_DONT_READ);
         sc->listener->data = sc;
         h2o_socket_read_start(sc->listener, on_accept);
@@ -1662,7 +1718,8 @@ static void *loop_main(void *arg)
         for (int i = 0; i < server->n_sites; i++) {
             h2o_context_t *ctx = &server->sites[i]->per_loop[lp->index].ctx;
             ctx->http1.req_timeout.timeout = 0;
-            open |= !h2o_linklist_is_empty(&ctx->http1._conns);
+            ctx->http2.idle_timeout.timeout = 0; /* an HTTP/2 connection closes once it has no stream */
+            open |= !h2o_linklist_is_empty(&ctx->http1._conns) || !h2o_linklist_is_empty(&ctx->http2._conns);
         }
         if (!open || fp_monotonic_ns() >= until) {
             break;
@@ -1670,6 +1727,89 @@ static void *loop_main(void *arg)
         h2o_evloop_run(lp->loop, 10);
     }
     return NULL;
+}
+
+/* ---- TLS ---------------------------------------------------------------------------------------- */
+
+/* "OPTION FILE: what" with OpenSSL's reason for the first error (its queue is per thread and
+ * cleared here). */
+static void tls_error(char *err, size_t err_len, const char *option, const char *file, const char *what)
+{
+    unsigned long code = ERR_peek_error(); /* the first: the cause */
+    const char *reason = code ? ERR_reason_error_string(code) : NULL;
+    snprintf(err, err_len, "%s %s: %s%s%s", option, file, what, reason ? ": " : "", reason ? reason : "");
+    ERR_clear_error();
+}
+
+static int tls_readable(const char *option, const char *file, char *err, size_t err_len)
+{
+    if (!file || !*file) {
+        snprintf(err, err_len, "%s: missing (tls_cert and tls_key go together)", option);
+        return -1;
+    }
+    FILE *f = fopen(file, "r");
+    if (!f) {
+        snprintf(err, err_len, "%s %s: %s", option, file, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* An encrypted key is refused: without a callback OpenSSL would ask for its passphrase on the
+ * terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return 0;
+}
+
+/* The server's TLS context for a site: certificate chain and key checked against each other;
+ * TLS 1.2 or later (HTTP/2 needs it); ALPN offers h2 then http/1.1. */
+static SSL_CTX *tls_context_new(const char *cert, const char *key, char *err, size_t err_len)
+{
+    if (tls_readable("tls_cert", cert, err, err_len) != 0 || tls_readable("tls_key", key, err, err_len) != 0) {
+        return NULL;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        tls_error(err, err_len, "tls_cert", cert, "cannot create a TLS context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        tls_error(err, err_len, "tls_cert", cert, "not a PEM certificate chain");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    /* The key is read apart from the context, so that an unreadable key and a key of another
+     * certificate get different messages. */
+    EVP_PKEY *pkey = NULL;
+    FILE *f = fopen(key, "r");
+    if (f) {
+        pkey = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+        fclose(f);
+    }
+    if (!pkey) {
+        tls_error(err, err_len, "tls_key", key, "not a PEM private key (or an encrypted one)");
+    } else if (SSL_CTX_use_PrivateKey(ctx, pkey) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        tls_error(err, err_len, "tls_key", key, "not the private key of the certificate in tls_cert");
+    } else {
+        EVP_PKEY_free(pkey);
+        h2o_ssl_register_alpn_protocols(ctx, h2o_alpn_protocols);
+        return ctx;
+    }
+    EVP_PKEY_free(pkey);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+int fp_http_tls_check(const char *cert, const char *key, char *err, size_t err_len)
+{
+    SSL_CTX *ctx = tls_context_new(cert, key, err, err_len);
+    SSL_CTX_free(ctx);
+    return ctx ? 0 : -1;
 }
 
 /* ---- the public API -------------------------------------------------------------------------------- */
@@ -1774,6 +1914,14 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
         free(st);
         return -1;
     }
+    if (conf->tls_cert || conf->tls_key) {
+        st->ssl_ctx = tls_context_new(conf->tls_cert, conf->tls_key, err, err_len);
+        if (!st->ssl_ctx) {
+            close(st->fd);
+            free(st);
+            return -1;
+        }
+    }
     st->server = server;
     st->conf = *conf;
     st->max_wait_ns = conf->max_wait_time > 0 ? (uint64_t)(conf->max_wait_time * 1e9) : 0;
@@ -1796,6 +1944,7 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
             for (int j = 0; j < i; j++) {
                 close(st->fds[j]);
             }
+            SSL_CTX_free(st->ssl_ctx);
             free(st);
             return -1;
         }
@@ -1896,6 +2045,9 @@ void fp_http_server_free(fp_http_server *server)
     for (int q = 0; q < server->n_queues; q++) {
         fp_handoff_destroy(server->queues[q]);
         free(server->queues[q]);
+    }
+    for (int i = 0; i < server->n_sites; i++) {
+        SSL_CTX_free(server->sites[i]->ssl_ctx); /* connections h2o still holds keep a reference */
     }
     free(server->queues);
     free(server->logs);

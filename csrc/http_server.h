@@ -4,6 +4,11 @@
  * (router.h), serves static files and refusals itself, and hands PHP requests to PHP threads
  * through hand-off queues (handoff.h).  No Python: Python configures, starts and stops it.
  *
+ * TLS (a site with tls_cert/tls_key): h2o does the handshake on the loop thread and picks
+ * HTTP/2 or HTTP/1.1 by ALPN.  An HTTP/2 connection carries several requests at once: every
+ * h2o_req_t is a stream and gets its own exchange; nothing of an exchange is per connection
+ * (a reset stream is disposed by h2o like a closed HTTP/1 connection: that exchange is gone).
+ *
  * Threads
  * - Loop threads (one or more) each run an h2o loop and accept on the same listening sockets;
  *   the loop that accepted a connection owns it and every h2o object of its requests: h2o is
@@ -51,6 +56,8 @@ typedef struct fp_http_site {
     uint64_t max_body_size;     /* larger bodies get 413 before anything reaches PHP */
     double max_wait_time;       /* seconds a request may wait for a PHP thread; <= 0: no limit */
     int metrics;                /* GET /metrics goes to the python queue */
+    const char *tls_cert;       /* PEM certificate chain: HTTPS, HTTP/2 or HTTP/1.1 by ALPN; NULL: HTTP */
+    const char *tls_key;        /* PEM private key of tls_cert */
     const char *env_before;     /* $_SERVER pairs before the CGI variables (the runtime's env) */
     size_t env_before_pairs;
     const char *env_after;      /* $_SERVER pairs after them, overriding (the app's env) */
@@ -70,6 +77,10 @@ typedef struct fp_http_counters {
 /* A new server with `loop_threads` loop threads (1..16), its classic queue (0) and its python
  * queue; `access_log` queues one log record per request.  NULL with a message. */
 fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, size_t err_len);
+
+/* Check that `cert` (PEM chain) and `key` (PEM private key) make a usable TLS server identity:
+ * 0, or -1 with a message naming the option (tls_cert, tls_key) and the file at fault. */
+int fp_http_tls_check(const char *cert, const char *key, char *err, size_t err_len);
 
 /* A new queue for an HTTP worker; returns its index, or -1 (out of memory). */
 int fp_http_server_add_queue(fp_http_server *server);

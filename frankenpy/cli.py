@@ -4,8 +4,9 @@
 * ``frankenpy run --config FILE`` serves the servers and workers of a TOML file
   (:mod:`frankenpy.config`);
 * ``frankenpy php-server --root DIR --listen HOST:PORT [--worker FILE[:NUM]]
-  [--background-worker NAME=FILE[:NUM]] [--php-ini KEY=VALUE] ...`` serves one directory,
-  like FrankenPHP's ``php-server`` (``NUM`` 0 starts the background worker lazily).
+  [--background-worker NAME=FILE[:NUM]] [--php-ini KEY=VALUE] [--tls-cert PEM --tls-key PEM]
+  ...`` serves one directory, like FrankenPHP's ``php-server`` (``NUM`` 0 starts the background
+  worker lazily; with a certificate: HTTPS, HTTP/2 by ALPN).
 
 Each runs until SIGTERM or SIGINT, then stops gracefully: in-flight requests finish, workers
 are drained.  The HTTP server is the native one (:mod:`frankenpy.http.native`) unless
@@ -21,7 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import HTTP_SERVERS, Config, ConfigError, ServerConfig, load, parse_listen
+from .config import (
+    HTTP_SERVERS,
+    TLS_NEEDS_NATIVE,
+    Config,
+    ConfigError,
+    ServerConfig,
+    check_tls,
+    load,
+    parse_listen,
+)
 from .scopes import GLOBAL_SCOPE
 from .watch import DEFAULT_PATTERN
 from .workers import Worker
@@ -90,6 +100,10 @@ def php_server_config(args: argparse.Namespace) -> Config:
         runtime["num_threads"] = args.threads
     server = ServerConfig(listen=args.listen, root=root, scope=GLOBAL_SCOPE, label="",
                           metrics=args.metrics, follow_symlinks=args.follow_symlinks, workers=workers)
+    if args.tls_cert is not None or args.tls_key is not None:
+        server.tls_cert, server.tls_key = (Path(p).absolute() if p else None
+                                           for p in (args.tls_cert, args.tls_key))
+        check_tls(server.tls_cert, server.tls_key, ("--tls-cert", "--tls-key"))
     return Config("php-server", runtime, [server], base=root)
 
 
@@ -124,6 +138,8 @@ def serve(config: Config, grace: float, *, access_log: bool = False) -> None:
     from .http.server import Server, Site, StopSignals
     from .runtime import Runtime
 
+    if config.http_server == "wsgi" and any(server.tls_cert for server in config.servers):
+        raise ConfigError(TLS_NEEDS_NATIVE)
     with StopSignals() as stop:
         runtime = Runtime(**config.runtime, workers=config.workers)  # type: ignore[arg-type]
         runtime.start()
@@ -137,8 +153,9 @@ def serve(config: Config, grace: float, *, access_log: bool = False) -> None:
                     app = PHPApp(runtime, server.root, scope=server.scope, env=server.env,
                                  max_body_size=server.max_body_size, max_wait_time=server.max_wait_time,
                                  follow_symlinks=server.follow_symlinks)
+                    tls = [str(path) if path else None for path in (server.tls_cert, server.tls_key)]
                     sites.append(Site(host, port, app, metrics=server.metrics,
-                                      max_body_size=server.max_body_size))
+                                      max_body_size=server.max_body_size, tls_cert=tls[0], tls_key=tls[1]))
                 if config.http_server == "wsgi":
                     http = Server(runtime, sites)
                 else:
@@ -218,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     php.add_argument("--opcache", action="store_true", help="enable opcache in each PHP thread")
     php.add_argument("--threads", type=int, default=0, help="regular PHP threads (default 2)")
     php.add_argument("--metrics", action="store_true", help="serve Prometheus metrics at /metrics")
+    php.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS (HTTP/2 and HTTP/1.1) with this "
+                     "certificate chain (native server only; needs --tls-key)")
+    php.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     php.add_argument("--no-follow-symlinks", dest="follow_symlinks", action="store_false",
                      help="refuse (403) symlinks whose target is outside the root (for untrusted uploads)")
     return parser

@@ -13,6 +13,8 @@ listen = "127.0.0.1:8080"
 root = "public"                 # relative to this file
 label = "api.example.com"       # scope label in metrics (default: the listen address)
 follow_symlinks = false         # 403 for symlinks out of root (default: true, followed)
+tls_cert = "tls/fullchain.pem"  # HTTPS, HTTP/2 by ALPN (native server only): PEM chain ...
+tls_key = "tls/privkey.pem"     # ... and its PEM private key; both relative to this file
 
 [[server.worker]]
 name = "mailer"
@@ -50,6 +52,25 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names file, table and key."""
 
 
+TLS_NEEDS_NATIVE = ("TLS (tls_cert/tls_key, --tls-cert/--tls-key) needs the native server: waitress "
+                    "(server \"wsgi\") serves plain HTTP only")
+
+
+def check_tls(cert: Path | None, key: Path | None, names: tuple[str, str]) -> None:
+    """ConfigError unless ``cert``/``key`` make a TLS identity the native server can load (a
+    missing, unreadable or mismatched file is named); ``names``: the options, for the message."""
+    from .http.native import check_tls as check
+
+    try:
+        check(None if cert is None else str(cert), None if key is None else str(key))
+    except ValueError as exc:
+        message = str(exc)
+        for option, name in zip(("tls_cert", "tls_key"), names, strict=True):
+            if message.startswith(option):
+                message = name + message[len(option):]
+        raise ConfigError(message) from None
+
+
 @dataclass
 class ServerConfig:
     """One ``[[server]]`` block."""
@@ -64,6 +85,8 @@ class ServerConfig:
     metrics: bool = False
     follow_symlinks: bool = True
     workers: list[Worker] = field(default_factory=list)
+    tls_cert: Path | None = None  # with tls_key: HTTPS (HTTP/2 and HTTP/1.1 by ALPN)
+    tls_key: Path | None = None
 
 
 @dataclass
@@ -149,7 +172,7 @@ _RUNTIME_KEYS = {
 }
 _SERVER_KEYS = {
     "listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "follow_symlinks",
-    "worker",
+    "worker", "tls_cert", "tls_key",
 }
 _WORKER_KEYS = {
     "name", "file", "num", "background", "env", "max_consecutive_failures", "match", "max_requests",
@@ -203,6 +226,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
                 f"{seen[address]!r}"
             )
         seen[address] = server.listen
+    if http_server == "wsgi" and any(server.tls_cert for server in servers):
+        raise runtime_table.error("server", TLS_NEEDS_NATIVE)
     return Config(source, runtime, servers, http_server=http_server, base=base, watch=watch, admin=admin,
                   admin_token=admin_token)
 
@@ -270,6 +295,12 @@ def _parse_server(source: str, base: Path, index: int, data: Any, watch: list[st
         metrics=table.get("metrics", bool, False),
         follow_symlinks=table.get("follow_symlinks", bool, True),
     )
+    tls = [table.get(key, str) for key in ("tls_cert", "tls_key")]
+    server.tls_cert, server.tls_key = (base / value if value is not None else None for value in tls)
+    try:
+        check_tls(server.tls_cert, server.tls_key, ("tls_cert", "tls_key"))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {table.where}: {exc}") from None
     for number, item in enumerate(table.get("worker", list, []), 1):
         wtable = _Table(source, f"[[server]] #{index} [[server.worker]] #{number}", item, _WORKER_KEYS)
         # A change restarts every worker (FrankenPHP's watch): the patterns join the global list.

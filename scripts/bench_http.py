@@ -9,6 +9,9 @@ Servers (each bound to 127.0.0.1 only, each started by this script and stopped b
   ``frankenphp_handle_request()`` and produces the same pages (``/worker.php`` is routed to the
   worker, ``?page=json`` selects the JSON page);
 * ``classic-wsgi``, ``worker-wsgi``: the same two with ``--server wsgi`` (waitress + PHPApp);
+* ``classic-tls``, ``worker-tls`` (not in the default set): the native two over HTTPS/1.1
+  (``--tls-cert``/``--tls-key``, a self-signed certificate made with ``openssl``; wrk's TLS, keep-alive
+  connections, so the handshakes are not what is measured);
 * ``apache prefork + mod_php``: Debian's apache2 with libapache2-mod-php8.2, a private
   configuration (prefork, 40 processes, keep-alive, opcache on) in a temporary directory;
 * ``nginx + php-fpm``: Debian's nginx (``worker_processes 2``) and php8.2-fpm (``pm = static``,
@@ -48,6 +51,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -183,9 +187,10 @@ class Server:
     error: str = ""
     keep_alive: dict[str, bool] = field(default_factory=dict)
     opcache: str = "?"
+    tls: ssl.SSLContext | None = None  # HTTPS (the self-signed certificate trusted)
 
     def url(self, page: str) -> str:
-        return f"http://{HOST}:{self.port}{self.paths[page]}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}{self.paths[page]}"
 
     def tail(self, lines: int = 15) -> str:
         out = []
@@ -198,9 +203,10 @@ class Server:
         return "\n".join(out)
 
 
-def fetch(port: int, target: str, timeout: float = 5.0) -> tuple[int, dict[str, list[str]], bytes, bool]:
+def fetch(server: Server, target: str, timeout: float = 5.0) -> tuple[int, dict[str, list[str]], bytes, bool]:
     """GET ``target``: status, headers (lower-case names), body, whether the connection stays open."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    conn = (http.client.HTTPSConnection(HOST, server.port, timeout=timeout, context=server.tls) if server.tls
+            else http.client.HTTPConnection(HOST, server.port, timeout=timeout))
     try:
         conn.request("GET", target)
         resp = conn.getresponse()
@@ -220,7 +226,7 @@ def wait_ready(server: Server, deadline: float) -> None:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode if proc.popen else '?'}")
         try:
-            status, _, _, _ = fetch(server.port, server.paths["hello"], timeout=2.0)
+            status, _, _, _ = fetch(server, server.paths["hello"], timeout=2.0)
             if status == 200:
                 return
             last = f"status {status}"
@@ -232,11 +238,11 @@ def wait_ready(server: Server, deadline: float) -> None:
 
 def verify(server: Server) -> None:
     """Check both pages (body, headers) and the opcache state; records keep-alive."""
-    status, headers, body, keep = fetch(server.port, server.paths["hello"])
+    status, headers, body, keep = fetch(server, server.paths["hello"])
     if status != 200 or body != HELLO_BODY:
         raise RuntimeError(f"hello: status {status}, body {body[:80]!r}")
     server.keep_alive["hello"] = keep
-    status, headers, body, keep = fetch(server.port, server.paths["json"])
+    status, headers, body, keep = fetch(server, server.paths["json"])
     if status != 200:
         raise RuntimeError(f"json: status {status}, body {body[:200]!r}")
     try:
@@ -252,11 +258,11 @@ def verify(server: Server) -> None:
         raise RuntimeError(f"json: no Set-Cookie {COOKIE!r}: {headers.get('set-cookie')}")
     server.keep_alive["json"] = keep
     if "static" in server.paths:
-        status, headers, body, keep = fetch(server.port, server.paths["static"])
+        status, headers, body, keep = fetch(server, server.paths["static"])
         if status != 200 or body != STATIC_BODY:
             raise RuntimeError(f"static: status {status}, {len(body)} bytes")
         server.keep_alive["static"] = keep
-    status, _, body, _ = fetch(server.port, server.paths["opcache"])
+    status, _, body, _ = fetch(server, server.paths["opcache"])
     server.opcache = body.decode(errors="replace") if status == 200 else f"? ({status})"
 
 
@@ -275,12 +281,31 @@ def write_docroot(root: Path) -> None:
     root.chmod(0o755)
 
 
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (made once, with the openssl command)."""
+    cert, key = tmp / "tls.crt", tmp / "tls.key"
+    if not cert.exists():
+        subprocess.run([need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+    return cert, key
+
+
 def frankenpy_server(key: str, tmp: Path, root: Path, worker_threads: int) -> Server:
     port = free_port()
-    mode, _, kind = key.partition("-")  # "classic", "worker", "classic-wsgi", "worker-wsgi"
-    argv = [sys.executable, "-m", "frankenpy", "--grace", "3", "php-server", "--server", kind or "native",
+    # "classic", "worker", "classic-wsgi", "worker-wsgi", "classic-tls", "worker-tls"
+    mode, _, kind = key.partition("-")
+    tls = kind == "tls"
+    argv = [sys.executable, "-m", "frankenpy", "--grace", "3", "php-server",
+            "--server", "native" if tls or not kind else kind,
             "--root", str(root), "--listen", f"{HOST}:{port}", "--threads", "2", "--opcache"]
-    suffix = " (wsgi)" if kind else ""
+    suffix = f" ({'https' if tls else kind})" if kind else ""
+    context = None
+    if tls:
+        cert, private_key = self_signed(tmp)
+        argv += ["--tls-cert", str(cert), "--tls-key", str(private_key)]
+        context = ssl.create_default_context(cafile=str(cert))
     if mode == "worker":
         argv += ["--worker", f"{root / 'worker.php'}:{worker_threads}"]
         paths = {"hello": "/worker.php", "json": "/worker.php?page=json"}
@@ -288,13 +313,13 @@ def frankenpy_server(key: str, tmp: Path, root: Path, worker_threads: int) -> Se
     else:
         paths = {"hello": "/hello.php", "json": "/json.php"}
         label = f"frankenpy classic{suffix}"
-        if not kind:
+        if not kind or tls:
             paths["static"] = "/10k.txt"
     paths["opcache"] = "/opcache.php"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     proc = Proc(f"frankenpy-{key}", argv, tmp / f"frankenpy-{key}.log", env)
-    return Server(label, key, port, paths, [proc])
+    return Server(label, key, port, paths, [proc], tls=context)
 
 
 def fpm_server(tmp: Path, root: Path, php_fpm: str, nginx: str) -> Server:
@@ -579,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-threads", type=int, default=2, help="threads of the HTTP worker (2)")
     parser.add_argument("--servers", default="classic,worker,classic-wsgi,worker-wsgi,fpm,apache",
                         help="comma-separated subset of classic,worker,classic-wsgi,worker-wsgi,fpm,"
-                             "apache,phpS")
+                             "apache,phpS,classic-tls,worker-tls (the native server over HTTPS/1.1)")
     parser.add_argument("--append-docs", metavar="FILE", help="append the results as a markdown section")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
@@ -603,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             "worker": lambda: frankenpy_server("worker", tmp, root, args.worker_threads),
             "classic-wsgi": lambda: frankenpy_server("classic-wsgi", tmp, root, args.worker_threads),
             "worker-wsgi": lambda: frankenpy_server("worker-wsgi", tmp, root, args.worker_threads),
+            "classic-tls": lambda: frankenpy_server("classic-tls", tmp, root, args.worker_threads),
+            "worker-tls": lambda: frankenpy_server("worker-tls", tmp, root, args.worker_threads),
             "apache": lambda: apache_server(tmp, root, need("apache2")),
             "fpm": lambda: fpm_server(tmp, root, need("php-fpm8.2"), need("nginx")),
             "phpS": lambda: php_s_server(tmp, root, need("php8.2")),

@@ -44,13 +44,17 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   wrk              HTTP load from another process (tests/test_http.py, benchmarks)
 #   libh2o-evloop-dev libssl-dev pkg-config
 #                    the native HTTP server's library (csrc/http_server.c; its headers
-#                    include OpenSSL's), found with pkg-config
+#                    include OpenSSL's, and the server makes its TLS contexts with OpenSSL),
+#                    found with pkg-config
+#   openssl curl     tests/test_http_tls.py: a self-signed certificate, and an HTTP/2 client
+#                    (Debian's curl is built with nghttp2)
 apt_pkgs=(
     libphp8.2-embed php8.2-dev php8.2-cli php8.2-common
     php8.2-mbstring php8.2-sqlite3 php8.2-opcache php8.2-xml
     gcc libc6-dev make
     wrk
     libh2o-evloop-dev libssl-dev pkg-config
+    openssl curl
 )
 # cmake >= 3.18: use the one on PATH (e.g. from pip) if there is one, else Debian's (3.25).
 if ! command -v cmake >/dev/null 2>&1; then

@@ -57,8 +57,8 @@ sanitizer_ctest build/asan '^glue_startup_errors$'
 
 # TSan for the tests that hand data between threads: fp_interrupt() from another thread
 # (glue_interrupt), HTTP workers, the router called from several threads, the hand-off queues
-# (handoff) and the native HTTP server's loop thread (http_server).  The fuzz run is
-# single-threaded: ASan covers it.
+# (handoff) and the native HTTP server's loop thread (http_server; HTTP/2 streams: http_tls).
+# The fuzz run is single-threaded: ASan covers it.
 section "native tests under TSan (build/tsan)"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DFRANKENPY_SANITIZE=thread
 cmake --build build/tsan -j2

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from typing import Any
 
@@ -48,6 +49,18 @@ DEFAULT_LOOP_THREADS = 1
 LOG_WAIT_MS = 200
 
 
+def check_tls(cert: str | None, key: str | None) -> None:
+    """ValueError naming the option and the file unless ``cert`` (PEM chain) and ``key`` (its
+    PEM private key) make a TLS server identity, as the server loads it (both None: no TLS)."""
+    if cert is None and key is None:
+        return
+    if not cert or not key:
+        raise ValueError(f"{'tls_key' if cert else 'tls_cert'}: missing (tls_cert and tls_key go together)")
+    err = ffi.new("char[]", 512)
+    if lib.fp_http_tls_check(os.fsencode(cert), os.fsencode(key), err, len(err)) != 0:
+        raise ValueError(ffi.string(err).decode("utf-8", "replace"))
+
+
 def _block(pairs: dict[str, str]) -> tuple[Any, int]:
     if not pairs:
         return ffi.NULL, 0
@@ -57,10 +70,13 @@ def _block(pairs: dict[str, str]) -> tuple[Any, int]:
 class NativeServer:
     """Serves ``sites`` (whose apps must be :class:`PHPApp`) with the native server until
     :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``;
-    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads)."""
+    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads).
+    ``tls_cert`` (PEM certificate chain) and ``tls_key`` (PEM private key) serve HTTPS, with
+    HTTP/2 and HTTP/1.1 by ALPN, on every site that has no ``Site.tls_cert`` of its own."""
 
     def __init__(self, runtime: Runtime, sites: list[Site], *, access_log: bool = False,
-                 loop_threads: int = DEFAULT_LOOP_THREADS) -> None:
+                 loop_threads: int = DEFAULT_LOOP_THREADS, tls_cert: str | os.PathLike[str] | None = None,
+                 tls_key: str | os.PathLike[str] | None = None) -> None:
         for site in sites:
             if not isinstance(site.app, PHPApp):
                 raise TypeError("the native server serves PHPApp sites only; mount other WSGI apps "
@@ -71,6 +87,10 @@ class NativeServer:
         if not 1 <= loop_threads <= 16:
             raise ValueError(f"loop_threads must be 1..16, got {loop_threads}")
         self.loop_threads = loop_threads
+        self.tls_cert = os.fspath(tls_cert) if tls_cert is not None else None
+        self.tls_key = os.fspath(tls_key) if tls_key is not None else None
+        for site in sites:
+            check_tls(*self._tls(site))
         self._server: Any = None
         self._keep: list[Any] = []
         self._ports: list[int] = []
@@ -118,7 +138,8 @@ class NativeServer:
             self.stop(0)
             raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         for site, port in zip(self.sites, self._ports, strict=True):
-            logger.info("serving on http://%s:%s/ (native)", site.host, port)
+            scheme = "https" if self._tls(site)[0] else "http"
+            logger.info("serving on %s://%s:%s/ (native)", scheme, site.host, port)
 
     def _add_site(self, site: Site, queues: dict[tuple[int, str], int], err: Any) -> None:
         app = site.app
@@ -134,6 +155,11 @@ class NativeServer:
         conf.max_body_size = min(site.max_body_size, app.max_body_size)
         conf.max_wait_time = app.max_wait_time or 0.0
         conf.metrics = 1 if site.metrics else 0
+        cert, key = self._tls(site)
+        if cert is not None and key is not None:
+            cert_c, key_c = ffi.new("char[]", os.fsencode(cert)), ffi.new("char[]", os.fsencode(key))
+            self._keep += [cert_c, key_c]
+            conf.tls_cert, conf.tls_key = cert_c, key_c
         conf.env_before, conf.env_before_pairs = before, n_before
         conf.env_after, conf.env_after_pairs = after, n_after
         index = lib.fp_http_server_add_site(self._server, conf, err, len(err))
@@ -148,6 +174,12 @@ class NativeServer:
             self._keep += [pattern_c, script]
             lib.fp_http_server_add_worker_route(self._server, index, pattern_c, script,
                                                 queues[(worker.scope, worker.name)])
+
+    def _tls(self, site: Site) -> tuple[str | None, str | None]:
+        """The certificate and key files ``site`` is served with (both None: plain HTTP)."""
+        if site.tls_cert or site.tls_key:
+            return site.tls_cert, site.tls_key
+        return self.tls_cert, self.tls_key
 
     def _rebind_workers(self, workers: list[HTTPWorkerThread], queues: dict[tuple[int, str], int]) -> None:
         """Give each HTTP worker thread its C queue and run its script again, so that its next

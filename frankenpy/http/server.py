@@ -43,13 +43,16 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 @dataclass
 class Site:
-    """One listener: ``host:port`` serving ``app``; ``metrics`` adds ``GET /metrics``."""
+    """One listener: ``host:port`` serving ``app``; ``metrics`` adds ``GET /metrics``;
+    ``tls_cert``/``tls_key`` (PEM files): HTTPS and HTTP/2 (native server only)."""
 
     host: str
     port: int
     app: WSGIApp
     metrics: bool = False
     max_body_size: int = 8 * 1024 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class StrictRequestParser(HTTPRequestParser):  # type: ignore[misc]
@@ -191,6 +194,10 @@ class Server:
     ) -> None:
         if not isinstance(client_timeout, int) or isinstance(client_timeout, bool) or client_timeout < 1:
             raise ValueError(f"client_timeout must be an integer >= 1 (seconds), got {client_timeout!r}")
+        for site in sites:
+            if site.tls_cert or site.tls_key:
+                raise ValueError(f"{site.host}:{site.port}: TLS (tls_cert/tls_key) needs the native server; "
+                                 "waitress serves plain HTTP only")
         self.runtime = runtime
         self.sites = sites
         self.client_timeout = client_timeout
