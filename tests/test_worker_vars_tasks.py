@@ -504,6 +504,27 @@ def test_tasks_from_php_and_a_null_result(runtime, script):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("timeout", ["1e300", "INF", "PHP_INT_MAX"])
+def test_a_huge_timeout_from_php_waits_for_the_answer(runtime, script, timeout):
+    """A timeout too large for a timespec means no practical limit (csrc/clock.h clamps it), not
+    a deadline that has already passed."""
+    path = script("""
+        frankenphp_set_vars(['ready' => true]);
+        serve(function () {
+            while (($t = frankenphp_receive_task()) !== null) {
+                usleep(200000); // the caller waits in earnest
+                frankenphp_complete_task($t['id'], ['got' => $t['payload'][0]]);
+            }
+        });
+    """)
+    rt = runtime(bg("slow", path))
+    assert php(rt, f"frankenphp_ensure_background_worker('slow', {timeout});"
+                   f"echo json_encode([frankenphp_get_vars('slow', {timeout}),"
+                   f"                  frankenphp_send_task('slow', [7], {timeout})]);") == [
+        {"ready": True}, {"got": 7}]
+
+
+@pytest.mark.timeout(30)
 def test_failed_task_raises_with_the_message(runtime, script):
     path = script("""
         serve(function () {
