@@ -337,19 +337,22 @@ def test_get_vars_blocks_until_ready_once_and_starts_a_lazy_worker(runtime, scri
     assert state(rt, "late") == "ready"
 
 
+# A background worker publishing a counter that moves every 2 ms: {"i": N}.
+COUNTER = """
+$i = 0;
+frankenphp_set_vars(['i' => 0]);
+$h = frankenphp_get_worker_handle();
+while (true) {
+    $r = [$h]; $w = $e = [];
+    if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
+    frankenphp_set_vars(['i' => ++$i]);
+}
+"""
+
+
 @pytest.mark.timeout(30)
 def test_one_consistent_view_per_request(runtime, script):
-    path = script("""
-        $i = 0;
-        frankenphp_set_vars(['i' => 0]);
-        $h = frankenphp_get_worker_handle();
-        while (true) {
-            $r = [$h]; $w = $e = [];
-            if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
-            frankenphp_set_vars(['i' => ++$i]);
-        }
-    """)
-    rt = runtime(bg("counter", path))
+    rt = runtime(bg("counter", script(COUNTER)))
     first, second, later = php(rt, """
         $a = frankenphp_get_vars('counter');
         usleep(100000);
@@ -798,16 +801,7 @@ def test_http_requests_each_get_one_view_and_classic_requests_find_scoped_worker
     from frankenpy.http.native import NativeServer
     from frankenpy.http.server import Server, Site
 
-    counter = script("""
-        $i = 0;
-        frankenphp_set_vars(['i' => 0]);
-        $h = frankenphp_get_worker_handle();
-        while (true) {
-            $r = [$h]; $w = $e = [];
-            if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
-            frankenphp_set_vars(['i' => ++$i]);
-        }
-    """, "counter.php")
+    counter = script(COUNTER, "counter.php")
     public = tmp_path / "public"
     public.mkdir()
     (public / "app.php").write_text(textwrap.dedent("""\
