@@ -1710,6 +1710,14 @@ static void group_startup_errors(void)
 
 /* ---- HTTP requests (classic) ----------------------------------------------------------------- */
 
+/* `q` as an HTTP request `method` that runs `code` (NULL: a worker's request), recorded in `r`. */
+static void http_init(fp_request *q, rec *r, const char *code, int output_mode, const char *method)
+{
+    req_init(q, r, code, output_mode);
+    q->http = 1;
+    q->request_method = method;
+}
+
 static void group_http(void)
 {
     fp_request q;
@@ -1717,12 +1725,10 @@ static void group_http(void)
     rec_init(&r);
     int rc;
 
-    req_init(&q, &r,
-             "header('X-Test: yes'); http_response_code(201);"
-             "echo $_GET['x'], '|', $_COOKIE['c'], '|', $_SERVER['REQUEST_METHOD'], '|', $_SERVER['REQUEST_URI'];",
-             FP_OUTPUT_STREAM);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r,
+              "header('X-Test: yes'); http_response_code(201);"
+              "echo $_GET['x'], '|', $_COOKIE['c'], '|', $_SERVER['REQUEST_METHOD'], '|', $_SERVER['REQUEST_URI'];",
+              FP_OUTPUT_STREAM, "GET");
     q.request_uri = "/p?x=1";
     q.query_string = "x=1";
     q.cookie_data = "c=v";
@@ -1739,9 +1745,7 @@ static void group_http(void)
 
     /* Empty body: headers are still sent. */
     rec_reset(&r);
-    req_init(&q, &r, "http_response_code(404);", FP_OUTPUT_STREAM);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r, "http_response_code(404);", FP_OUTPUT_STREAM, "GET");
     rc = fp_execute(&q);
     CHECK(rc == 0 && r.headers_calls == 1 && r.status == 404, "empty: %d calls, status %d", r.headers_calls,
           r.status);
@@ -1752,9 +1756,8 @@ static void group_http(void)
     rec_reset(&r);
     r.body = form;
     r.body_len = strlen(form);
-    req_init(&q, &r, "echo $_POST['a'] + $_POST['b'], '|', file_get_contents('php://input');", FP_OUTPUT_BUFFER);
-    q.http = 1;
-    q.request_method = "POST";
+    http_init(&q, &r, "echo $_POST['a'] + $_POST['b'], '|', file_get_contents('php://input');", FP_OUTPUT_BUFFER,
+              "POST");
     q.content_type = "application/x-www-form-urlencoded";
     q.content_length = (int64_t)strlen(form);
     rc = fp_execute(&q);
@@ -1763,9 +1766,7 @@ static void group_http(void)
 
     /* Authorization. */
     rec_reset(&r);
-    req_init(&q, &r, "echo $_SERVER['PHP_AUTH_USER'], ':', $_SERVER['PHP_AUTH_PW'];", FP_OUTPUT_BUFFER);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r, "echo $_SERVER['PHP_AUTH_USER'], ':', $_SERVER['PHP_AUTH_PW'];", FP_OUTPUT_BUFFER, "GET");
     q.authorization = "Basic dXNlcjpwYXNz"; /* user:pass */
     rc = fp_execute(&q);
     CHECK(rc == 0 && strcmp(req_out(&q), "user:pass") == 0, "auth: '%s'", req_out(&q));
@@ -1773,9 +1774,7 @@ static void group_http(void)
 
     /* A fatal error answers 500. */
     rec_reset(&r);
-    req_init(&q, &r, "fp_undefined_function();", FP_OUTPUT_BUFFER);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r, "fp_undefined_function();", FP_OUTPUT_BUFFER, "GET");
     rc = fp_execute(&q);
     CHECK(rc == 255 && r.headers_calls == 1 && r.status == 500, "fatal: rc %d, %d calls, status %d", rc,
           r.headers_calls, r.status);
@@ -1788,9 +1787,7 @@ static void group_http(void)
 /* `sub` as a GET request with query `query` for an HTTP worker, recorded in `r`. */
 static void http_get(fp_request *sub, rec *r, const char *query)
 {
-    req_init(sub, r, NULL, FP_OUTPUT_BUFFER);
-    sub->http = 1;
-    sub->request_method = "GET";
+    http_init(sub, r, NULL, FP_OUTPUT_BUFFER, "GET");
     sub->query_string = query;
 }
 
