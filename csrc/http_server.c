@@ -1,6 +1,7 @@
 /* The native HTTP server on libh2o-evloop; see http_server.h. */
 #define _GNU_SOURCE
 #include "http_server.h"
+#include "clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -782,18 +783,10 @@ static void log_record(fp_http_server *server, const char *kind, const char *tag
     pthread_mutex_unlock(&server->log_mu);
 }
 
-/* The CLOCK_REALTIME instant `ms` milliseconds from now (pthread_cond_timedwait's clock). */
+/* The instant `ms` milliseconds from now, on the clock of this file's default condition variables. */
 static struct timespec realtime_after_ms(int ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
+    return fp_clock_after(CLOCK_REALTIME, ms / 1000.0);
 }
 
 size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, int timeout_ms)

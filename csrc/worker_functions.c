@@ -272,17 +272,6 @@ static int decode_blob(const fp_blob *blob, zval *out)
 
 /* ---- helpers ---------------------------------------------------------------------------------- */
 
-/* The host callbacks and this script's context, or NULL after throwing. */
-static void *worker_ctx(const char *function, int need_callback)
-{
-    fp_request *req = fp_glue_script_request();
-    if (!req || !req->worker_ctx || !need_callback) {
-        zend_throw_exception_ex(spl_ce_RuntimeException, 0, "%s() is not available in this host", function);
-        return NULL;
-    }
-    return req->worker_ctx;
-}
-
 static int in_background_worker(const char *function)
 {
     fp_request *req = fp_glue_script_request();
@@ -294,17 +283,46 @@ static int in_background_worker(const char *function)
     return 1;
 }
 
-/* The timeout argument: NULL -> `dflt`, <= 0 -> ValueError (returns -2). */
-static double timeout_arg(zend_bool is_null, double value, double dflt, uint32_t arg)
+enum { ANYWHERE, BACKGROUND_ONLY };
+
+/* This script's context for the host callbacks `function` calls (`has_callback`: the host
+ * provides them), checked in the order PHP code sees the errors: where it may be called
+ * (`where`), then whether this host supports it.  NULL after throwing RuntimeException. */
+static void *worker_ctx(const char *function, int where, int has_callback)
+{
+    if (where == BACKGROUND_ONLY && !in_background_worker(function)) {
+        return NULL;
+    }
+    fp_request *req = fp_glue_script_request();
+    if (!req || !req->worker_ctx || !has_callback) {
+        zend_throw_exception_ex(spl_ce_RuntimeException, 0, "%s() is not available in this host", function);
+        return NULL;
+    }
+    return req->worker_ctx;
+}
+
+/* The optional timeout argument number `arg` into *out: null -> `if_null`; <= 0 throws
+ * ValueError (returns -1). */
+static int timeout_arg(zend_bool is_null, double value, double if_null, uint32_t arg, double *out)
 {
     if (is_null) {
-        return dflt;
+        *out = if_null;
+        return 0;
     }
     if (!(value > 0)) {
         zend_argument_value_error(arg, "must be greater than 0");
-        return -2;
+        return -1;
     }
-    return value;
+    *out = value;
+    return 0;
+}
+
+/* Decode a blob the host handed over into `out`, then give it back; -1 after throwing. */
+static int take_blob(const fp_host *host, fp_blob *blob, zval *out)
+{
+    int rc = decode_blob(blob, out);
+    host->release_blob(blob);
+    return rc;
 }
 
 static double now_s(void)
@@ -333,8 +351,7 @@ PHP_FUNCTION(frankenphp_ensure_background_worker)
         Z_PARAM_DOUBLE_OR_NULL(timeout, timeout_null)
     ZEND_PARSE_PARAMETERS_END();
 
-    timeout = timeout_arg(timeout_null, timeout, DEFAULT_TIMEOUT, 2);
-    if (timeout < 0) {
+    if (timeout_arg(timeout_null, timeout, DEFAULT_TIMEOUT, 2, &timeout) != 0) {
         RETURN_THROWS();
     }
     HashTable seen;
@@ -381,7 +398,7 @@ PHP_FUNCTION(frankenphp_ensure_background_worker)
         RETURN_THROWS();
     }
     const fp_host *host = fp_glue_process_host();
-    void *ctx = worker_ctx("frankenphp_ensure_background_worker", host->ensure_worker != NULL);
+    void *ctx = worker_ctx("frankenphp_ensure_background_worker", ANYWHERE, host->ensure_worker != NULL);
     if (!ctx) {
         RETURN_THROWS();
     }
@@ -425,11 +442,8 @@ PHP_FUNCTION(frankenphp_set_vars)
         Z_PARAM_ARRAY(vars)
     ZEND_PARSE_PARAMETERS_END();
 
-    if (!in_background_worker("frankenphp_set_vars")) {
-        RETURN_THROWS();
-    }
     const fp_host *host = fp_glue_process_host();
-    void *ctx = worker_ctx("frankenphp_set_vars", host->set_vars != NULL);
+    void *ctx = worker_ctx("frankenphp_set_vars", BACKGROUND_ONLY, host->set_vars != NULL);
     if (!ctx) {
         RETURN_THROWS();
     }
@@ -469,8 +483,7 @@ PHP_FUNCTION(frankenphp_get_vars)
         Z_PARAM_DOUBLE_OR_NULL(timeout, timeout_null)
     ZEND_PARSE_PARAMETERS_END();
 
-    timeout = timeout_arg(timeout_null, timeout, DEFAULT_TIMEOUT, 2);
-    if (timeout < 0) {
+    if (timeout_arg(timeout_null, timeout, DEFAULT_TIMEOUT, 2, &timeout) != 0) {
         RETURN_THROWS();
     }
     if (views) {
@@ -480,7 +493,7 @@ PHP_FUNCTION(frankenphp_get_vars)
         }
     }
     const fp_host *host = fp_glue_process_host();
-    void *ctx = worker_ctx("frankenphp_get_vars", host->get_vars != NULL);
+    void *ctx = worker_ctx("frankenphp_get_vars", ANYWHERE, host->get_vars != NULL);
     if (!ctx) {
         RETURN_THROWS();
     }
@@ -493,12 +506,8 @@ PHP_FUNCTION(frankenphp_get_vars)
     }
     if (!blob) {
         array_init(return_value); /* ready, never published */
-    } else {
-        int rc = decode_blob(blob, return_value);
-        host->release_blob(blob);
-        if (rc != 0) {
-            RETURN_THROWS();
-        }
+    } else if (take_blob(host, blob, return_value) != 0) {
+        RETURN_THROWS();
     }
     if (!views) {
         ALLOC_HASHTABLE(views);
@@ -523,12 +532,11 @@ PHP_FUNCTION(frankenphp_send_task)
         Z_PARAM_DOUBLE_OR_NULL(timeout, timeout_null)
     ZEND_PARSE_PARAMETERS_END();
 
-    if (!timeout_null && !(timeout > 0)) {
-        zend_argument_value_error(3, "must be greater than 0");
+    if (timeout_arg(timeout_null, timeout, -1.0 /* no limit */, 3, &timeout) != 0) {
         RETURN_THROWS();
     }
     const fp_host *host = fp_glue_process_host();
-    void *ctx = worker_ctx("frankenphp_send_task", host->send_task != NULL);
+    void *ctx = worker_ctx("frankenphp_send_task", ANYWHERE, host->send_task != NULL);
     if (!ctx) {
         RETURN_THROWS();
     }
@@ -538,15 +546,13 @@ PHP_FUNCTION(frankenphp_send_task)
     }
     char err[ERR_LEN];
     fp_blob *result = host->send_task(ctx, ZSTR_VAL(worker), ZSTR_LEN(worker), ZSTR_VAL(data), ZSTR_LEN(data),
-                                      timeout_null ? -1.0 : timeout, flags(), fp_glue_stop_flag(), err, sizeof(err));
+                                      timeout, flags(), fp_glue_stop_flag(), err, sizeof(err));
     zend_string_release(data);
     if (!result) {
         zend_throw_exception(spl_ce_RuntimeException, err, 0);
         RETURN_THROWS();
     }
-    int rc = decode_blob(result, return_value);
-    host->release_blob(result);
-    if (rc != 0) {
+    if (take_blob(host, result, return_value) != 0) {
         RETURN_THROWS();
     }
 }
@@ -554,11 +560,8 @@ PHP_FUNCTION(frankenphp_send_task)
 PHP_FUNCTION(frankenphp_receive_task)
 {
     ZEND_PARSE_PARAMETERS_NONE();
-    if (!in_background_worker("frankenphp_receive_task")) {
-        RETURN_THROWS();
-    }
     const fp_host *host = fp_glue_process_host();
-    void *ctx = worker_ctx("frankenphp_receive_task", host->receive_task != NULL);
+    void *ctx = worker_ctx("frankenphp_receive_task", BACKGROUND_ONLY, host->receive_task != NULL);
     if (!ctx) {
         RETURN_THROWS();
     }
@@ -569,9 +572,7 @@ PHP_FUNCTION(frankenphp_receive_task)
         RETURN_NULL();
     }
     zval decoded;
-    int rc = decode_blob(payload, &decoded);
-    host->release_blob(payload);
-    if (rc != 0) {
+    if (take_blob(host, payload, &decoded) != 0) {
         RETURN_THROWS();
     }
     array_init_size(return_value, 2);
@@ -582,11 +583,8 @@ PHP_FUNCTION(frankenphp_receive_task)
 /* complete/fail: answer task `id`; throws (and returns) on failure. */
 static void finish(zend_long id, zval *result, zend_string *message, const char *function)
 {
-    if (!in_background_worker(function)) {
-        return;
-    }
     const fp_host *host = fp_glue_process_host();
-    void *ctx = worker_ctx(function, host->finish_task != NULL);
+    void *ctx = worker_ctx(function, BACKGROUND_ONLY, host->finish_task != NULL);
     if (!ctx) {
         return;
     }

@@ -1,6 +1,7 @@
 /* Process-wide state of background workers; see worker_state.h. */
 #define _GNU_SOURCE
 #include "worker_state.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -113,18 +114,6 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-static void deadline_after(struct timespec *ts, double seconds)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    time_t whole = (time_t)seconds;
-    ts->tv_sec += whole;
-    ts->tv_nsec += (long)((seconds - (double)whole) * 1e9);
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec += 1;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /* Wait on the domain's condition; returns ETIMEDOUT past the deadline (NULL: none), EINTR once
  * *stop is set.  A condition wait does not return for a signal, so a waiter that can be stopped
  * (a PHP thread: fp_interrupt() sets its flag) waits in slices of STOP_SLICE seconds. */
@@ -137,8 +126,7 @@ static int domain_wait(fp_ws_domain *d, const struct timespec *deadline, const i
     if (!stop) {
         return deadline ? pthread_cond_timedwait(&d->cond, &d->mu, deadline) : pthread_cond_wait(&d->cond, &d->mu);
     }
-    struct timespec slice;
-    deadline_after(&slice, STOP_SLICE);
+    struct timespec slice = fp_clock_after(CLOCK_MONOTONIC, STOP_SLICE);
     int last = !deadline || slice.tv_sec < deadline->tv_sec ||
                (slice.tv_sec == deadline->tv_sec && slice.tv_nsec < deadline->tv_nsec);
     int rc = pthread_cond_timedwait(&d->cond, &d->mu, last ? &slice : deadline);
@@ -509,7 +497,7 @@ int fp_ws_acquire(fp_ws_ctx *ctx, const char *name, size_t name_len, double time
     }
     struct timespec deadline;
     if (timeout >= 0) {
-        deadline_after(&deadline, timeout);
+        deadline = fp_clock_after(CLOCK_MONOTONIC, timeout);
     }
     pthread_mutex_lock(&d->mu);
     slot *s = d->slots[index];
@@ -668,7 +656,7 @@ static int task_wait(fp_ws_domain *d, int64_t id, double timeout, const int *sto
 {
     struct timespec deadline;
     if (timeout >= 0) {
-        deadline_after(&deadline, timeout);
+        deadline = fp_clock_after(CLOCK_MONOTONIC, timeout);
     }
     *result = NULL;
     pthread_mutex_lock(&d->mu);

@@ -39,10 +39,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .scopes import next_scope, set_scope_label
-from .workers import Worker
+
+if TYPE_CHECKING:  # (imported where used: parsing needs no PHP; the pytest plugin parses at start-up)
+    from .workers import Worker
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 HTTP_SERVERS = ("native", "wsgi")  # frankenpy.http.native.NativeServer, frankenpy.http.server.Server
@@ -307,6 +309,8 @@ def _parse_server(source: str, base: Path, index: int, data: Any, watch: list[st
         watch.extend(p for p in _patterns(wtable, "watch") if p not in watch)
         file = base / wtable.get("file", str, required=True)
         background = wtable.get("background", bool, False)
+        from .workers import Worker
+
         worker = Worker(
             # a background worker without a name is a catch-all; an HTTP worker is named after its file
             name=wtable.get("name", str, None if background else file.stem),

@@ -30,14 +30,20 @@ import tomllib
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .config import ConfigError, _parse_runtime, _Table
-from .execution import Result
-from .runtime import Runtime
-from .workers import Worker, WorkerStatus
+
+if TYPE_CHECKING:
+    from .execution import Result
+    from .runtime import Runtime
+    from .workers import Worker, WorkerStatus
+
+# pytest imports this module in every session of an environment that has frankenpy installed
+# (the pytest11 entry point): what loads the cffi extension and PHP (runtime, execution,
+# workers, http) is imported by the fixtures, when a test uses one.
 
 LOGGERS = ("frankenpy.php", "frankenpy.workers")  # PHP's diagnostics, worker lifecycles
 DIAGNOSTICS_LINES = 50  # a failure report shows at most the last this many log lines
@@ -112,6 +118,8 @@ def _marker_options(marker: pytest.Mark, where: str) -> dict[str, Any]:
 
 
 def _start_runtime(options: dict[str, Any]) -> Runtime:
+    from .runtime import Runtime
+
     return Runtime(**options).start()
 
 
@@ -389,6 +397,9 @@ def php_worker(
             path.write_text("<?php\n" + textwrap.dedent(script).lstrip("\n"))
         else:
             path = Path(script)
+        from .runtime import Runtime
+        from .workers import Worker
+
         worker = Worker(name, path, num=num, background=True, env=dict(env or {}),
                         max_consecutive_failures=max_consecutive_failures)
         options = {**_runtime_options(request), "num_threads": 1, **runtime_options}

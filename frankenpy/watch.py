@@ -149,7 +149,26 @@ class Watcher:
             self._thread.join(10.0)
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
-        return self.matches(path)
+        # A new directory too: inotify watches it only once told of it, so files written into
+        # it at once (mkdir + write, cp -r, git checkout, a directory moved in) may never be
+        # reported themselves; _new_files() looks inside instead.
+        return self.matches(path) or (change == watchfiles.Change.added and os.path.isdir(path))
+
+    def _new_files(self, directory: str) -> list[str]:
+        """The watched files in a directory that just appeared."""
+        found = []
+        for parent, _dirs, files in os.walk(directory):
+            found.extend(path for name in files if self.matches(path := os.path.join(parent, name)))
+        return found
+
+    def _changed_files(self, changes: set[tuple[watchfiles.Change, str]]) -> list[str]:
+        paths = set()
+        for change, path in changes:
+            if self.matches(path):
+                paths.add(path)
+            elif change == watchfiles.Change.added and os.path.isdir(path):
+                paths.update(self._new_files(path))
+        return sorted(paths)
 
     def _run(self) -> None:
         # yield_on_timeout: the first (empty) yield tells start() that inotify is in place.
@@ -167,7 +186,9 @@ class Watcher:
                 self._ready.set()
                 if not changes or self._stop.is_set():
                     continue
-                paths = sorted({path for _, path in changes})
+                paths = self._changed_files(changes)
+                if not paths:  # only new directories, with nothing watched in them
+                    continue
                 self.changes += 1
                 logger.info("watch: %s changed; restarting the workers", _describe(paths))
                 try:

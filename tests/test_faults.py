@@ -135,7 +135,9 @@ def test_an_execution_that_survives_its_force_stop_gets_its_image_back_only_when
         image = rt._threads[0].image
         res = {{}}
         t = threading.Thread(target=lambda: res.setdefault('r', rt.execute_code({SLOW_HASH!r})))
-        t.start(); time.sleep(0.2)
+        t.start()
+        while rt.busy_threads < 1:  # the hash runs (not only: started within some fixed time)
+            time.sleep(0.01)
         rt.shutdown(grace=0.05)
         assert image not in POOL._free, "image handed back while its script runs"
         POOL.stop_idle()
@@ -215,7 +217,11 @@ def test_pool_serves_waiters_in_arrival_order_against_greedy_callers(runtime1: f
     pool.release(held)
     for t in callers:
         t.join(10)
-    assert order == ["A", "B", "C", "D", "E", "A2", "B2", "C2", "D2", "E2"]
+    # Everyone already waiting went before any caller's second turn.  The order of the second
+    # turns is the order in which the callers came back, which the scheduler decides (on a
+    # loaded machine B can be back before A).
+    assert order[:5] == ["A", "B", "C", "D", "E"], order
+    assert sorted(order[5:]) == ["A2", "B2", "C2", "D2", "E2"], order
 
 
 @pytest.mark.timeout(60)
@@ -801,6 +807,14 @@ def _tasks() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def _no_more_tasks_than(tasks: int) -> None:
+    """The process's OS threads come back to ``tasks``.  Not at once: Thread.join() returns
+    when CPython wakes the joiners at the end of a thread, which then still has to return to
+    the OS; on a loaded machine /proc/self/task lists it a few ms longer.  A leaked thread never
+    leaves."""
+    wait_for(lambda: _tasks() <= tasks, timeout=10, what=f"OS threads back to {tasks}")
+
+
 @pytest.mark.timeout(110)
 def test_1000_worker_crash_restart_cycles_leak_nothing(tmp_path: Path, make_runtime) -> None:  # type: ignore[no-untyped-def]
     counter = tmp_path / "runs"
@@ -825,7 +839,8 @@ def test_1000_worker_crash_restart_cycles_leak_nothing(tmp_path: Path, make_runt
     # (a run in progress holds a few fds of its own: its pipe, PHP's dup of it, the counter file)
     now = _fds()
     assert abs(now - fds) <= 8, (fds, now)
-    assert _tasks() <= tasks and threading.active_count() <= active  # (<=: other tests' may end)
+    assert threading.active_count() <= active  # (<=: other tests' may end)
+    _no_more_tasks_than(tasks)
     assert _rss() - rss < 20 << 20, (rss, _rss())
 
 
@@ -844,6 +859,6 @@ def test_runtime_start_shutdown_cycles_leak_nothing(tmp_path: Path) -> None:
         cycle()
     # (a leak per cycle would show 40 times over; some slack for the rest of the process)
     assert _fds() - fds <= 4, (fds, _fds())
-    assert _tasks() <= tasks, (tasks, _tasks())
+    _no_more_tasks_than(tasks)
     assert POOL._count == images_loaded, (images_loaded, POOL._count)
     assert _rss() - rss < 32 << 20, (rss, _rss())

@@ -1466,7 +1466,7 @@ def test_max_wait_time_gives_503(base: Path, serve: Callable[..., Served]) -> No
     for t in blockers:
         t.start()
     wait_for(lambda: served.runtime.busy_threads == 1, what="the only PHP thread to be busy")
-    time.sleep(0.2)  # the worker request is claimed by the worker thread by now
+    wait_for(lambda: worker_status(served.runtime, "app")[0].busy, what="the only worker thread to be busy")
     for path in ("/hello.php", "/worker.php"):
         started = time.monotonic()
         reply = served.get(path)

@@ -35,6 +35,47 @@ def test_entry_point_is_declared() -> None:
     assert project["project"]["entry-points"]["pytest11"] == {"frankenpy": "frankenpy.pytest_plugin"}
 
 
+# --- the cost of the plugin in sessions that do not use it -----------------------------------------
+HEAVY_MODULES = ("_cffi_backend", "frankenpy._native", "frankenpy.runtime", "frankenpy.execution",
+                 "frankenpy.workers", "frankenpy.http", "waitress")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("table", ["", "[tool.frankenpy]\nnum_threads = 3\n"])
+def test_the_plugin_loads_no_php_until_a_fixture_is_used(pytester: pytest.Pytester, table: str) -> None:
+    """pytest imports the plugin in every session of an environment with frankenpy installed
+    (pytest11): until a test uses a fixture, neither the cffi extension nor a libphp (nor the
+    glue) may be loaded, [tool.frankenpy] validated at start-up or not.  In a fresh interpreter:
+    this one has them all."""
+    if table:
+        pytester.makepyprojecttoml(table)
+    pytester.makepyfile(
+        test_a_without=f"""
+        import sys
+
+        HEAVY = {HEAVY_MODULES!r}
+
+        def mapped():
+            with open("/proc/self/maps") as maps:
+                return {{line.split()[-1] for line in maps if "/" in line or "memfd" in line}}
+
+        def test_nothing_heavy_before(pytestconfig):
+            assert pytestconfig.pluginmanager.has_plugin("frankenpy.pytest_plugin")
+            assert [m for m in HEAVY if m in sys.modules] == []
+            assert [f for f in mapped() if "php" in f or "frankenpy" in f] == []
+        """,
+        test_b_with="""
+        import sys
+
+        def test_a_fixture_loads_it(php):
+            assert php("echo 6 * 7;").output == b"42"
+            assert "frankenpy._native" in sys.modules
+        """,
+    )
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS)
+    result.assert_outcomes(passed=2)
+
+
 # --- php, php_runtime, the marker ------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_php_runs_code_and_files_on_the_session_runtime(pytester: pytest.Pytester) -> None:

@@ -71,19 +71,22 @@ def script(tmp_path: Path) -> Callable[..., str]:
 
 @pytest.fixture
 def runtime(out: Path) -> Iterator[Callable[..., frankenpy.Runtime]]:
-    """``runtime(*workers, num_threads=2, **kwargs)``: a started runtime, shut down at the end."""
-    started: list[frankenpy.Runtime] = []
+    """``runtime(*workers, num_threads=2, grace=3.0, **kwargs)``: a started runtime, shut down
+    at the end with ``grace`` (short for scripts that never look at their handle: they are
+    force-stopped once it is over)."""
+    started: list[tuple[frankenpy.Runtime, float]] = []
 
-    def factory(*workers: frankenpy.Worker, num_threads: int = 2, **kwargs: Any) -> frankenpy.Runtime:
+    def factory(*workers: frankenpy.Worker, num_threads: int = 2, grace: float = 3.0,
+                **kwargs: Any) -> frankenpy.Runtime:
         rt = frankenpy.Runtime(num_threads=num_threads, workers=list(workers),
                                env={"OUT": str(out)}, **kwargs)
-        started.append(rt)
+        started.append((rt, grace))
         rt.start()
         return rt
 
     yield factory
-    for rt in reversed(started):
-        rt.shutdown(grace=3.0)
+    for rt, grace in reversed(started):
+        rt.shutdown(grace=grace)
 
 
 def bg(name: str | None, path: str, **kwargs: Any) -> frankenpy.Worker:
@@ -175,7 +178,7 @@ def test_python_ensure_errors(runtime, script):
 @pytest.mark.timeout(30)
 def test_ensure_times_out_on_a_worker_that_never_gets_ready(runtime, script):
     path = script("sleep(30);")  # never asks for its handle
-    rt = runtime(bg("sleepy", path, num=0))
+    rt = runtime(bg("sleepy", path, num=0), grace=0.2)
     began = time.monotonic()
     error = php_error(rt, "frankenphp_ensure_background_worker('sleepy', 0.5)")
     assert error["class"] == "RuntimeException"
@@ -211,7 +214,9 @@ def test_boot_failure_fails_at_once_only_in_an_http_worker_before_its_first_requ
         }
         while (frankenphp_handle_request(function () {})) {}
     """, "http.php")
-    rt = runtime(bg("broken", broken, num=0, max_consecutive_failures=-1), frankenpy.Worker("app", http))
+    # (start() waits start_timeout for 'broken', which the HTTP worker starts and never gets ready)
+    rt = runtime(bg("broken", broken, num=0, max_consecutive_failures=-1), frankenpy.Worker("app", http),
+                 start_timeout=1.0)
     message, seconds = json.loads(wait_for(lambda: (out / "http-boot").exists() and
                                            (out / "http-boot").read_text(), 15.0, "the HTTP worker's error"))
     assert "'broken' failed to boot" in message and "exit status 3" in message
@@ -312,7 +317,7 @@ def test_set_vars_type_error_names_the_key_path(runtime, script, out, value, pat
 
 @pytest.mark.timeout(30)
 def test_get_vars_errors(runtime, script):
-    rt = runtime(bg("sleepy", script("sleep(30);"), num=0))
+    rt = runtime(bg("sleepy", script("sleep(30);"), num=0), grace=0.2)
     error = php_error(rt, "frankenphp_get_vars('ghost')")
     assert error["class"] == "RuntimeException" and "unknown background worker 'ghost'" in error["message"]
     error = php_error(rt, "frankenphp_get_vars('sleepy', 0.4)")
@@ -337,19 +342,22 @@ def test_get_vars_blocks_until_ready_once_and_starts_a_lazy_worker(runtime, scri
     assert state(rt, "late") == "ready"
 
 
+# A background worker publishing a counter that moves every 2 ms: {"i": N}.
+COUNTER = """
+$i = 0;
+frankenphp_set_vars(['i' => 0]);
+$h = frankenphp_get_worker_handle();
+while (true) {
+    $r = [$h]; $w = $e = [];
+    if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
+    frankenphp_set_vars(['i' => ++$i]);
+}
+"""
+
+
 @pytest.mark.timeout(30)
 def test_one_consistent_view_per_request(runtime, script):
-    path = script("""
-        $i = 0;
-        frankenphp_set_vars(['i' => 0]);
-        $h = frankenphp_get_worker_handle();
-        while (true) {
-            $r = [$h]; $w = $e = [];
-            if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
-            frankenphp_set_vars(['i' => ++$i]);
-        }
-    """)
-    rt = runtime(bg("counter", path))
+    rt = runtime(bg("counter", script(COUNTER)))
     first, second, later = php(rt, """
         $a = frankenphp_get_vars('counter');
         usleep(100000);
@@ -501,6 +509,27 @@ def test_tasks_from_php_and_a_null_result(runtime, script):
     assert php(rt, "echo json_encode(frankenphp_send_task('adder', [1, 2, 39]));") == {"sum": 42}
     assert php(rt, "echo json_encode(frankenphp_send_task('adder', ['nothing']));") == []
     assert rt.send_task("adder", ["nothing"]) == {}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("timeout", ["1e300", "INF", "PHP_INT_MAX"])
+def test_a_huge_timeout_from_php_waits_for_the_answer(runtime, script, timeout):
+    """A timeout too large for a timespec means no practical limit (csrc/clock.h clamps it), not
+    a deadline that has already passed."""
+    path = script("""
+        frankenphp_set_vars(['ready' => true]);
+        serve(function () {
+            while (($t = frankenphp_receive_task()) !== null) {
+                usleep(200000); // the caller waits in earnest
+                frankenphp_complete_task($t['id'], ['got' => $t['payload'][0]]);
+            }
+        });
+    """)
+    rt = runtime(bg("slow", path))
+    assert php(rt, f"frankenphp_ensure_background_worker('slow', {timeout});"
+                   f"echo json_encode([frankenphp_get_vars('slow', {timeout}),"
+                   f"                  frankenphp_send_task('slow', [7], {timeout})]);") == [
+        {"ready": True}, {"got": 7}]
 
 
 @pytest.mark.timeout(30)
@@ -777,16 +806,7 @@ def test_http_requests_each_get_one_view_and_classic_requests_find_scoped_worker
     from frankenpy.http.native import NativeServer
     from frankenpy.http.server import Server, Site
 
-    counter = script("""
-        $i = 0;
-        frankenphp_set_vars(['i' => 0]);
-        $h = frankenphp_get_worker_handle();
-        while (true) {
-            $r = [$h]; $w = $e = [];
-            if (stream_select($r, $w, $e, 0, 2000) > 0 && fread($h, 1) === '') break;
-            frankenphp_set_vars(['i' => ++$i]);
-        }
-    """, "counter.php")
+    counter = script(COUNTER, "counter.php")
     public = tmp_path / "public"
     public.mkdir()
     (public / "app.php").write_text(textwrap.dedent("""\
@@ -826,7 +846,7 @@ def test_http_requests_each_get_one_view_and_classic_requests_find_scoped_worker
 @pytest.mark.timeout(40)
 def test_a_time_limit_stops_a_script_waiting_for_a_worker(runtime, script):
     deaf = script("serve(fn () => null);", "deaf.php")
-    rt = runtime(bg("sleepy", script("sleep(30);"), num=0), bg("deaf", deaf))
+    rt = runtime(bg("sleepy", script("sleep(30);"), num=0), bg("deaf", deaf), grace=0.2)
     for code in ("frankenphp_get_vars('sleepy', 30.0);",
                  "frankenphp_ensure_background_worker('sleepy', 30.0);",
                  "frankenphp_send_task('deaf', [1], null);"):  # no timeout of its own
@@ -845,7 +865,7 @@ def test_ctrl_c_interrupts_python_waits_and_withdraws_the_task(runtime, script):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
     sleepy = script("sleep(30);", "s.php")
-    rt = runtime(bg("deaf", script("serve(fn () => null);")), bg("sleepy", sleepy, num=0))
+    rt = runtime(bg("deaf", script("serve(fn () => null);")), bg("sleepy", sleepy, num=0), grace=0.2)
     for call in (lambda: rt.send_task("deaf", [1], timeout=None), lambda: rt.get_vars("sleepy", timeout=30)):
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()

@@ -38,7 +38,7 @@ from ..runtime import Runtime
 from ..scaling import RegularThreads, StallWatch, WorkerThreads
 from ..threads import WorkerLogAdapter, php_log_adapter
 from .app import PHPApp
-from .server import Site, StopSignals, access_logger
+from .server import ServerBase, Site, access_logger
 from .workers import HTTPWorkerThread, request_queue
 
 ffi, lib = _native.ffi, _native.lib
@@ -67,7 +67,7 @@ def _block(pairs: dict[str, str]) -> tuple[Any, int]:
     return ffi.new("char[]", pack_strings([item for pair in pairs.items() for item in pair])), len(pairs)
 
 
-class NativeServer:
+class NativeServer(ServerBase):
     """Serves ``sites`` (whose apps must be :class:`PHPApp`) with the native server until
     :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``;
     ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads).
@@ -413,11 +413,3 @@ class NativeServer:
             self._log_thread.join(5.0)
         lib.fp_http_server_free(server)
         self._stopped.set()
-
-    def serve_forever(self, grace: float = 30.0) -> None:
-        """Serve until SIGTERM or SIGINT (main thread only), then :meth:`stop`."""
-        with StopSignals() as stop:
-            try:
-                stop.wait()
-            finally:
-                self.stop(grace)

@@ -182,7 +182,23 @@ class _Response:
             self.server._request_done()
 
 
-class Server:
+class ServerBase:
+    """What both servers (:class:`Server`, :class:`~frankenpy.http.native.NativeServer`) do
+    the same way around their own ``stop(grace)``."""
+
+    def stop(self, grace: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def serve_forever(self, grace: float = 30.0) -> None:
+        """Serve until SIGTERM or SIGINT (main thread only), then :meth:`stop`."""
+        with StopSignals() as stop:
+            try:
+                stop.wait()
+            finally:
+                self.stop(grace)
+
+
+class Server(ServerBase):
     """Serves ``sites`` over HTTP with waitress until :meth:`stop`.
 
     ``client_timeout``: a connection that neither sends nor takes a byte for that many seconds
@@ -312,13 +328,6 @@ class Server:
         self.runtime.shutdown(grace)
         self._stopped.set()
 
-    def serve_forever(self, grace: float = 30.0) -> None:
-        """Serve until SIGTERM or SIGINT (main thread only), then :meth:`stop`."""
-        with StopSignals() as stop:
-            try:
-                stop.wait()
-            finally:
-                self.stop(grace)
 
 
 class StopSignals:

@@ -21,7 +21,7 @@
  *     fuzz_router [ITERATIONS [SEED]]
  */
 #define _GNU_SOURCE
-#include "router.h"
+#include "router_site.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,66 +36,19 @@
 #define PHP_MARK "<?php"
 #define HIDDEN_MARK "HIDDEN"
 
-static char base[PATH_MAX];
-static char root[PATH_MAX + 16];
 /* [0] follow_symlinks = 0, [1] = 1, [2] = 1 without a front controller (404s) */
 static fp_router routers[3];
 
-static void die(const char *what)
-{
-    perror(what);
-    abort();
-}
-
-static void put_file(const char *rel, const char *content)
-{
-    char p[PATH_MAX * 2];
-    snprintf(p, sizeof p, "%s/%s", base, rel);
-    for (char *s = p + strlen(base) + 1; (s = strchr(s, '/')); s++) {
-        *s = '\0';
-        mkdir(p, 0755);
-        *s = '/';
-    }
-    FILE *f = fopen(p, "w");
-    if (!f)
-        die(p);
-    fputs(content, f);
-    fclose(f);
-}
-
-static void put_link(const char *target, const char *rel)
-{
-    char p[PATH_MAX * 2];
-    snprintf(p, sizeof p, "%s/%s", base, rel);
-    if (symlink(target, p) != 0)
-        die(p);
-}
-
-static void remove_site(void)
-{
-    char cmd[PATH_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", base);
-}
-
-static const char *const split_ext[] = {".php"};
-static const char *const static_idx[] = {"index.html", "index.txt"};
-static const char *const hidden_ok[] = {".well-known"};
-
 static void setup(void)
 {
-    char tmpl[] = "/tmp/fp-fuzz-XXXXXX";
-    if (!mkdtemp(tmpl) || !realpath(tmpl, base))
-        die("mkdtemp");
-    atexit(remove_site);
-    snprintf(root, sizeof root, "%s/public", base);
-    put_file("secret.txt", "outside the root");
-    put_file("outside.php", PHP_MARK " outside");
-    put_file(".env", HIDDEN_MARK);
-    put_file("shared/tpl/page.css", "tpl{}");
-    put_file("shared/tpl/view.php", PHP_MARK);
-    put_file("shared/tpl/.secret", HIDDEN_MARK);
+    site_create("fp-fuzz");
+    atexit(site_remove);
+    site_file("secret.txt", "outside the root");
+    site_file("outside.php", PHP_MARK " outside");
+    site_file(".env", HIDDEN_MARK);
+    site_file("shared/tpl/page.css", "tpl{}");
+    site_file("shared/tpl/view.php", PHP_MARK);
+    site_file("shared/tpl/.secret", HIDDEN_MARK);
     static const char *php[] = {
         "index.php", "info.php", "UPPER.PHP", "blog/index.php", "blog/post.php", "a b/index.php",
         "legacy.phtml", "config.inc", "lib.php5", "index.php~", "wp-config.php.bak", "x.inc.dist~",
@@ -110,38 +63,32 @@ static void setup(void)
     char rel[PATH_MAX];
     for (size_t i = 0; i < sizeof php / sizeof *php; i++) {
         snprintf(rel, sizeof rel, "public/%s", php[i]);
-        put_file(rel, PHP_MARK);
+        site_file(rel, PHP_MARK);
     }
     for (size_t i = 0; i < sizeof hidden / sizeof *hidden; i++) {
         snprintf(rel, sizeof rel, "public/%s", hidden[i]);
-        put_file(rel, HIDDEN_MARK);
+        site_file(rel, HIDDEN_MARK);
     }
     for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
         snprintf(rel, sizeof rel, "public/%s", plain[i]);
-        put_file(rel, "plain");
+        site_file(rel, "plain");
     }
-    put_link("style.css", "public/link_in.css");
-    put_link("blog", "public/link_blog");
-    put_link("../secret.txt", "public/link_out.txt");   /* out of the root, not under shared/ */
-    put_link("../outside.php", "public/link_out.php");
-    put_link("../.env", "public/link_env_out.txt");
-    put_link(".env", "public/link_env.txt");
-    put_link(".git", "public/gitlink");
-    put_link("info.php", "public/source.txt");
-    put_link("../shared/tpl", "public/tpl");
-    put_link("..", "public/up");
-    put_link(".", "public/self");
-    put_link("nowhere", "public/dangling");
+    site_link("style.css", "public/link_in.css");
+    site_link("blog", "public/link_blog");
+    site_link("../secret.txt", "public/link_out.txt");   /* out of the root, not under shared/ */
+    site_link("../outside.php", "public/link_out.php");
+    site_link("../.env", "public/link_env_out.txt");
+    site_link(".env", "public/link_env.txt");
+    site_link(".git", "public/gitlink");
+    site_link("info.php", "public/source.txt");
+    site_link("../shared/tpl", "public/tpl");
+    site_link("..", "public/up");
+    site_link(".", "public/self");
+    site_link("nowhere", "public/dangling");
     for (int i = 0; i < 3; i++) {
-        fp_router_options o = {
-            .index = i < 2 ? "index.php" : "main.php",
-            .split_extensions = split_ext, .n_split_extensions = 1,
-            .static_indexes = static_idx, .n_static_indexes = 2,
-            .allowed_hidden = hidden_ok, .n_allowed_hidden = 1,
-            .follow_symlinks = i > 0,
-        };
+        fp_router_options o = site_options(i < 2 ? "index.php" : "main.php", i > 0);
         if (fp_router_init(&routers[i], root, &o) != 0)
-            die("fp_router_init");
+            site_fail("fp_router_init");
     }
 }
 

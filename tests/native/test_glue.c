@@ -1710,6 +1710,14 @@ static void group_startup_errors(void)
 
 /* ---- HTTP requests (classic) ----------------------------------------------------------------- */
 
+/* `q` as an HTTP request `method` that runs `code` (NULL: a worker's request), recorded in `r`. */
+static void http_init(fp_request *q, rec *r, const char *code, int output_mode, const char *method)
+{
+    req_init(q, r, code, output_mode);
+    q->http = 1;
+    q->request_method = method;
+}
+
 static void group_http(void)
 {
     fp_request q;
@@ -1717,12 +1725,10 @@ static void group_http(void)
     rec_init(&r);
     int rc;
 
-    req_init(&q, &r,
-             "header('X-Test: yes'); http_response_code(201);"
-             "echo $_GET['x'], '|', $_COOKIE['c'], '|', $_SERVER['REQUEST_METHOD'], '|', $_SERVER['REQUEST_URI'];",
-             FP_OUTPUT_STREAM);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r,
+              "header('X-Test: yes'); http_response_code(201);"
+              "echo $_GET['x'], '|', $_COOKIE['c'], '|', $_SERVER['REQUEST_METHOD'], '|', $_SERVER['REQUEST_URI'];",
+              FP_OUTPUT_STREAM, "GET");
     q.request_uri = "/p?x=1";
     q.query_string = "x=1";
     q.cookie_data = "c=v";
@@ -1739,9 +1745,7 @@ static void group_http(void)
 
     /* Empty body: headers are still sent. */
     rec_reset(&r);
-    req_init(&q, &r, "http_response_code(404);", FP_OUTPUT_STREAM);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r, "http_response_code(404);", FP_OUTPUT_STREAM, "GET");
     rc = fp_execute(&q);
     CHECK(rc == 0 && r.headers_calls == 1 && r.status == 404, "empty: %d calls, status %d", r.headers_calls,
           r.status);
@@ -1752,9 +1756,8 @@ static void group_http(void)
     rec_reset(&r);
     r.body = form;
     r.body_len = strlen(form);
-    req_init(&q, &r, "echo $_POST['a'] + $_POST['b'], '|', file_get_contents('php://input');", FP_OUTPUT_BUFFER);
-    q.http = 1;
-    q.request_method = "POST";
+    http_init(&q, &r, "echo $_POST['a'] + $_POST['b'], '|', file_get_contents('php://input');", FP_OUTPUT_BUFFER,
+              "POST");
     q.content_type = "application/x-www-form-urlencoded";
     q.content_length = (int64_t)strlen(form);
     rc = fp_execute(&q);
@@ -1763,9 +1766,7 @@ static void group_http(void)
 
     /* Authorization. */
     rec_reset(&r);
-    req_init(&q, &r, "echo $_SERVER['PHP_AUTH_USER'], ':', $_SERVER['PHP_AUTH_PW'];", FP_OUTPUT_BUFFER);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r, "echo $_SERVER['PHP_AUTH_USER'], ':', $_SERVER['PHP_AUTH_PW'];", FP_OUTPUT_BUFFER, "GET");
     q.authorization = "Basic dXNlcjpwYXNz"; /* user:pass */
     rc = fp_execute(&q);
     CHECK(rc == 0 && strcmp(req_out(&q), "user:pass") == 0, "auth: '%s'", req_out(&q));
@@ -1773,9 +1774,7 @@ static void group_http(void)
 
     /* A fatal error answers 500. */
     rec_reset(&r);
-    req_init(&q, &r, "fp_undefined_function();", FP_OUTPUT_BUFFER);
-    q.http = 1;
-    q.request_method = "GET";
+    http_init(&q, &r, "fp_undefined_function();", FP_OUTPUT_BUFFER, "GET");
     rc = fp_execute(&q);
     CHECK(rc == 255 && r.headers_calls == 1 && r.status == 500, "fatal: rc %d, %d calls, status %d", rc,
           r.headers_calls, r.status);
@@ -1785,6 +1784,25 @@ static void group_http(void)
 
 /* ---- HTTP worker ------------------------------------------------------------------------------ */
 
+/* `sub` as a GET request with query `query` for an HTTP worker, recorded in `r`. */
+static void http_get(fp_request *sub, rec *r, const char *query)
+{
+    http_init(sub, r, NULL, FP_OUTPUT_BUFFER, "GET");
+    sub->query_string = query;
+}
+
+/* Run `code` as an HTTP worker (recorded in `wr`) that is handed the `n` requests `subs`. */
+static int run_http_worker(fp_request *worker, rec *wr, const char *code, fp_request *subs, int n)
+{
+    req_init(worker, wr, code, FP_OUTPUT_BUFFER);
+    worker->worker_kind = FP_WORKER_HTTP;
+    for (int i = 0; i < n; i++) {
+        wr->queue[i] = &subs[i];
+    }
+    wr->nqueue = n;
+    return fp_execute(worker);
+}
+
 static void group_http_worker(void)
 {
     fp_request worker, sub[3];
@@ -1793,25 +1811,17 @@ static void group_http_worker(void)
     static const char *const queries[] = {"i=1", "i=2", "i=3"};
     for (int i = 0; i < 3; i++) {
         rec_init(&sr[i]);
-        req_init(&sub[i], &sr[i], NULL, FP_OUTPUT_BUFFER);
-        sub[i].http = 1;
-        sub[i].request_method = "GET";
-        sub[i].query_string = queries[i];
+        http_get(&sub[i], &sr[i], queries[i]);
     }
-    req_init(&worker, &wr,
-             "echo 'boot|'; $n = 0;"
-             "while (frankenphp_handle_request(function () use (&$n) {"
-             "    $n++;"
-             "    if ($n == 2) { header('X-Two: 2'); }"
-             "    echo 'req', $n, ':', $_GET['i'];"
-             "})) {}"
-             "echo 'drained', $n;",
-             FP_OUTPUT_BUFFER);
-    worker.worker_kind = FP_WORKER_HTTP;
-    wr.queue[0] = &sub[0];
-    wr.queue[1] = &sub[1];
-    wr.nqueue = 2;
-    int rc = fp_execute(&worker);
+    int rc = run_http_worker(&worker, &wr,
+                             "echo 'boot|'; $n = 0;"
+                             "while (frankenphp_handle_request(function () use (&$n) {"
+                             "    $n++;"
+                             "    if ($n == 2) { header('X-Two: 2'); }"
+                             "    echo 'req', $n, ':', $_GET['i'];"
+                             "})) {}"
+                             "echo 'drained', $n;",
+                             sub, 2);
     CHECK(rc == 0 && strcmp(req_out(&worker), "boot|drained2") == 0, "worker: rc %d '%s'", rc, req_out(&worker));
     CHECK(sr[0].out && strcmp(sr[0].out, "req1:1") == 0, "request 1: '%s'", sr[0].out);
     CHECK(sr[1].out && strcmp(sr[1].out, "req2:2") == 0, "request 2: '%s'", sr[1].out);
@@ -1829,18 +1839,11 @@ static void group_http_worker(void)
     /* exit() inside the handler: the request is answered, the worker ends with the status. */
     rec_reset(&wr);
     rec_reset(&sr[2]);
-    req_init(&sub[2], &sr[2], NULL, FP_OUTPUT_BUFFER);
-    sub[2].http = 1;
-    sub[2].request_method = "GET";
-    sub[2].query_string = queries[2];
-    req_init(&worker, &wr,
-             "while (frankenphp_handle_request(function () { echo 'bye', $_GET['i']; exit(3); })) {}"
-             "echo 'not reached';",
-             FP_OUTPUT_BUFFER);
-    worker.worker_kind = FP_WORKER_HTTP;
-    wr.queue[0] = &sub[2];
-    wr.nqueue = 1;
-    rc = fp_execute(&worker);
+    http_get(&sub[2], &sr[2], queries[2]);
+    rc = run_http_worker(&worker, &wr,
+                         "while (frankenphp_handle_request(function () { echo 'bye', $_GET['i']; exit(3); })) {}"
+                         "echo 'not reached';",
+                         &sub[2], 1);
     CHECK(rc == 3 && worker.output_len == 0, "exit in handler: rc %d worker output '%s'", rc, req_out(&worker));
     CHECK(sr[2].out && strcmp(sr[2].out, "bye3") == 0 && wr.ndone == 1, "exit in handler: '%s', %d done",
           sr[2].out, wr.ndone);
@@ -1853,25 +1856,17 @@ static void group_http_worker(void)
     rec_reset(&wr);
     for (int i = 0; i < 2; i++) {
         rec_reset(&sr[i]);
-        req_init(&sub[i], &sr[i], NULL, FP_OUTPUT_BUFFER);
-        sub[i].http = 1;
-        sub[i].request_method = "GET";
-        sub[i].query_string = queries[i];
+        http_get(&sub[i], &sr[i], queries[i]);
     }
-    req_init(&worker, &wr,
-             "for ($n = 0; $n < 2; $n++) {"
-             "    frankenphp_handle_request(function () use ($n) {"
-             "        if ($n == 0) { throw new Exception('in request'); }"
-             "        echo 'req', $_GET['i'];"
-             "    });"
-             "}"
-             "echo 'left the loop';",
-             FP_OUTPUT_BUFFER);
-    worker.worker_kind = FP_WORKER_HTTP;
-    wr.queue[0] = &sub[0];
-    wr.queue[1] = &sub[1];
-    wr.nqueue = 2;
-    rc = fp_execute(&worker);
+    rc = run_http_worker(&worker, &wr,
+                         "for ($n = 0; $n < 2; $n++) {"
+                         "    frankenphp_handle_request(function () use ($n) {"
+                         "        if ($n == 0) { throw new Exception('in request'); }"
+                         "        echo 'req', $_GET['i'];"
+                         "    });"
+                         "}"
+                         "echo 'left the loop';",
+                         sub, 2);
     CHECK(strcmp(req_out(&worker), "left the loop") == 0, "exception: worker output '%s'", req_out(&worker));
     CHECK(sr[0].headers_calls == 1 && sr[0].status == 500, "exception: request 1 status %d", sr[0].status);
     CHECK(rec_has_log(&sr[0], PHP_E_ERROR, "Uncaught Exception: in request"), "exception: not logged");

@@ -5,92 +5,28 @@
  *   build/cmake/tests/native/test_router          # every check; exit status 1 on a failure
  */
 #define _GNU_SOURCE
-#include "router.h"
+#include "check.h"
+#include "router_site.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-static int failures, checks;
-
-#define CHECK(cond, ...) check((cond), #cond, __FILE__, __LINE__, __VA_ARGS__)
-
-static void check(int ok, const char *expr, const char *file, int line, const char *fmt, ...)
-{
-    checks++;
-    if (ok)
-        return;
-    failures++;
-    fprintf(stderr, "%s:%d: FAILED %s: ", file, line, expr);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 /* ---- fixture ------------------------------------------------------------------------------ */
 
-static char base[PATH_MAX];   /* realpath of the temporary directory */
-static char root[PATH_MAX + 16];   /* base/public */
-
-static void make_file(const char *rel, const char *content)
-{
-    char p[PATH_MAX * 2];
-    snprintf(p, sizeof p, "%s/%s", base, rel);
-    for (char *s = p + strlen(base) + 1; (s = strchr(s, '/')); s++) {
-        *s = '\0';
-        mkdir(p, 0755);
-        *s = '/';
-    }
-    FILE *f = fopen(p, "w");
-    if (!f) {
-        perror(p);
-        exit(2);
-    }
-    fputs(content, f);
-    fclose(f);
-}
-
-static void make_dir(const char *rel)
-{
-    char p[PATH_MAX * 2];
-    snprintf(p, sizeof p, "%s/%s", base, rel);
-    mkdir(p, 0755);
-}
-
-static void make_link(const char *target, const char *rel)
-{
-    char p[PATH_MAX * 2];
-    snprintf(p, sizeof p, "%s/%s", base, rel);
-    if (symlink(target, p) != 0) {
-        perror(p);
-        exit(2);
-    }
-}
-
 static void build_site(void)
 {
-    char tmpl[] = "/tmp/fp-router-XXXXXX";
-    if (!mkdtemp(tmpl) || !realpath(tmpl, base)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    snprintf(root, sizeof root, "%s/public", base);
-    make_dir("public");
-    make_file("secret.txt", "TOP SECRET");
-    make_file("outside.php", "<?php");
-    make_file("private/x.txt", "private");
-    make_file("private/index.php", "<?php");
-    make_file(".env", "OUTSIDE=1");
-    make_file(".ssh/id_rsa", "KEY");
-    make_file("shared/tpl/page.css", "tpl{}");
+    site_create("fp-router");
+    site_file("secret.txt", "TOP SECRET");
+    site_file("outside.php", "<?php");
+    site_file("private/x.txt", "private");
+    site_file("private/index.php", "<?php");
+    site_file(".env", "OUTSIDE=1");
+    site_file(".ssh/id_rsa", "KEY");
+    site_file("shared/tpl/page.css", "tpl{}");
     static const char *files[] = {
         "index.php", "info.php", "UPPER.PHP", "style.css", "legacy.phtml", "config.inc",
         "shown.php.txt", ".env", ".htaccess", ".git/config", ".well-known/security.txt",
@@ -102,51 +38,33 @@ static void build_site(void)
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char rel[PATH_MAX];
         snprintf(rel, sizeof rel, "public/%s", files[i]);
-        make_file(rel, "x");
+        site_file(rel, "x");
     }
-    make_dir("public/nothing");
-    make_link("style.css", "public/link_in.css");
-    make_link("blog", "public/link_blog");
-    make_link("../secret.txt", "public/link_out.txt");
-    make_link("../private", "public/link_dir_out");
-    make_link("../outside.php", "public/link_out.php");
-    make_link("../outside.php", "public/link_out_src.txt");
-    make_link("../.env", "public/link_out_env.txt");
-    make_link("../.ssh", "public/link_out_ssh");
-    make_link("../shared/tpl", "public/tpl");
-    make_link(".env", "public/link_env.txt");
-    make_link(".git", "public/gitlink");
-    make_link("info.php", "public/source.txt");
-    make_link("missing", "public/dangling.txt");
-    make_link("loop_b", "public/loop_a");
-    make_link("loop_a", "public/loop_b");
-    make_link("..", "public/up");   /* a link to the parent: out of the root */
-    make_link(".", "public/self");  /* a link to the root itself */
-}
-
-static void remove_site(void)
-{
-    char cmd[PATH_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", base);
+    site_dir("public/nothing");
+    site_link("style.css", "public/link_in.css");
+    site_link("blog", "public/link_blog");
+    site_link("../secret.txt", "public/link_out.txt");
+    site_link("../private", "public/link_dir_out");
+    site_link("../outside.php", "public/link_out.php");
+    site_link("../outside.php", "public/link_out_src.txt");
+    site_link("../.env", "public/link_out_env.txt");
+    site_link("../.ssh", "public/link_out_ssh");
+    site_link("../shared/tpl", "public/tpl");
+    site_link(".env", "public/link_env.txt");
+    site_link(".git", "public/gitlink");
+    site_link("info.php", "public/source.txt");
+    site_link("missing", "public/dangling.txt");
+    site_link("loop_b", "public/loop_a");
+    site_link("loop_a", "public/loop_b");
+    site_link("..", "public/up");   /* a link to the parent: out of the root */
+    site_link(".", "public/self");  /* a link to the root itself */
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static const char *const split_ext[] = {".php"};
-static const char *const static_idx[] = {"index.html", "index.txt"};
-static const char *const hidden_ok[] = {".well-known"};
-
 static fp_router_options options(int follow)
 {
-    return (fp_router_options){
-        .index = "index.php",
-        .split_extensions = split_ext, .n_split_extensions = 1,
-        .static_indexes = static_idx, .n_static_indexes = 2,
-        .allowed_hidden = hidden_ok, .n_allowed_hidden = 1,
-        .follow_symlinks = follow,
-    };
+    return site_options("index.php", follow);
 }
 
 static fp_router follow_router, strict_router;
@@ -173,14 +91,6 @@ static const fp_route *route_of(const fp_router *rt, const char *path)
 static int str_is(fp_str s, const char *expect)
 {
     return s.len == strlen(expect) && memcmp(s.ptr, expect, s.len) == 0 && s.ptr[s.len] == '\0';
-}
-
-/* base + "/" + rel */
-static const char *at(const char *rel)
-{
-    static char p[PATH_MAX * 2];
-    snprintf(p, sizeof p, "%s/%s", base, rel);
-    return p;
 }
 
 static const char *kind_name(fp_route_kind k)
@@ -623,7 +533,7 @@ int main(void)
     test_buffer_boundaries();
     test_static_decisions();
     test_threads();
-    remove_site();
+    site_remove();
     printf("test_router: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
