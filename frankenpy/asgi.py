@@ -142,6 +142,7 @@ class ASGIExchange(Exchange):
         self.too_large = False  # a body without Content-Length grew past max_body_size
         chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
         self._body_done = content_length == 0 or (content_length is None and not chunked)
+        self._received_end = False  # receive() gave the body's last message
         self._early_hints = "http.response.early_hint" in (scope.get("extensions") or {})
         self._response_started = False
         self._listener: asyncio.Task[None] | None = None
@@ -236,7 +237,7 @@ class ASGIExchange(Exchange):
                 self.too_large = self.client_gone = self._body_done = True
                 return b""
             if not message.get("more_body", False):
-                self._body_done = True
+                self._body_done = self._received_end = True
                 self._listen()
             if body or self._body_done:
                 return body
@@ -247,9 +248,18 @@ class ASGIExchange(Exchange):
             self._listener = self._loop.create_task(self._watch_disconnect())
 
     async def _watch_disconnect(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self.client_gone = True
+        # An unread body (a GET's empty one) is skipped up to its end; after the end comes
+        # http.disconnect only (ASGI): anything else stops the watch, so that a receive()
+        # answering at once cannot spin the loop.
+        ended = self._received_end
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                return
+            if ended or message["type"] != "http.request":
+                return
+            ended = not message.get("more_body", False)
 
     def refuse(self, status: int) -> None:
         """(On the loop) no PHP thread ran the request: respond() returns ``status``."""
