@@ -467,3 +467,42 @@ def test_lifespan_and_other_scopes(site: Site) -> None:
         return sent
 
     assert asyncio.run(main()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_the_request_task_stops_the_script(site: Site) -> None:
+    """A server cancels the app's task (shutdown): the script is stopped as a timeout does,
+    and its PHP thread serves again at once."""
+    rt, base = site
+    app = PHPApp(rt, base / "public")
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def main() -> float:
+        scope = scope_for("/sleep.php", "ms=20000")
+        tasks = [asyncio.create_task(app(scope, receive, send)) for _ in range(2)]
+        await asyncio.sleep(0.5)  # both PHP threads are sleeping
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        started = time.monotonic()
+        sent: list[dict[str, Any]] = []
+
+        async def collect(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        first = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive_once() -> dict[str, Any]:
+            return first.pop() if first else await receive()
+
+        await asyncio.wait_for(app(scope_for("/sleep.php", "ms=1"), receive_once, collect), 15)
+        assert sent[-1]["body"] == b"slept"
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 5  # not the 20 s the cancelled scripts would have slept
