@@ -46,6 +46,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 CHUNKS_IN_FLIGHT = 16  # flushed chunks a PHP thread may run ahead of the client
+CANCELLED = -4  # csrc/async_request.h FP_ASYNC_REQUEST_CANCELLED (cffi sees no #define)
 POLL = 1.0  # a blocked PHP thread looks this often whether the response was abandoned
 
 
@@ -380,10 +381,10 @@ def _job_done(fd: int) -> None:
     loop.remove_reader(fd)
     os.close(fd)
     job, exchange, pool = _jobs.pop(fd)
+    if job.member < 0 and job.member != CANCELLED:
+        exchange.refuse(503)
     if job.given_up:
         pool.given_up(pool.thread(job.member))
-    if job.member < 0 and job.member != lib.FP_ASYNC_REQUEST_CANCELLED:
-        exchange.refuse(503)
 
 
 def _submit(exchange: ASGIExchange, pool: ThreadPool, max_wait: float | None) -> Any:

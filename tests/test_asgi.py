@@ -85,6 +85,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy.R
                               "header_remove('Link'); echo $sent === 1 ? 'sent' : 'not sent';\n")
     write(root / "finish.php", "<?php echo 'done early'; frankenphp_finish_request();\n"
                                "usleep(200000); file_put_contents($_GET['out'], 'went on');\n")
+    write(root / "spin.php", "<?php set_time_limit(1); while (true) {}\n")
     write(root / "static.txt", "0123456789 static text\n")
     write(root / ".env", "SECRET\n")
     write(root / "lib.inc", "<?php // SECRET\n")
@@ -506,3 +507,49 @@ def test_cancelling_the_request_task_stops_the_script(site: Site) -> None:
         return time.monotonic() - started
 
     assert asyncio.run(main()) < 5  # not the 20 s the cancelled scripts would have slept
+
+
+async def call(app: PHPApp, path: str, query: str = "") -> list[dict[str, Any]]:
+    """One GET through ``app``; the messages it sent."""
+    sent: list[dict[str, Any]] = []
+    first = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if not first:
+            await asyncio.sleep(3600)
+        return first.pop()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope_for(path, query), receive, send)
+    return sent
+
+
+@pytest.mark.timeout(60)
+def test_time_limit_stops_the_script_with_500(site: Site) -> None:
+    """max_execution_time / set_time_limit() hold on the PHP thread the C thread borrowed."""
+    rt, base = site
+    app = PHPApp(rt, base / "public")
+    started = time.monotonic()
+    sent = asyncio.run(call(app, "/spin.php"))
+    assert sent[0]["status"] == 500
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(60)
+def test_no_free_php_thread_within_max_wait_time_is_503(site: Site) -> None:
+    rt, base = site
+    app = PHPApp(rt, base / "public", max_wait_time=0.5)
+
+    async def main() -> tuple[list[list[dict[str, Any]]], float]:
+        busy = [asyncio.create_task(call(app, "/sleep.php", "ms=3000")) for _ in range(2)]
+        await asyncio.sleep(0.5)  # both PHP threads are taken
+        started = time.monotonic()
+        refused = await call(app, "/sleep.php", "ms=1")
+        waited = time.monotonic() - started
+        return [refused, *await asyncio.gather(*busy)], waited
+
+    (refused, *served), waited = asyncio.run(main())
+    assert refused[0]["status"] == 503 and 0.4 < waited < 2.5
+    assert [messages[-1]["body"] for messages in served] == [b"slept", b"slept"]
