@@ -401,6 +401,12 @@ def _submit(exchange: ASGIExchange, pool: ThreadPool, max_wait: float | None) ->
         os.close(fd)
         del _jobs[fd]
         raise RuntimeError("cannot start a thread for the request")
+    starved = pool.on_starved
+    if starved is not None:  # autoscaling: a request still queued after starved_after asks for a thread
+        def check() -> None:
+            if exchange.thread is None and _jobs.get(fd, (None,))[0] is job:
+                starved()
+        loop.call_later(pool.starved_after, check)
     return job
 
 

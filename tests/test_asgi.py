@@ -553,3 +553,24 @@ def test_no_free_php_thread_within_max_wait_time_is_503(site: Site) -> None:
     (refused, *served), waited = asyncio.run(main())
     assert refused[0]["status"] == 503 and 0.4 < waited < 2.5
     assert [messages[-1]["body"] for messages in served] == [b"slept", b"slept"]
+
+
+@pytest.mark.timeout(60)
+def test_queued_requests_make_the_runtime_scale_up(tmp_path: Path) -> None:
+    """A request that waits for a regular PHP thread asks autoscaling for one, as under WSGI:
+    three 1 s requests on a runtime of 1 thread (max 3) run side by side."""
+    write(tmp_path / "sleep.php", "<?php usleep(1000000); echo 'slept';\n")
+    rt = frankenpy.Runtime(num_threads=1, max_threads=3).start()
+    try:
+        app = PHPApp(rt, tmp_path)
+
+        async def main() -> tuple[float, list[list[dict[str, Any]]]]:
+            started = time.monotonic()
+            results = await asyncio.gather(*(call(app, "/sleep.php") for _ in range(3)))
+            return time.monotonic() - started, list(results)
+
+        elapsed, results = asyncio.run(main())
+        assert [r[-1]["body"] for r in results] == [b"slept"] * 3
+        assert elapsed < 2.5, elapsed  # one after the other takes 3 s
+    finally:
+        rt.shutdown(5.0)
