@@ -2,7 +2,6 @@
 #include "async_request.h"
 
 #include <pthread.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include "handoff.h"
@@ -12,11 +11,6 @@ void fp_py_run_request(void *handle, int member);
 
 /* A queued request looks at its cancel flag and its deadline this often. */
 #define POLL_NS 50000000LL
-
-typedef struct {
-    fp_pool *pool;
-    fp_async_request *job;
-} run_args;
 
 static int queue_for_member(fp_pool *pool, fp_async_request *job)
 {
@@ -47,13 +41,11 @@ static int queue_for_member(fp_pool *pool, fp_async_request *job)
 
 static void *run_main(void *arg)
 {
-    run_args a = *(run_args *)arg;
-    free(arg);
-    fp_async_request *job = a.job;
-    int member = queue_for_member(a.pool, job);
+    fp_async_request *job = arg;
+    int member = queue_for_member(job->pool, job);
     if (member >= 0) {
         fp_py_run_request(job->handle, member);
-        job->given_up = fp_pool_release(a.pool, member);
+        job->given_up = fp_pool_release(job->pool, member);
     }
     job->member = member;
     int fd = job->fd;
@@ -67,21 +59,11 @@ static void *run_main(void *arg)
 
 int fp_async_request_submit(fp_pool *pool, fp_async_request *job)
 {
-    run_args *a = malloc(sizeof(*a));
-    if (!a) {
-        return -1;
-    }
-    a->pool = pool;
-    a->job = job;
+    job->pool = pool;
     pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, run_main, a);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        free(a);
+    if (pthread_create(&t, NULL, run_main, job) != 0) {
         return -1;
     }
+    pthread_detach(t);
     return 0;
 }

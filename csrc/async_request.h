@@ -23,6 +23,7 @@ typedef struct fp_async_request {
     int64_t wait_ns;  /* queue at most this long for a PHP thread (< 0: no limit) */
     int fd;           /* eventfd written once done; the job is not touched after that write */
     int cancel;       /* set by the caller: leave the line if still queued */
+    fp_pool *pool;    /* set by fp_async_request_submit */
     /* out, readable once the eventfd has fired */
     int member;       /* the member it ran on, or FP_POOL_TIMEOUT, FP_POOL_CLOSED,
                        * FP_ASYNC_REQUEST_CANCELLED (left the line) */
