@@ -13,7 +13,7 @@ import fnmatch
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from ..scopes import GLOBAL_SCOPE
 from ..threads import WorkerLogAdapter
 from ..workers import Worker
 from .exchange import HTTPExchange, StartResponse
-from .routing import Route, RouteKind, Router, respond, simple_response, wsgi_to_text
-from .workers import request_queue
+from .routing import Route, RouteKind, Router, StaticResponse, respond, simple_response, wsgi_to_text
+from .workers import RequestQueue, request_queue
 
 logger = logging.getLogger("frankenpy.http")
 
@@ -32,8 +32,9 @@ ROUTE_TTL = 2.0  # seconds a PHP route is reused before the file system is asked
 ROUTE_CACHE_SIZE = 4096
 
 
-class PHPApp:
-    """Serve ``document_root`` with PHP on the started runtime ``runtime``.
+class PHPSite:
+    """The request decisions that the WSGI :class:`PHPApp` and the ASGI one
+    (:class:`frankenpy.asgi.PHPApp`) share; each does its own I/O.
 
     ``scope`` selects which HTTP workers of the runtime this app routes to (one app per server
     block, as FrankenPHP's ``php_server`` scopes).  ``env`` is added to ``$_SERVER``.
@@ -70,43 +71,47 @@ class PHPApp:
         self._log = WorkerLogAdapter(logger, {"worker": "-"})
         self._routes: dict[str, tuple[float, Route]] = {}
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def dispatch(self, environ: Mapping[str, Any]) -> StaticResponse | tuple[Route, Worker | None]:
+        """What the request ``environ`` (a WSGI environ) gets: a complete response (a static
+        file, a redirect, a refusal), or the PHP route to run, with the HTTP worker that runs
+        it (None: a classic request)."""
         raw_path = environ.get("PATH_INFO", "") or "/"
         path = wsgi_to_text(raw_path)
         if "\0" in path:
-            return self._refuse(start_response, 400, "NUL byte in the request path")
+            return self.refusal(400, "NUL byte in the request path")
         worker = next((w for pattern, w in self._matched if fnmatch.fnmatchcase(path, pattern)), None)
         if worker is not None:
-            route = Route(
+            return Route(
                 RouteKind.PHP, 200, str(self.document_root), script_name=path,
                 script_filename=str(worker.path), real_path=str(worker.path),
-            )
-        else:
-            route = self._route(raw_path, environ.get("QUERY_STRING", ""))
-            if route.kind is not RouteKind.PHP:
-                response = respond(route, environ)
-                start_response(response.status_line, response.headers)
-                return response.body
-            worker = self._by_file.get(route.real_path) or self._by_file.get(route.script_filename)
+            ), worker
+        route = self._route(raw_path, environ.get("QUERY_STRING", ""))
+        if route.kind is not RouteKind.PHP:
+            return respond(route, environ)
+        return route, self._by_file.get(route.real_path) or self._by_file.get(route.script_filename)
 
-        body = self._read_body(environ)
-        if body is None:
-            return self._refuse(start_response, 413, "request body too large")
-        if worker is not None:
-            exchange = HTTPExchange(
-                environ, route, start_response, body=body, runtime_env=self.runtime.env,
-                # FrankenPHP marks requests served by a worker with FRANKENPHP_WORKER=1.
-                server_env={**self.env, "FRANKENPHP_WORKER": "1"},
-            )
-            return self._via_worker(exchange, worker, start_response)
-        with self.runtime.borrow_thread(self.max_wait_time) as thread:
-            if thread is None:
-                return self._refuse(start_response, 503, "no free PHP thread")
-            exchange = HTTPExchange(
-                environ, route, start_response, body=body, runtime_env=self.runtime.env,
-                server_env=self.env, thread=thread,
-            )
-            return exchange.run_classic()
+    def server_env(self, worker: Worker | None) -> dict[str, str]:
+        """``env`` for a request, with FRANKENPHP_WORKER=1 when a worker serves it (as in
+        FrankenPHP)."""
+        return {**self.env, "FRANKENPHP_WORKER": "1"} if worker is not None else self.env
+
+    def worker_queue(self, worker: Worker) -> tuple[RequestQueue, Callable[[], None] | None]:
+        """The queue of ``worker``'s requests, and its autoscaling hook (called when a request
+        has waited STALL_TIME for a thread of the worker)."""
+        queue = request_queue(self.runtime.workers_group, worker.scope, worker.name)
+        return queue, self.runtime.workers_group.scaling.get((worker.scope, worker.name))
+
+    def declared_length(self, environ: Mapping[str, Any]) -> int | None:
+        """The request's Content-Length; None without one; -1 when it is invalid or larger
+        than ``max_body_size`` (413)."""
+        length_header = environ.get("CONTENT_LENGTH") or ""
+        if not length_header.strip():
+            return None
+        try:
+            length = int(length_header)
+        except ValueError:
+            return -1
+        return -1 if length < 0 or length > self.max_body_size else length
 
     def _route(self, raw_path: str, query_string: str) -> Route:
         """The router's decision, with PHP routes cached for ROUTE_TTL seconds (as PHP's
@@ -122,29 +127,58 @@ class PHPApp:
             self._routes[raw_path] = (now + ROUTE_TTL, route)
         return route
 
+    def refusal(self, status: int, why: str) -> StaticResponse:
+        """The response refusing a request (logged with ``why``)."""
+        self._log.warning("%d: %s", status, why)
+        return simple_response(status)
+
+
+class PHPApp(PHPSite):
+    """Serve ``document_root`` with PHP on the started runtime ``runtime`` (WSGI); the
+    arguments are :class:`PHPSite`'s."""
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        decision = self.dispatch(environ)
+        if isinstance(decision, StaticResponse):
+            return self._answer(start_response, decision)
+        route, worker = decision
+        body = self._read_body(environ)
+        if body is None:
+            return self._answer(start_response, self.refusal(413, "request body too large"))
+        if worker is not None:
+            exchange = HTTPExchange(
+                environ, route, start_response, body=body, runtime_env=self.runtime.env,
+                server_env=self.server_env(worker),
+            )
+            return self._via_worker(exchange, worker, start_response)
+        with self.runtime.borrow_thread(self.max_wait_time) as thread:
+            if thread is None:
+                return self._answer(start_response, self.refusal(503, "no free PHP thread"))
+            exchange = HTTPExchange(
+                environ, route, start_response, body=body, runtime_env=self.runtime.env,
+                server_env=self.env, thread=thread,
+            )
+            return exchange.run_classic()
+
     def _via_worker(
         self, exchange: HTTPExchange, worker: Worker, start_response: StartResponse
     ) -> Iterable[bytes]:
-        queue = request_queue(self.runtime.workers_group, worker.scope, worker.name)
+        queue, starved = self.worker_queue(worker)
         queue.submit(exchange)
-        starved = self.runtime.workers_group.scaling.get((worker.scope, worker.name))  # autoscaling
         body = exchange.wait_for_worker(lambda: queue.withdraw(exchange), self.max_wait_time, starved)
         if body is None:
-            return self._refuse(start_response, 503, f"no free thread of worker {worker.name!r}")
+            refusal = self.refusal(503, f"no free thread of worker {worker.name!r}")
+            return self._answer(start_response, refusal)
         return body
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | None:
         """The whole request body, or None when it exceeds ``max_body_size``."""
         stream = environ.get("wsgi.input")
-        length_header = environ.get("CONTENT_LENGTH") or ""
         if stream is None:
             return b""
-        if length_header.strip():
-            try:
-                length = int(length_header)
-            except ValueError:
-                length = -1
-            if length < 0 or length > self.max_body_size:
+        length = self.declared_length(environ)
+        if length is not None:
+            if length < 0:
                 return None
             return stream.read(length) if length else b""
         chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
@@ -153,8 +187,7 @@ class PHPApp:
         data = stream.read(self.max_body_size + 1)  # the server de-chunks and ends the stream
         return None if len(data) > self.max_body_size else data
 
-    def _refuse(self, start_response: StartResponse, status: int, why: str) -> Iterable[bytes]:
-        self._log.warning("%d: %s", status, why)
-        response = simple_response(status)
+    @staticmethod
+    def _answer(start_response: StartResponse, response: StaticResponse) -> Iterable[bytes]:
         start_response(response.status_line, response.headers)
         return response.body

@@ -17,7 +17,7 @@ from typing import Any
 from .. import _native
 from ..execution import Execution
 from ..workers import WorkerGroup, WorkerThread
-from .exchange import HTTPExchange
+from .exchange import Exchange
 
 
 class RequestQueue:
@@ -25,18 +25,18 @@ class RequestQueue:
     requests wait in a C queue instead; ``native`` is then (server, queue index), for len()."""
 
     def __init__(self) -> None:
-        self._items: deque[HTTPExchange] = deque()
+        self._items: deque[Exchange] = deque()
         self._cond = threading.Condition()
         self.native: tuple[Any, int] | None = None
 
-    def submit(self, exchange: HTTPExchange) -> None:
+    def submit(self, exchange: Exchange) -> None:
         """Queue ``exchange`` for the next free thread of the worker."""
         exchange.handed_to_worker()
         with self._cond:
             self._items.append(exchange)
             self._cond.notify()  # one idle worker thread is enough
 
-    def withdraw(self, exchange: HTTPExchange) -> bool:
+    def withdraw(self, exchange: Exchange) -> bool:
         """Take ``exchange`` back if no thread has claimed it yet (its client gets a 503)."""
         with self._cond:
             if exchange.claimed:
@@ -44,7 +44,7 @@ class RequestQueue:
             self._items.remove(exchange)
             return True
 
-    def take(self, thread: HTTPWorkerThread) -> HTTPExchange | None:
+    def take(self, thread: HTTPWorkerThread) -> Exchange | None:
         """The next request for ``thread``, waiting for one; None once the thread drains."""
         with self._cond:
             self._cond.wait_for(lambda: self._items or thread.draining)
@@ -82,8 +82,8 @@ class HTTPWorkerExecution(Execution):
         self.worker_thread = thread
         self.reached_loop = False  # called frankenphp_handle_request(): booted
         self.handled = 0
-        self.in_flight: HTTPExchange | None = None
-        self.retired: HTTPExchange | None = None  # answered, but its struct still in C's hands
+        self.in_flight: Exchange | None = None
+        self.retired: Exchange | None = None  # answered, but its struct still in C's hands
         self.idle_since = time.time()  # waiting for a request since (admin API)
 
     def next_request(self) -> Execution | None:
@@ -107,7 +107,7 @@ class HTTPWorkerExecution(Execution):
         return exchange
 
     def request_done(self, request: Execution) -> None:
-        assert isinstance(request, HTTPExchange)
+        assert isinstance(request, Exchange)
         req = request.request.struct
         request.collect(req)  # the glue frees the request's memory when we return
         rest = bytes(_native.ffi.buffer(req.output, req.output_len)) if req.output_len else b""
@@ -121,7 +121,7 @@ class HTTPWorkerExecution(Execution):
         # The glue still clears the request's struct after this returns, and the WSGI thread
         # may drop the exchange (and the struct's memory) as soon as it has the rest: keep it.
         self.retired = request
-        request.finish_from_worker(rest)
+        request.complete(rest)
 
 
 class NativeHTTPWorkerExecution(Execution):
@@ -204,6 +204,6 @@ class HTTPWorkerThread(WorkerThread):
         if execution.in_flight is not None:
             # The glue answers a request cut short by exit() or a fatal error; never leave the
             # client waiting if it could not.
-            execution.in_flight.finish_from_worker(b"")
+            execution.in_flight.complete(b"")
             execution.in_flight = None
         return execution.reached_loop
