@@ -1401,15 +1401,28 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---- the loop thread ----------------------------------------------------------------------------- */
 
-static void answer_expired(fp_http_server *server, fp_handoff_item *item)
+void fp_http_exchange_reject(fp_http_exchange *ex)
+{
+    atomic_fetch_add(&ex->server->rejected_503, 1);
+    log_record(ex->server, "S", "-", "503: no free PHP thread within max_wait_time");
+    fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
+                             "503 Service Unavailable\n", 24);
+}
+
+int64_t fp_http_exchange_wait_left(fp_http_exchange *ex)
+{
+    uint64_t max_wait = ex->site->max_wait_ns, waited = fp_monotonic_ns() - ex->link.enqueued_ns;
+    if (!max_wait) {
+        return -1;
+    }
+    return waited >= max_wait ? 0 : (int64_t)(max_wait - waited);
+}
+
+static void answer_expired(fp_handoff_item *item)
 {
     while (item) {
         fp_handoff_item *next = item->next;
-        fp_http_exchange *ex = (fp_http_exchange *)item;
-        atomic_fetch_add(&server->rejected_503, 1);
-        log_record(server, "S", "-", "503: no free PHP thread within max_wait_time");
-        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
-                                 "503 Service Unavailable\n", 24);
+        fp_http_exchange_reject((fp_http_exchange *)item);
         item = next;
     }
 }
@@ -1429,7 +1442,7 @@ static void on_expire_tick(h2o_timeout_entry_t *entry)
     }
     if (max_wait) {
         for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(server, fp_handoff_expire(server->queues[q], now, max_wait));
+            answer_expired(fp_handoff_expire(server->queues[q], now, max_wait));
         }
     }
     h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
@@ -1508,7 +1521,7 @@ static void *loop_main(void *arg)
     if (lp->index == 0) {
         /* The answers go to the loop of each request, which lingers while it has connections. */
         for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(server, fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+            answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
         }
     }
     uint64_t until = fp_monotonic_ns() + STOP_LINGER_NS;

@@ -150,6 +150,14 @@ void fp_http_exchange_release(fp_http_exchange *ex);
 void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *headers,
                               const char *body, size_t body_len);
 
+/* Nanoseconds `ex` may still wait for a PHP thread: its site's max_wait_time counts from the
+ * moment it was queued, through the hand-off queue and the wait for a pool interpreter.
+ * -1: no limit; 0: the time is up. */
+int64_t fp_http_exchange_wait_left(fp_http_exchange *ex);
+
+/* Answer `ex` 503 because it waited longer than max_wait_time (counted and logged). */
+void fp_http_exchange_reject(fp_http_exchange *ex);
+
 /* Deadline (CLOCK_MONOTONIC ns, 0 none) and the limit in seconds that set it; any thread. */
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds);
 uint64_t fp_http_exchange_deadline(fp_http_exchange *ex, int64_t *seconds);

@@ -123,9 +123,16 @@ uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const 
     fp_http_exchange *ex;
     watch(&slot);
     while ((ex = fp_http_take(server, 0, drain))) {
-        void *item;
-        int id = fp_pool_acquire(pool, -1, &item);
+        /* max_wait_time covers the wait for an interpreter too: execute_*() callers share the
+         * pool, so a request taken off the queue may still wait here. */
+        void *item = NULL;
+        int64_t left = fp_http_exchange_wait_left(ex);
+        int id = left == 0 ? FP_POOL_TIMEOUT : fp_pool_acquire(pool, left, &item);
         fp_slot *php = item;
+        if (id == FP_POOL_TIMEOUT) {
+            fp_http_exchange_reject(ex);
+            continue;
+        }
         if (id < 0) {
             static const char body[] = "Service Unavailable\n";
             fp_http_exchange_respond(ex, 503, "Content-Type: text/plain\n", body, sizeof body - 1);

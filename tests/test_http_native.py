@@ -432,3 +432,35 @@ def test_execute_code_is_served_while_the_native_server_is_under_load(native: Ca
             thread.join(30.0)
     assert max(waits) < 10.0, waits  # queued behind a handful of 30 ms requests, FIFO
     assert set(answers) == {200}
+
+
+@pytest.mark.timeout(60)
+def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path) -> None:
+    """A classic request leaves the hand-off queue at once (a serving thread is idle) but then
+    waits for an interpreter, which execute_code() callers hold: that wait counts toward
+    max_wait_time too (503 after it), not only the time in the hand-off queue."""
+    import threading
+
+    build_root(tmp_path)
+    runtime = frankenpy.Runtime(num_threads=1)
+    runtime.start()
+    try:
+        app = PHPApp(runtime, tmp_path / "public", max_wait_time=0.5)
+        server = NativeServer(runtime, [Site("127.0.0.1", 0, app)])
+        server.start()
+        try:
+            holder = threading.Thread(target=runtime.execute_code, args=("usleep(4000000);",))
+            holder.start()
+            wait_for(lambda: runtime._running_pool().busy == 1, 10.0)  # the only interpreter
+            started = time.monotonic()
+            status, body = get(server.ports[0], "/hello.php")
+            waited = time.monotonic() - started
+            assert status == 503, (status, body)
+            assert waited < 3.0  # answered after max_wait_time, not once the caller is done
+            assert server.counters()["rejected_503"] == 1
+            holder.join(10.0)
+            assert get(server.ports[0], "/hello.php") == (200, b"hello from PHP")
+        finally:
+            server.stop(grace=5.0)
+    finally:
+        runtime.shutdown(5.0)
