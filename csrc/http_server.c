@@ -33,7 +33,7 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
                       struct phr_header *headers, size_t *num_headers, size_t last_len);
 
 #define MAX_SITES 16
-#define MAX_LOOPS 16
+#define MAX_LOOPS 64 /* loop threads, or PHP threads with a loop each (per-thread) */
 #define MAX_WORKER_ROUTES 64
 #define STATIC_CHUNK (64 * 1024)
 #define EXPIRE_INTERVAL_MS 50
@@ -82,6 +82,11 @@ struct http_loop {
     h2o_multithread_receiver_t receiver; /* exchanges with output to send */
     pthread_t thread;
     int ready; /* under server->mu: set up, running */
+    /* Per-thread (run-to-completion): the PHP thread that runs this loop took it (entered), and
+     * has shut it down (done), under server->mu; the classic requests it parsed and runs itself,
+     * FIFO (its thread only). */
+    int entered, done;
+    fp_http_exchange *local_first, *local_last;
 };
 
 struct fp_http_server {
@@ -91,6 +96,7 @@ struct fp_http_server {
     int n_queues;
     int python_queue;
     int access_log;
+    int per_thread; /* run-to-completion: the loops are PHP threads' (fp_http_loop_next) */
 
     http_loop loops[MAX_LOOPS];
     int n_loops;
@@ -146,6 +152,7 @@ struct fp_http_exchange {
     char *inflight;     /* the buffer h2o is writing */
     size_t inflight_cap;
     int head;           /* HEAD: the body is produced, not sent */
+    int inline_run;     /* per-thread: PHP runs on the loop's own thread, between its runs */
 
     _Atomic uint64_t deadline_ns;
     _Atomic int64_t limit_seconds;
@@ -403,9 +410,32 @@ static int append_pending(fp_http_exchange *ex, const char *data, size_t len)
 
 /* ---- the exchange's host callbacks (PHP thread) --------------------------------------------- */
 
+/* Per-thread: the PHP thread is the loop's own thread, outside any h2o callback, so it sends
+ * its output itself and runs its loop (which runs no PHP: requests parsed meanwhile queue on
+ * the loop) until the client has taken all but FP_HTTP_HIGH_WATER bytes. */
+static int inline_output(fp_http_exchange *ex, const char *data, size_t len)
+{
+    pthread_mutex_lock(&ex->mu);
+    int failed = ex->gone || ex->broken || append_pending(ex, data, len) != 0;
+    if (!failed && !ex->status) {
+        ex->status = ex->req.response_code ? ex->req.response_code : 200;
+    }
+    pthread_mutex_unlock(&ex->mu);
+    pump(ex); /* also cuts the response of a broken exchange */
+    h2o_loop_t *loop = ex->loop->loop;
+    h2o_evloop_run(loop, 0); /* completions of earlier writes (h2o's proceed sends the rest) */
+    while (!failed && ex->h2o && ex->pending_len > FP_HTTP_HIGH_WATER) {
+        h2o_evloop_run(loop, 100);
+    }
+    return failed || ex->gone ? -1 : 0;
+}
+
 static int ex_output(void *handle, const char *data, size_t len)
 {
     fp_http_exchange *ex = handle;
+    if (ex->inline_run) {
+        return inline_output(ex, data, len);
+    }
     pthread_mutex_lock(&ex->mu);
     if (ex->gone || ex->broken || append_pending(ex, data, len) != 0) {
         /* Gone, or the output could not be kept: PHP aborts the script (unless it ignores
@@ -566,9 +596,11 @@ static void finish(fp_http_exchange *ex, int release)
     }
     r->output_len = 0;
     ex->final = 1;
-    int send = schedule_locked(ex);
+    int send = !ex->inline_run && schedule_locked(ex);
     pthread_mutex_unlock(&ex->mu);
-    if (send) {
+    if (ex->inline_run) {
+        pump(ex); /* on the loop's thread, between its runs */
+    } else if (send) {
         send_scheduled(ex);
     }
     atomic_store(&ex->deadline_ns, 0);
@@ -1211,6 +1243,22 @@ static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
     pthread_mutex_lock(&server->mu);
     server->in_flight++;
     pthread_mutex_unlock(&server->mu);
+    if (queue == 0 && server->per_thread) {
+        /* Run-to-completion: the PHP thread that runs this loop runs it, once the loop returns
+         * (fp_http_loop_next). */
+        http_loop *lp = ex->loop;
+        ex->inline_run = 1;
+        ex->link.enqueued_ns = fp_monotonic_ns();
+        ex->link.next = NULL;
+        if (lp->local_last) {
+            lp->local_last->link.next = &ex->link;
+        } else {
+            lp->local_first = ex;
+        }
+        lp->local_last = ex;
+        atomic_fetch_add(&server->php_requests, 1);
+        return;
+    }
     if (fp_handoff_put(server->queues[queue], &ex->link) != 0) {
         /* Stopping: answer here; the PHP side never sees it. */
         atomic_fetch_add(&server->rejected_503, 1);
@@ -1505,6 +1553,22 @@ static void loop_setup(http_loop *lp)
     pthread_mutex_unlock(&server->mu);
 }
 
+/* The next exchange queued on per-thread loop `lp`, taken off its list. */
+static fp_http_exchange *local_take(http_loop *lp)
+{
+    fp_http_exchange *ex = lp->local_first;
+    if (ex) {
+        lp->local_first = (fp_http_exchange *)ex->link.next;
+        if (!lp->local_first) {
+            lp->local_last = NULL;
+        }
+        ex->link.next = NULL;
+    }
+    return ex;
+}
+
+static void loop_shutdown(http_loop *lp);
+
 static void *loop_main(void *arg)
 {
     http_loop *lp = arg;
@@ -1513,6 +1577,13 @@ static void *loop_main(void *arg)
     while (!atomic_load(&server->stopping)) {
         h2o_evloop_run(lp->loop, 100);
     }
+    loop_shutdown(lp);
+    return NULL;
+}
+
+static void loop_shutdown(http_loop *lp)
+{
+    fp_http_server *server = lp->server;
     /* Stop: close the listeners first (a connection the kernel would accept now would never be
      * served), answer every queued request with 503, then let h2o close the connections: those
      * waiting for their next request time out at once (req_timeout 0), the others once their
@@ -1523,6 +1594,11 @@ static void *loop_main(void *arg)
         for (int q = 0; q < server->n_queues; q++) {
             answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
         }
+    }
+    for (fp_http_exchange *ex; (ex = local_take(lp));) { /* per-thread: never run */
+        atomic_fetch_add(&server->rejected_503, 1);
+        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
+                                 "503 Service Unavailable\n", 24);
     }
     uint64_t until = fp_monotonic_ns() + STOP_LINGER_NS;
     for (;;) {
@@ -1537,7 +1613,6 @@ static void *loop_main(void *arg)
         }
         h2o_evloop_run(lp->loop, 10);
     }
-    return NULL;
 }
 
 /* ---- the public API -------------------------------------------------------------------------------- */
@@ -1572,6 +1647,61 @@ fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, 
     return server;
 }
 
+int fp_http_server_per_thread(fp_http_server *server, int threads, char *err, size_t err_len)
+{
+    if (threads < 1 || threads > MAX_LOOPS) {
+        snprintf(err, err_len, "the per-thread I/O model serves with 1..%d PHP threads, not %d", MAX_LOOPS, threads);
+        return -1;
+    }
+    if (server->n_sites) {
+        snprintf(err, err_len, "choose the I/O model before adding sites");
+        return -1;
+    }
+    server->per_thread = 1;
+    server->n_loops = threads;
+    for (int i = 0; i < threads; i++) {
+        server->loops[i].server = server;
+        server->loops[i].index = i;
+    }
+    return 0;
+}
+
+fp_http_exchange *fp_http_loop_next(fp_http_server *server, int index)
+{
+    if (!server->per_thread || index < 0 || index >= server->n_loops) {
+        return NULL;
+    }
+    http_loop *lp = &server->loops[index];
+    if (!lp->entered) {
+        pthread_mutex_lock(&server->mu);
+        int refused = atomic_load(&server->stopping) || lp->entered;
+        lp->entered = 1;
+        pthread_mutex_unlock(&server->mu);
+        if (refused) {
+            return NULL;
+        }
+        loop_setup(lp);
+    }
+    for (;;) {
+        if (lp->done) {
+            return NULL;
+        }
+        if (atomic_load(&server->stopping)) {
+            loop_shutdown(lp);
+            pthread_mutex_lock(&server->mu);
+            lp->done = 1;
+            pthread_cond_broadcast(&server->ready);
+            pthread_mutex_unlock(&server->mu);
+            return NULL;
+        }
+        fp_http_exchange *ex = local_take(lp);
+        if (ex) {
+            return ex;
+        }
+        h2o_evloop_run(lp->loop, 100);
+    }
+}
+
 int fp_http_server_add_queue(fp_http_server *server)
 {
     fp_handoff **grown = realloc(server->queues, sizeof(*grown) * (size_t)(server->n_queues + 1));
@@ -1593,7 +1723,8 @@ int fp_http_server_python_queue(fp_http_server *server)
     return server->python_queue;
 }
 
-static int listen_on(const char *host, int port, char *err, size_t err_len, int *bound_port)
+/* reuseport: 0 a plain socket; 1 one more of a SO_REUSEPORT group; 2 the first of a group. */
+static int listen_on(const char *host, int port, int reuseport, char *err, size_t err_len, int *bound_port)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res;
@@ -1611,6 +1742,29 @@ static int listen_on(const char *host, int port, char *err, size_t err_len, int 
         return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (reuseport == 2 && port != 0) {
+        /* The first socket of a SO_REUSEPORT group: a plain bind first, so that a port another
+         * SO_REUSEPORT listener of this user holds (a second server) is "in use", not joined. */
+        int probe = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int taken = probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+                    bind(probe, res->ai_addr, res->ai_addrlen) != 0;
+        int saved = errno;
+        if (probe >= 0) {
+            close(probe);
+        }
+        if (taken) {
+            snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(saved));
+            close(fd);
+            freeaddrinfo(res);
+            return -1;
+        }
+    }
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+        snprintf(err, err_len, "SO_REUSEPORT: %s", strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
     if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
         snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(errno));
         close(fd);
@@ -1637,7 +1791,7 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
         snprintf(err, err_len, "out of memory");
         return -1;
     }
-    st->fd = listen_on(conf->host, conf->port, err, err_len, &conf->bound_port);
+    st->fd = listen_on(conf->host, conf->port, server->per_thread ? 2 : 0, err, err_len, &conf->bound_port);
     if (st->fd < 0) {
         free(st);
         return -1;
@@ -1656,11 +1810,18 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
     handler->super.on_req = on_req;
     handler->site = st;
     /* Every loop thread accepts on the same listening socket (a dup of it each): the kernel
-     * wakes the loops, the first to accept takes the connection. */
+     * wakes the loops, the first to accept takes the connection.  Per-thread, each loop has a
+     * socket of its own on the same port (SO_REUSEPORT): the kernel spreads the connections
+     * over them by a hash, whether their PHP thread is busy or not, as over apache's processes. */
     for (int i = 0; i < server->n_loops; i++) {
-        st->fds[i] = i == 0 ? st->fd : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
+        int ignored;
+        st->fds[i] = i == 0 ? st->fd
+                     : server->per_thread ? listen_on(conf->host, conf->bound_port, 1, err, err_len, &ignored)
+                                          : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
         if (st->fds[i] < 0) {
-            snprintf(err, err_len, "dup: %s", strerror(errno));
+            if (!server->per_thread) {
+                snprintf(err, err_len, "dup: %s", strerror(errno));
+            }
             for (int j = 0; j < i; j++) {
                 close(st->fds[j]);
             }
@@ -1688,6 +1849,10 @@ int fp_http_server_add_worker_route(fp_http_server *server, int site_index, cons
 
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
 {
+    if (server->per_thread) {
+        server->started = 1; /* the PHP threads run the loops (fp_http_loop_next) */
+        return 0;
+    }
     for (int l = 0; l < server->n_loops; l++) {
         int rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
         if (rc != 0) {
@@ -1731,9 +1896,39 @@ uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms)
     return left;
 }
 
+/* Per-thread: the loops end on their PHP threads, once the request each runs (if any) is over;
+ * wait for them STOP_LINGER_NS at most beyond their own linger (fp_http_server_free waits for
+ * the rest).  Loops no PHP thread took are closed here. */
+static void stop_per_thread(fp_http_server *server)
+{
+    pthread_mutex_lock(&server->mu);
+    atomic_store(&server->draining, 1);
+    atomic_store(&server->stopping, 1);
+    for (int l = 0; l < server->n_loops; l++) {
+        http_loop *lp = &server->loops[l];
+        if (lp->ready) {
+            h2o_multithread_send_message(&lp->receiver, NULL); /* wake the loop */
+        } else if (!lp->entered) {
+            lp->entered = lp->done = 1;
+            for (int i = 0; i < server->n_sites; i++) {
+                close(server->sites[i]->fds[l]); /* never handed to h2o */
+            }
+        }
+    }
+    struct timespec until = realtime_after_ms((int)(2 * STOP_LINGER_NS / 1000000));
+    for (int l = 0; l < server->n_loops; l++) {
+        while (!server->loops[l].done &&
+               pthread_cond_timedwait(&server->ready, &server->mu, &until) != ETIMEDOUT) {
+        }
+    }
+    pthread_mutex_unlock(&server->mu);
+}
+
 void fp_http_server_stop(fp_http_server *server)
 {
-    if (server->started) {
+    if (server->per_thread) {
+        stop_per_thread(server);
+    } else if (server->started) {
         atomic_store(&server->draining, 1);
         atomic_store(&server->stopping, 1);
         for (int l = 0; l < server->n_loops; l++) {

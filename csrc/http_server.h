@@ -71,6 +71,21 @@ typedef struct fp_http_counters {
  * queue; `access_log` queues one log record per request.  NULL with a message. */
 fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, size_t err_len);
 
+/* Run-to-completion (the "per-thread" I/O model), instead of loop threads: `threads` PHP
+ * threads each run an h2o loop of their own, on a listening socket of their own (SO_REUSEPORT,
+ * so the kernel spreads connections over them), and run the classic requests that loop parsed
+ * themselves, between runs of the loop (fp_http_loop_next), as apache prefork does per process.
+ * Static files, refusals and redirects are answered by the loop; requests for HTTP workers and
+ * /metrics are still handed to their queues (a loop whose thread runs PHP sends their responses
+ * once that PHP is done).  Call before adding sites.  Returns 0 or -1 with a message. */
+int fp_http_server_per_thread(fp_http_server *server, int threads, char *err, size_t err_len);
+
+/* Per-thread: run loop `index` (0..threads-1) on the calling thread, always the same one, until
+ * a classic request it parsed is ready to run (returned: run it as one from fp_http_take(); its
+ * output is sent from this thread), or NULL once the server stops (the loop is then closed).  The
+ * first call sets the loop up. */
+fp_http_exchange *fp_http_loop_next(fp_http_server *server, int index);
+
 /* A new queue for an HTTP worker; returns its index, or -1 (out of memory). */
 int fp_http_server_add_queue(fp_http_server *server);
 

@@ -32,6 +32,7 @@ def build_root(base: Path) -> Path:
     out = base / "out"
     out.mkdir()
     (root / "hello.php").write_text("<?php echo 'hello from PHP';\n")
+    (root / "static.txt").write_text("static text\n")
     (root / "sentinel.php").write_text(f"<?php touch('{out}/ran-' . ($_GET['id'] ?? 'x')); echo 'ran';\n")
     (root / "sleep.php").write_text("<?php usleep((int) ($_GET['ms'] ?? 1000) * 1000); echo 'slept';\n")
     (root / "warn.php").write_text(
@@ -62,16 +63,20 @@ def build_root(base: Path) -> Path:
     return root
 
 
+IO_MODELS = ("handoff", "per-thread")
+
+
 class Native:
     def __init__(self, base: Path, *, access_log: bool = False, loop_threads: int = 1,
-                 **runtime_options: Any) -> None:
+                 io_model: str = "handoff", **runtime_options: Any) -> None:
         self.base = base
         self.runtime = frankenpy.Runtime(**{"num_threads": 2, **runtime_options})
         self.runtime.start()
         try:
             app = PHPApp(self.runtime, base / "public", max_body_size=1024)
             site = Site("127.0.0.1", 0, app, metrics=True)
-            self.server = NativeServer(self.runtime, [site], access_log=access_log, loop_threads=loop_threads)
+            self.server = NativeServer(self.runtime, [site], access_log=access_log, loop_threads=loop_threads,
+                                       io_model=io_model)
             self.server.start()
         except BaseException:
             self.runtime.shutdown(5.0)
@@ -82,13 +87,15 @@ class Native:
         self.server.stop(grace=5.0)
 
 
-@pytest.fixture
-def native(tmp_path: Path) -> Iterator[Callable[..., Native]]:
+@pytest.fixture(params=IO_MODELS)
+def native(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Native]]:
+    """Factory of native servers on ``tmp_path``; every test runs with both I/O models (hand-off
+    from loop threads to PHP threads, and run-to-completion: io_model="per-thread")."""
     build_root(tmp_path)
     started: list[Native] = []
 
     def factory(**options: Any) -> Native:
-        served = Native(tmp_path, **options)
+        served = Native(tmp_path, **{"io_model": request.param, **options})
         started.append(served)
         return served
 
@@ -197,6 +204,8 @@ def test_512_keep_alive_connections(native: Callable[..., Native], loop_threads:
     threads a response can leave (and its exchange be freed) while the PHP thread is still
     finishing it: the exchange must outlive the PHP side's last touch."""
     served = native(loop_threads=loop_threads)
+    if served.server.io_model == "per-thread" and loop_threads > 1:
+        pytest.skip("per-thread: no loop threads (each PHP thread runs a loop)")
     request = b"GET /hello.php HTTP/1.1\r\nHost: x\r\n\r\n"
     expected_tail = b"\r\n\r\nhello from PHP"
     conns = [socket.create_connection(("127.0.0.1", served.port), timeout=30) for _ in range(512)]
@@ -379,13 +388,15 @@ def test_server_refuses_non_php_apps(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_port_in_use_is_a_clear_error(native: Callable[..., Native]) -> None:
+    """Also between two per-thread servers, whose sockets are SO_REUSEPORT ones: the second
+    must not join the first's group and take half of its connections."""
     first = native()
     rt = frankenpy.Runtime(num_threads=1)
     rt.start()
     try:
         app = PHPApp(rt, first.base / "public")
         with pytest.raises(OSError, match=f"127.0.0.1:{first.port}"):
-            NativeServer(rt, [Site("127.0.0.1", first.port, app)]).start()
+            NativeServer(rt, [Site("127.0.0.1", first.port, app)], io_model=first.server.io_model).start()
     finally:
         rt.shutdown(5.0)
 
@@ -435,7 +446,8 @@ def test_execute_code_is_served_while_the_native_server_is_under_load(native: Ca
 
 
 @pytest.mark.timeout(60)
-def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("io_model", IO_MODELS)
+def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path, io_model: str) -> None:
     """A classic request leaves the hand-off queue at once (a serving thread is idle) but then
     waits for an interpreter, which execute_code() callers hold: that wait counts toward
     max_wait_time too (503 after it), not only the time in the hand-off queue."""
@@ -446,7 +458,7 @@ def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path) -> None
     runtime.start()
     try:
         app = PHPApp(runtime, tmp_path / "public", max_wait_time=0.5)
-        server = NativeServer(runtime, [Site("127.0.0.1", 0, app)])
+        server = NativeServer(runtime, [Site("127.0.0.1", 0, app)], io_model=io_model)
         server.start()
         try:
             holder = threading.Thread(target=runtime.execute_code, args=("usleep(4000000);",))
@@ -464,3 +476,28 @@ def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path) -> None
             server.stop(grace=5.0)
     finally:
         runtime.shutdown(5.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_page_holds_its_threads_connections_only_when_run_to_completion(
+    native: Callable[..., Native]
+) -> None:
+    """The trade-off of io_model="per-thread" (README): with one PHP thread, a slow page holds
+    the only loop, so even a static file waits for it (head-of-line blocking, as behind a busy
+    apache prefork process); with the hand-off, the loop thread answers it at once."""
+    import threading
+
+    served = native(num_threads=1)
+    slow: list[tuple[int, bytes]] = []
+    blocker = threading.Thread(target=lambda: slow.append(get(served.port, "/sleep.php?ms=3000")))
+    blocker.start()
+    wait_for(lambda: served.server.counters()["php_busy"] == 1, 10.0)
+    started = time.monotonic()
+    assert get(served.port, "/static.txt") == (200, b"static text\n")
+    waited = time.monotonic() - started
+    blocker.join(10.0)
+    assert slow == [(200, b"slept")]
+    if served.server.io_model == "per-thread":
+        assert waited > 1.5, waited  # behind the rest of the 3 s page
+    else:
+        assert waited < 1.5, waited

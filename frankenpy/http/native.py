@@ -13,6 +13,13 @@ through C queues (csrc/handoff.h) to PHP threads that never come back to Python 
 - HTTP worker threads keep their Python lifecycle (boot, restart, backoff, halt), but their
   script takes its requests from the worker's C queue (``fp_native_worker_host()``).
 
+With ``io_model="per-thread"`` (run-to-completion) there are no loop threads and no classic
+queue: each serving thread runs an h2o loop of its own on a ``SO_REUSEPORT`` socket of its own
+(``fp_serve_loop()``), parses its connections' requests, answers static files, and runs the
+classic requests it parsed itself, one after the other, as apache prefork does per process.
+HTTP workers and ``/metrics`` still get their requests through their queues.  README, "How a
+request runs", compares the two.
+
 Python runs for lifecycle events, for ``/metrics`` (a C queue of its own), and for diagnostics
 and the access log, which C queues and one Python thread logs in batches.
 """
@@ -36,6 +43,8 @@ logger = WorkerLogAdapter(logging.getLogger("frankenpy.http"), {"worker": "-"})
 
 LOG_BATCH = 256 * 1024  # bytes of log records taken per call
 DEFAULT_LOOP_THREADS = 1
+IO_MODELS = ("handoff", "per-thread")  # loop threads hand requests to PHP threads; run-to-completion
+MAX_PER_THREAD_LOOPS = 64  # MAX_LOOPS in csrc/http_server.c
 LOG_WAIT_MS = 200
 
 
@@ -48,10 +57,12 @@ def _block(pairs: dict[str, str]) -> tuple[Any, int]:
 class NativeServer:
     """Serves ``sites`` (whose apps must be :class:`PHPApp`) with the native server until
     :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``;
-    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads)."""
+    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads);
+    ``io_model="per-thread"`` has each of the runtime's ``num_threads`` serving threads parse
+    and answer its own connections instead (``loop_threads`` does not apply)."""
 
     def __init__(self, runtime: Runtime, sites: list[Site], *, access_log: bool = False,
-                 loop_threads: int = DEFAULT_LOOP_THREADS) -> None:
+                 loop_threads: int = DEFAULT_LOOP_THREADS, io_model: str = "handoff") -> None:
         for site in sites:
             if not isinstance(site.app, PHPApp):
                 raise TypeError("the native server serves PHPApp sites only; mount other WSGI apps "
@@ -62,6 +73,12 @@ class NativeServer:
         if not 1 <= loop_threads <= 16:
             raise ValueError(f"loop_threads must be 1..16, got {loop_threads}")
         self.loop_threads = loop_threads
+        if io_model not in IO_MODELS:
+            raise ValueError(f"io_model must be one of {', '.join(IO_MODELS)}, not {io_model!r}")
+        if io_model == "per-thread" and not 1 <= runtime.num_threads <= MAX_PER_THREAD_LOOPS:
+            raise ValueError(f"io_model 'per-thread' serves with 1..{MAX_PER_THREAD_LOOPS} threads "
+                             f"(num_threads), not {runtime.num_threads}")
+        self.io_model = io_model
         self._server: Any = None
         self._keep: list[Any] = []
         self._ports: list[int] = []
@@ -80,6 +97,10 @@ class NativeServer:
         if server == ffi.NULL:
             raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         self._server = server
+        if self.io_model == "per-thread" and lib.fp_http_server_per_thread(
+                server, self.runtime.num_threads, err, len(err)) != 0:
+            lib.fp_http_server_stop(server)
+            raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         group = self.runtime.workers_group
         workers = [t for t in group.threads if isinstance(t, HTTPWorkerThread)]
         queues: dict[tuple[int, str], int] = {}
@@ -172,7 +193,10 @@ class NativeServer:
             pool = self.runtime._running_pool()
         except RuntimeError:
             return  # the runtime shut down first
-        lib.fp_serve(self._server, pool.handle, tag, self._stop_flag)  # GIL released
+        if self.io_model == "per-thread":
+            lib.fp_serve_loop(self._server, pool.handle, index, tag)  # GIL released: runs its own loop
+        else:
+            lib.fp_serve(self._server, pool.handle, tag, self._stop_flag)  # GIL released
 
     def _serve_python(self) -> None:
         queue = lib.fp_http_server_python_queue(self._server)
