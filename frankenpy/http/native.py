@@ -128,7 +128,8 @@ class NativeServer:
             self.stop(0)
             raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         for site, port in zip(self.sites, self._ports, strict=True):
-            logger.info("serving on http://%s:%s/ (native)", site.host, port)
+            logger.info("serving on http://%s:%s/ (native%s)", site.host, port,
+                        ", per-thread" if self.io_model == "per-thread" else "")
 
     def _add_site(self, site: Site, queues: dict[tuple[int, str], int], err: Any) -> None:
         app = site.app
