@@ -36,6 +36,7 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
 #define MAX_LOOPS 64 /* loop threads, or PHP threads with a loop each (per-thread) */
 #define MAX_WORKER_ROUTES 64
 #define STATIC_CHUNK (64 * 1024)
+#define STATIC_CACHE_SLOTS 256 /* the static file cache: direct-mapped by a hash of the path */
 #define EXPIRE_INTERVAL_MS 50
 #define STOP_LINGER_NS 2000000000u /* longest wait for connections to close at stop */
 #define LOG_QUEUE_MAX (4 * 1024 * 1024) /* bytes of records kept when nobody takes them */
@@ -47,6 +48,7 @@ typedef struct worker_route {
 } worker_route;
 
 typedef struct http_loop http_loop;
+typedef struct static_entry static_entry;
 
 /* A site as one loop thread serves it: h2o's context and the loop's own listener socket. */
 typedef struct site_ctx {
@@ -87,6 +89,8 @@ struct http_loop {
      * FIFO (its thread only). */
     int entered, done;
     fp_http_exchange *local_first, *local_last;
+    static_entry *cache[STATIC_CACHE_SLOTS]; /* small static files (loop thread only) */
+    size_t cache_bytes;
 };
 
 struct fp_http_server {
@@ -830,7 +834,214 @@ static fp_str header_str(h2o_req_t *req, const h2o_token_t *token)
     return s;
 }
 
-/* The router's decisions (fp_static_decide), h2o for the bytes. */
+/* ---- the static file cache (one per loop, loop thread only) ----------------------------------
+ * Small files are kept in memory, keyed by their resolved path, and revalidated on every request
+ * with one lstat: an entry serves only while the file's identity (device, inode, size, mtime and
+ * ctime, which chmod/chown/rename change) is the one it was read with, so a changed, replaced or
+ * no longer readable file is read again (or refused) at once.  A hit costs one syscall instead
+ * of open, fstat, pread and close, and the headers of a plain GET are computed once. */
+#define STATIC_CACHE_FILE_MAX (64 * 1024)
+#define STATIC_CACHE_BYTES (4 * 1024 * 1024) /* per loop */
+
+struct static_entry {
+    int refs;            /* the cache's, and one per response sending its bytes */
+    struct stat id;      /* the identity it was read with */
+    char *path;
+    int plain_ok;        /* `plain` holds the decision for a GET without validators */
+    fp_static_response plain;
+    size_t size;
+    char data[];         /* then the path */
+};
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static void entry_unref(http_loop *lp, static_entry *e)
+{
+    if (--e->refs == 0) {
+        lp->cache_bytes -= e->size;
+        free(e);
+    }
+}
+
+static void static_cache_clear(http_loop *lp)
+{
+    for (size_t i = 0; i < STATIC_CACHE_SLOTS; i++) {
+        if (lp->cache[i]) {
+            entry_unref(lp, lp->cache[i]);
+            lp->cache[i] = NULL;
+        }
+    }
+}
+
+static size_t path_slot(const char *path, size_t len)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)path[i]) * 1099511628211u;
+    }
+    return (size_t)(h % STATIC_CACHE_SLOTS);
+}
+
+/* The entry for `path`, whose lstat is `st` (a regular file of at most STATIC_CACHE_FILE_MAX
+ * bytes), read now if the cache has no valid one; NULL when it cannot be cached (the caller
+ * then serves from the file).  The caller gets a reference. */
+static static_entry *static_cache_get(http_loop *lp, const char *path, size_t path_len, const struct stat *st)
+{
+    size_t slot = path_slot(path, path_len);
+    static_entry *e = lp->cache[slot];
+    if (e && strcmp(e->path, path) == 0 && same_file(&e->id, st)) {
+        e->refs++;
+        return e;
+    }
+    size_t size = (size_t)st->st_size;
+    size_t old = e ? e->size : 0;
+    if (lp->cache_bytes - old + size > STATIC_CACHE_BYTES) {
+        return NULL;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+    if (fd < 0) {
+        return NULL;
+    }
+    static_entry *fresh = malloc(sizeof(*fresh) + size + path_len + 1);
+    struct stat before, after;
+    size_t got = 0;
+    if (fresh && fstat(fd, &before) == 0 && same_file(&before, st)) {
+        while (got < size) {
+            ssize_t n = pread(fd, fresh->data + got, size - got, (off_t)got);
+            if (n <= 0) {
+                break;
+            }
+            got += (size_t)n;
+        }
+    }
+    /* Only what was read from one unchanged version of the file is kept. */
+    int ok = fresh && got == size && fstat(fd, &after) == 0 && same_file(&after, st);
+    close(fd);
+    if (!ok) {
+        free(fresh);
+        return NULL;
+    }
+    fresh->refs = 2; /* the cache's and the caller's */
+    fresh->id = *st;
+    fresh->size = size;
+    fresh->path = fresh->data + size;
+    memcpy(fresh->path, path, path_len + 1);
+    fp_file_info info = {(uint64_t)size, st->st_mtim.tv_sec, st->st_mtim.tv_nsec};
+    fp_static_request plain = {.method = {"GET", 3}};
+    fresh->plain_ok = fp_static_decide(&info, path, path_len, &plain, &fresh->plain) == 0 &&
+                      fresh->plain.status == 200;
+    lp->cache_bytes += size;
+    if (e) {
+        entry_unref(lp, e);
+    }
+    lp->cache[slot] = fresh;
+    return fresh;
+}
+
+/* A response sending an entry's bytes holds a reference until h2o disposes the request. */
+typedef struct entry_hold {
+    http_loop *loop;
+    static_entry *entry;
+} entry_hold;
+
+static void entry_hold_dispose(void *p)
+{
+    entry_hold *hold = p;
+    entry_unref(hold->loop, hold->entry);
+}
+
+static void add_pool_header(h2o_req_t *req, const h2o_token_t *token, const char *name, const char *value)
+{
+    h2o_add_header(&req->pool, &req->res.headers, token, name, h2o_strdup(&req->pool, value, SIZE_MAX).base,
+                   strlen(value));
+}
+
+/* The router's decision for `path` (fp_static_decide; `pre`: already made, for a plain GET),
+ * with its headers.  Returns 1 when the body (d->offset, d->length) is to be sent, 0 when the
+ * response is complete (refusals, 304, 416, HEAD, an empty file). */
+static int static_respond(h2o_req_t *req, const char *path, size_t path_len, const fp_file_info *info,
+                          const fp_static_response *pre, fp_static_response *d)
+{
+    if (pre) {
+        *d = *pre;
+    } else {
+        fp_static_request sreq = {
+            .method = {req->method.base, req->method.len},
+            .if_match = header_str(req, H2O_TOKEN_IF_MATCH),
+            .if_unmodified_since = header_str(req, H2O_TOKEN_IF_UNMODIFIED_SINCE),
+            .if_none_match = header_str(req, H2O_TOKEN_IF_NONE_MATCH),
+            .if_modified_since = header_str(req, H2O_TOKEN_IF_MODIFIED_SINCE),
+            .range = header_str(req, H2O_TOKEN_RANGE),
+            .if_range = header_str(req, H2O_TOKEN_IF_RANGE),
+        };
+        if (fp_static_decide(info, path, path_len, &sreq, d) != 0) {
+            send_simple(req, 500, NULL, 0);
+            return 0;
+        }
+    }
+    if (d->status == 405 || d->status == 412) {
+        if (d->status == 405) {
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
+        }
+        send_simple(req, d->status, NULL, 0);
+        return 0;
+    }
+    if (d->last_modified[0]) {
+        add_pool_header(req, H2O_TOKEN_LAST_MODIFIED, "Last-Modified", d->last_modified);
+    }
+    add_pool_header(req, H2O_TOKEN_ETAG, "ETag", d->etag);
+    req->res.status = d->status;
+    req->res.reason = reason_phrase(d->status);
+    static h2o_generator_t nothing = {NULL, NULL};
+    if (d->status == 304 || d->status == 416) {
+        if (d->status == 416) {
+            char *range = h2o_mem_alloc_pool(&req->pool, 64);
+            int n = snprintf(range, 64, "bytes */%llu", (unsigned long long)d->size);
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
+            req->res.content_length = 0;
+        }
+        h2o_start_response(req, &nothing);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return 0;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, "Content-Type", d->content_type,
+                   strlen(d->content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, "Accept-Ranges", H2O_STRLIT("bytes"));
+    if (d->status == 206) {
+        char *range = h2o_mem_alloc_pool(&req->pool, 96);
+        int n = snprintf(range, 96, "bytes %llu-%llu/%llu", (unsigned long long)d->offset,
+                         (unsigned long long)(d->offset + d->length - 1), (unsigned long long)d->size);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
+    }
+    req->res.content_length = d->length;
+    if (!d->send_body) {
+        h2o_start_response(req, &nothing);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return 0;
+    }
+    return 1;
+}
+
+static int has_validators(h2o_req_t *req)
+{
+    static const h2o_token_t *const tokens[] = {H2O_TOKEN_IF_MATCH, H2O_TOKEN_IF_UNMODIFIED_SINCE,
+                                                H2O_TOKEN_IF_NONE_MATCH, H2O_TOKEN_IF_MODIFIED_SINCE,
+                                                H2O_TOKEN_RANGE, H2O_TOKEN_IF_RANGE};
+    for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+        if (h2o_find_header(&req->headers, tokens[i], -1) != -1) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The router's decisions (fp_static_decide), h2o for the bytes: from the loop's cache for small
+ * files, else read from the file as h2o asks for more. */
 static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
 {
     int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -839,6 +1050,31 @@ static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
         send_simple(req, 405, NULL, 0);
         return;
+    }
+    fp_static_response d;
+    http_loop *lp = H2O_STRUCT_FROM_MEMBER(site_ctx, ctx, req->conn->ctx)->loop;
+    struct stat lst;
+    /* lstat: the router resolved the path; a link that appeared since is served from the file,
+     * which O_NOFOLLOW then refuses. */
+    if (fstatat(AT_FDCWD, path, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(lst.st_mode) &&
+        lst.st_size <= STATIC_CACHE_FILE_MAX) {
+        static_entry *e = static_cache_get(lp, path, path_len, &lst);
+        if (e) {
+            fp_file_info info = {(uint64_t)e->size, e->id.st_mtim.tv_sec, e->id.st_mtim.tv_nsec};
+            const fp_static_response *pre = is_get && e->plain_ok && !has_validators(req) ? &e->plain : NULL;
+            if (!static_respond(req, path, path_len, &info, pre, &d)) {
+                entry_unref(lp, e);
+                return;
+            }
+            entry_hold *hold = h2o_mem_alloc_shared(&req->pool, sizeof(*hold), entry_hold_dispose);
+            hold->loop = lp;
+            hold->entry = e;
+            static h2o_generator_t whole = {NULL, NULL};
+            h2o_start_response(req, &whole);
+            h2o_iovec_t body = h2o_iovec_init(e->data + d.offset, (size_t)d.length);
+            h2o_send(req, &body, 1, H2O_SEND_STATE_FINAL);
+            return;
+        }
     }
     /* O_NONBLOCK: a FIFO must not block the loop; O_NOFOLLOW: the router resolved the path. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
@@ -853,65 +1089,8 @@ static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
         return;
     }
     fp_file_info info = {(uint64_t)st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
-    fp_static_request sreq = {
-        .method = {req->method.base, req->method.len},
-        .if_match = header_str(req, H2O_TOKEN_IF_MATCH),
-        .if_unmodified_since = header_str(req, H2O_TOKEN_IF_UNMODIFIED_SINCE),
-        .if_none_match = header_str(req, H2O_TOKEN_IF_NONE_MATCH),
-        .if_modified_since = header_str(req, H2O_TOKEN_IF_MODIFIED_SINCE),
-        .range = header_str(req, H2O_TOKEN_RANGE),
-        .if_range = header_str(req, H2O_TOKEN_IF_RANGE),
-    };
-    fp_static_response d;
-    if (fp_static_decide(&info, path, path_len, &sreq, &d) != 0) {
+    if (!static_respond(req, path, path_len, &info, NULL, &d)) {
         close(fd);
-        send_simple(req, 500, NULL, 0);
-        return;
-    }
-    if (d.status == 405 || d.status == 412) {
-        close(fd);
-        if (d.status == 405) {
-            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
-        }
-        send_simple(req, d.status, NULL, 0);
-        return;
-    }
-    if (d.last_modified[0]) {
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LAST_MODIFIED, "Last-Modified",
-                       h2o_strdup(&req->pool, d.last_modified, SIZE_MAX).base, strlen(d.last_modified));
-    }
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ETAG, "ETag",
-                   h2o_strdup(&req->pool, d.etag, SIZE_MAX).base, strlen(d.etag));
-    req->res.status = d.status;
-    req->res.reason = reason_phrase(d.status);
-    if (d.status == 304 || d.status == 416) {
-        close(fd);
-        if (d.status == 416) {
-            char *range = h2o_mem_alloc_pool(&req->pool, 64);
-            int n = snprintf(range, 64, "bytes */%llu", (unsigned long long)d.size);
-            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
-            req->res.content_length = 0;
-        }
-        static h2o_generator_t nothing = {NULL, NULL};
-        h2o_start_response(req, &nothing);
-        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
-        return;
-    }
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, "Content-Type", d.content_type,
-                   strlen(d.content_type));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, "Accept-Ranges", H2O_STRLIT("bytes"));
-    if (d.status == 206) {
-        char *range = h2o_mem_alloc_pool(&req->pool, 96);
-        int n = snprintf(range, 96, "bytes %llu-%llu/%llu", (unsigned long long)d.offset,
-                         (unsigned long long)(d.offset + d.length - 1), (unsigned long long)d.size);
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
-    }
-    req->res.content_length = d.length;
-    if (!d.send_body) {
-        close(fd);
-        static h2o_generator_t nothing = {NULL, NULL};
-        h2o_start_response(req, &nothing);
-        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
         return;
     }
     static_sender *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), static_dispose);
@@ -1613,6 +1792,7 @@ static void loop_shutdown(http_loop *lp)
         }
         h2o_evloop_run(lp->loop, 10);
     }
+    static_cache_clear(lp); /* responses still sending an entry hold it */
 }
 
 /* ---- the public API -------------------------------------------------------------------------------- */

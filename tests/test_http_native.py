@@ -10,6 +10,7 @@ Real sockets on 127.0.0.1, real PHP; bounds are generous (the machine is shared)
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import time
@@ -501,3 +502,65 @@ def test_a_slow_page_holds_its_threads_connections_only_when_run_to_completion(
         assert waited > 1.5, waited  # behind the rest of the 3 s page
     else:
         assert waited < 1.5, waited
+
+
+def get_full(port: int, path: str, headers: str = "") -> tuple[int, bytes, bytes]:
+    """Status, head and body of GET ``path`` (Content-Length framed) on a fresh connection."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+    reply, _ = exchange(port, request.encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+@pytest.mark.timeout(60)
+def test_cached_static_files_follow_every_change(native: Callable[..., Native]) -> None:
+    """Small static files are served from memory, revalidated by one lstat per request: every
+    change is seen at once, however the file changes: new content of the same size with its
+    mtime put back (the ctime still moves), a replacement by rename, a deletion, a growth past
+    the cache's file limit, a swap for a symlink to PHP source or to a hidden file; and many
+    files (more than the cache's slots) each get their own bytes; validators, Range and HEAD
+    work on cached files.  One PHP thread: per-thread, one loop (and one cache) too."""
+    served = native(num_threads=1)
+    root = served.base / "public"
+    page = root / "page.txt"
+    page.write_bytes(b"A" * 1000)
+    for _ in range(2):
+        assert get(served.port, "/page.txt") == (200, b"A" * 1000)
+    stat = page.stat()
+    page.write_bytes(b"B" * 1000)
+    os.utime(page, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert get(served.port, "/page.txt") == (200, b"B" * 1000)
+    (root / "next.txt").write_bytes(b"C" * 1000)
+    os.replace(root / "next.txt", page)
+    assert get(served.port, "/page.txt") == (200, b"C" * 1000)
+    page.write_bytes(b"D" * 200_000)
+    assert get(served.port, "/page.txt") == (200, b"D" * 200_000)
+    page.write_bytes(b"E" * 10)
+    assert get(served.port, "/page.txt") == (200, b"E" * 10)
+    page.unlink()
+    assert get(served.port, "/page.txt")[0] == 404
+    (root / ".secret").write_text("hidden")
+    page.symlink_to(root / "hello.php")
+    assert get(served.port, "/page.txt")[0] == 403  # PHP source, by the resolved target's name
+    page.unlink()
+    page.symlink_to(root / ".secret")
+    assert get(served.port, "/page.txt")[0] == 403  # hidden target
+    page.unlink()
+    page.write_bytes(b"F" * 1000)
+    assert get(served.port, "/page.txt") == (200, b"F" * 1000)
+
+    for i in range(600):
+        (root / f"f{i}.txt").write_text(f"file {i}\n" * (i % 7 + 1))
+    for _ in range(2):
+        for i in range(0, 600, 7):
+            assert get(served.port, f"/f{i}.txt") == (200, f"file {i}\n".encode() * (i % 7 + 1))
+
+    status, head, _ = get_full(served.port, "/page.txt")
+    etag = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"etag:"))
+    assert get_full(served.port, "/page.txt", f"If-None-Match: {etag.decode()}\r\n")[0] == 304
+    status, head, body = get_full(served.port, "/page.txt", "Range: bytes=10-19\r\n")
+    assert (status, body) == (206, b"F" * 10) and b"Content-Range: bytes 10-19/1000" in head
+    assert get_full(served.port, "/page.txt", "Range: bytes=5000-\r\n")[0] == 416
+    reply, _ = exchange(served.port, b"HEAD /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 1000" in reply
+    assert reply.endswith(b"\r\n\r\n")
