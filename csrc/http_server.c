@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <h2o.h>
+#include <h2o/version.h>
 
 /* picohttpparser, as bundled and exported by libh2o-evloop (h2o's own request parser; Debian
  * installs no header for it).  Used only to re-read a request head h2o already accepted. */
@@ -88,6 +89,7 @@ struct http_loop {
      * has shut it down (done), under server->mu; the classic requests it parsed and runs itself,
      * FIFO (its thread only). */
     int entered, done;
+    int closed_clean; /* its shutdown saw every connection closed (h2o may be torn down) */
     fp_http_exchange *local_first, *local_last;
     static_entry *cache[STATIC_CACHE_SLOTS]; /* small static files (loop thread only) */
     size_t cache_bytes;
@@ -115,6 +117,7 @@ struct fp_http_server {
     pthread_cond_t ready;
     uint64_t in_flight;
     atomic_uint_fast64_t requests, php_requests, rejected_503, client_gone;
+    atomic_int exchanges; /* allocated: fp_http_server_free frees h2o only when none is left */
     atomic_int php_busy;
 
     pthread_mutex_t log_mu;
@@ -190,6 +193,7 @@ static void exchange_unref(fp_http_exchange *ex)
     if (!last) {
         return;
     }
+    atomic_fetch_sub(&ex->server->exchanges, 1);
     pthread_mutex_destroy(&ex->mu);
     pthread_cond_destroy(&ex->cond);
     free(ex->header_lines);
@@ -1412,6 +1416,7 @@ static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
     pthread_mutex_init(&ex->mu, NULL);
     pthread_cond_init(&ex->cond, NULL);
     ex->server = server;
+    atomic_fetch_add(&server->exchanges, 1);
     ex->site = st;
     ex->h2o = req;
     ex->refs = 2; /* the h2o request, the PHP side */
@@ -1788,6 +1793,7 @@ static void loop_shutdown(http_loop *lp)
             open |= !h2o_linklist_is_empty(&ctx->http1._conns);
         }
         if (!open || fp_monotonic_ns() >= until) {
+            lp->closed_clean = !open;
             break;
         }
         h2o_evloop_run(lp->loop, 10);
@@ -2131,19 +2137,97 @@ void fp_http_server_stop(fp_http_server *server)
     fp_http_server_wake_logs(server);
 }
 
+/* h2o 2.2 (Debian 12's 2.2.5) leaves two things to the caller when it tears a loop down: its
+ * h2o_multithread_destroy_queue() closes the queue's pipe but does not free the queue (nor the
+ * one h2o_context_init() makes for each context), and h2o_evloop_destroy() frees the loop but
+ * leaves its epoll descriptor open.  Later versions do both themselves. */
+#define H2O_LEAVES_QUEUE_AND_EPOLL (H2O_VERSION_MAJOR == 2 && H2O_VERSION_MINOR == 2)
+
+#if H2O_LEAVES_QUEUE_AND_EPOLL
+/* The epoll backend's loop is struct st_h2o_evloop_epoll_t {h2o_evloop_t super; int ep;}
+ * (lib/common/socket/evloop/epoll.c.h), so the descriptor follows the public struct.  It is
+ * closed only if it is an epoll instance indeed (a layout that differs leaks it, no more). */
+static void close_epoll_of(h2o_evloop_t *loop)
+{
+    struct evloop_epoll {
+        h2o_evloop_t super;
+        int ep;
+    } *e = (struct evloop_epoll *)loop;
+    char link[64], target[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", e->ep);
+    ssize_t n = e->ep > 2 ? readlink(link, target, sizeof target - 1) : -1;
+    if (n > 0) {
+        target[n] = '\0';
+        if (strcmp(target, "anon_inode:[eventpoll]") == 0) {
+            close(e->ep);
+        }
+    }
+}
+#endif
+
+/* Tear down the h2o objects of loop `lp` (its thread has ended, its connections are closed). */
+static void loop_free(fp_http_server *server, http_loop *lp)
+{
+    for (int i = 0; i < server->n_sites; i++) {
+        h2o_context_t *ctx = &server->sites[i]->per_loop[lp->index].ctx;
+        h2o_context_dispose(ctx);
+#if H2O_LEAVES_QUEUE_AND_EPOLL
+        free(ctx->queue);
+#endif
+    }
+    if (lp->index == 0) {
+        h2o_timeout_unlink(&server->expire_entry);
+        h2o_timeout_dispose(lp->loop, &server->expire_timeout);
+    }
+    h2o_multithread_unregister_receiver(lp->mqueue, &lp->receiver);
+    h2o_multithread_destroy_queue(lp->mqueue);
+#if H2O_LEAVES_QUEUE_AND_EPOLL
+    free(lp->mqueue);
+    close_epoll_of(lp->loop);
+#endif
+    h2o_evloop_destroy(lp->loop);
+}
+
 void fp_http_server_free(fp_http_server *server)
 {
-    /* The h2o contexts and loop are left allocated: connections h2o still holds refer to them,
-     * and h2o 2.2 has no way to close them all from outside.  A server is made once per
-     * process run, so this is a bounded leak. */
+    /* h2o goes only when nothing can touch it any more: every loop ended with its connections
+     * closed (h2o 2.2 cannot close a connection that is still sending from outside) and no
+     * exchange is left (a PHP thread that never came back may still hold one).  Otherwise the
+     * h2o objects and the server stay allocated: a bounded leak, once per server. */
+    int clean = atomic_load(&server->exchanges) == 0;
+    for (int l = 0; l < server->n_loops; l++) {
+        http_loop *lp = &server->loops[l];
+        if (lp->loop && (!lp->closed_clean || (server->per_thread && !lp->done))) {
+            clean = 0;
+        }
+    }
     for (int q = 0; q < server->n_queues; q++) {
         fp_handoff_destroy(server->queues[q]);
         free(server->queues[q]);
     }
     free(server->queues);
     free(server->logs);
+    server->queues = NULL;
+    server->n_queues = 0;
+    server->logs = NULL;
+    if (!clean) {
+        return;
+    }
+    for (int l = 0; l < server->n_loops; l++) {
+        if (server->loops[l].loop) {
+            loop_free(server, &server->loops[l]);
+        }
+    }
+    for (int i = 0; i < server->n_sites; i++) {
+        h2o_config_dispose(&server->sites[i]->globalconf);
+        free(server->sites[i]);
+    }
     pthread_mutex_destroy(&server->log_mu);
     pthread_cond_destroy(&server->log_cond);
+    pthread_mutex_destroy(&server->mu);
+    pthread_cond_destroy(&server->idle);
+    pthread_cond_destroy(&server->ready);
+    free(server);
 }
 
 void fp_http_server_counters(fp_http_server *server, fp_http_counters *out)

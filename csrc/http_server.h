@@ -113,11 +113,15 @@ void fp_http_server_drain(fp_http_server *server);
 uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms);
 
 /* Answer every queued request with 503, close the listeners and the connections, stop the loop
- * threads and close every queue (takers return NULL).  The server stays allocated (its queues may
+ * threads (per-thread: wait a bounded time for the PHP threads' loops to end, after the request
+ * each runs) and close every queue (takers return NULL).  The server stays allocated (its queues may
  * still be referenced by PHP threads finishing); free it with fp_http_server_free(). */
 void fp_http_server_stop(fp_http_server *server);
 
-/* Free a stopped server once no thread uses it any more. */
+/* Free a stopped server once no thread uses it any more, with h2o's loops, contexts and
+ * configuration.  When a connection outlived the stop's linger or a PHP thread still holds an
+ * exchange, the h2o objects and the server struct are left allocated instead (h2o 2.2 cannot
+ * close a busy connection from outside): a bounded leak, once per server. */
 void fp_http_server_free(fp_http_server *server);
 
 void fp_http_server_counters(fp_http_server *server, fp_http_counters *out);

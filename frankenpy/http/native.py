@@ -88,6 +88,7 @@ class NativeServer:
         self._logging = True
         self._stopped = threading.Event()
         self._php_loggers: dict[str, WorkerLogAdapter] = {}
+        self._final_counters: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -194,15 +195,19 @@ class NativeServer:
             pool = self.runtime._running_pool()
         except RuntimeError:
             return  # the runtime shut down first
+        server = self._server
+        if server is None:
+            return  # stopped already
         if self.io_model == "per-thread":
-            lib.fp_serve_loop(self._server, pool.handle, index, tag)  # GIL released: runs its own loop
+            lib.fp_serve_loop(server, pool.handle, index, tag)  # GIL released: runs its own loop
         else:
-            lib.fp_serve(self._server, pool.handle, tag, self._stop_flag)  # GIL released
+            lib.fp_serve(server, pool.handle, tag, self._stop_flag)  # GIL released
 
     def _serve_python(self) -> None:
-        queue = lib.fp_http_server_python_queue(self._server)
+        server = self._server  # (stop() clears the attribute once this thread has ended)
+        queue = lib.fp_http_server_python_queue(server)
         while True:
-            exchange = lib.fp_http_take(self._server, queue, self._stop_flag)
+            exchange = lib.fp_http_take(server, queue, self._stop_flag)
             if exchange == ffi.NULL:
                 return
             try:
@@ -215,8 +220,9 @@ class NativeServer:
 
     def _drain_logs(self) -> None:
         buf = ffi.new("char[]", LOG_BATCH)
+        server = self._server
         while True:
-            n = lib.fp_http_server_take_logs(self._server, buf, LOG_BATCH, LOG_WAIT_MS)
+            n = lib.fp_http_server_take_logs(server, buf, LOG_BATCH, LOG_WAIT_MS)
             if n:
                 self._emit_logs(ffi.buffer(buf, n)[:])
             elif not self._logging:
@@ -253,7 +259,9 @@ class NativeServer:
 
     def counters(self) -> dict[str, int]:
         """The server's own counters (requests, php_requests, in_flight, rejected_503,
-        client_gone, php_busy), read from C."""
+        client_gone, php_busy), read from C; after :meth:`stop`, their last values."""
+        if self._server is None:
+            return dict(self._final_counters)
         out = ffi.new("fp_http_counters *")
         lib.fp_http_server_counters(self._server, out)
         return {name: int(getattr(out, name)) for name in
@@ -300,7 +308,9 @@ class NativeServer:
         lib.fp_http_server_wake_logs(server)
         if self._log_thread is not None:
             self._log_thread.join(5.0)
-        lib.fp_http_server_free(server)
+        self._final_counters = self.counters()
+        self._server = None
+        lib.fp_http_server_free(server)  # h2o's loops, contexts and configuration too
         self._stopped.set()
 
     def serve_forever(self, grace: float = 30.0) -> None:
