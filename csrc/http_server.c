@@ -2195,12 +2195,14 @@ void fp_http_server_free(fp_http_server *server)
      * exchange is left (a PHP thread that never came back may still hold one).  Otherwise the
      * h2o objects and the server stay allocated: a bounded leak, once per server. */
     int clean = atomic_load(&server->exchanges) == 0;
+    pthread_mutex_lock(&server->mu); /* per-thread loops end on their own threads */
     for (int l = 0; l < server->n_loops; l++) {
         http_loop *lp = &server->loops[l];
         if (lp->loop && (!lp->closed_clean || (server->per_thread && !lp->done))) {
             clean = 0;
         }
     }
+    pthread_mutex_unlock(&server->mu);
     for (int q = 0; q < server->n_queues; q++) {
         fp_handoff_destroy(server->queues[q]);
         free(server->queues[q]);
