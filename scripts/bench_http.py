@@ -743,11 +743,14 @@ def main(argv: list[str] | None = None) -> int:
             "Pages: `hello` is `<?php echo \"Hello, World!\";`; `json` json_encodes 1,000 rows of 5 fields, "
             "sets `Content-Type: application/json` and a cookie; `static` is a 10 kB text file. "
             "frankenpy classic: `php-server --threads 2 "
-            f"--opcache` (native server; `(wsgi)`: `--server wsgi`); worker: the same plus "
+            "--opcache` (native server; `(wsgi)`: `--server wsgi`; `(per-thread)`: `--io-model per-thread`); "
+            "worker: the same plus "
             f"`--worker worker.php:{args.worker_threads}` "
             "(`/worker.php`, `?page=json`); nginx 2 workers + php8.2-fpm pm=static 4 children, opcache on; "
             "apache2 prefork, 40 processes, mod_php 8.2, opcache on; 512 connections: "
             "`wrk -t2 -c512` on the native worker's hello page, RSS of the frankenpy process each second; "
+            f"`mixed`: hello.php with 1 request in {SLOW_EVERY} to slow.php (usleep {SLOW_MS} ms), classic "
+            "servers only. "
             "`php8.2 -S` with the stock CLI ini. keep-alive: whether the server kept the connection "
             "open after the response (`php -S` closes every connection, which wrk counts as read errors).",
             text,
