@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <h2o.h>
+#include <h2o/version.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -37,9 +38,10 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
                       struct phr_header *headers, size_t *num_headers, size_t last_len);
 
 #define MAX_SITES 16
-#define MAX_LOOPS 16
+#define MAX_LOOPS 64 /* loop threads, or PHP threads with a loop each (per-thread) */
 #define MAX_WORKER_ROUTES 64
 #define STATIC_CHUNK (64 * 1024)
+#define STATIC_CACHE_SLOTS 256 /* the static file cache: direct-mapped by a hash of the path */
 #define EXPIRE_INTERVAL_MS 50
 #define STOP_LINGER_NS 2000000000u /* longest wait for connections to close at stop */
 #define LOG_QUEUE_MAX (4 * 1024 * 1024) /* bytes of records kept when nobody takes them */
@@ -51,6 +53,7 @@ typedef struct worker_route {
 } worker_route;
 
 typedef struct http_loop http_loop;
+typedef struct static_entry static_entry;
 
 /* A site as one loop thread serves it: h2o's context and the loop's own listener socket. */
 typedef struct site_ctx {
@@ -87,6 +90,14 @@ struct http_loop {
     h2o_multithread_receiver_t receiver; /* exchanges with output to send */
     pthread_t thread;
     int ready; /* under server->mu: set up, running */
+    /* Per-thread (run-to-completion): the PHP thread that runs this loop took it (entered), and
+     * has shut it down (done), under server->mu; the classic requests it parsed and runs itself,
+     * FIFO (its thread only). */
+    int entered, done;
+    int closed_clean; /* its shutdown saw every connection closed (h2o may be torn down) */
+    fp_http_exchange *local_first, *local_last;
+    static_entry *cache[STATIC_CACHE_SLOTS]; /* small static files (loop thread only) */
+    size_t cache_bytes;
 };
 
 struct fp_http_server {
@@ -96,6 +107,7 @@ struct fp_http_server {
     int n_queues;
     int python_queue;
     int access_log;
+    int per_thread; /* run-to-completion: the loops are PHP threads' (fp_http_loop_next) */
 
     http_loop loops[MAX_LOOPS];
     int n_loops;
@@ -110,6 +122,7 @@ struct fp_http_server {
     pthread_cond_t ready;
     uint64_t in_flight;
     atomic_uint_fast64_t requests, php_requests, rejected_503, client_gone;
+    atomic_int exchanges; /* allocated: fp_http_server_free frees h2o only when none is left */
     atomic_int php_busy;
 
     pthread_mutex_t log_mu;
@@ -158,6 +171,7 @@ struct fp_http_exchange {
     char *inflight;     /* the buffer h2o is writing */
     size_t inflight_cap;
     int head;           /* HEAD: the body is produced, not sent */
+    int inline_run;     /* per-thread: PHP runs on the loop's own thread, between its runs */
 
     _Atomic uint64_t deadline_ns;
     _Atomic int64_t limit_seconds;
@@ -191,6 +205,7 @@ static void exchange_unref(fp_http_exchange *ex)
     if (!last) {
         return;
     }
+    atomic_fetch_sub(&ex->server->exchanges, 1);
     pthread_mutex_destroy(&ex->mu);
     pthread_cond_destroy(&ex->cond);
     free(ex->header_lines);
@@ -496,9 +511,32 @@ static int append_pending(fp_http_exchange *ex, const char *data, size_t len)
 
 /* ---- the exchange's host callbacks (PHP thread) --------------------------------------------- */
 
+/* Per-thread: the PHP thread is the loop's own thread, outside any h2o callback, so it sends
+ * its output itself and runs its loop (which runs no PHP: requests parsed meanwhile queue on
+ * the loop) until the client has taken all but FP_HTTP_HIGH_WATER bytes. */
+static int inline_output(fp_http_exchange *ex, const char *data, size_t len)
+{
+    pthread_mutex_lock(&ex->mu);
+    int failed = ex->gone || ex->broken || append_pending(ex, data, len) != 0;
+    if (!failed && !ex->status) {
+        ex->status = ex->req.response_code ? ex->req.response_code : 200;
+    }
+    pthread_mutex_unlock(&ex->mu);
+    pump(ex); /* also cuts the response of a broken exchange */
+    h2o_loop_t *loop = ex->loop->loop;
+    h2o_evloop_run(loop, 0); /* completions of earlier writes (h2o's proceed sends the rest) */
+    while (!failed && ex->h2o && ex->pending_len > FP_HTTP_HIGH_WATER) {
+        h2o_evloop_run(loop, 100);
+    }
+    return failed || ex->gone ? -1 : 0;
+}
+
 static int ex_output(void *handle, const char *data, size_t len)
 {
     fp_http_exchange *ex = handle;
+    if (ex->inline_run) {
+        return inline_output(ex, data, len);
+    }
     pthread_mutex_lock(&ex->mu);
     if (ex->gone || ex->broken || append_pending(ex, data, len) != 0) {
         /* Gone, or the output could not be kept: PHP aborts the script (unless it ignores
@@ -714,9 +752,11 @@ static void finish(fp_http_exchange *ex, int release)
     }
     r->output_len = 0;
     ex->final = 1;
-    int send = schedule_locked(ex);
+    int send = !ex->inline_run && schedule_locked(ex);
     pthread_mutex_unlock(&ex->mu);
-    if (send) {
+    if (ex->inline_run) {
+        pump(ex); /* on the loop's thread, between its runs */
+    } else if (send) {
         send_scheduled(ex);
     }
     atomic_store(&ex->deadline_ns, 0);
@@ -940,7 +980,214 @@ static fp_str header_str(h2o_req_t *req, const h2o_token_t *token)
     return s;
 }
 
-/* The router's decisions (fp_static_decide), h2o for the bytes. */
+/* ---- the static file cache (one per loop, loop thread only) ----------------------------------
+ * Small files are kept in memory, keyed by their resolved path, and revalidated on every request
+ * with one lstat: an entry serves only while the file's identity (device, inode, size, mtime and
+ * ctime, which chmod/chown/rename change) is the one it was read with, so a changed, replaced or
+ * no longer readable file is read again (or refused) at once.  A hit costs one syscall instead
+ * of open, fstat, pread and close, and the headers of a plain GET are computed once. */
+#define STATIC_CACHE_FILE_MAX (64 * 1024)
+#define STATIC_CACHE_BYTES (4 * 1024 * 1024) /* per loop */
+
+struct static_entry {
+    int refs;            /* the cache's, and one per response sending its bytes */
+    struct stat id;      /* the identity it was read with */
+    char *path;
+    int plain_ok;        /* `plain` holds the decision for a GET without validators */
+    fp_static_response plain;
+    size_t size;
+    char data[];         /* then the path */
+};
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static void entry_unref(http_loop *lp, static_entry *e)
+{
+    if (--e->refs == 0) {
+        lp->cache_bytes -= e->size;
+        free(e);
+    }
+}
+
+static void static_cache_clear(http_loop *lp)
+{
+    for (size_t i = 0; i < STATIC_CACHE_SLOTS; i++) {
+        if (lp->cache[i]) {
+            entry_unref(lp, lp->cache[i]);
+            lp->cache[i] = NULL;
+        }
+    }
+}
+
+static size_t path_slot(const char *path, size_t len)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)path[i]) * 1099511628211u;
+    }
+    return (size_t)(h % STATIC_CACHE_SLOTS);
+}
+
+/* The entry for `path`, whose lstat is `st` (a regular file of at most STATIC_CACHE_FILE_MAX
+ * bytes), read now if the cache has no valid one; NULL when it cannot be cached (the caller
+ * then serves from the file).  The caller gets a reference. */
+static static_entry *static_cache_get(http_loop *lp, const char *path, size_t path_len, const struct stat *st)
+{
+    size_t slot = path_slot(path, path_len);
+    static_entry *e = lp->cache[slot];
+    if (e && strcmp(e->path, path) == 0 && same_file(&e->id, st)) {
+        e->refs++;
+        return e;
+    }
+    size_t size = (size_t)st->st_size;
+    size_t old = e ? e->size : 0;
+    if (lp->cache_bytes - old + size > STATIC_CACHE_BYTES) {
+        return NULL;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+    if (fd < 0) {
+        return NULL;
+    }
+    static_entry *fresh = malloc(sizeof(*fresh) + size + path_len + 1);
+    struct stat before, after;
+    size_t got = 0;
+    if (fresh && fstat(fd, &before) == 0 && same_file(&before, st)) {
+        while (got < size) {
+            ssize_t n = pread(fd, fresh->data + got, size - got, (off_t)got);
+            if (n <= 0) {
+                break;
+            }
+            got += (size_t)n;
+        }
+    }
+    /* Only what was read from one unchanged version of the file is kept. */
+    int ok = fresh && got == size && fstat(fd, &after) == 0 && same_file(&after, st);
+    close(fd);
+    if (!ok) {
+        free(fresh);
+        return NULL;
+    }
+    fresh->refs = 2; /* the cache's and the caller's */
+    fresh->id = *st;
+    fresh->size = size;
+    fresh->path = fresh->data + size;
+    memcpy(fresh->path, path, path_len + 1);
+    fp_file_info info = {(uint64_t)size, st->st_mtim.tv_sec, st->st_mtim.tv_nsec};
+    fp_static_request plain = {.method = {"GET", 3}};
+    fresh->plain_ok = fp_static_decide(&info, path, path_len, &plain, &fresh->plain) == 0 &&
+                      fresh->plain.status == 200;
+    lp->cache_bytes += size;
+    if (e) {
+        entry_unref(lp, e);
+    }
+    lp->cache[slot] = fresh;
+    return fresh;
+}
+
+/* A response sending an entry's bytes holds a reference until h2o disposes the request. */
+typedef struct entry_hold {
+    http_loop *loop;
+    static_entry *entry;
+} entry_hold;
+
+static void entry_hold_dispose(void *p)
+{
+    entry_hold *hold = p;
+    entry_unref(hold->loop, hold->entry);
+}
+
+static void add_pool_header(h2o_req_t *req, const h2o_token_t *token, const char *name, const char *value)
+{
+    h2o_add_header(&req->pool, &req->res.headers, token, name, h2o_strdup(&req->pool, value, SIZE_MAX).base,
+                   strlen(value));
+}
+
+/* The router's decision for `path` (fp_static_decide; `pre`: already made, for a plain GET),
+ * with its headers.  Returns 1 when the body (d->offset, d->length) is to be sent, 0 when the
+ * response is complete (refusals, 304, 416, HEAD, an empty file). */
+static int static_respond(h2o_req_t *req, const char *path, size_t path_len, const fp_file_info *info,
+                          const fp_static_response *pre, fp_static_response *d)
+{
+    if (pre) {
+        *d = *pre;
+    } else {
+        fp_static_request sreq = {
+            .method = {req->method.base, req->method.len},
+            .if_match = header_str(req, H2O_TOKEN_IF_MATCH),
+            .if_unmodified_since = header_str(req, H2O_TOKEN_IF_UNMODIFIED_SINCE),
+            .if_none_match = header_str(req, H2O_TOKEN_IF_NONE_MATCH),
+            .if_modified_since = header_str(req, H2O_TOKEN_IF_MODIFIED_SINCE),
+            .range = header_str(req, H2O_TOKEN_RANGE),
+            .if_range = header_str(req, H2O_TOKEN_IF_RANGE),
+        };
+        if (fp_static_decide(info, path, path_len, &sreq, d) != 0) {
+            send_simple(req, 500, NULL, 0);
+            return 0;
+        }
+    }
+    if (d->status == 405 || d->status == 412) {
+        if (d->status == 405) {
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
+        }
+        send_simple(req, d->status, NULL, 0);
+        return 0;
+    }
+    if (d->last_modified[0]) {
+        add_pool_header(req, H2O_TOKEN_LAST_MODIFIED, "Last-Modified", d->last_modified);
+    }
+    add_pool_header(req, H2O_TOKEN_ETAG, "ETag", d->etag);
+    req->res.status = d->status;
+    req->res.reason = reason_phrase(d->status);
+    static h2o_generator_t nothing = {NULL, NULL};
+    if (d->status == 304 || d->status == 416) {
+        if (d->status == 416) {
+            char *range = h2o_mem_alloc_pool(&req->pool, 64);
+            int n = snprintf(range, 64, "bytes */%llu", (unsigned long long)d->size);
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
+            req->res.content_length = 0;
+        }
+        h2o_start_response(req, &nothing);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return 0;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, "Content-Type", d->content_type,
+                   strlen(d->content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, "Accept-Ranges", H2O_STRLIT("bytes"));
+    if (d->status == 206) {
+        char *range = h2o_mem_alloc_pool(&req->pool, 96);
+        int n = snprintf(range, 96, "bytes %llu-%llu/%llu", (unsigned long long)d->offset,
+                         (unsigned long long)(d->offset + d->length - 1), (unsigned long long)d->size);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
+    }
+    req->res.content_length = d->length;
+    if (!d->send_body) {
+        h2o_start_response(req, &nothing);
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return 0;
+    }
+    return 1;
+}
+
+static int has_validators(h2o_req_t *req)
+{
+    static const h2o_token_t *const tokens[] = {H2O_TOKEN_IF_MATCH, H2O_TOKEN_IF_UNMODIFIED_SINCE,
+                                                H2O_TOKEN_IF_NONE_MATCH, H2O_TOKEN_IF_MODIFIED_SINCE,
+                                                H2O_TOKEN_RANGE, H2O_TOKEN_IF_RANGE};
+    for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+        if (h2o_find_header(&req->headers, tokens[i], -1) != -1) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The router's decisions (fp_static_decide), h2o for the bytes: from the loop's cache for small
+ * files, else read from the file as h2o asks for more. */
 static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
 {
     int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -949,6 +1196,31 @@ static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
         send_simple(req, 405, NULL, 0);
         return;
+    }
+    fp_static_response d;
+    http_loop *lp = H2O_STRUCT_FROM_MEMBER(site_ctx, ctx, req->conn->ctx)->loop;
+    struct stat lst;
+    /* lstat: the router resolved the path; a link that appeared since is served from the file,
+     * which O_NOFOLLOW then refuses. */
+    if (fstatat(AT_FDCWD, path, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(lst.st_mode) &&
+        lst.st_size <= STATIC_CACHE_FILE_MAX) {
+        static_entry *e = static_cache_get(lp, path, path_len, &lst);
+        if (e) {
+            fp_file_info info = {(uint64_t)e->size, e->id.st_mtim.tv_sec, e->id.st_mtim.tv_nsec};
+            const fp_static_response *pre = is_get && e->plain_ok && !has_validators(req) ? &e->plain : NULL;
+            if (!static_respond(req, path, path_len, &info, pre, &d)) {
+                entry_unref(lp, e);
+                return;
+            }
+            entry_hold *hold = h2o_mem_alloc_shared(&req->pool, sizeof(*hold), entry_hold_dispose);
+            hold->loop = lp;
+            hold->entry = e;
+            static h2o_generator_t whole = {NULL, NULL};
+            h2o_start_response(req, &whole);
+            h2o_iovec_t body = h2o_iovec_init(e->data + d.offset, (size_t)d.length);
+            h2o_send(req, &body, 1, H2O_SEND_STATE_FINAL);
+            return;
+        }
     }
     /* O_NONBLOCK: a FIFO must not block the loop; O_NOFOLLOW: the router resolved the path. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
@@ -963,65 +1235,8 @@ static void serve_static(h2o_req_t *req, const char *path, size_t path_len)
         return;
     }
     fp_file_info info = {(uint64_t)st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
-    fp_static_request sreq = {
-        .method = {req->method.base, req->method.len},
-        .if_match = header_str(req, H2O_TOKEN_IF_MATCH),
-        .if_unmodified_since = header_str(req, H2O_TOKEN_IF_UNMODIFIED_SINCE),
-        .if_none_match = header_str(req, H2O_TOKEN_IF_NONE_MATCH),
-        .if_modified_since = header_str(req, H2O_TOKEN_IF_MODIFIED_SINCE),
-        .range = header_str(req, H2O_TOKEN_RANGE),
-        .if_range = header_str(req, H2O_TOKEN_IF_RANGE),
-    };
-    fp_static_response d;
-    if (fp_static_decide(&info, path, path_len, &sreq, &d) != 0) {
+    if (!static_respond(req, path, path_len, &info, NULL, &d)) {
         close(fd);
-        send_simple(req, 500, NULL, 0);
-        return;
-    }
-    if (d.status == 405 || d.status == 412) {
-        close(fd);
-        if (d.status == 405) {
-            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, "Allow", H2O_STRLIT("GET, HEAD"));
-        }
-        send_simple(req, d.status, NULL, 0);
-        return;
-    }
-    if (d.last_modified[0]) {
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LAST_MODIFIED, "Last-Modified",
-                       h2o_strdup(&req->pool, d.last_modified, SIZE_MAX).base, strlen(d.last_modified));
-    }
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ETAG, "ETag",
-                   h2o_strdup(&req->pool, d.etag, SIZE_MAX).base, strlen(d.etag));
-    req->res.status = d.status;
-    req->res.reason = reason_phrase(d.status);
-    if (d.status == 304 || d.status == 416) {
-        close(fd);
-        if (d.status == 416) {
-            char *range = h2o_mem_alloc_pool(&req->pool, 64);
-            int n = snprintf(range, 64, "bytes */%llu", (unsigned long long)d.size);
-            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
-            req->res.content_length = 0;
-        }
-        static h2o_generator_t nothing = {NULL, NULL};
-        h2o_start_response(req, &nothing);
-        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
-        return;
-    }
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, "Content-Type", d.content_type,
-                   strlen(d.content_type));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, "Accept-Ranges", H2O_STRLIT("bytes"));
-    if (d.status == 206) {
-        char *range = h2o_mem_alloc_pool(&req->pool, 96);
-        int n = snprintf(range, 96, "bytes %llu-%llu/%llu", (unsigned long long)d.offset,
-                         (unsigned long long)(d.offset + d.length - 1), (unsigned long long)d.size);
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_RANGE, "Content-Range", range, (size_t)n);
-    }
-    req->res.content_length = d.length;
-    if (!d.send_body) {
-        close(fd);
-        static h2o_generator_t nothing = {NULL, NULL};
-        h2o_start_response(req, &nothing);
-        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
         return;
     }
     static_sender *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), static_dispose);
@@ -1388,6 +1603,7 @@ static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
     pthread_mutex_init(&ex->mu, NULL);
     pthread_cond_init(&ex->cond, NULL);
     ex->server = server;
+    atomic_fetch_add(&server->exchanges, 1);
     ex->site = st;
     ex->h2o = req;
     ex->refs = 2; /* the h2o request, the PHP side */
@@ -1398,6 +1614,22 @@ static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
     pthread_mutex_lock(&server->mu);
     server->in_flight++;
     pthread_mutex_unlock(&server->mu);
+    if (queue == 0 && server->per_thread) {
+        /* Run-to-completion: the PHP thread that runs this loop runs it, once the loop returns
+         * (fp_http_loop_next). */
+        http_loop *lp = ex->loop;
+        ex->inline_run = 1;
+        ex->link.enqueued_ns = fp_monotonic_ns();
+        ex->link.next = NULL;
+        if (lp->local_last) {
+            lp->local_last->link.next = &ex->link;
+        } else {
+            lp->local_first = ex;
+        }
+        lp->local_last = ex;
+        atomic_fetch_add(&server->php_requests, 1);
+        return;
+    }
     if (fp_handoff_put(server->queues[queue], &ex->link) != 0) {
         /* Stopping: answer here; the PHP side never sees it. */
         atomic_fetch_add(&server->rejected_503, 1);
@@ -1594,15 +1826,28 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---- the loop thread ----------------------------------------------------------------------------- */
 
-static void answer_expired(fp_http_server *server, fp_handoff_item *item)
+void fp_http_exchange_reject(fp_http_exchange *ex)
+{
+    atomic_fetch_add(&ex->server->rejected_503, 1);
+    log_record(ex->server, "S", "-", "503: no free PHP thread within max_wait_time");
+    fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
+                             "503 Service Unavailable\n", 24);
+}
+
+int64_t fp_http_exchange_wait_left(fp_http_exchange *ex)
+{
+    uint64_t max_wait = ex->site->max_wait_ns, waited = fp_monotonic_ns() - ex->link.enqueued_ns;
+    if (!max_wait) {
+        return -1;
+    }
+    return waited >= max_wait ? 0 : (int64_t)(max_wait - waited);
+}
+
+static void answer_expired(fp_handoff_item *item)
 {
     while (item) {
         fp_handoff_item *next = item->next;
-        fp_http_exchange *ex = (fp_http_exchange *)item;
-        atomic_fetch_add(&server->rejected_503, 1);
-        log_record(server, "S", "-", "503: no free PHP thread within max_wait_time");
-        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
-                                 "503 Service Unavailable\n", 24);
+        fp_http_exchange_reject((fp_http_exchange *)item);
         item = next;
     }
 }
@@ -1622,7 +1867,7 @@ static void on_expire_tick(h2o_timeout_entry_t *entry)
     }
     if (max_wait) {
         for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(server, fp_handoff_expire(server->queues[q], now, max_wait));
+            answer_expired(fp_handoff_expire(server->queues[q], now, max_wait));
         }
     }
     h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
@@ -1686,6 +1931,22 @@ static void loop_setup(http_loop *lp)
     pthread_mutex_unlock(&server->mu);
 }
 
+/* The next exchange queued on per-thread loop `lp`, taken off its list. */
+static fp_http_exchange *local_take(http_loop *lp)
+{
+    fp_http_exchange *ex = lp->local_first;
+    if (ex) {
+        lp->local_first = (fp_http_exchange *)ex->link.next;
+        if (!lp->local_first) {
+            lp->local_last = NULL;
+        }
+        ex->link.next = NULL;
+    }
+    return ex;
+}
+
+static void loop_shutdown(http_loop *lp);
+
 static void *loop_main(void *arg)
 {
     http_loop *lp = arg;
@@ -1694,6 +1955,13 @@ static void *loop_main(void *arg)
     while (!atomic_load(&server->stopping)) {
         h2o_evloop_run(lp->loop, 100);
     }
+    loop_shutdown(lp);
+    return NULL;
+}
+
+static void loop_shutdown(http_loop *lp)
+{
+    fp_http_server *server = lp->server;
     /* Stop: close the listeners first (a connection the kernel would accept now would never be
      * served), answer every queued request with 503, then let h2o close the connections: those
      * waiting for their next request time out at once (req_timeout 0), the others once their
@@ -1702,8 +1970,13 @@ static void *loop_main(void *arg)
     if (lp->index == 0) {
         /* The answers go to the loop of each request, which lingers while it has connections. */
         for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(server, fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+            answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
         }
+    }
+    for (fp_http_exchange *ex; (ex = local_take(lp));) { /* per-thread: never run */
+        atomic_fetch_add(&server->rejected_503, 1);
+        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
+                                 "503 Service Unavailable\n", 24);
     }
     uint64_t until = fp_monotonic_ns() + STOP_LINGER_NS;
     for (;;) {
@@ -1715,11 +1988,12 @@ static void *loop_main(void *arg)
             open |= !h2o_linklist_is_empty(&ctx->http1._conns) || !h2o_linklist_is_empty(&ctx->http2._conns);
         }
         if (!open || fp_monotonic_ns() >= until) {
+            lp->closed_clean = !open;
             break;
         }
         h2o_evloop_run(lp->loop, 10);
     }
-    return NULL;
+    static_cache_clear(lp); /* responses still sending an entry hold it */
 }
 
 /* ---- TLS ---------------------------------------------------------------------------------------- */
@@ -1837,6 +2111,61 @@ fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, 
     return server;
 }
 
+int fp_http_server_per_thread(fp_http_server *server, int threads, char *err, size_t err_len)
+{
+    if (threads < 1 || threads > MAX_LOOPS) {
+        snprintf(err, err_len, "the per-thread I/O model serves with 1..%d PHP threads, not %d", MAX_LOOPS, threads);
+        return -1;
+    }
+    if (server->n_sites) {
+        snprintf(err, err_len, "choose the I/O model before adding sites");
+        return -1;
+    }
+    server->per_thread = 1;
+    server->n_loops = threads;
+    for (int i = 0; i < threads; i++) {
+        server->loops[i].server = server;
+        server->loops[i].index = i;
+    }
+    return 0;
+}
+
+fp_http_exchange *fp_http_loop_next(fp_http_server *server, int index)
+{
+    if (!server->per_thread || index < 0 || index >= server->n_loops) {
+        return NULL;
+    }
+    http_loop *lp = &server->loops[index];
+    if (!lp->entered) {
+        pthread_mutex_lock(&server->mu);
+        int refused = atomic_load(&server->stopping) || lp->entered;
+        lp->entered = 1;
+        pthread_mutex_unlock(&server->mu);
+        if (refused) {
+            return NULL;
+        }
+        loop_setup(lp);
+    }
+    for (;;) {
+        if (lp->done) {
+            return NULL;
+        }
+        if (atomic_load(&server->stopping)) {
+            loop_shutdown(lp);
+            pthread_mutex_lock(&server->mu);
+            lp->done = 1;
+            pthread_cond_broadcast(&server->ready);
+            pthread_mutex_unlock(&server->mu);
+            return NULL;
+        }
+        fp_http_exchange *ex = local_take(lp);
+        if (ex) {
+            return ex;
+        }
+        h2o_evloop_run(lp->loop, 100);
+    }
+}
+
 int fp_http_server_add_queue(fp_http_server *server)
 {
     fp_handoff **grown = realloc(server->queues, sizeof(*grown) * (size_t)(server->n_queues + 1));
@@ -1858,7 +2187,8 @@ int fp_http_server_python_queue(fp_http_server *server)
     return server->python_queue;
 }
 
-static int listen_on(const char *host, int port, char *err, size_t err_len, int *bound_port)
+/* reuseport: 0 a plain socket; 1 one more of a SO_REUSEPORT group; 2 the first of a group. */
+static int listen_on(const char *host, int port, int reuseport, char *err, size_t err_len, int *bound_port)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res;
@@ -1876,6 +2206,29 @@ static int listen_on(const char *host, int port, char *err, size_t err_len, int 
         return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (reuseport == 2 && port != 0) {
+        /* The first socket of a SO_REUSEPORT group: a plain bind first, so that a port another
+         * SO_REUSEPORT listener of this user holds (a second server) is "in use", not joined. */
+        int probe = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int taken = probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+                    bind(probe, res->ai_addr, res->ai_addrlen) != 0;
+        int saved = errno;
+        if (probe >= 0) {
+            close(probe);
+        }
+        if (taken) {
+            snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(saved));
+            close(fd);
+            freeaddrinfo(res);
+            return -1;
+        }
+    }
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+        snprintf(err, err_len, "SO_REUSEPORT: %s", strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
     if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
         snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(errno));
         close(fd);
@@ -1902,7 +2255,7 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
         snprintf(err, err_len, "out of memory");
         return -1;
     }
-    st->fd = listen_on(conf->host, conf->port, err, err_len, &conf->bound_port);
+    st->fd = listen_on(conf->host, conf->port, server->per_thread ? 2 : 0, err, err_len, &conf->bound_port);
     if (st->fd < 0) {
         free(st);
         return -1;
@@ -1929,11 +2282,18 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
     handler->super.on_req = on_req;
     handler->site = st;
     /* Every loop thread accepts on the same listening socket (a dup of it each): the kernel
-     * wakes the loops, the first to accept takes the connection. */
+     * wakes the loops, the first to accept takes the connection.  Per-thread, each loop has a
+     * socket of its own on the same port (SO_REUSEPORT): the kernel spreads the connections
+     * over them by a hash, whether their PHP thread is busy or not, as over apache's processes. */
     for (int i = 0; i < server->n_loops; i++) {
-        st->fds[i] = i == 0 ? st->fd : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
+        int ignored;
+        st->fds[i] = i == 0 ? st->fd
+                     : server->per_thread ? listen_on(conf->host, conf->bound_port, 1, err, err_len, &ignored)
+                                          : fcntl(st->fd, F_DUPFD_CLOEXEC, 0);
         if (st->fds[i] < 0) {
-            snprintf(err, err_len, "dup: %s", strerror(errno));
+            if (!server->per_thread) {
+                snprintf(err, err_len, "dup: %s", strerror(errno));
+            }
             for (int j = 0; j < i; j++) {
                 close(st->fds[j]);
             }
@@ -1962,6 +2322,10 @@ int fp_http_server_add_worker_route(fp_http_server *server, int site_index, cons
 
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
 {
+    if (server->per_thread) {
+        server->started = 1; /* the PHP threads run the loops (fp_http_loop_next) */
+        return 0;
+    }
     for (int l = 0; l < server->n_loops; l++) {
         int rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
         if (rc != 0) {
@@ -2005,9 +2369,39 @@ uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms)
     return left;
 }
 
+/* Per-thread: the loops end on their PHP threads, once the request each runs (if any) is over;
+ * wait for them STOP_LINGER_NS at most beyond their own linger (fp_http_server_free waits for
+ * the rest).  Loops no PHP thread took are closed here. */
+static void stop_per_thread(fp_http_server *server)
+{
+    pthread_mutex_lock(&server->mu);
+    atomic_store(&server->draining, 1);
+    atomic_store(&server->stopping, 1);
+    for (int l = 0; l < server->n_loops; l++) {
+        http_loop *lp = &server->loops[l];
+        if (lp->ready) {
+            h2o_multithread_send_message(&lp->receiver, NULL); /* wake the loop */
+        } else if (!lp->entered) {
+            lp->entered = lp->done = 1;
+            for (int i = 0; i < server->n_sites; i++) {
+                close(server->sites[i]->fds[l]); /* never handed to h2o */
+            }
+        }
+    }
+    struct timespec until = realtime_after_ms((int)(2 * STOP_LINGER_NS / 1000000));
+    for (int l = 0; l < server->n_loops; l++) {
+        while (!server->loops[l].done &&
+               pthread_cond_timedwait(&server->ready, &server->mu, &until) != ETIMEDOUT) {
+        }
+    }
+    pthread_mutex_unlock(&server->mu);
+}
+
 void fp_http_server_stop(fp_http_server *server)
 {
-    if (server->started) {
+    if (server->per_thread) {
+        stop_per_thread(server);
+    } else if (server->started) {
         atomic_store(&server->draining, 1);
         atomic_store(&server->stopping, 1);
         for (int l = 0; l < server->n_loops; l++) {
@@ -2030,11 +2424,72 @@ void fp_http_server_stop(fp_http_server *server)
     fp_http_server_wake_logs(server);
 }
 
+/* h2o 2.2 (Debian 12's 2.2.5) leaves two things to the caller when it tears a loop down: its
+ * h2o_multithread_destroy_queue() closes the queue's pipe but does not free the queue (nor the
+ * one h2o_context_init() makes for each context), and h2o_evloop_destroy() frees the loop but
+ * leaves its epoll descriptor open.  Later versions do both themselves. */
+#define H2O_LEAVES_QUEUE_AND_EPOLL (H2O_VERSION_MAJOR == 2 && H2O_VERSION_MINOR == 2)
+
+#if H2O_LEAVES_QUEUE_AND_EPOLL
+/* The epoll backend's loop is struct st_h2o_evloop_epoll_t {h2o_evloop_t super; int ep;}
+ * (lib/common/socket/evloop/epoll.c.h), so the descriptor follows the public struct.  It is
+ * closed only if it is an epoll instance indeed (a layout that differs leaks it, no more). */
+static void close_epoll_of(h2o_evloop_t *loop)
+{
+    struct evloop_epoll {
+        h2o_evloop_t super;
+        int ep;
+    } *e = (struct evloop_epoll *)loop;
+    char link[64], target[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", e->ep);
+    ssize_t n = e->ep > 2 ? readlink(link, target, sizeof target - 1) : -1;
+    if (n > 0) {
+        target[n] = '\0';
+        if (strcmp(target, "anon_inode:[eventpoll]") == 0) {
+            close(e->ep);
+        }
+    }
+}
+#endif
+
+/* Tear down the h2o objects of loop `lp` (its thread has ended, its connections are closed). */
+static void loop_free(fp_http_server *server, http_loop *lp)
+{
+    for (int i = 0; i < server->n_sites; i++) {
+        h2o_context_t *ctx = &server->sites[i]->per_loop[lp->index].ctx;
+        h2o_context_dispose(ctx);
+#if H2O_LEAVES_QUEUE_AND_EPOLL
+        free(ctx->queue);
+#endif
+    }
+    if (lp->index == 0) {
+        h2o_timeout_unlink(&server->expire_entry);
+        h2o_timeout_dispose(lp->loop, &server->expire_timeout);
+    }
+    h2o_multithread_unregister_receiver(lp->mqueue, &lp->receiver);
+    h2o_multithread_destroy_queue(lp->mqueue);
+#if H2O_LEAVES_QUEUE_AND_EPOLL
+    free(lp->mqueue);
+    close_epoll_of(lp->loop);
+#endif
+    h2o_evloop_destroy(lp->loop);
+}
+
 void fp_http_server_free(fp_http_server *server)
 {
-    /* The h2o contexts and loop are left allocated: connections h2o still holds refer to them,
-     * and h2o 2.2 has no way to close them all from outside.  A server is made once per
-     * process run, so this is a bounded leak. */
+    /* h2o goes only when nothing can touch it any more: every loop ended with its connections
+     * closed (h2o 2.2 cannot close a connection that is still sending from outside) and no
+     * exchange is left (a PHP thread that never came back may still hold one).  Otherwise the
+     * h2o objects and the server stay allocated: a bounded leak, once per server. */
+    int clean = atomic_load(&server->exchanges) == 0;
+    pthread_mutex_lock(&server->mu); /* per-thread loops end on their own threads */
+    for (int l = 0; l < server->n_loops; l++) {
+        http_loop *lp = &server->loops[l];
+        if (lp->loop && (!lp->closed_clean || (server->per_thread && !lp->done))) {
+            clean = 0;
+        }
+    }
+    pthread_mutex_unlock(&server->mu);
     for (int q = 0; q < server->n_queues; q++) {
         fp_handoff_destroy(server->queues[q]);
         free(server->queues[q]);
@@ -2044,8 +2499,27 @@ void fp_http_server_free(fp_http_server *server)
     }
     free(server->queues);
     free(server->logs);
+    server->queues = NULL;
+    server->n_queues = 0;
+    server->logs = NULL;
+    if (!clean) {
+        return;
+    }
+    for (int l = 0; l < server->n_loops; l++) {
+        if (server->loops[l].loop) {
+            loop_free(server, &server->loops[l]);
+        }
+    }
+    for (int i = 0; i < server->n_sites; i++) {
+        h2o_config_dispose(&server->sites[i]->globalconf);
+        free(server->sites[i]);
+    }
     pthread_mutex_destroy(&server->log_mu);
     pthread_cond_destroy(&server->log_cond);
+    pthread_mutex_destroy(&server->mu);
+    pthread_cond_destroy(&server->idle);
+    pthread_cond_destroy(&server->ready);
+    free(server);
 }
 
 void fp_http_server_counters(fp_http_server *server, fp_http_counters *out)

@@ -82,6 +82,21 @@ fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, 
  * 0, or -1 with a message naming the option (tls_cert, tls_key) and the file at fault. */
 int fp_http_tls_check(const char *cert, const char *key, char *err, size_t err_len);
 
+/* Run-to-completion (the "per-thread" I/O model), instead of loop threads: `threads` PHP
+ * threads each run an h2o loop of their own, on a listening socket of their own (SO_REUSEPORT,
+ * so the kernel spreads connections over them), and run the classic requests that loop parsed
+ * themselves, between runs of the loop (fp_http_loop_next), as apache prefork does per process.
+ * Static files, refusals and redirects are answered by the loop; requests for HTTP workers and
+ * /metrics are still handed to their queues (a loop whose thread runs PHP sends their responses
+ * once that PHP is done).  Call before adding sites.  Returns 0 or -1 with a message. */
+int fp_http_server_per_thread(fp_http_server *server, int threads, char *err, size_t err_len);
+
+/* Per-thread: run loop `index` (0..threads-1) on the calling thread, always the same one, until
+ * a classic request it parsed is ready to run (returned: run it as one from fp_http_take(); its
+ * output is sent from this thread), or NULL once the server stops (the loop is then closed).  The
+ * first call sets the loop up. */
+fp_http_exchange *fp_http_loop_next(fp_http_server *server, int index);
+
 /* A new queue for an HTTP worker; returns its index, or -1 (out of memory). */
 int fp_http_server_add_queue(fp_http_server *server);
 
@@ -109,11 +124,15 @@ void fp_http_server_drain(fp_http_server *server);
 uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms);
 
 /* Answer every queued request with 503, close the listeners and the connections, stop the loop
- * threads and close every queue (takers return NULL).  The server stays allocated (its queues may
+ * threads (per-thread: wait a bounded time for the PHP threads' loops to end, after the request
+ * each runs) and close every queue (takers return NULL).  The server stays allocated (its queues may
  * still be referenced by PHP threads finishing); free it with fp_http_server_free(). */
 void fp_http_server_stop(fp_http_server *server);
 
-/* Free a stopped server once no thread uses it any more. */
+/* Free a stopped server once no thread uses it any more, with h2o's loops, contexts and
+ * configuration.  When a connection outlived the stop's linger or a PHP thread still holds an
+ * exchange, the h2o objects and the server struct are left allocated instead (h2o 2.2 cannot
+ * close a busy connection from outside): a bounded leak, once per server. */
 void fp_http_server_free(fp_http_server *server);
 
 void fp_http_server_counters(fp_http_server *server, fp_http_counters *out);
@@ -164,6 +183,14 @@ void fp_http_exchange_release(fp_http_exchange *ex);
 /* Answer `ex` without PHP (the python queue): status, "Name: value\n" lines, body. */
 void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *headers,
                               const char *body, size_t body_len);
+
+/* Nanoseconds `ex` may still wait for a PHP thread: its site's max_wait_time counts from the
+ * moment it was queued, through the hand-off queue and the wait for a pool interpreter.
+ * -1: no limit; 0: the time is up. */
+int64_t fp_http_exchange_wait_left(fp_http_exchange *ex);
+
+/* Answer `ex` 503 because it waited longer than max_wait_time (counted and logged). */
+void fp_http_exchange_reject(fp_http_exchange *ex);
 
 /* Deadline (CLOCK_MONOTONIC ns, 0 none) and the limit in seconds that set it; any thread. */
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds);

@@ -116,6 +116,42 @@ static void set_watched(watch_slot *s, fp_image *image, fp_request *script, fp_h
 
 /* ---- classic requests ------------------------------------------------------------------------ */
 
+/* Run classic request `ex` on an interpreter borrowed from `pool`; 1 when it ran. */
+static int serve_one(fp_http_server *server, fp_pool *pool, const char *tag, watch_slot *slot,
+                     fp_http_exchange *ex)
+{
+    /* max_wait_time covers the wait for an interpreter too: execute_*() callers share the pool,
+     * so a request taken off its queue may still wait here. */
+    void *item = NULL;
+    int64_t left = fp_http_exchange_wait_left(ex);
+    int id = left == 0 ? FP_POOL_TIMEOUT : fp_pool_acquire(pool, left, &item);
+    fp_slot *php = item;
+    if (id == FP_POOL_TIMEOUT) {
+        fp_http_exchange_reject(ex);
+        return 0;
+    }
+    if (id < 0) {
+        static const char body[] = "Service Unavailable\n";
+        fp_http_exchange_respond(ex, 503, "Content-Type: text/plain\n", body, sizeof body - 1);
+        return 0;
+    }
+    fp_image *image = php->image;
+    fp_request *req = fp_http_exchange_request(ex, tag);
+    req->worker_ctx = php->worker_ctx;
+    set_watched(slot, image, req, ex);
+    fp_http_server_busy(server, 1);
+    fp_image_execute(image, req);
+    fp_http_server_busy(server, -1);
+    set_watched(slot, NULL, NULL, NULL);
+    /* The exchange copies what it needs, then the glue's buffers go; only then may the loop
+     * thread free the exchange (and `req` inside it) once the response is out. */
+    fp_http_exchange_finish_keep(ex);
+    fp_image_request_clear(image, req);
+    fp_pool_release(pool, id); /* the pool is closed only after the server has stopped */
+    fp_http_exchange_release(ex);
+    return 1;
+}
+
 uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const volatile int *drain)
 {
     uint64_t served = 0;
@@ -123,29 +159,20 @@ uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const 
     fp_http_exchange *ex;
     watch(&slot);
     while ((ex = fp_http_take(server, 0, drain))) {
-        void *item;
-        int id = fp_pool_acquire(pool, -1, &item);
-        fp_slot *php = item;
-        if (id < 0) {
-            static const char body[] = "Service Unavailable\n";
-            fp_http_exchange_respond(ex, 503, "Content-Type: text/plain\n", body, sizeof body - 1);
-            continue;
-        }
-        fp_image *image = php->image;
-        fp_request *req = fp_http_exchange_request(ex, tag);
-        req->worker_ctx = php->worker_ctx;
-        set_watched(&slot, image, req, ex);
-        fp_http_server_busy(server, 1);
-        fp_image_execute(image, req);
-        fp_http_server_busy(server, -1);
-        set_watched(&slot, NULL, NULL, NULL);
-        /* The exchange copies what it needs, then the glue's buffers go; only then may the loop
-         * thread free the exchange (and `req` inside it) once the response is out. */
-        fp_http_exchange_finish_keep(ex);
-        fp_image_request_clear(image, req);
-        fp_pool_release(pool, id); /* the pool is closed only after the server has stopped */
-        fp_http_exchange_release(ex);
-        served++;
+        served += (uint64_t)serve_one(server, pool, tag, &slot, ex);
+    }
+    unwatch(&slot);
+    return served;
+}
+
+uint64_t fp_serve_loop(fp_http_server *server, fp_pool *pool, int index, const char *tag)
+{
+    uint64_t served = 0;
+    watch_slot slot = {0};
+    fp_http_exchange *ex;
+    watch(&slot);
+    while ((ex = fp_http_loop_next(server, index))) {
+        served += (uint64_t)serve_one(server, pool, tag, &slot, ex);
     }
     unwatch(&slot);
     return served;

@@ -38,6 +38,11 @@ typedef struct fp_slot {
  * the thread in diagnostics.  Returns the number of requests served. */
 uint64_t fp_serve(fp_http_server *server, fp_pool *pool, const char *tag, const volatile int *drain);
 
+/* Per-thread (run-to-completion, fp_http_server_per_thread()): run loop `index` of `server` on
+ * this thread and the classic requests it parses, each on an interpreter borrowed from `pool` as
+ * fp_serve() does, until the server stops.  Returns the number of requests served. */
+uint64_t fp_serve_loop(fp_http_server *server, fp_pool *pool, int index, const char *tag);
+
 /* One regular execution in C (Runtime.execute_* without an output callable or a timeout):
  * Python fills the inputs, makes one call (GIL released once), and reads the outputs.  The
  * buffers belong to the call and are reused call after call (fp_fast_call_clear frees them). */

@@ -10,7 +10,8 @@
 
 Each runs until SIGTERM or SIGINT, then stops gracefully: in-flight requests finish, workers
 are drained.  The HTTP server is the native one (:mod:`frankenpy.http.native`) unless
-``--server wsgi`` (or ``server = "wsgi"`` in the TOML's ``[runtime]``) picks waitress.
+``--server wsgi`` (or ``server = "wsgi"`` in the TOML's ``[runtime]``) picks waitress;
+``--io-model per-thread`` (``io_model``) has the native server run to completion on each PHP thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from .config import (
     HTTP_SERVERS,
+    IO_MODELS,
     TLS_NEEDS_NATIVE,
     Config,
     ConfigError,
@@ -159,7 +161,7 @@ def serve(config: Config, grace: float, *, access_log: bool = False) -> None:
                 if config.http_server == "wsgi":
                     http = Server(runtime, sites)
                 else:
-                    http = NativeServer(runtime, sites, access_log=access_log)
+                    http = NativeServer(runtime, sites, access_log=access_log, io_model=config.io_model)
                 http.start()
                 if config.watch:
                     from .watch import watch_workers
@@ -198,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", choices=HTTP_SERVERS, default=argparse.SUPPRESS,
         help="HTTP server: native (h2o in C, the default) or wsgi (waitress); overrides the config",
     )
+    server_choice.add_argument(
+        "--io-model", choices=IO_MODELS, default=argparse.SUPPRESS,
+        help="native server: handoff (loop threads hand requests to PHP threads, the default) or "
+        "per-thread (each PHP thread parses and runs its own connections' requests); overrides the config",
+    )
     parser.add_argument("--server", choices=HTTP_SERVERS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--io-model", choices=IO_MODELS, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command")
     service = argparse.ArgumentParser(add_help=False)
     service.add_argument(
@@ -255,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             config = apply_service_options(config, args)
         if args.server:
             config.http_server = args.server
+        if args.io_model:
+            config.io_model = args.io_model
         serve(config, args.grace, access_log=args.access_log)
     except ConfigError as exc:
         print(f"frankenpy: {exc}", file=sys.stderr)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # (imported where used: parsing needs no PHP; the pytest plug
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 HTTP_SERVERS = ("native", "wsgi")  # frankenpy.http.native.NativeServer, frankenpy.http.server.Server
+IO_MODELS = ("handoff", "per-thread")  # the native server's (frankenpy.http.native.IO_MODELS)
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,7 @@ class Config:
     runtime: dict[str, Any]
     servers: list[ServerConfig]
     http_server: str = "native"  # one of HTTP_SERVERS
+    io_model: str = "handoff"  # one of IO_MODELS (the native server's)
     base: Path = field(default_factory=Path.cwd)
     watch: list[str] = field(default_factory=list)
     admin: str | None = None
@@ -170,7 +172,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 _RUNTIME_KEYS = {
     "num_threads", "php_ini", "extensions", "opcache", "start_timeout", "env", "watch", "admin",
-    "admin_token", "max_threads", "max_idle_time", "server",
+    "admin_token", "max_threads", "max_idle_time", "server", "io_model",
 }
 _SERVER_KEYS = {
     "listen", "root", "label", "env", "max_body_size", "max_wait_time", "metrics", "follow_symlinks",
@@ -208,6 +210,9 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
     http_server = runtime_table.get("server", str, "native")
     if http_server not in HTTP_SERVERS:
         raise runtime_table.error("server", f"must be one of {', '.join(HTTP_SERVERS)}, not {http_server!r}")
+    io_model = runtime_table.get("io_model", str, "handoff")
+    if io_model not in IO_MODELS:
+        raise runtime_table.error("io_model", f"must be one of {', '.join(IO_MODELS)}, not {io_model!r}")
     watch = _patterns(runtime_table, "watch")
     admin = runtime_table.get("admin", str)
     if admin is not None:
@@ -230,8 +235,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>", base: Path | Non
         seen[address] = server.listen
     if http_server == "wsgi" and any(server.tls_cert for server in servers):
         raise runtime_table.error("server", TLS_NEEDS_NATIVE)
-    return Config(source, runtime, servers, http_server=http_server, base=base, watch=watch, admin=admin,
-                  admin_token=admin_token)
+    return Config(source, runtime, servers, http_server=http_server, io_model=io_model, base=base,
+                  watch=watch, admin=admin, admin_token=admin_token)
 
 
 def _patterns(table: _Table, key: str) -> list[str]:

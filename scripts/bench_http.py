@@ -9,6 +9,9 @@ Servers (each bound to 127.0.0.1 only, each started by this script and stopped b
   ``frankenphp_handle_request()`` and produces the same pages (``/worker.php`` is routed to the
   worker, ``?page=json`` selects the JSON page);
 * ``classic-wsgi``, ``worker-wsgi``: the same two with ``--server wsgi`` (waitress + PHPApp);
+* ``classic-pt``, ``worker-pt``: the native two with ``--io-model per-thread`` (run-to-completion:
+  each of the 2 PHP threads runs an h2o loop on its own ``SO_REUSEPORT`` socket and runs the
+  classic requests it parsed; worker requests are still handed to the worker's threads);
 * ``classic-tls``, ``worker-tls`` (not in the default set): the native two over HTTPS/1.1
   (``--tls-cert``/``--tls-key``, a self-signed certificate made with ``openssl``; wrk's TLS, keep-alive
   connections, so the handshakes are not what is measured);
@@ -20,8 +23,11 @@ Servers (each bound to 127.0.0.1 only, each started by this script and stopped b
 * ``php -S``: ``php8.2 -S 127.0.0.1:PORT -t DIR`` (the built-in server, stock CLI ini).
 
 Pages: ``hello`` (``<?php echo "Hello, World!";``), ``json`` (``json_encode`` of 1,000 rows of
-5 fields, plus a ``Content-Type`` header and a cookie) and ``static`` (a 10 kB text file; frankenpy
-native and nginx only).  Then 512 keep-alive connections for 10 s on the native worker's hello
+5 fields, plus a ``Content-Type`` header and a cookie), ``static`` (a 10 kB text file; frankenpy
+native and nginx only) and ``mixed`` (classic servers only: hello.php, with every
+SLOW_EVERY-th request of each wrk thread going to ``slow.php``, which sleeps SLOW_MS: the fast
+requests' p90/p99 show head-of-line blocking behind the slow ones).
+Then 512 keep-alive connections for 10 s on the native worker's hello
 page (``wrk -c512``), with the server's resident memory sampled every second.  Every server is
 first checked to return the expected body, headers and opcache state; then each (page, server)
 pair gets a short warm-up and ``wrk -t2 -c32 -d10s --latency``, page by page with the servers
@@ -65,7 +71,16 @@ REPO = Path(__file__).resolve().parent.parent
 HELLO_BODY = b"Hello, World!"
 STATIC_BODY = b"".join(b"%05d static line of ten kB file......................................\n" % i
                        for i in range(142))[:10240]
-PAGES = ("hello", "json", "static")
+PAGES = ("hello", "json", "static", "mixed")
+SLOW_EVERY, SLOW_MS = 20, 20  # the mixed page: 1 request in 20 sleeps 20 ms
+MIXED_LUA = f"""\
+local n = 0
+request = function()
+  n = n + 1
+  if n % {SLOW_EVERY} == 0 then return wrk.format("GET", "/slow.php") end
+  return wrk.format("GET", "/hello.php")
+end
+"""
 COOKIE = "bench=json-page"
 TARGETS = {"worker": 1.5, "classic": 1.0}
 
@@ -274,6 +289,7 @@ def verify(server: Server) -> None:
 def write_docroot(root: Path) -> None:
     root.mkdir(parents=True)
     (root / "hello.php").write_text(HELLO_PHP)
+    (root / "slow.php").write_text(f"<?php usleep({SLOW_MS * 1000}); echo 'slow';\n")
     (root / "json.php").write_text(JSON_PHP)
     (root / "worker.php").write_text(WORKER_PHP)
     (root / "opcache.php").write_text(OPCACHE_PHP)
@@ -294,13 +310,14 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 
 def frankenpy_server(key: str, tmp: Path, root: Path, worker_threads: int) -> Server:
     port = free_port()
-    # "classic", "worker", "classic-wsgi", "worker-wsgi", "classic-tls", "worker-tls"
-    mode, _, kind = key.partition("-")
+    mode, _, kind = key.partition("-")  # "classic", "worker", "classic-wsgi", "worker-pt", "classic-tls", ...
     tls = kind == "tls"
     argv = [sys.executable, "-m", "frankenpy", "--grace", "3", "php-server",
-            "--server", "native" if tls or not kind else kind,
+            "--server", "wsgi" if kind == "wsgi" else "native",
             "--root", str(root), "--listen", f"{HOST}:{port}", "--threads", "2", "--opcache"]
-    suffix = f" ({'https' if tls else kind})" if kind else ""
+    if kind == "pt":
+        argv += ["--io-model", "per-thread"]
+    suffix = {"wsgi": " (wsgi)", "pt": " (per-thread)", "tls": " (https)"}.get(kind, "")
     context = None
     if tls:
         cert, private_key = self_signed(tmp)
@@ -311,9 +328,9 @@ def frankenpy_server(key: str, tmp: Path, root: Path, worker_threads: int) -> Se
         paths = {"hello": "/worker.php", "json": "/worker.php?page=json"}
         label = f"frankenpy worker ({worker_threads} thr){suffix}"
     else:
-        paths = {"hello": "/hello.php", "json": "/json.php"}
+        paths = {"hello": "/hello.php", "json": "/json.php", "mixed": "/hello.php"}
         label = f"frankenpy classic{suffix}"
-        if not kind or tls:
+        if kind != "wsgi":
             paths["static"] = "/10k.txt"
     paths["opcache"] = "/opcache.php"
     env = dict(os.environ)
@@ -376,7 +393,8 @@ def fpm_server(tmp: Path, root: Path, php_fpm: str, nginx: str) -> Server:
     if root_user:
         fpm_argv.append("-R")
     nginx_argv = [nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "nginx-error.log")]
-    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php", "static": "/10k.txt"}
+    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php", "static": "/10k.txt",
+             "mixed": "/hello.php"}
     return Server("nginx + php-fpm (4 static)", "fpm", port, paths, [
         Proc("php-fpm", fpm_argv, d / "php-fpm.out", fpm_env),
         Proc("nginx", nginx_argv, d / "nginx.out"),
@@ -415,7 +433,7 @@ def apache_server(tmp: Path, root: Path, apache: str) -> Server:
     )
     env = dict(os.environ, PHP_INI_SCAN_DIR="", APACHE_RUN_DIR=str(d), APACHE_LOCK_DIR=str(d))
     argv = [apache, "-f", str(d / "apache2.conf"), "-DFOREGROUND"]
-    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php"}
+    paths = {"hello": "/hello.php", "json": "/json.php", "opcache": "/opcache.php", "mixed": "/hello.php"}
     return Server("apache prefork + mod_php (40)", "apache", port, paths,
                   [Proc("apache2", argv, d / "apache.out", env)])
 
@@ -448,12 +466,14 @@ class WrkResult:
     p99: float
     requests: int
     errors: str
+    p90: float = 0.0
 
     @staticmethod
     def parse(text: str) -> WrkResult:
         rps = re.search(r"Requests/sec:\s*([\d.]+)", text)
         p50 = re.search(r"^\s*50%\s+(\S+)", text, re.M)
         p99 = re.search(r"^\s*99%\s+(\S+)", text, re.M)
+        p90 = re.search(r"^\s*90%\s+(\S+)", text, re.M)
         total = re.search(r"(\d+) requests in", text)
         if not (rps and p50 and p99 and total):
             raise ValueError(f"cannot parse wrk output:\n{text}")
@@ -466,11 +486,14 @@ class WrkResult:
         if non2xx:
             errors.append(f"{non2xx.group(1)} non-2xx")
         return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)),
-                         ", ".join(errors) or "0")
+                         ", ".join(errors) or "0", _ms(p90.group(1)) if p90 else 0.0)
 
 
-def run_wrk(wrk: str, url: str, duration: float, threads: int, conns: int) -> WrkResult:
+def run_wrk(wrk: str, url: str, duration: float, threads: int, conns: int,
+            script: Path | None = None) -> WrkResult:
     argv = [wrk, f"-t{threads}", f"-c{conns}", f"-d{duration:g}s", "--latency", url]
+    if script is not None:
+        argv[1:1] = ["-s", str(script)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30,
                           start_new_session=True, check=False)
     if proc.returncode != 0:
@@ -491,8 +514,8 @@ def need(name: str) -> str:
 
 
 def table(servers: list[Server], results: dict[tuple[str, str], WrkResult | str]) -> str:
-    rows = ["| server | page | req/s | p50 ms | p99 ms | errors | keep-alive | opcache |",
-            "|---|---|---:|---:|---:|---|---|---|"]
+    rows = ["| server | page | req/s | p50 ms | p90 ms | p99 ms | errors | keep-alive | opcache |",
+            "|---|---|---:|---:|---:|---:|---|---|---|"]
     for page in PAGES:
         for s in servers:
             if page not in s.paths:
@@ -500,11 +523,26 @@ def table(servers: list[Server], results: dict[tuple[str, str], WrkResult | str]
             r = results.get((s.key, page), s.error or "not run")
             ka = "?" if page not in s.keep_alive else ("yes" if s.keep_alive[page] else "no")
             if isinstance(r, WrkResult):
-                rows.append(f"| {s.label} | {page} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f} | {r.errors} "
-                            f"| {ka} | {s.opcache} |")
+                rows.append(f"| {s.label} | {page} | {r.rps:,.0f} | {r.p50:.2f} | {r.p90:.2f} | {r.p99:.2f} "
+                            f"| {r.errors} | {ka} | {s.opcache} |")
             else:
-                rows.append(f"| {s.label} | {page} | n/a | n/a | n/a | {r} | {ka} | {s.opcache} |")
+                rows.append(f"| {s.label} | {page} | n/a | n/a | n/a | n/a | {r} | {ka} | {s.opcache} |")
     return "\n".join(rows)
+
+
+def io_models(results: dict[tuple[str, str], WrkResult | str]) -> str:
+    """The native server's two I/O models side by side: hand-off (loop threads -> PHP threads)
+    against per-thread (run-to-completion), same run."""
+    rows = ["| mode | page | hand-off req/s | per-thread req/s | ratio | hand-off p90/p99 ms "
+            "| per-thread p90/p99 ms |", "|---|---|---:|---:|---:|---:|---:|"]
+    for mode in ("classic", "worker"):
+        for page in PAGES:
+            a, b = results.get((mode, page)), results.get((f"{mode}-pt", page))
+            if not isinstance(a, WrkResult) or not isinstance(b, WrkResult):
+                continue
+            rows.append(f"| {mode} | {page} | {a.rps:,.0f} | {b.rps:,.0f} | {b.rps / a.rps:.2f}x "
+                        f"| {a.p90:.2f} / {a.p99:.2f} | {b.p90:.2f} / {b.p99:.2f} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 @dataclass
@@ -602,9 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement (about 1 min in all)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, 3 with --quick)")
     parser.add_argument("--worker-threads", type=int, default=2, help="threads of the HTTP worker (2)")
-    parser.add_argument("--servers", default="classic,worker,classic-wsgi,worker-wsgi,fpm,apache",
-                        help="comma-separated subset of classic,worker,classic-wsgi,worker-wsgi,fpm,"
-                             "apache,phpS,classic-tls,worker-tls (the native server over HTTPS/1.1)")
+    parser.add_argument("--servers",
+                        default="classic,worker,classic-pt,worker-pt,classic-wsgi,worker-wsgi,fpm,apache",
+                        help="comma-separated subset of classic,worker,classic-pt,worker-pt,classic-wsgi,"
+                             "worker-wsgi,fpm,apache,phpS,classic-tls,worker-tls (the native server over "
+                             "HTTPS/1.1)")
     parser.add_argument("--append-docs", metavar="FILE", help="append the results as a markdown section")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
@@ -617,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.chmod(0o755)
     root = tmp / "public"
     write_docroot(root)
+    mixed_lua = tmp / "mixed.lua"
+    mixed_lua.write_text(MIXED_LUA)
     servers: list[Server] = []
     results: dict[tuple[str, str], WrkResult | str] = {}
     started_at = datetime.datetime.now().astimezone()
@@ -628,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
             "worker": lambda: frankenpy_server("worker", tmp, root, args.worker_threads),
             "classic-wsgi": lambda: frankenpy_server("classic-wsgi", tmp, root, args.worker_threads),
             "worker-wsgi": lambda: frankenpy_server("worker-wsgi", tmp, root, args.worker_threads),
+            "classic-pt": lambda: frankenpy_server("classic-pt", tmp, root, args.worker_threads),
+            "worker-pt": lambda: frankenpy_server("worker-pt", tmp, root, args.worker_threads),
             "classic-tls": lambda: frankenpy_server("classic-tls", tmp, root, args.worker_threads),
             "worker-tls": lambda: frankenpy_server("worker-tls", tmp, root, args.worker_threads),
             "apache": lambda: apache_server(tmp, root, need("apache2")),
@@ -659,16 +703,18 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers:
                 if server.error or page not in server.paths:
                     continue
+                script = mixed_lua if page == "mixed" else None
                 try:
-                    run_wrk(wrk, server.url(page), warmup, 2, 32)
-                    result = run_wrk(wrk, server.url(page), duration, 2, 32)
+                    run_wrk(wrk, server.url(page), warmup, 2, 32, script)
+                    result = run_wrk(wrk, server.url(page), duration, 2, 32, script)
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                     results[(server.key, page)] = f"wrk failed: {exc}"
                     print(f"{server.label:28} {page:5} wrk failed: {exc}", file=sys.stderr, flush=True)
                     continue
                 results[(server.key, page)] = result
-                print(f"{server.label:28} {page:5} {result.rps:9,.0f} req/s  p50 {result.p50:7.2f} ms  "
-                      f"p99 {result.p99:7.2f} ms  errors {result.errors}", flush=True)
+                print(f"{server.label:30} {page:6} {result.rps:9,.0f} req/s  p50 {result.p50:7.2f} ms  "
+                      f"p90 {result.p90:7.2f} ms  p99 {result.p99:7.2f} ms  errors {result.errors}",
+                      flush=True)
                 for proc in server.procs:
                     if not proc.alive():
                         server.error = f"{proc.name} died during the run"
@@ -698,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(servers, results),
         "",
+        "I/O models of the native server (hand-off from loop threads to PHP threads, against "
+        "per-thread run-to-completion):",
+        "",
+        io_models(results) or "(not measured: run classic/worker with classic-pt/worker-pt)",
+        "",
         *lines,
         "",
         f"Overall: {'MET' if all_met else 'MISSED'}",
@@ -718,11 +769,14 @@ def main(argv: list[str] | None = None) -> int:
             "Pages: `hello` is `<?php echo \"Hello, World!\";`; `json` json_encodes 1,000 rows of 5 fields, "
             "sets `Content-Type: application/json` and a cookie; `static` is a 10 kB text file. "
             "frankenpy classic: `php-server --threads 2 "
-            f"--opcache` (native server; `(wsgi)`: `--server wsgi`); worker: the same plus "
+            "--opcache` (native server; `(wsgi)`: `--server wsgi`; `(per-thread)`: `--io-model per-thread`); "
+            "worker: the same plus "
             f"`--worker worker.php:{args.worker_threads}` "
             "(`/worker.php`, `?page=json`); nginx 2 workers + php8.2-fpm pm=static 4 children, opcache on; "
             "apache2 prefork, 40 processes, mod_php 8.2, opcache on; 512 connections: "
             "`wrk -t2 -c512` on the native worker's hello page, RSS of the frankenpy process each second; "
+            f"`mixed`: hello.php with 1 request in {SLOW_EVERY} to slow.php (usleep {SLOW_MS} ms), classic "
+            "servers only. "
             "`php8.2 -S` with the stock CLI ini. keep-alive: whether the server kept the connection "
             "open after the response (`php -S` closes every connection, which wrk counts as read errors).",
             text,

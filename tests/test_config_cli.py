@@ -652,6 +652,39 @@ def test_http_server_choice(tmp_path: Path, toml: str, option: list[str], expect
     assert php.server == (option[1] if option else None)
 
 
+@pytest.mark.parametrize(("toml", "option", "expected"), [
+    ("", [], "handoff"),
+    ('io_model = "per-thread"\n', [], "per-thread"),
+    ('io_model = "per-thread"\n', ["--io-model", "handoff"], "handoff"),
+    ("", ["--io-model", "per-thread"], "per-thread"),
+])
+def test_io_model_choice(tmp_path: Path, toml: str, option: list[str], expected: str) -> None:
+    """The native server hands requests off by default; [runtime] io_model or --io-model pick
+    run-to-completion, the command line winning; an unknown model is an error naming the key."""
+    path = write(tmp_path / "frankenpy.toml", f'[runtime]\n{toml}[[server]]\nlisten = "127.0.0.1:18916"\n')
+    config = load(path)
+    args = cli.build_parser().parse_args(["run", "--config", str(path), *option])
+    if args.io_model:
+        config.io_model = args.io_model
+    assert config.io_model == expected
+    bad = write(tmp_path / "bad.toml",
+                '[runtime]\nio_model = "prefork"\n[[server]]\nlisten = "127.0.0.1:18917"\n')
+    with pytest.raises(ConfigError, match=r"key 'io_model'.*handoff, per-thread.*'prefork'"):
+        load(bad)
+
+
+def test_cli_php_server_serves_per_thread(tmp_path: Path, run_frankenpy: Callable[..., Process]) -> None:
+    write(tmp_path / "www" / "index.php", "<?php echo 'served by ', PHP_SAPI;\n")
+    port = free_port()
+    proc = run_frankenpy("php-server", "--io-model", "per-thread", "--root", str(tmp_path / "www"),
+                         "--listen", f"127.0.0.1:{port}")
+    status, body = proc.get_when_up(f"http://127.0.0.1:{port}/")
+    assert (status, body) == (200, "served by frankenphp"), proc.stderr
+    assert "(native, per-thread)" in proc.stderr, proc.stderr
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait(STOP_TIMEOUT) == 0, proc.stderr
+
+
 @pytest.mark.parametrize("server", ["native", "wsgi"])
 def test_cli_php_server_serves_with_either_server(
     tmp_path: Path, run_frankenpy: Callable[..., Process], server: str

@@ -41,11 +41,14 @@ from frankenpy.http.app import PHPApp
 from frankenpy.http.native import NativeServer
 from frankenpy.http.server import Server, Site
 
-SERVER_KINDS = ("wsgi", "native")
+# "native-per-thread": the native server with io_model="per-thread" (run-to-completion)
+SERVER_KINDS = ("wsgi", "native", "native-per-thread")
 
 
 def make_server(kind: str, rt: frankenpy.Runtime, sites: list[Site]) -> Server | NativeServer:
-    return NativeServer(rt, sites) if kind == "native" else Server(rt, sites)
+    if kind == "wsgi":
+        return Server(rt, sites)
+    return NativeServer(rt, sites, io_model="per-thread" if kind == "native-per-thread" else "handoff")
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "TOPSECRET-" + secrets.token_hex(8)
@@ -1312,7 +1315,9 @@ def test_metrics_endpoint(site: Served) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_graceful_stop_finishes_in_flight_request(base: Path, serve: Callable[..., Served]) -> None:
+def test_graceful_stop_finishes_in_flight_request(
+    base: Path, serve: Callable[..., Served], server_kind: str
+) -> None:
     served = serve(workers=[frankenpy.Worker("app", base / "public" / "worker.php", num=1)])
     replies: list[Reply | BaseException] = []
 
@@ -1322,22 +1327,27 @@ def test_graceful_stop_finishes_in_flight_request(base: Path, serve: Callable[..
         except BaseException as exc:
             replies.append(exc)
 
-    classic = threading.Thread(target=slow, args=("/sleep.php?ms=1000",))
-    worker = threading.Thread(target=slow, args=("/worker.php?sleep=1000",))
-    classic.start()
-    worker.start()
+    expected = [b"slept", b'{"wor']
+    paths = ["/sleep.php?ms=1000", "/worker.php?sleep=1000"]
+    if server_kind == "native-per-thread":
+        # Run-to-completion: the worker request may land on the thread that runs the classic
+        # one, which reads it only after the drain has begun (503 then; README).
+        expected, paths = expected[:1], paths[:1]
+    clients = [threading.Thread(target=slow, args=(path,)) for path in paths]
+    for client in clients:
+        client.start()
     wait_for(lambda: served.runtime.busy_threads >= 1, what="the classic request to start")
     time.sleep(0.2)
     started = time.monotonic()
     served.stop(grace=5.0)
     elapsed = time.monotonic() - started
-    classic.join(10)
-    worker.join(10)
-    assert len(replies) == 2
+    for client in clients:
+        client.join(10)
+    assert len(replies) == len(paths)
     for reply in replies:
         assert isinstance(reply, Reply), reply
         assert reply.status == 200, reply.body
-    assert sorted(r.body[:5] for r in replies if isinstance(r, Reply)) == [b"slept", b'{"wor']
+    assert sorted(r.body[:5] for r in replies if isinstance(r, Reply)) == expected
     assert 0.3 < elapsed < 4.0, elapsed
     assert served.runtime.state == "stopped"
 
@@ -1450,9 +1460,12 @@ def test_stop_under_load_answers_or_refuses_every_request(
 
 
 @pytest.mark.timeout(60)
-def test_max_wait_time_gives_503(base: Path, serve: Callable[..., Served]) -> None:
+def test_max_wait_time_gives_503(base: Path, serve: Callable[..., Served], server_kind: str) -> None:
     """One PHP thread and one worker thread, both busy: a classic request and a worker request
     each get 503 after max_wait_time (0.3 s); the busy ones finish normally."""
+    if server_kind == "native-per-thread":
+        pytest.skip("run-to-completion: a request behind a busy PHP thread is not read until that "
+                    "thread is done (README); test_http_native.py checks what max_wait_time does there")
     served = serve(
         num_threads=1,
         workers=[frankenpy.Worker("app", base / "public" / "worker.php", num=1)],

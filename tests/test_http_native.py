@@ -10,6 +10,7 @@ Real sockets on 127.0.0.1, real PHP; bounds are generous (the machine is shared)
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import time
@@ -32,6 +33,7 @@ def build_root(base: Path) -> Path:
     out = base / "out"
     out.mkdir()
     (root / "hello.php").write_text("<?php echo 'hello from PHP';\n")
+    (root / "static.txt").write_text("static text\n")
     (root / "sentinel.php").write_text(f"<?php touch('{out}/ran-' . ($_GET['id'] ?? 'x')); echo 'ran';\n")
     (root / "sleep.php").write_text("<?php usleep((int) ($_GET['ms'] ?? 1000) * 1000); echo 'slept';\n")
     (root / "warn.php").write_text(
@@ -62,16 +64,20 @@ def build_root(base: Path) -> Path:
     return root
 
 
+IO_MODELS = ("handoff", "per-thread")
+
+
 class Native:
     def __init__(self, base: Path, *, access_log: bool = False, loop_threads: int = 1,
-                 **runtime_options: Any) -> None:
+                 io_model: str = "handoff", **runtime_options: Any) -> None:
         self.base = base
         self.runtime = frankenpy.Runtime(**{"num_threads": 2, **runtime_options})
         self.runtime.start()
         try:
             app = PHPApp(self.runtime, base / "public", max_body_size=1024)
             site = Site("127.0.0.1", 0, app, metrics=True)
-            self.server = NativeServer(self.runtime, [site], access_log=access_log, loop_threads=loop_threads)
+            self.server = NativeServer(self.runtime, [site], access_log=access_log, loop_threads=loop_threads,
+                                       io_model=io_model)
             self.server.start()
         except BaseException:
             self.runtime.shutdown(5.0)
@@ -82,13 +88,15 @@ class Native:
         self.server.stop(grace=5.0)
 
 
-@pytest.fixture
-def native(tmp_path: Path) -> Iterator[Callable[..., Native]]:
+@pytest.fixture(params=IO_MODELS)
+def native(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Native]]:
+    """Factory of native servers on ``tmp_path``; every test runs with both I/O models (hand-off
+    from loop threads to PHP threads, and run-to-completion: io_model="per-thread")."""
     build_root(tmp_path)
     started: list[Native] = []
 
     def factory(**options: Any) -> Native:
-        served = Native(tmp_path, **options)
+        served = Native(tmp_path, **{"io_model": request.param, **options})
         started.append(served)
         return served
 
@@ -197,6 +205,8 @@ def test_512_keep_alive_connections(native: Callable[..., Native], loop_threads:
     threads a response can leave (and its exchange be freed) while the PHP thread is still
     finishing it: the exchange must outlive the PHP side's last touch."""
     served = native(loop_threads=loop_threads)
+    if served.server.io_model == "per-thread" and loop_threads > 1:
+        pytest.skip("per-thread: no loop threads (each PHP thread runs a loop)")
     request = b"GET /hello.php HTTP/1.1\r\nHost: x\r\n\r\n"
     expected_tail = b"\r\n\r\nhello from PHP"
     conns = [socket.create_connection(("127.0.0.1", served.port), timeout=30) for _ in range(512)]
@@ -401,13 +411,15 @@ def test_server_refuses_non_php_apps(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_port_in_use_is_a_clear_error(native: Callable[..., Native]) -> None:
+    """Also between two per-thread servers, whose sockets are SO_REUSEPORT ones: the second
+    must not join the first's group and take half of its connections."""
     first = native()
     rt = frankenpy.Runtime(num_threads=1)
     rt.start()
     try:
         app = PHPApp(rt, first.base / "public")
         with pytest.raises(OSError, match=f"127.0.0.1:{first.port}"):
-            NativeServer(rt, [Site("127.0.0.1", first.port, app)]).start()
+            NativeServer(rt, [Site("127.0.0.1", first.port, app)], io_model=first.server.io_model).start()
     finally:
         rt.shutdown(5.0)
 
@@ -454,3 +466,153 @@ def test_execute_code_is_served_while_the_native_server_is_under_load(native: Ca
             thread.join(30.0)
     assert max(waits) < 10.0, waits  # queued behind a handful of 30 ms requests, FIFO
     assert set(answers) == {200}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("io_model", IO_MODELS)
+def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path, io_model: str) -> None:
+    """A classic request leaves the hand-off queue at once (a serving thread is idle) but then
+    waits for an interpreter, which execute_code() callers hold: that wait counts toward
+    max_wait_time too (503 after it), not only the time in the hand-off queue."""
+    import threading
+
+    build_root(tmp_path)
+    runtime = frankenpy.Runtime(num_threads=1)
+    runtime.start()
+    try:
+        app = PHPApp(runtime, tmp_path / "public", max_wait_time=0.5)
+        server = NativeServer(runtime, [Site("127.0.0.1", 0, app)], io_model=io_model)
+        server.start()
+        try:
+            holder = threading.Thread(target=runtime.execute_code, args=("usleep(4000000);",))
+            holder.start()
+            wait_for(lambda: runtime._running_pool().busy == 1, 10.0)  # the only interpreter
+            started = time.monotonic()
+            status, body = get(server.ports[0], "/hello.php")
+            waited = time.monotonic() - started
+            assert status == 503, (status, body)
+            assert waited < 3.0  # answered after max_wait_time, not once the caller is done
+            assert server.counters()["rejected_503"] == 1
+            holder.join(10.0)
+            assert get(server.ports[0], "/hello.php") == (200, b"hello from PHP")
+        finally:
+            server.stop(grace=5.0)
+    finally:
+        runtime.shutdown(5.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_page_holds_its_threads_connections_only_when_run_to_completion(
+    native: Callable[..., Native]
+) -> None:
+    """The trade-off of io_model="per-thread" (README): with one PHP thread, a slow page holds
+    the only loop, so even a static file waits for it (head-of-line blocking, as behind a busy
+    apache prefork process); with the hand-off, the loop thread answers it at once."""
+    import threading
+
+    served = native(num_threads=1)
+    slow: list[tuple[int, bytes]] = []
+    blocker = threading.Thread(target=lambda: slow.append(get(served.port, "/sleep.php?ms=3000")))
+    blocker.start()
+    wait_for(lambda: served.server.counters()["php_busy"] == 1, 10.0)
+    started = time.monotonic()
+    assert get(served.port, "/static.txt") == (200, b"static text\n")
+    waited = time.monotonic() - started
+    blocker.join(10.0)
+    assert slow == [(200, b"slept")]
+    if served.server.io_model == "per-thread":
+        assert waited > 1.5, waited  # behind the rest of the 3 s page
+    else:
+        assert waited < 1.5, waited
+
+
+def get_full(port: int, path: str, headers: str = "") -> tuple[int, bytes, bytes]:
+    """Status, head and body of GET ``path`` (Content-Length framed) on a fresh connection."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+    reply, _ = exchange(port, request.encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+@pytest.mark.timeout(60)
+def test_cached_static_files_follow_every_change(native: Callable[..., Native]) -> None:
+    """Small static files are served from memory, revalidated by one lstat per request: every
+    change is seen at once, however the file changes: new content of the same size with its
+    mtime put back (the ctime still moves), a replacement by rename, a deletion, a growth past
+    the cache's file limit, a swap for a symlink to PHP source or to a hidden file; and many
+    files (more than the cache's slots) each get their own bytes; validators, Range and HEAD
+    work on cached files.  One PHP thread: per-thread, one loop (and one cache) too."""
+    served = native(num_threads=1)
+    root = served.base / "public"
+    page = root / "page.txt"
+    page.write_bytes(b"A" * 1000)
+    for _ in range(2):
+        assert get(served.port, "/page.txt") == (200, b"A" * 1000)
+    stat = page.stat()
+    page.write_bytes(b"B" * 1000)
+    os.utime(page, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert get(served.port, "/page.txt") == (200, b"B" * 1000)
+    (root / "next.txt").write_bytes(b"C" * 1000)
+    os.replace(root / "next.txt", page)
+    assert get(served.port, "/page.txt") == (200, b"C" * 1000)
+    page.write_bytes(b"D" * 200_000)
+    assert get(served.port, "/page.txt") == (200, b"D" * 200_000)
+    page.write_bytes(b"E" * 10)
+    assert get(served.port, "/page.txt") == (200, b"E" * 10)
+    page.unlink()
+    assert get(served.port, "/page.txt")[0] == 404
+    (root / ".secret").write_text("hidden")
+    page.symlink_to(root / "hello.php")
+    assert get(served.port, "/page.txt")[0] == 403  # PHP source, by the resolved target's name
+    page.unlink()
+    page.symlink_to(root / ".secret")
+    assert get(served.port, "/page.txt")[0] == 403  # hidden target
+    page.unlink()
+    page.write_bytes(b"F" * 1000)
+    assert get(served.port, "/page.txt") == (200, b"F" * 1000)
+
+    for i in range(600):
+        (root / f"f{i}.txt").write_text(f"file {i}\n" * (i % 7 + 1))
+    for _ in range(2):
+        for i in range(0, 600, 7):
+            assert get(served.port, f"/f{i}.txt") == (200, f"file {i}\n".encode() * (i % 7 + 1))
+
+    status, head, _ = get_full(served.port, "/page.txt")
+    etag = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"etag:"))
+    assert get_full(served.port, "/page.txt", f"If-None-Match: {etag.decode()}\r\n")[0] == 304
+    status, head, body = get_full(served.port, "/page.txt", "Range: bytes=10-19\r\n")
+    assert (status, body) == (206, b"F" * 10) and b"Content-Range: bytes 10-19/1000" in head
+    assert get_full(served.port, "/page.txt", "Range: bytes=5000-\r\n")[0] == 416
+    reply, _ = exchange(served.port, b"HEAD /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 1000" in reply
+    assert reply.endswith(b"\r\n\r\n")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("io_model", IO_MODELS)
+def test_start_stop_cycles_free_the_server(tmp_path: Path, io_model: str) -> None:
+    """A native server stopped and freed leaves nothing behind: its loops' descriptors (h2o's
+    epoll instance and wake-up pipe, the listeners) are closed and its h2o contexts freed, so
+    start/stop cycles keep the process's descriptors flat (they grew by each loop's epoll
+    descriptor and wake-up pipe on every cycle)."""
+    build_root(tmp_path)
+
+    def cycle() -> None:
+        served = Native(tmp_path, loop_threads=2, io_model=io_model)
+        try:
+            assert get(served.port, "/hello.php") == (200, b"hello from PHP")
+            assert get(served.port, "/static.txt") == (200, b"static text\n")
+        finally:
+            served.stop()
+        assert served.server.counters()["requests"] == 2  # the last values, after the free
+
+    for _ in range(2):
+        cycle()
+    fds = open_fds()
+    for _ in range(8):
+        cycle()
+    assert open_fds() <= fds + 2, (fds, open_fds())

@@ -13,6 +13,13 @@ through C queues (csrc/handoff.h) to PHP threads that never come back to Python 
 - HTTP worker threads keep their Python lifecycle (boot, restart, backoff, halt), but their
   script takes its requests from the worker's C queue (``fp_native_worker_host()``).
 
+With ``io_model="per-thread"`` (run-to-completion) there are no loop threads and no classic
+queue: each serving thread runs an h2o loop of its own on a ``SO_REUSEPORT`` socket of its own
+(``fp_serve_loop()``), parses its connections' requests, answers static files, and runs the
+classic requests it parsed itself, one after the other, as apache prefork does per process.
+HTTP workers and ``/metrics`` still get their requests through their queues.  README, "How a
+request runs", compares the two.
+
 Python runs for lifecycle events, for ``/metrics`` (a C queue of its own), and for diagnostics
 and the access log, which C queues and one Python thread logs in batches.
 
@@ -46,6 +53,8 @@ logger = WorkerLogAdapter(logging.getLogger("frankenpy.http"), {"worker": "-"})
 
 LOG_BATCH = 256 * 1024  # bytes of log records taken per call
 DEFAULT_LOOP_THREADS = 1
+IO_MODELS = ("handoff", "per-thread")  # loop threads hand requests to PHP threads; run-to-completion
+MAX_PER_THREAD_LOOPS = 64  # MAX_LOOPS in csrc/http_server.c
 LOG_WAIT_MS = 200
 
 
@@ -70,12 +79,15 @@ def _block(pairs: dict[str, str]) -> tuple[Any, int]:
 class NativeServer(ServerBase):
     """Serves ``sites`` (whose apps must be :class:`PHPApp`) with the native server until
     :meth:`stop`.  ``access_log`` logs one line per request on ``frankenpy.access``;
-    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads).
+    ``loop_threads`` C threads parse and answer HTTP (PHP runs on the runtime's threads);
+    ``io_model="per-thread"`` has each of the runtime's ``num_threads`` serving threads parse
+    and answer its own connections instead (``loop_threads`` does not apply).
     ``tls_cert`` (PEM certificate chain) and ``tls_key`` (PEM private key) serve HTTPS, with
     HTTP/2 and HTTP/1.1 by ALPN, on every site that has no ``Site.tls_cert`` of its own."""
 
     def __init__(self, runtime: Runtime, sites: list[Site], *, access_log: bool = False,
-                 loop_threads: int = DEFAULT_LOOP_THREADS, tls_cert: str | os.PathLike[str] | None = None,
+                 loop_threads: int = DEFAULT_LOOP_THREADS, io_model: str = "handoff",
+                 tls_cert: str | os.PathLike[str] | None = None,
                  tls_key: str | os.PathLike[str] | None = None) -> None:
         for site in sites:
             if not isinstance(site.app, PHPApp):
@@ -91,6 +103,12 @@ class NativeServer(ServerBase):
         self.tls_key = os.fspath(tls_key) if tls_key is not None else None
         for site in sites:
             check_tls(*self._tls(site))
+        if io_model not in IO_MODELS:
+            raise ValueError(f"io_model must be one of {', '.join(IO_MODELS)}, not {io_model!r}")
+        if io_model == "per-thread" and not 1 <= runtime.num_threads <= MAX_PER_THREAD_LOOPS:
+            raise ValueError(f"io_model 'per-thread' serves with 1..{MAX_PER_THREAD_LOOPS} threads "
+                             f"(num_threads), not {runtime.num_threads}")
+        self.io_model = io_model
         self._server: Any = None
         self._keep: list[Any] = []
         self._ports: list[int] = []
@@ -106,6 +124,7 @@ class NativeServer(ServerBase):
         self._serving_index = 0
         self._stall_watch: StallWatch | None = None
         self._scaled: list[Any] = []  # the scaler's sources this server hooked into
+        self._final_counters: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +134,10 @@ class NativeServer(ServerBase):
         if server == ffi.NULL:
             raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         self._server = server
+        if self.io_model == "per-thread" and lib.fp_http_server_per_thread(
+                server, self.runtime.num_threads, err, len(err)) != 0:
+            lib.fp_http_server_stop(server)
+            raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         group = self.runtime.workers_group
         workers = [t for t in group.threads if isinstance(t, HTTPWorkerThread)]
         queues: dict[tuple[int, str], int] = {}
@@ -139,7 +162,8 @@ class NativeServer(ServerBase):
             raise RuntimeError(f"native HTTP server: {ffi.string(err).decode()}")
         for site, port in zip(self.sites, self._ports, strict=True):
             scheme = "https" if self._tls(site)[0] else "http"
-            logger.info("serving on %s://%s:%s/ (native)", scheme, site.host, port)
+            logger.info("serving on %s://%s:%s/ (native%s)", scheme, site.host, port,
+                        ", per-thread" if self.io_model == "per-thread" else "")
 
     def _add_site(self, site: Site, queues: dict[tuple[int, str], int], err: Any) -> None:
         app = site.app
@@ -215,7 +239,13 @@ class NativeServer(ServerBase):
             pool = self.runtime._running_pool()
         except RuntimeError:
             return  # the runtime shut down first
-        lib.fp_serve(self._server, pool.handle, tag, drain)  # GIL released
+        server = self._server
+        if server is None:
+            return  # stopped already
+        if self.io_model == "per-thread":
+            lib.fp_serve_loop(server, pool.handle, index, tag)  # GIL released: runs its own loop
+        else:
+            lib.fp_serve(server, pool.handle, tag, drain)  # GIL released
 
     def _resize_serving(self) -> None:
         """As many serving threads as regular PHP threads (autoscaling changes their number):
@@ -224,6 +254,8 @@ class NativeServer(ServerBase):
             target = self.runtime._running_pool().size
         except RuntimeError:
             return  # shutting down
+        if self.io_model == "per-thread":
+            target = self.runtime.num_threads  # one loop each, set up by fp_http_server_per_thread
         with self._serving_lock:
             if self._stop_flag[0]:
                 return
@@ -254,6 +286,10 @@ class NativeServer(ServerBase):
         probes = []
         for source in scaler.sources:
             if isinstance(source, RegularThreads):
+                if self.io_model == "per-thread":
+                    logger.warning("io_model 'per-thread' serves with num_threads loops: regular "
+                                   "threads added by max_threads serve execute_* callers only")
+                    continue
                 source.on_resize = self._resize_serving
                 probes.append((source, self._classic_stalls))
             elif isinstance(source, WorkerThreads):
@@ -306,9 +342,10 @@ class NativeServer(ServerBase):
                 source.prepare = source.release = None
 
     def _serve_python(self) -> None:
-        queue = lib.fp_http_server_python_queue(self._server)
+        server = self._server  # (stop() clears the attribute once this thread has ended)
+        queue = lib.fp_http_server_python_queue(server)
         while True:
-            exchange = lib.fp_http_take(self._server, queue, self._stop_flag)
+            exchange = lib.fp_http_take(server, queue, self._stop_flag)
             if exchange == ffi.NULL:
                 return
             try:
@@ -321,8 +358,9 @@ class NativeServer(ServerBase):
 
     def _drain_logs(self) -> None:
         buf = ffi.new("char[]", LOG_BATCH)
+        server = self._server
         while True:
-            n = lib.fp_http_server_take_logs(self._server, buf, LOG_BATCH, LOG_WAIT_MS)
+            n = lib.fp_http_server_take_logs(server, buf, LOG_BATCH, LOG_WAIT_MS)
             if n:
                 self._emit_logs(ffi.buffer(buf, n)[:])
             elif not self._logging:
@@ -359,7 +397,9 @@ class NativeServer(ServerBase):
 
     def counters(self) -> dict[str, int]:
         """The server's own counters (requests, php_requests, in_flight, rejected_503,
-        client_gone, php_busy), read from C."""
+        client_gone, php_busy), read from C; after :meth:`stop`, their last values."""
+        if self._server is None:
+            return dict(self._final_counters)
         out = ffi.new("fp_http_counters *")
         lib.fp_http_server_counters(self._server, out)
         return {name: int(getattr(out, name)) for name in
@@ -411,5 +451,7 @@ class NativeServer(ServerBase):
         lib.fp_http_server_wake_logs(server)
         if self._log_thread is not None:
             self._log_thread.join(5.0)
-        lib.fp_http_server_free(server)
+        self._final_counters = self.counters()
+        self._server = None
+        lib.fp_http_server_free(server)  # h2o's loops, contexts and configuration too
         self._stopped.set()

@@ -7,7 +7,10 @@
  * scripts/test.sh also runs under TSan.  Then a bounded fuzz run: mutated request heads (bytes
  * flipped, CR/LF/NUL/colon/space inserted, framing headers with odd values), each on its own
  * connection; every answer must be a well-formed status line of an expected code, and the server
- * must answer a valid request afterwards (under ASan: no memory error on the way).
+ * must answer a valid request afterwards (under ASan: no memory error on the way).  Last, the
+ * per-thread I/O model (run-to-completion): two threads each run a loop of their own and answer
+ * the classic requests it parsed, inline; then the server is freed (under ASan, LeakSanitizer
+ * checks that h2o's loops, contexts and configuration went with it).
  *
  *   build/cmake/tests/native/test_http_server [FUZZ_ITERATIONS]   # exit status 1 on a failure
  */
@@ -99,6 +102,57 @@ static void *answer_python_queue(void *arg)
         fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", "metrics here\n", 13);
     }
     return NULL;
+}
+
+typedef struct loop_arg {
+    fp_http_server *server;
+    int index;
+    int answered;
+} loop_arg;
+
+/* A per-thread loop: what a PHP thread does in fp_serve_loop(), with a fixed answer for PHP. */
+static void *run_loop(void *p)
+{
+    loop_arg *a = p;
+    fp_http_exchange *ex;
+    while ((ex = fp_http_loop_next(a->server, a->index))) {
+        fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", "inline\n", 7);
+        a->answered++;
+    }
+    return NULL;
+}
+
+static void per_thread(const fp_router *router)
+{
+    char err[256];
+    fp_http_server *server = fp_http_server_new(1, 0, err, sizeof err);
+    CHECK(server != NULL, err);
+    CHECK(fp_http_server_per_thread(server, 2, err, sizeof err) == 0, err);
+    fp_http_site site = {.host = "127.0.0.1", .port = 0, .router = router, .max_body_size = 1000};
+    CHECK(fp_http_server_add_site(server, &site, err, sizeof err) == 0, err);
+    port = site.bound_port;
+    CHECK(fp_http_server_start(server, err, sizeof err) == 0, err);
+    loop_arg args[2] = {{server, 0, 0}, {server, 1, 0}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&threads[i], NULL, run_loop, &args[i]);
+    }
+    int closed;
+    for (int i = 0; i < 20; i++) {
+        char *r = exchange("GET /index.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 55, &closed);
+        CHECK(starts_with(r, "HTTP/1.1 200 ") && strstr(r, "\r\n\r\ninline\n"), r);
+        free(r);
+        r = exchange("GET /s.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 51, &closed);
+        CHECK(starts_with(r, "HTTP/1.1 200 ") && strstr(r, "\r\n\r\nstatic text\n"), "per-thread: static");
+        free(r);
+    }
+    CHECK(fp_http_server_wait_idle(server, 5000) == 0, "per-thread: nothing left in flight");
+    fp_http_server_stop(server);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    CHECK(args[0].answered + args[1].answered == 20, "per-thread: every PHP request ran on a loop's thread");
+    fp_http_server_free(server);
 }
 
 static const char *const seeds[] = {
@@ -313,6 +367,12 @@ int main(int argc, char **argv)
     free(r);
     fp_http_server_stop(server);
     fp_http_server_free(server);
+
+    snprintf(path, sizeof path, "%s/index.php", base);
+    f = fopen(path, "w");
+    fputs("<?php echo 'never runs here';\n", f);
+    fclose(f);
+    per_thread(&router);
 
     snprintf(path, sizeof path, "rm -rf '%s'", base);
     if (system(path) != 0) {
