@@ -670,14 +670,26 @@ static int ex_interim(void *handle, int status, const char *lines, size_t len)
         ex->interim = raw;
         ex->interim_len = n;
         ex->interim_result = 0;
-        int send = schedule_locked(ex);
-        pthread_mutex_unlock(&ex->mu);
-        if (send) {
-            send_scheduled(ex);
-        }
-        pthread_mutex_lock(&ex->mu);
-        while (!ex->interim_result && !ex->gone) {
-            pthread_cond_wait(&ex->cond, &ex->mu);
+        if (ex->inline_run) {
+            /* Per-thread: this PHP thread is the loop thread, so it writes the interim response
+             * itself and runs its loop until the write completed (waiting on the condition would
+             * wait for itself). */
+            pthread_mutex_unlock(&ex->mu);
+            interim_start(ex);
+            while (!ex->interim_result && !ex->gone) {
+                h2o_evloop_run(ex->loop->loop, 100);
+            }
+            pthread_mutex_lock(&ex->mu);
+        } else {
+            int send = schedule_locked(ex);
+            pthread_mutex_unlock(&ex->mu);
+            if (send) {
+                send_scheduled(ex);
+            }
+            pthread_mutex_lock(&ex->mu);
+            while (!ex->interim_result && !ex->gone) {
+                pthread_cond_wait(&ex->cond, &ex->mu);
+            }
         }
         result = ex->interim_result == 1 ? 0 : -1;
         ex->interim = NULL;

@@ -132,7 +132,11 @@ def serving(base: Path, kind: str) -> Iterator[tuple[frankenpy.Runtime, int, Pat
     rt = frankenpy.Runtime(num_threads=2, workers=[frankenpy.Worker("w", root / "w.php", num=1)])
     rt.start()
     site = Site("127.0.0.1", 0, PHPApp(rt, root))
-    server: Server | NativeServer = Server(rt, [site]) if kind == "waitress" else NativeServer(rt, [site])
+    server: Server | NativeServer
+    if kind == "waitress":
+        server = Server(rt, [site])
+    else:
+        server = NativeServer(rt, [site], io_model="per-thread" if kind == "native-per-thread" else "handoff")
     try:
         server.start()
         yield rt, server.ports[0], base / "out"
@@ -146,11 +150,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy
         yield result
 
 
-@pytest.fixture(scope="module", params=["waitress", "native"])
+@pytest.fixture(scope="module", params=["waitress", "native", "native-per-thread"])
 def both(request: pytest.FixtureRequest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[frankenpy.Runtime, int, Path]]:
     """The same pages on waitress (frankenpy.http.server) and on the native server
-    (csrc/http_server.c, which writes the 103 itself: h2o 2.2 has no 1xx API)."""
+    (csrc/http_server.c, which writes the 103 itself: h2o 2.2 has no 1xx API), in both its
+    I/O models (per-thread: the PHP thread is the loop thread that writes it)."""
     with serving(tmp_path_factory.mktemp("phpfunc-both"), request.param) as result:
         yield result
 
