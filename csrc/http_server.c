@@ -95,6 +95,8 @@ struct http_loop {
      * FIFO (its thread only). */
     int entered, done;
     int closed_clean; /* its shutdown saw every connection closed (h2o may be torn down) */
+    atomic_int exchanges; /* allocated and linked to this loop (their PHP side may wake it) */
+    int releasing; /* under server->mu: its h2o objects are being freed (wake it no more) */
     fp_http_exchange *local_first, *local_last;
     static_entry *cache[STATIC_CACHE_SLOTS]; /* small static files (loop thread only) */
     size_t cache_bytes;
@@ -122,7 +124,6 @@ struct fp_http_server {
     pthread_cond_t ready;
     uint64_t in_flight;
     atomic_uint_fast64_t requests, php_requests, rejected_503, client_gone;
-    atomic_int exchanges; /* allocated: fp_http_server_free frees h2o only when none is left */
     atomic_int php_busy;
 
     pthread_mutex_t log_mu;
@@ -205,7 +206,7 @@ static void exchange_unref(fp_http_exchange *ex)
     if (!last) {
         return;
     }
-    atomic_fetch_sub(&ex->server->exchanges, 1);
+    atomic_fetch_sub(&ex->loop->exchanges, 1);
     pthread_mutex_destroy(&ex->mu);
     pthread_cond_destroy(&ex->cond);
     free(ex->header_lines);
@@ -1615,7 +1616,7 @@ static void hand_off(site *st, h2o_req_t *req, fp_http_exchange *ex, int queue)
     pthread_mutex_init(&ex->mu, NULL);
     pthread_cond_init(&ex->cond, NULL);
     ex->server = server;
-    atomic_fetch_add(&server->exchanges, 1);
+    atomic_fetch_add(&ex->loop->exchanges, 1);
     ex->site = st;
     ex->h2o = req;
     ex->refs = 2; /* the h2o request, the PHP side */
@@ -1958,6 +1959,8 @@ static fp_http_exchange *local_take(http_loop *lp)
 }
 
 static void loop_shutdown(http_loop *lp);
+static void loop_release(http_loop *lp);
+static void wake_loop_locked(http_loop *lp);
 
 static void *loop_main(void *arg)
 {
@@ -1968,6 +1971,7 @@ static void *loop_main(void *arg)
         h2o_evloop_run(lp->loop, 100);
     }
     loop_shutdown(lp);
+    loop_release(lp);
     return NULL;
 }
 
@@ -2164,6 +2168,7 @@ fp_http_exchange *fp_http_loop_next(fp_http_server *server, int index)
         }
         if (atomic_load(&server->stopping)) {
             loop_shutdown(lp);
+            loop_release(lp);
             pthread_mutex_lock(&server->mu);
             lp->done = 1;
             pthread_cond_broadcast(&server->ready);
@@ -2392,7 +2397,7 @@ static void stop_per_thread(fp_http_server *server)
     for (int l = 0; l < server->n_loops; l++) {
         http_loop *lp = &server->loops[l];
         if (lp->ready) {
-            h2o_multithread_send_message(&lp->receiver, NULL); /* wake the loop */
+            wake_loop_locked(lp);
         } else if (!lp->entered) {
             lp->entered = lp->done = 1;
             for (int i = 0; i < server->n_sites; i++) {
@@ -2416,9 +2421,11 @@ void fp_http_server_stop(fp_http_server *server)
     } else if (server->started) {
         atomic_store(&server->draining, 1);
         atomic_store(&server->stopping, 1);
+        pthread_mutex_lock(&server->mu); /* a loop that saw `stopping` may be freeing itself */
         for (int l = 0; l < server->n_loops; l++) {
-            h2o_multithread_send_message(&server->loops[l].receiver, NULL); /* wake the loop */
+            wake_loop_locked(&server->loops[l]);
         }
+        pthread_mutex_unlock(&server->mu);
         for (int l = 0; l < server->n_loops; l++) {
             pthread_join(server->loops[l].thread, NULL);
         }
@@ -2487,17 +2494,44 @@ static void loop_free(fp_http_server *server, http_loop *lp)
     h2o_evloop_destroy(lp->loop);
 }
 
+/* The loop's own thread, as the loop ends: h2o's socket buffers point at the __thread buffer
+ * prototype of the thread that made them (h2o_socket_buffer_prototype), which goes away with that
+ * thread, so a loop's h2o objects are freed here or never.  Only when the loop closed every
+ * connection and no exchange of it is left: a PHP thread still holding one may wake the loop's
+ * queue.  (No exchange can appear meanwhile: only this thread makes this loop's exchanges.) */
+static void loop_release(http_loop *lp)
+{
+    fp_http_server *server = lp->server;
+    if (!lp->closed_clean || atomic_load(&lp->exchanges) != 0) {
+        return;
+    }
+    pthread_mutex_lock(&server->mu);
+    lp->releasing = 1;
+    pthread_mutex_unlock(&server->mu);
+    loop_free(server, lp);
+    pthread_mutex_lock(&server->mu);
+    lp->loop = NULL;
+    pthread_mutex_unlock(&server->mu);
+}
+
+/* Wake loop `lp` (it checks whether the server stops) unless it is gone: under server->mu. */
+static void wake_loop_locked(http_loop *lp)
+{
+    if (lp->loop && !lp->releasing) {
+        h2o_multithread_send_message(&lp->receiver, NULL);
+    }
+}
+
 void fp_http_server_free(fp_http_server *server)
 {
-    /* h2o goes only when nothing can touch it any more: every loop ended with its connections
-     * closed (h2o 2.2 cannot close a connection that is still sending from outside) and no
-     * exchange is left (a PHP thread that never came back may still hold one).  Otherwise the
-     * h2o objects and the server stay allocated: a bounded leak, once per server. */
-    int clean = atomic_load(&server->exchanges) == 0;
-    pthread_mutex_lock(&server->mu); /* per-thread loops end on their own threads */
+    /* Each loop frees its h2o objects on its own thread as it ends (loop_release).  A loop that
+     * could not (a connection still open after the linger, an exchange a PHP thread that never
+     * came back still holds, a per-thread loop still running) keeps them, and the sites and the
+     * server stay allocated with it: a bounded leak, once per server. */
+    int clean = 1;
+    pthread_mutex_lock(&server->mu);
     for (int l = 0; l < server->n_loops; l++) {
-        http_loop *lp = &server->loops[l];
-        if (lp->loop && (!lp->closed_clean || (server->per_thread && !lp->done))) {
+        if (server->loops[l].loop) {
             clean = 0;
         }
     }
@@ -2516,11 +2550,6 @@ void fp_http_server_free(fp_http_server *server)
     server->logs = NULL;
     if (!clean) {
         return;
-    }
-    for (int l = 0; l < server->n_loops; l++) {
-        if (server->loops[l].loop) {
-            loop_free(server, &server->loops[l]);
-        }
     }
     for (int i = 0; i < server->n_sites; i++) {
         h2o_config_dispose(&server->sites[i]->globalconf);
