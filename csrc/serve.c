@@ -164,6 +164,8 @@ struct fp_native_worker {
     int run_requests;     /* handled in this run (max_requests) */
     int64_t request_limit;  /* max_execution_time per request (0: none) */
     _Atomic uint64_t requests;
+    _Atomic uint64_t request_ns; /* time from take to done, summed (frankenphp_worker_request_time) */
+    uint64_t taken_ns;
     _Atomic int busy;
     fp_http_exchange *current;  /* handed out, not yet done */
     fp_http_exchange *retired;  /* done, its struct still being cleared by the glue */
@@ -280,6 +282,7 @@ static int w_next_request(void *handle, fp_request **next)
         return 0;
     }
     w->current = ex;
+    w->taken_ns = fp_monotonic_ns();
     atomic_store(&w->busy, 1);
     if (w->request_limit > 0) {
         fp_http_exchange_set_deadline(ex, w->request_limit);
@@ -302,6 +305,7 @@ static void w_request_done(void *handle, fp_request *done)
     w->current = NULL;
     w->retired = ex;
     w->run_requests++;
+    atomic_fetch_add(&w->request_ns, fp_monotonic_ns() - w->taken_ns);
     atomic_fetch_add(&w->requests, 1);
     atomic_store(&w->busy, 0);
     /* The glue clears `done` after this returns: keep the exchange until the next take. */
@@ -348,6 +352,11 @@ int fp_native_worker_busy(fp_native_worker *w)
 uint64_t fp_native_worker_requests(fp_native_worker *w)
 {
     return atomic_load(&w->requests);
+}
+
+uint64_t fp_native_worker_request_ns(fp_native_worker *w)
+{
+    return atomic_load(&w->request_ns);
 }
 
 /* ---- regular executions in C (the fast path) ------------------------------------------------ */
