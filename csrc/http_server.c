@@ -556,6 +556,33 @@ static void ex_log(void *handle, int type, const char *file, uint32_t line, cons
     log_record(ex->server, kind, ex->tag, message);
 }
 
+/* frankenphp_log(): queued as kind "L<level>", message "<text>\x1f<context JSON>" (JSON escapes
+ * control characters, so the last \x1f is the separator); native.py logs it with the level and
+ * the context as the record's extra, as php_functions.fp_py_php_log() does. */
+static void ex_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                       size_t context_len)
+{
+    fp_http_exchange *ex = handle;
+    const char *nul = memchr(message, '\0', message_len); /* the queue holds C strings */
+    if (nul) {
+        message_len = (size_t)(nul - message);
+    }
+    char kind[16];
+    snprintf(kind, sizeof kind, "L%d", level);
+    char *text = malloc(message_len + context_len + 2);
+    if (!text) {
+        return;
+    }
+    memcpy(text, message, message_len);
+    text[message_len] = '\x1f';
+    if (context_len) {
+        memcpy(text + message_len + 1, context, context_len);
+    }
+    text[message_len + 1 + context_len] = '\0';
+    log_record(ex->server, kind, ex->tag, text);
+    free(text);
+}
+
 static size_t ex_read_body(void *handle, char *buf, size_t len)
 {
     fp_http_exchange *ex = handle;
@@ -662,7 +689,7 @@ static const fp_host exchange_host = {
     .stderr_output = ex_stderr,
     .finish_request = ex_finish_request,
     .interim = ex_interim, /* HTTP/1.1 only: see interim_start() */
-    /* php_log: frankenphp_log() falls back to log() */
+    .php_log = ex_php_log,
 };
 
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds)
@@ -1183,9 +1210,19 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     size_t pairs = 0;
     sb_pairs(&b, &pairs, st->conf.env_before, st->conf.env_before_pairs);
 
-    /* HTTP_* from the request headers (h2o keeps their names lower-case); Content-Type and
-     * Content-Length are CGI's own variables; Proxy is dropped (httpoxy). */
-    fp_str content_type = {NULL, 0}, cookie = {NULL, 0}, authorization = {NULL, 0}, host = {NULL, 0};
+    /* HTTP_* from the request headers (h2o keeps their names lower-case): a repeated header is
+     * one variable, its values joined by ", " as waitress and Go's net/http do, except Cookie,
+     * joined by "; " (RFC 9113 8.2.3) so that PHP parses every cookie.  Content-Type and
+     * Content-Length are CGI's own variables; Proxy is dropped (httpoxy).  h2o keeps Host out of
+     * req->headers (req->input.authority; a request without Host gets the hostconf's name
+     * there, which is no header).  Expect and Upgrade stay out: h2o handles them (Go's
+     * net/http, hence FrankenPHP, drops Expect too). */
+    fp_str content_type = {NULL, 0}, host = {NULL, 0};
+    if (req->input.authority.len && !(req->hostconf && req->input.authority.base == req->hostconf->authority.hostport.base)) {
+        host = (fp_str){req->input.authority.base, req->input.authority.len};
+        sb_pair(&b, &pairs, "HTTP_HOST", host.ptr, host.len);
+    }
+    size_t off_cookie = SIZE_MAX, off_auth = SIZE_MAX;
     for (size_t i = 0; i < req->headers.size; i++) {
         h2o_header_t *h = req->headers.entries + i;
         const char *name = h->name->base;
@@ -1195,32 +1232,44 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
             continue;
         }
         if (h2o_memis(name, name_len, H2O_STRLIT("content-length")) ||
-            h2o_memis(name, name_len, H2O_STRLIT("proxy"))) {
+            h2o_memis(name, name_len, H2O_STRLIT("proxy")) || name_len + 6 > 256) {
             continue;
         }
-        if (h2o_memis(name, name_len, H2O_STRLIT("cookie")) && !cookie.ptr) {
-            cookie = (fp_str){h->value.base, h->value.len};
-        } else if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
-            authorization = (fp_str){h->value.base, h->value.len};
-        } else if (h2o_memis(name, name_len, H2O_STRLIT("host"))) {
-            host = (fp_str){h->value.base, h->value.len};
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            seen = h2o_memis(req->headers.entries[j].name->base, req->headers.entries[j].name->len, name, name_len);
+        }
+        if (seen) {
+            continue; /* joined into the first one's variable */
         }
         char key[256];
-        if (name_len + 6 > sizeof key) {
-            continue;
-        }
         memcpy(key, "HTTP_", 5);
         for (size_t j = 0; j < name_len; j++) {
             char c = name[j];
             key[5 + j] = c == '-' ? '_' : (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
         }
         key[5 + name_len] = '\0';
-        sb_pair(&b, &pairs, key, h->value.base, h->value.len);
+        sb_add(&b, key, 5 + name_len + 1);
+        int is_cookie = h2o_memis(name, name_len, H2O_STRLIT("cookie"));
+        if (is_cookie) {
+            off_cookie = b.len;
+        } else if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
+            off_auth = b.len;
+        }
+        const char *separator = is_cookie ? "; " : ", ";
+        for (size_t j = i; j < req->headers.size; j++) {
+            h2o_header_t *same = req->headers.entries + j;
+            if (j == i || h2o_memis(same->name->base, same->name->len, name, name_len)) {
+                const char *nul = memchr(same->value.base, '\0', same->value.len); /* cut, as sb_pair */
+                if (j != i) {
+                    sb_add(&b, separator, 2);
+                }
+                sb_add(&b, same->value.base, nul ? (size_t)(nul - same->value.base) : same->value.len);
+            }
+        }
+        sb_add(&b, "", 1);
+        pairs++;
     }
-    if (!host.ptr && req->authority.len) {
-        host = (fp_str){req->authority.base, req->authority.len};
-    }
-
     struct sockaddr_storage ss;
     char peer[64], peer_port[16], local[64], local_port[16];
     socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
@@ -1304,8 +1353,6 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     size_t off_query = b.len; sb_add(&b, query, query_len); sb_add(&b, "", 1);
     size_t off_script = b.len; sb_add(&b, target->script_filename, strlen(target->script_filename) + 1);
     size_t off_ctype = b.len; sb_add(&b, content_type.ptr ? content_type.ptr : "", content_type.len); sb_add(&b, "", 1);
-    size_t off_cookie = b.len; sb_add(&b, cookie.ptr ? cookie.ptr : "", cookie.len); sb_add(&b, "", 1);
-    size_t off_auth = b.len; sb_add(&b, authorization.ptr ? authorization.ptr : "", authorization.len); sb_add(&b, "", 1);
     size_t off_body = b.len;
     if (req->entity.len) {
         sb_add(&b, req->entity.base, req->entity.len);
@@ -1329,8 +1376,8 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     r->request_uri = b.p + off_uri;
     r->query_string = b.p + off_query;
     r->content_type = content_type.ptr ? b.p + off_ctype : NULL;
-    r->cookie_data = cookie.ptr ? b.p + off_cookie : NULL;
-    r->authorization = authorization.ptr ? b.p + off_auth : NULL;
+    r->cookie_data = off_cookie != SIZE_MAX ? b.p + off_cookie : NULL; /* the joined HTTP_COOKIE */
+    r->authorization = off_auth != SIZE_MAX ? b.p + off_auth : NULL;
     r->content_length = (int64_t)req->entity.len;
     ex->body = b.p + off_body;
     ex->body_len = req->entity.len;
@@ -1397,10 +1444,14 @@ static const char *check_request_head(h2o_req_t *req)
     if ((size_t)head_len > FP_HTTP_MAX_HEAD) {
         return "request head too large";
     }
-    int lengths = 0, encodings = 0;
+    int lengths = 0, encodings = 0, hosts = 0;
     for (size_t i = 0; i < num_headers; i++) {
         lengths += name_is(&headers[i], "content-length");
         encodings += name_is(&headers[i], "transfer-encoding");
+        hosts += name_is(&headers[i], "host");
+    }
+    if (minor >= 1 && hosts != 1) {
+        return "an HTTP/1.1 request needs exactly one Host header"; /* RFC 9112 3.2; h2o keeps the last */
     }
     if (lengths && encodings) {
         return "both Content-Length and Transfer-Encoding";

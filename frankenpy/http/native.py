@@ -33,6 +33,7 @@ from typing import Any
 
 from .. import _native
 from ..execution import _FATAL, _WARNING, Diagnostic, pack_strings
+from ..php_functions import log_extra, python_level
 from ..runtime import Runtime
 from ..scaling import RegularThreads, StallWatch, WorkerThreads
 from ..threads import WorkerLogAdapter, php_log_adapter
@@ -306,6 +307,13 @@ class NativeServer:
             if kind == "S":
                 logger.warning("%s", message)
                 continue
+            adapter = self._php_loggers.get(tag)
+            if adapter is None:
+                adapter = self._php_loggers[tag] = php_log_adapter(tag)
+            if kind[0] == "L":  # frankenphp_log(): the record php_functions.fp_py_php_log makes
+                text, _, context = message.rpartition("\x1f")
+                adapter.log(python_level(int(kind[1:])), "%s", text, extra=log_extra(context.encode()))
+                continue
             text, _, where = message.partition("\x1f")
             file, _, line = where.partition("\x1f")
             diagnostic = Diagnostic(type=int(kind), message=text, file=file or None,
@@ -316,9 +324,6 @@ class NativeServer:
                 level = logging.WARNING
             else:
                 level = logging.INFO
-            adapter = self._php_loggers.get(tag)
-            if adapter is None:
-                adapter = self._php_loggers[tag] = php_log_adapter(tag)
             adapter.log(level, "%s", diagnostic)
 
     @property
