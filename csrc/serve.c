@@ -16,6 +16,8 @@ void fp_py_log(void *handle, int type, const char *file, uint32_t line, const ch
 void fp_py_time_limit(void *handle, int64_t seconds, int initial);
 void fp_py_worker_ready(void *handle);
 void fp_py_stderr_output(void *handle, const char *data, size_t len);
+void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                   size_t context_len);
 
 /* ---- the deadline watcher ----------------------------------------------------------------------
  * One thread for the process: every WATCH_INTERVAL it looks at the executions that serve an
@@ -261,6 +263,14 @@ static void w_stderr(void *handle, const char *data, size_t len)
     fp_py_stderr_output(((fp_native_worker *)handle)->py_handle, data, len);
 }
 
+/* frankenphp_log() in the worker script outside a request (a request's go to its exchange):
+ * rare, straight to Python with the run's handle, as the WSGI path does. */
+static void w_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                      size_t context_len)
+{
+    fp_py_php_log(((fp_native_worker *)handle)->py_handle, level, message, message_len, context, context_len);
+}
+
 static void w_worker_ready(void *handle)
 {
     fp_py_worker_ready(((fp_native_worker *)handle)->py_handle);
@@ -321,6 +331,7 @@ static const fp_host worker_host = {
     .next_request = w_next_request,
     .request_done = w_request_done,
     .stderr_output = w_stderr,
+    .php_log = w_php_log,
 };
 
 const fp_host *fp_native_worker_host(void)
@@ -472,9 +483,6 @@ static void f_finish_request(void *handle, fp_request *req)
 {
     (void)handle; (void)req; /* only stops further output, which the glue does */
 }
-
-void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
-                   size_t context_len);
 
 static void f_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
                       size_t context_len)

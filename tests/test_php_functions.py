@@ -30,6 +30,8 @@ WORKER = """<?php
 while (frankenphp_handle_request(function () {
     require __DIR__ . '/pages/' . basename($_GET['page']) . '.php';
 })) {
+    // Outside a request: the worker script's own callbacks (not the request's) take the log.
+    frankenphp_log('between requests', FRANKENPHP_LOG_LEVEL_ERROR, ['worker_loop' => true]);
 }
 """
 
@@ -462,6 +464,27 @@ def test_frankenphp_log_reaches_python_logging_with_extra(both: Any, mode: str) 
     assert by_text["info line"].context == {}  # type: ignore[attr-defined]
     expected_worker = "w" if mode == "worker" else "php-"
     assert all(str(r.worker).startswith(expected_worker) for r in records), [r.worker for r in records]  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_frankenphp_log_between_worker_requests(both: Any) -> None:
+    """frankenphp_log() in the worker script outside the callback: same level and extra."""
+    _, port, _ = both
+    logger = logging.getLogger("frankenpy.php")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+    def mine() -> list[logging.LogRecord]:
+        return [r for r in handler.records if r.getMessage().endswith("between requests")]
+
+    try:
+        assert get(port, page_url("worker", "auth"))[0] == 200
+        record = wait_for(mine, timeout=10, what="the worker's log record")[0]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert (record.levelno, record.worker_loop, record.worker) == (logging.ERROR, True, "w")  # type: ignore[attr-defined]
 
 
 # --- Basic auth --------------------------------------------------------------------------------
