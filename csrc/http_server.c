@@ -1199,6 +1199,20 @@ typedef struct php_target {
     int worker;
 } php_target;
 
+/* A header value without the optional whitespace around it (RFC 9112 5.1): h2o's parser drops
+ * only the leading one. */
+static fp_str trim_ows(const char *p, size_t len)
+{
+    while (len && (*p == ' ' || *p == '\t')) {
+        p++;
+        len--;
+    }
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) {
+        len--;
+    }
+    return (fp_str){p, len};
+}
+
 /* Build the exchange for `req` to run `target`.  NULL when out of memory. */
 static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_target *target)
 {
@@ -1218,8 +1232,9 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
      * there, which is no header).  Expect and Upgrade stay out: h2o handles them (Go's
      * net/http, hence FrankenPHP, drops Expect too). */
     fp_str content_type = {NULL, 0}, host = {NULL, 0};
-    if (req->input.authority.len && !(req->hostconf && req->input.authority.base == req->hostconf->authority.hostport.base)) {
-        host = (fp_str){req->input.authority.base, req->input.authority.len};
+    int default_authority = req->hostconf && req->input.authority.base == req->hostconf->authority.hostport.base;
+    if (req->input.authority.len && !default_authority) {
+        host = trim_ows(req->input.authority.base, req->input.authority.len);
         sb_pair(&b, &pairs, "HTTP_HOST", host.ptr, host.len);
     }
     size_t off_cookie = SIZE_MAX, off_auth = SIZE_MAX;
@@ -1228,11 +1243,13 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
         const char *name = h->name->base;
         size_t name_len = h->name->len;
         if (h2o_memis(name, name_len, H2O_STRLIT("content-type"))) {
-            content_type = (fp_str){h->value.base, h->value.len};
+            content_type = trim_ows(h->value.base, h->value.len);
             continue;
         }
+        /* A name with "_" would pose as its "-" twin (X_Forwarded_For as X-Forwarded-For):
+         * dropped, as waitress, nginx and Apache do. */
         if (h2o_memis(name, name_len, H2O_STRLIT("content-length")) ||
-            h2o_memis(name, name_len, H2O_STRLIT("proxy")) || name_len + 6 > 256) {
+            h2o_memis(name, name_len, H2O_STRLIT("proxy")) || memchr(name, '_', name_len) || name_len + 6 > 256) {
             continue;
         }
         int seen = 0;
@@ -1260,11 +1277,12 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
         for (size_t j = i; j < req->headers.size; j++) {
             h2o_header_t *same = req->headers.entries + j;
             if (j == i || h2o_memis(same->name->base, same->name->len, name, name_len)) {
-                const char *nul = memchr(same->value.base, '\0', same->value.len); /* cut, as sb_pair */
+                fp_str value = trim_ows(same->value.base, same->value.len);
+                const char *nul = memchr(value.ptr, '\0', value.len); /* cut, as sb_pair */
                 if (j != i) {
                     sb_add(&b, separator, 2);
                 }
-                sb_add(&b, same->value.base, nul ? (size_t)(nul - same->value.base) : same->value.len);
+                sb_add(&b, value.ptr, nul ? (size_t)(nul - value.ptr) : value.len);
             }
         }
         sb_add(&b, "", 1);

@@ -529,8 +529,12 @@ ENV_CASES = {
     # Host has its own place in h2o (req->input.authority), not among the headers.
     "host": ("GET {t} HTTP/1.1\nHost: example.com:8080\nAccept-Language: fr\nConnection: close\n", b""),
     # Repeated headers are one variable, values joined by ", " (waitress, Go's net/http).
-    "repeated": ("GET {t} HTTP/1.1\nHost: h\nX-Rep: a\nX-Rep: b\nx-lower-case: v\nX-Rep: c\n"
+    "repeated": ("GET {t} HTTP/1.1\nHost: h\nX-Rep: a\nX-Rep: b\nx-lower-case: v\nx-REP: c\n"
                  "Connection: close\n", b""),
+    # Optional whitespace around a value is not part of it (RFC 9112 5.1); a name with "_"
+    # would pose as its "-" twin (waitress, nginx, Apache drop it).
+    "whitespace": ("GET {t} HTTP/1.1\nHost: h \nX-Space:  padded \t \nX-Empty:\nX_Real_Ip: 6.6.6.6\n"
+                   "X-Real-Ip: 1.2.3.4\nConnection: close\n", b""),
     "post": ("POST {t} HTTP/1.1\nHost: h\nContent-Type: application/x-www-form-urlencoded\n"
              "Content-Length: 7\nConnection: close\n", b"a=1&b=2"),
     "chunked": ("POST {t} HTTP/1.1\nHost: h\nContent-Type: text/plain\nTransfer-Encoding: chunked\n"
@@ -579,6 +583,7 @@ def test_request_headers_and_server_variables_match(twin: dict[str, int], mode: 
     expected = {
         "host": {"Host": "example.com:8080", "Accept-Language": "fr"},
         "repeated": {"X-Rep": "a, b, c", "X-Lower-Case": "v"},
+        "whitespace": {"Host": "h", "X-Space": "padded", "X-Empty": "", "X-Real-Ip": "1.2.3.4"},
         "post": {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "7"},
         "cookie": {"Cookie": "a=1; b=2"},
         "http-1.0": {"X-Old": "yes"},
