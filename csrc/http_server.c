@@ -39,6 +39,9 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
 #define EXPIRE_INTERVAL_MS 50
 #define STOP_LINGER_NS 2000000000u /* longest wait for connections to close at stop */
 #define LOG_QUEUE_MAX (4 * 1024 * 1024) /* bytes of records kept when nobody takes them */
+/* Bytes of one record, its message cut to fit: fp_http_server_take_logs() takes whole records
+ * into native.py's 256 KiB batch, and one larger than that would never be taken. */
+#define LOG_RECORD_MAX (64 * 1024)
 
 typedef struct worker_route {
     const char *pattern; /* NULL: by script file */
@@ -567,6 +570,14 @@ static void ex_php_log(void *handle, int level, const char *message, size_t mess
     if (nul) {
         message_len = (size_t)(nul - message);
     }
+    /* What log_record() would cut is cut here, so that the separator stays: a context that does
+     * not fit whole is dropped (cut, it would be no JSON), then the message is cut. */
+    if (message_len + context_len + 256 > LOG_RECORD_MAX) {
+        context_len = 0;
+        if (message_len + 256 > LOG_RECORD_MAX) {
+            message_len = LOG_RECORD_MAX - 256;
+        }
+    }
     char kind[16];
     snprintf(kind, sizeof kind, "L%d", level);
     char *text = malloc(message_len + context_len + 2);
@@ -781,7 +792,8 @@ void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *head
 
 static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message)
 {
-    size_t k = strlen(kind) + 1, t = strlen(tag) + 1, m = strlen(message) + 1;
+    size_t k = strlen(kind) + 1, t = strlen(tag) + 1; /* short: a number or letter, a thread name */
+    size_t m = strnlen(message, LOG_RECORD_MAX - k - t - 1) + 1;
     pthread_mutex_lock(&server->log_mu);
     if (server->logs_len + k + t + m > server->logs_cap && server->logs_len + k + t + m <= LOG_QUEUE_MAX) {
         size_t cap = server->logs_cap ? server->logs_cap : 16384;
@@ -798,7 +810,8 @@ static void log_record(fp_http_server *server, const char *kind, const char *tag
         char *p = server->logs + server->logs_len;
         memcpy(p, kind, k);
         memcpy(p + k, tag, t);
-        memcpy(p + k + t, message, m);
+        memcpy(p + k + t, message, m - 1);
+        p[k + t + m - 1] = '\0';
         server->logs_len += k + t + m;
         pthread_cond_signal(&server->log_cond);
     }

@@ -122,6 +122,14 @@ echo json_encode([
     'body' => file_get_contents('php://input'),
 ]);
 """,
+    "big_logs": """<?php
+frankenphp_log(str_repeat('x', 300000), 0, ['big' => str_repeat('y', 1000)]);
+frankenphp_log('big context', 0, ['big' => str_repeat('y', 300000)]);
+error_log(str_repeat('z', 300000));
+trigger_error(str_repeat('w', 300000), E_USER_WARNING);
+frankenphp_log('after the big ones', FRANKENPHP_LOG_LEVEL_ERROR, ['k' => 1]);
+echo 'logged';
+""",
     "slow": """<?php
 usleep(400 * 1000);
 echo 'slow';
@@ -485,6 +493,38 @@ def test_frankenphp_log_between_worker_requests(both: Any) -> None:
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert (record.levelno, record.worker_loop, record.worker) == (logging.ERROR, True, "w")  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_huge_log_records_do_not_block_later_ones(both: Any) -> None:
+    """Records of 300 KB (frankenphp_log() message or context, error_log(), a warning) reach
+    the log, and so do the records after them.  The native server's C queue hands Python whole
+    records in 256 KiB batches: it cuts a message to 64 KiB and drops a context it would cut
+    (a larger record stayed in the queue for ever, and every later one behind it)."""
+    _, port, _ = both
+    logger = logging.getLogger("frankenpy.php")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+    def texts() -> dict[str, logging.LogRecord]:
+        return {r.getMessage().split("] ", 1)[-1][:20]: r for r in handler.records}
+
+    try:
+        assert get(port, page_url("classic", "big_logs"))[2] == b"logged"
+        wait_for(lambda: "after the big ones" in texts(), timeout=10, what="the record after the big ones")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    records = texts()
+    assert records["after the big ones"].levelno == logging.ERROR
+    assert records["after the big ones"].k == 1  # type: ignore[attr-defined]
+    assert records["x" * 20].levelno == logging.INFO
+    assert len(records["x" * 20].getMessage()) > 60000
+    assert records["x" * 20].context in ({}, {"big": "y" * 1000})  # type: ignore[attr-defined]
+    assert records["big context"].context in ({}, {"big": "y" * 300000})  # type: ignore[attr-defined]
+    assert any("z" * 60000 in r.getMessage() for r in handler.records)
+    assert any("w" * 60000 in r.getMessage() for r in handler.records)
 
 
 # --- Basic auth --------------------------------------------------------------------------------

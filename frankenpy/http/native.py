@@ -312,7 +312,11 @@ class NativeServer:
                 adapter = self._php_loggers[tag] = php_log_adapter(tag)
             if kind[0] == "L":  # frankenphp_log(): the record php_functions.fp_py_php_log makes
                 text, _, context = message.rpartition("\x1f")
-                adapter.log(python_level(int(kind[1:])), "%s", text, extra=log_extra(context.encode()))
+                try:
+                    extra = log_extra(context.encode())
+                except ValueError:  # not expected (C drops a context it would cut): keep the text
+                    extra = {"context": {}}
+                adapter.log(python_level(int(kind[1:])), "%s", text, extra=extra)
                 continue
             text, _, where = message.partition("\x1f")
             file, _, line = where.partition("\x1f")
