@@ -118,9 +118,9 @@ PHP_FUNCTION(frankenphp_request_headers)
         zend_string *name = NULL;
         if (key_len > 5 && memcmp(entry, "HTTP_", 5) == 0) {
             name = header_name(entry + 5, key_len - 5);
-        } else if ((key_len == 12 && memcmp(entry, "CONTENT_TYPE", 12) == 0) ||
-                   (key_len == 14 && memcmp(entry, "CONTENT_LENGTH", 14) == 0)) {
-            name = header_name(entry, key_len);
+        } else if (value_len && ((key_len == 12 && memcmp(entry, "CONTENT_TYPE", 12) == 0) ||
+                                 (key_len == 14 && memcmp(entry, "CONTENT_LENGTH", 14) == 0))) {
+            name = header_name(entry, key_len); /* CGI sets them empty when there is no such header */
         }
         if (name) {
             zval zv;

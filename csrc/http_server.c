@@ -45,6 +45,9 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
 #define EXPIRE_INTERVAL_MS 50
 #define STOP_LINGER_NS 2000000000u /* longest wait for connections to close at stop */
 #define LOG_QUEUE_MAX (4 * 1024 * 1024) /* bytes of records kept when nobody takes them */
+/* Bytes of one record, its message cut to fit: fp_http_server_take_logs() takes whole records
+ * into native.py's 256 KiB batch, and one larger than that would never be taken. */
+#define LOG_RECORD_MAX (64 * 1024)
 
 typedef struct worker_route {
     const char *pattern; /* NULL: by script file */
@@ -600,6 +603,41 @@ static void ex_log(void *handle, int type, const char *file, uint32_t line, cons
     log_record(ex->server, kind, ex->tag, message);
 }
 
+/* frankenphp_log(): queued as kind "L<level>", message "<text>\x1f<context JSON>" (JSON escapes
+ * control characters, so the last \x1f is the separator); native.py logs it with the level and
+ * the context as the record's extra, as php_functions.fp_py_php_log() does. */
+static void ex_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                       size_t context_len)
+{
+    fp_http_exchange *ex = handle;
+    const char *nul = memchr(message, '\0', message_len); /* the queue holds C strings */
+    if (nul) {
+        message_len = (size_t)(nul - message);
+    }
+    /* What log_record() would cut is cut here, so that the separator stays: a context that does
+     * not fit whole is dropped (cut, it would be no JSON), then the message is cut. */
+    if (message_len + context_len + 256 > LOG_RECORD_MAX) {
+        context_len = 0;
+        if (message_len + 256 > LOG_RECORD_MAX) {
+            message_len = LOG_RECORD_MAX - 256;
+        }
+    }
+    char kind[16];
+    snprintf(kind, sizeof kind, "L%d", level);
+    char *text = malloc(message_len + context_len + 2);
+    if (!text) {
+        return;
+    }
+    memcpy(text, message, message_len);
+    text[message_len] = '\x1f';
+    if (context_len) {
+        memcpy(text + message_len + 1, context, context_len);
+    }
+    text[message_len + 1 + context_len] = '\0';
+    log_record(ex->server, kind, ex->tag, text);
+    free(text);
+}
+
 static size_t ex_read_body(void *handle, char *buf, size_t len)
 {
     fp_http_exchange *ex = handle;
@@ -718,7 +756,7 @@ static const fp_host exchange_host = {
     .stderr_output = ex_stderr,
     .finish_request = ex_finish_request,
     .interim = ex_interim, /* HTTP/1.1 only: see interim_start() */
-    /* php_log: frankenphp_log() falls back to log() */
+    .php_log = ex_php_log,
 };
 
 void fp_http_exchange_set_deadline(fp_http_exchange *ex, int64_t seconds)
@@ -812,7 +850,8 @@ void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *head
 
 static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message)
 {
-    size_t k = strlen(kind) + 1, t = strlen(tag) + 1, m = strlen(message) + 1;
+    size_t k = strlen(kind) + 1, t = strlen(tag) + 1; /* short: a number or letter, a thread name */
+    size_t m = strnlen(message, LOG_RECORD_MAX - k - t - 1) + 1;
     pthread_mutex_lock(&server->log_mu);
     if (server->logs_len + k + t + m > server->logs_cap && server->logs_len + k + t + m <= LOG_QUEUE_MAX) {
         size_t cap = server->logs_cap ? server->logs_cap : 16384;
@@ -829,7 +868,8 @@ static void log_record(fp_http_server *server, const char *kind, const char *tag
         char *p = server->logs + server->logs_len;
         memcpy(p, kind, k);
         memcpy(p + k, tag, t);
-        memcpy(p + k + t, message, m);
+        memcpy(p + k + t, message, m - 1);
+        p[k + t + m - 1] = '\0';
         server->logs_len += k + t + m;
         pthread_cond_signal(&server->log_cond);
     }
@@ -1391,40 +1431,25 @@ static size_t percent_decode(const char *in, size_t len, char *out)
     return o;
 }
 
-/* The Cookie header as one value: an HTTP/2 client may split it into one header per cookie
- * (RFC 9113 8.2.3), which are joined with "; " again.  {NULL, 0} when there is none. */
-static fp_str joined_cookies(h2o_req_t *req)
-{
-    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, -1);
-    if (i == -1) {
-        return (fp_str){NULL, 0};
-    }
-    h2o_iovec_t first = req->headers.entries[i].value;
-    ssize_t next = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, i);
-    if (next == -1) {
-        return (fp_str){first.base, first.len};
-    }
-    size_t len = 0;
-    for (ssize_t j = i; j != -1; j = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, j)) {
-        len += req->headers.entries[j].value.len + 2;
-    }
-    char *joined = h2o_mem_alloc_pool(&req->pool, len), *p = joined;
-    for (ssize_t j = i; j != -1; j = h2o_find_header(&req->headers, H2O_TOKEN_COOKIE, j)) {
-        if (p != joined) {
-            memcpy(p, "; ", 2);
-            p += 2;
-        }
-        memcpy(p, req->headers.entries[j].value.base, req->headers.entries[j].value.len);
-        p += req->headers.entries[j].value.len;
-    }
-    return (fp_str){joined, (size_t)(p - joined)};
-}
-
 typedef struct php_target {
     const char *script_filename;
     fp_str script_name, path_info;
     int worker;
 } php_target;
+
+/* A header value without the optional whitespace around it (RFC 9112 5.1): h2o's parser drops
+ * only the leading one. */
+static fp_str trim_ows(const char *p, size_t len)
+{
+    while (len && (*p == ' ' || *p == '\t')) {
+        p++;
+        len--;
+    }
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) {
+        len--;
+    }
+    return (fp_str){p, len};
+}
 
 /* Build the exchange for `req` to run `target`.  NULL when out of memory. */
 static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_target *target)
@@ -1437,53 +1462,69 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     size_t pairs = 0;
     sb_pairs(&b, &pairs, st->conf.env_before, st->conf.env_before_pairs);
 
-    /* HTTP_* from the request headers (h2o keeps their names lower-case); Content-Type and
-     * Content-Length are CGI's own variables; Proxy is dropped (httpoxy). */
-    fp_str content_type = {NULL, 0}, cookie = {NULL, 0}, authorization = {NULL, 0}, host = {NULL, 0};
+    /* HTTP_* from the request headers (h2o keeps their names lower-case): a repeated header is
+     * one variable, its values joined by ", " as waitress and Go's net/http do, except Cookie,
+     * joined by "; " (RFC 9113 8.2.3) so that PHP parses every cookie.  Content-Type and
+     * Content-Length are CGI's own variables; Proxy is dropped (httpoxy).  h2o keeps Host out of
+     * req->headers (req->input.authority; a request without Host gets the hostconf's name
+     * there, which is no header).  Expect and Upgrade stay out: h2o handles them (Go's
+     * net/http, hence FrankenPHP, drops Expect too). */
+    fp_str content_type = {NULL, 0}, host = {NULL, 0};
+    int default_authority = req->hostconf && req->input.authority.base == req->hostconf->authority.hostport.base;
+    if (req->input.authority.len && !default_authority) {
+        host = trim_ows(req->input.authority.base, req->input.authority.len);
+        sb_pair(&b, &pairs, "HTTP_HOST", host.ptr, host.len);
+    }
+    size_t off_cookie = SIZE_MAX, off_auth = SIZE_MAX;
     for (size_t i = 0; i < req->headers.size; i++) {
         h2o_header_t *h = req->headers.entries + i;
         const char *name = h->name->base;
         size_t name_len = h->name->len;
         if (h2o_memis(name, name_len, H2O_STRLIT("content-type"))) {
-            content_type = (fp_str){h->value.base, h->value.len};
+            content_type = trim_ows(h->value.base, h->value.len);
             continue;
         }
+        /* A name with "_" would pose as its "-" twin (X_Forwarded_For as X-Forwarded-For):
+         * dropped, as waitress, nginx and Apache do. */
         if (h2o_memis(name, name_len, H2O_STRLIT("content-length")) ||
-            h2o_memis(name, name_len, H2O_STRLIT("proxy"))) {
+            h2o_memis(name, name_len, H2O_STRLIT("proxy")) || memchr(name, '_', name_len) || name_len + 6 > 256) {
             continue;
         }
-        if (h2o_memis(name, name_len, H2O_STRLIT("cookie"))) {
-            continue; /* below, as one */
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            seen = h2o_memis(req->headers.entries[j].name->base, req->headers.entries[j].name->len, name, name_len);
         }
-        if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
-            authorization = (fp_str){h->value.base, h->value.len};
-        } else if (h2o_memis(name, name_len, H2O_STRLIT("host"))) {
-            host = (fp_str){h->value.base, h->value.len};
+        if (seen) {
+            continue; /* joined into the first one's variable */
         }
         char key[256];
-        if (name_len + 6 > sizeof key) {
-            continue;
-        }
         memcpy(key, "HTTP_", 5);
         for (size_t j = 0; j < name_len; j++) {
             char c = name[j];
             key[5 + j] = c == '-' ? '_' : (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
         }
         key[5 + name_len] = '\0';
-        sb_pair(&b, &pairs, key, h->value.base, h->value.len);
-    }
-    if (!host.ptr && req->input.authority.len) {
-        /* h2o keeps the Host header (HTTP/1) and :authority (HTTP/2) out of req->headers, as the
-         * request's authority; PHP applications read HTTP_HOST (FrankenPHP sets it from there). */
-        host = (fp_str){req->input.authority.base, req->input.authority.len};
-        sb_pair(&b, &pairs, "HTTP_HOST", host.ptr, host.len);
-    }
-    if (!host.ptr && req->authority.len) {
-        host = (fp_str){req->authority.base, req->authority.len};
-    }
-    cookie = joined_cookies(req);
-    if (cookie.ptr) {
-        sb_pair(&b, &pairs, "HTTP_COOKIE", cookie.ptr, cookie.len);
+        sb_add(&b, key, 5 + name_len + 1);
+        int is_cookie = h2o_memis(name, name_len, H2O_STRLIT("cookie"));
+        if (is_cookie) {
+            off_cookie = b.len;
+        } else if (h2o_memis(name, name_len, H2O_STRLIT("authorization"))) {
+            off_auth = b.len;
+        }
+        const char *separator = is_cookie ? "; " : ", ";
+        for (size_t j = i; j < req->headers.size; j++) {
+            h2o_header_t *same = req->headers.entries + j;
+            if (j == i || h2o_memis(same->name->base, same->name->len, name, name_len)) {
+                fp_str value = trim_ows(same->value.base, same->value.len);
+                const char *nul = memchr(value.ptr, '\0', value.len); /* cut, as sb_pair */
+                if (j != i) {
+                    sb_add(&b, separator, 2);
+                }
+                sb_add(&b, value.ptr, nul ? (size_t)(nul - value.ptr) : value.len);
+            }
+        }
+        sb_add(&b, "", 1);
+        pairs++;
     }
     int tls = st->ssl_ctx != NULL;
 
@@ -1574,8 +1615,6 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     size_t off_query = b.len; sb_add(&b, query, query_len); sb_add(&b, "", 1);
     size_t off_script = b.len; sb_add(&b, target->script_filename, strlen(target->script_filename) + 1);
     size_t off_ctype = b.len; sb_add(&b, content_type.ptr ? content_type.ptr : "", content_type.len); sb_add(&b, "", 1);
-    size_t off_cookie = b.len; sb_add(&b, cookie.ptr ? cookie.ptr : "", cookie.len); sb_add(&b, "", 1);
-    size_t off_auth = b.len; sb_add(&b, authorization.ptr ? authorization.ptr : "", authorization.len); sb_add(&b, "", 1);
     size_t off_body = b.len;
     if (req->entity.len) {
         sb_add(&b, req->entity.base, req->entity.len);
@@ -1599,8 +1638,8 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
     r->request_uri = b.p + off_uri;
     r->query_string = b.p + off_query;
     r->content_type = content_type.ptr ? b.p + off_ctype : NULL;
-    r->cookie_data = cookie.ptr ? b.p + off_cookie : NULL;
-    r->authorization = authorization.ptr ? b.p + off_auth : NULL;
+    r->cookie_data = off_cookie != SIZE_MAX ? b.p + off_cookie : NULL; /* the joined HTTP_COOKIE */
+    r->authorization = off_auth != SIZE_MAX ? b.p + off_auth : NULL;
     r->content_length = (int64_t)req->entity.len;
     ex->body = b.p + off_body;
     ex->body_len = req->entity.len;
@@ -1690,10 +1729,14 @@ static const char *check_request_head(h2o_req_t *req)
     if ((size_t)head_len > FP_HTTP_MAX_HEAD) {
         return "request head too large";
     }
-    int lengths = 0, encodings = 0;
+    int lengths = 0, encodings = 0, hosts = 0;
     for (size_t i = 0; i < num_headers; i++) {
         lengths += name_is(&headers[i], "content-length");
         encodings += name_is(&headers[i], "transfer-encoding");
+        hosts += name_is(&headers[i], "host");
+    }
+    if (minor >= 1 && hosts != 1) {
+        return "an HTTP/1.1 request needs exactly one Host header"; /* RFC 9112 3.2; h2o keeps the last */
     }
     if (lengths && encodings) {
         return "both Content-Length and Transfer-Encoding";

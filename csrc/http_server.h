@@ -149,8 +149,8 @@ size_t fp_http_server_queue_length(fp_http_server *server, int queue);
 
 /* Take log records (diagnostics of scripts, access log lines), waiting up to timeout_ms for the
  * first one.  Records are packed in `buf` as "kind\0tag\0message\0": kind is the E_* type in
- * decimal, "0" for error_log(), "A" for an access log line, "S" for the server's own warnings
- * (refused requests).  Returns the bytes written; a record
+ * decimal, "0" for error_log(), "L<level>" for frankenphp_log() (message "text\x1f<context
+ * JSON>"), "A" for an access log line, "S" for the server's own warnings (refused requests).  Returns the bytes written; a record
  * that does not fit stays for the next call (a record longer than `len` is cut). */
 size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, int timeout_ms);
 

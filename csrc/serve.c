@@ -16,6 +16,8 @@ void fp_py_log(void *handle, int type, const char *file, uint32_t line, const ch
 void fp_py_time_limit(void *handle, int64_t seconds, int initial);
 void fp_py_worker_ready(void *handle);
 void fp_py_stderr_output(void *handle, const char *data, size_t len);
+void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                   size_t context_len);
 
 /* ---- the deadline watcher ----------------------------------------------------------------------
  * One thread for the process: every WATCH_INTERVAL it looks at the executions that serve an
@@ -191,6 +193,8 @@ struct fp_native_worker {
     int run_requests;     /* handled in this run (max_requests) */
     int64_t request_limit;  /* max_execution_time per request (0: none) */
     _Atomic uint64_t requests;
+    _Atomic uint64_t request_ns; /* time from take to done, summed (frankenphp_worker_request_time) */
+    uint64_t taken_ns;
     _Atomic int busy;
     fp_http_exchange *current;  /* handed out, not yet done */
     fp_http_exchange *retired;  /* done, its struct still being cleared by the glue */
@@ -286,6 +290,14 @@ static void w_stderr(void *handle, const char *data, size_t len)
     fp_py_stderr_output(((fp_native_worker *)handle)->py_handle, data, len);
 }
 
+/* frankenphp_log() in the worker script outside a request (a request's go to its exchange):
+ * rare, straight to Python with the run's handle, as the WSGI path does. */
+static void w_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
+                      size_t context_len)
+{
+    fp_py_php_log(((fp_native_worker *)handle)->py_handle, level, message, message_len, context, context_len);
+}
+
 static void w_worker_ready(void *handle)
 {
     fp_py_worker_ready(((fp_native_worker *)handle)->py_handle);
@@ -307,6 +319,7 @@ static int w_next_request(void *handle, fp_request **next)
         return 0;
     }
     w->current = ex;
+    w->taken_ns = fp_monotonic_ns();
     atomic_store(&w->busy, 1);
     if (w->request_limit > 0) {
         fp_http_exchange_set_deadline(ex, w->request_limit);
@@ -329,6 +342,7 @@ static void w_request_done(void *handle, fp_request *done)
     w->current = NULL;
     w->retired = ex;
     w->run_requests++;
+    atomic_fetch_add(&w->request_ns, fp_monotonic_ns() - w->taken_ns);
     atomic_fetch_add(&w->requests, 1);
     atomic_store(&w->busy, 0);
     /* The glue clears `done` after this returns: keep the exchange until the next take. */
@@ -344,6 +358,7 @@ static const fp_host worker_host = {
     .next_request = w_next_request,
     .request_done = w_request_done,
     .stderr_output = w_stderr,
+    .php_log = w_php_log,
 };
 
 const fp_host *fp_native_worker_host(void)
@@ -375,6 +390,11 @@ int fp_native_worker_busy(fp_native_worker *w)
 uint64_t fp_native_worker_requests(fp_native_worker *w)
 {
     return atomic_load(&w->requests);
+}
+
+uint64_t fp_native_worker_request_ns(fp_native_worker *w)
+{
+    return atomic_load(&w->request_ns);
 }
 
 /* ---- regular executions in C (the fast path) ------------------------------------------------ */
@@ -490,9 +510,6 @@ static void f_finish_request(void *handle, fp_request *req)
 {
     (void)handle; (void)req; /* only stops further output, which the glue does */
 }
-
-void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
-                   size_t context_len);
 
 static void f_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
                       size_t context_len)

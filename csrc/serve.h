@@ -129,5 +129,7 @@ void fp_native_worker_undrain(fp_native_worker *w);
 int fp_native_worker_reached_loop(fp_native_worker *w);
 int fp_native_worker_busy(fp_native_worker *w);
 uint64_t fp_native_worker_requests(fp_native_worker *w);
+/* Nanoseconds its requests took, from take to done (frankenphp_worker_request_time). */
+uint64_t fp_native_worker_request_ns(fp_native_worker *w);
 
 #endif

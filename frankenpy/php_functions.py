@@ -50,6 +50,15 @@ def decode_context(data: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"0": value}
 
 
+def log_extra(context: bytes) -> dict[str, Any]:
+    """The ``extra`` of a ``frankenphp_log()`` record: each context key that is not a
+    LogRecord attribute, and the whole context as ``context``."""
+    fields = decode_context(context)
+    extra: dict[str, Any] = {key: value for key, value in fields.items() if key not in _RESERVED}
+    extra["context"] = fields
+    return extra
+
+
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("interim response callback failed", exc_info=exc))
 def fp_py_interim(handle: Any, status: int, lines: Any, length: int) -> int:
     execution = _execution(handle)
@@ -75,7 +84,5 @@ def fp_py_php_log(
     execution = _execution(handle)
     adapter = execution.logger if execution is not None else php_logger_adapter
     text = ffi.buffer(message, message_len)[:].decode("utf-8", "replace")
-    fields = decode_context(ffi.buffer(context, context_len)[:] if context != ffi.NULL else b"")
-    extra: dict[str, Any] = {key: value for key, value in fields.items() if key not in _RESERVED}
-    extra["context"] = fields
+    extra = log_extra(ffi.buffer(context, context_len)[:] if context != ffi.NULL else b"")
     adapter.log(python_level(level), "%s", text, extra=extra)

@@ -41,6 +41,7 @@ from typing import Any
 
 from .. import _native
 from ..execution import _FATAL, _WARNING, Diagnostic, pack_strings
+from ..php_functions import log_extra, python_level
 from ..runtime import Runtime
 from ..scaling import RegularThreads, StallWatch, WorkerThreads
 from ..threads import WorkerLogAdapter, php_log_adapter
@@ -376,6 +377,17 @@ class NativeServer(ServerBase):
             if kind == "S":
                 logger.warning("%s", message)
                 continue
+            adapter = self._php_loggers.get(tag)
+            if adapter is None:
+                adapter = self._php_loggers[tag] = php_log_adapter(tag)
+            if kind[0] == "L":  # frankenphp_log(): the record php_functions.fp_py_php_log makes
+                text, _, context = message.rpartition("\x1f")
+                try:
+                    extra = log_extra(context.encode())
+                except ValueError:  # not expected (C drops a context it would cut): keep the text
+                    extra = {"context": {}}
+                adapter.log(python_level(int(kind[1:])), "%s", text, extra=extra)
+                continue
             text, _, where = message.partition("\x1f")
             file, _, line = where.partition("\x1f")
             diagnostic = Diagnostic(type=int(kind), message=text, file=file or None,
@@ -386,9 +398,6 @@ class NativeServer(ServerBase):
                 level = logging.WARNING
             else:
                 level = logging.INFO
-            adapter = self._php_loggers.get(tag)
-            if adapter is None:
-                adapter = self._php_loggers[tag] = php_log_adapter(tag)
             adapter.log(level, "%s", diagnostic)
 
     @property

@@ -153,6 +153,7 @@ class HTTPWorkerThread(WorkerThread):
 
     native: Any = None  # fp_native_worker under the native server (see attach_native)
     _python_requests = 0
+    _python_request_time = 0.0
 
     def __init__(self, group: WorkerGroup, worker, index, php) -> None:  # type: ignore[no-untyped-def]
         super().__init__(group, worker, index, php)
@@ -172,6 +173,18 @@ class HTTPWorkerThread(WorkerThread):
     def requests(self, value: int) -> None:
         native = self.native
         self._python_requests = value - (int(_native.lib.fp_native_worker_requests(native)) if native else 0)
+
+    def _native_request_time(self) -> float:
+        native = self.native
+        return _native.lib.fp_native_worker_request_ns(native) / 1e9 if native else 0.0
+
+    @property  # type: ignore[override]
+    def request_time(self) -> float:
+        return self._python_request_time + self._native_request_time()
+
+    @request_time.setter
+    def request_time(self, value: float) -> None:
+        self._python_request_time = value - self._native_request_time()
 
     @property
     def draining(self) -> bool:
