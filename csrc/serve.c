@@ -603,6 +603,8 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     php->since = wall_now();
     __atomic_store_n(&php->busy, 0, __ATOMIC_RELAXED);
     call->given_up = fp_pool_release(pool, member);
+    call->rare = call->given_up || call->diag_count || call->timed_out || call->time_limit ||
+                 call->stderr_len || call->output_cap > KEPT_BUFFER || call->stderr_cap > KEPT_BUFFER;
     return member;
 }
 

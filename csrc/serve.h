@@ -75,6 +75,9 @@ typedef struct fp_fast_call {
     char *diag;
     size_t diag_len, diag_cap;
     int diag_count;
+    /* Anything but exit_status, output and duration to look at: given_up, diagnostics,
+     * timed_out, time_limit, STDERR, or output buffers too big to keep for the next call. */
+    int rare;
     /* asyncio (fp_async_submit) */
     int async;
     int cancel; /* set by the caller: stop the script (as a timeout does) or never start it */

@@ -138,27 +138,30 @@ class Result:
         raise PHPError(self)
 
 
-_fields = Result.__dict__  # (slots: each field is a member descriptor)
-_set_fields = tuple(_fields[name].__set__ for name in (
-    "exit_status", "output", "diagnostics", "timed_out", "duration", "time_limit", "stderr"))
+class _ResultFields:
+    """Result's slots, writable: a Result built as this, then given the class Result (same
+    layout), costs a fifth of the frozen dataclass's ``__init__``, which sets each field through
+    ``object.__setattr__``.  For the fast path, which builds one per execution."""
+
+    __slots__ = Result.__slots__  # type: ignore[attr-defined]
+
+    def __init__(self, exit_status: int, output: bytes, diagnostics: tuple[Diagnostic, ...],
+                 timed_out: bool, duration: float, time_limit: float | None, stderr: bytes) -> None:
+        self.exit_status = exit_status
+        self.output = output
+        self.diagnostics = diagnostics
+        self.timed_out = timed_out
+        self.duration = duration
+        self.time_limit = time_limit
+        self.stderr = stderr
 
 
-def new_result(
-    exit_status: int, output: bytes, diagnostics: tuple[Diagnostic, ...], timed_out: bool,
-    duration: float, time_limit: float | None, stderr: bytes,
-    _new: Callable[[type], Any] = object.__new__, _set: tuple[Callable[[Any, Any], None], ...] = _set_fields,
-) -> Result:
-    """``Result(...)`` at a third of the cost, for the fast path: the frozen dataclass's
-    ``__init__`` sets each field through ``object.__setattr__``; this sets the slots directly."""
-    result = _new(Result)
-    _set[0](result, exit_status)
-    _set[1](result, output)
-    _set[2](result, diagnostics)
-    _set[3](result, timed_out)
-    _set[4](result, duration)
-    _set[5](result, time_limit)
-    _set[6](result, stderr)
-    return result
+def new_result(exit_status: int, output: bytes, diagnostics: tuple[Diagnostic, ...], timed_out: bool,
+               duration: float, time_limit: float | None, stderr: bytes) -> Result:
+    """``Result(...)`` (positional arguments in field order), at a fifth of the cost."""
+    result: Any = _ResultFields(exit_status, output, diagnostics, timed_out, duration, time_limit, stderr)
+    result.__class__ = Result
+    return result  # type: ignore[no-any-return]
 
 
 class PHPError(RuntimeError):

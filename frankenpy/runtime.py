@@ -21,6 +21,7 @@ from .execution import (
     Execution,
     Result,
     ScriptArgs,
+    _ResultFields,
     check_timeout,
     env_pairs,
     log_diagnostic,
@@ -38,6 +39,7 @@ logger = logging.getLogger("frankenpy")
 ffi, lib = _native.ffi, _native.lib
 _calls = threading.local()  # each Python thread's fp_fast_call (its buffers are reused)
 FAST_NOT_FOUND = -5  # csrc/serve.h FP_FAST_NOT_FOUND
+_fast_execute, _unpack = lib.fp_fast_execute, ffi.unpack
 
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
@@ -515,7 +517,10 @@ class Runtime:
             args = self._prepare(script, env, argv)
         if timeout is None and output is None:
             # fp_fast_execute checks that the file exists, without the GIL (FP_FAST_NOT_FOUND)
-            return self._execute_fast(self._running_pool(), args, None, stdin)
+            pool = self._pool
+            if pool is None or self.state != "running":
+                pool = self._running_pool()
+            return self._execute_fast(pool, args, None, stdin)
         if not os.path.isfile(script):
             raise FileNotFoundError(f"PHP script not found: {script}")
         return self._execute(args, None, timeout, output, stdin)
@@ -595,17 +600,24 @@ class Runtime:
         elif caller.get("args") is not args:
             self._fill(call, args, ffi.NULL, ffi.NULL, 0)
             caller["args"] = args  # (keeps the C strings the call points to alive)
-        member = lib.fp_fast_execute(pool.handle, -1, call)
+        member = _fast_execute(pool.handle, -1, call)
         if member < 0:
-            member = self._fast_retry(pool, call, member, args)
-        result = self._fast_result(pool, call)
-        if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
-            lib.fp_fast_call_clear(call)
-        return result
+            self._fast_retry(pool, call, member, args)
+        if call.rare:
+            result = self._fast_result(pool, call)
+            if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
+                lib.fp_fast_call_clear(call)
+            return result
+        length = call.output_len  # the common case, in as few steps as can be (new_result inline)
+        result: Any = _ResultFields(call.exit_status, _unpack(call.output, length) if length else b"", (),
+                                    False, call.duration_ns / 1e9, None, b"")
+        result.__class__ = Result
+        return result  # type: ignore[no-any-return]
 
     @staticmethod
-    def _fast_retry(pool: ThreadPool, call: Any, member: int, args: ScriptArgs) -> int:
-        """fp_fast_execute found no idle PHP thread, no script, or the pool closed."""
+    def _fast_retry(pool: ThreadPool, call: Any, member: int, args: ScriptArgs) -> None:
+        """fp_fast_execute found no idle PHP thread, no script, or the pool closed: queue for a
+        thread and run, or raise."""
         if member == POOL_TIMEOUT:  # every PHP thread is busy: queue in line (from Python)
             thread = pool.acquire()
             assert thread is not None
@@ -617,7 +629,6 @@ class Runtime:
             raise FileNotFoundError(f"PHP script not found: {script}")
         if member < 0:
             raise RuntimeError("the runtime is shut down")
-        return member
 
     def _fill(self, call: Any, args: ScriptArgs, code_c: Any, stdin_c: Any, stdin_len: int,
               check_script: bool = True) -> None:

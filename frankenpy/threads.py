@@ -188,6 +188,7 @@ class ThreadPool:
         self._c = ffi.gc(lib.fp_pool_new(), lib.fp_pool_free)
         if self._c == ffi.NULL:  # pragma: no cover - out of memory
             raise MemoryError("fp_pool_new")
+        self.handle = self._c  # the C pool (``fp_pool *``), for C callers (fp_serve, fp_fast_*)
         self.threads: tuple[PHPThread, ...] = ()
         self._by_id: dict[int, PHPThread] = {}
         self._ids: dict[int, int] = {}  # id(thread) -> member id
@@ -199,11 +200,6 @@ class ThreadPool:
         self.starved_after = 0.005
         for thread in threads:
             self._add(thread)
-
-    @property
-    def handle(self) -> Any:
-        """The C pool (``fp_pool *``), for C callers (fp_serve)."""
-        return self._c
 
     def _add(self, thread: PHPThread) -> None:
         # Registered before the C pool hands it out: another caller may take it at once.

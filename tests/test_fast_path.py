@@ -5,6 +5,7 @@ thread's counters the admin API shows, the lazily built batch results, and the a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -103,6 +104,27 @@ def test_prepared_arguments_stay_valid_when_the_cache_is_cleared(runtime: franke
         other.write_text(f"<?php echo {i};")
         assert runtime.execute_file(other).output == str(i).encode()
     assert runtime.execute_file(first).output == b"first:ok"
+
+
+@pytest.mark.timeout(60)
+def test_fast_results_are_frozen_results_and_rare_fields_do_not_leak(runtime1: frankenpy.Runtime,
+                                                                     tmp_path: Path) -> None:
+    """The common case reads only exit status, output and duration from C: what an earlier call
+    on the same reused C call set (STDERR, diagnostics, a time limit) must not show up."""
+    script = tmp_path / "plain.php"
+    script.write_text("<?php echo 'plain';")
+    rare = runtime1.execute_code("set_time_limit(7); fwrite(STDERR, 'err'); trigger_error('n'); exit(3);")
+    assert (rare.exit_status, rare.stderr, rare.time_limit, len(rare.diagnostics)) == (3, b"err", 7.0, 1)
+    plain = runtime1.execute_file(script)
+    assert (plain.exit_status, plain.output, plain.stderr, plain.diagnostics) == (0, b"plain", b"", ())
+    assert (plain.time_limit, plain.timed_out, plain.ok) == (None, False, True)
+    assert 0 < plain.duration < 10
+    assert type(plain) is frankenpy.Result
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.output = b"changed"  # type: ignore[misc]
+    assert dataclasses.replace(plain) == plain and hash(plain) == hash(dataclasses.replace(plain))
+    assert dataclasses.replace(plain, exit_status=1) != plain
+    assert repr(plain).startswith("Result(exit_status=0, output=b'plain', diagnostics=(), timed_out=False")
 
 
 # --- the PHP thread's counters (admin API) -----------------------------------------------------
