@@ -233,7 +233,7 @@ class _AsyncCompletions:
         if self.handle is None:
             return
         out = self._out
-        taken = lib.fp_async_take(self.handle, out, ASYNC_BATCH)
+        taken = lib.fp_async_take(self.handle, out, len(out))
         pending = self.pending
         for i in range(taken):
             future, pool, call, _ = pending.pop(int(ffi.cast("uintptr_t", out[i])))
@@ -242,7 +242,7 @@ class _AsyncCompletions:
             elif call.given_up and call.member >= 0:
                 pool.given_up(pool.thread(call.member))
         loop = self.loop
-        if taken == ASYNC_BATCH:
+        if taken == len(out):
             loop.call_soon(self._drain)
         elif not pending and self._close_timer is None:
             self._close_timer = loop.call_later(ASYNC_IDLE_CLOSE, self._close_if_idle)
@@ -306,7 +306,7 @@ class Runtime:
             self._check_opcache_sizes()
         self.env = dict(env or {})
         self._base_env = env_pairs(self.env)
-        self._prepared: dict[str, ScriptArgs] = {}
+        self._prepared: dict[str | None, ScriptArgs] = {}  # per script; None: code
         self.start_timeout = start_timeout
         self.name = name
         self.workers_group = WorkerGroup(self, workers)
@@ -543,6 +543,11 @@ class Runtime:
     def _prepare(
         self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
     ) -> ScriptArgs:
+        if script is None and not env and not argv:  # code with the defaults: built once
+            args = self._prepared.get(None)
+            if args is None:
+                args = self._prepared[None] = ScriptArgs.build(None, self._base_env, ["Standard input code"])
+            return args
         server = script_server_vars(script) if script is not None else None
         pairs = env_pairs(self.env, server, env) if (env or server) else self._base_env
         return ScriptArgs.build(script, pairs, argv or [script or "Standard input code"])
