@@ -875,11 +875,3 @@ size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max)
     pthread_mutex_unlock(&a->mu);
     return n;
 }
-
-int fp_async_workers(fp_async *a)
-{
-    pthread_mutex_lock(&a->mu);
-    int n = a->workers;
-    pthread_mutex_unlock(&a->mu);
-    return n;
-}

@@ -114,14 +114,12 @@ typedef struct fp_async fp_async;
 #define FP_FAST_CANCELLED -4
 fp_async *fp_async_new(void);
 int fp_async_fd(fp_async *a);
-/* Drop the caller's reference: idle workers exit, and the eventfd is closed once no worker
- * holds one (the calls submitted must be done). */
+/* Drop the caller's reference: the workers finish the calls already submitted (which must live
+ * until then), then exit; the eventfd is closed once the last one has. */
 void fp_async_release(fp_async *a);
 int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call);
 /* Up to `max` completed calls, oldest first, into `out`; returns how many. */
 size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max);
-/* Worker threads of `a` (tests). */
-int fp_async_workers(fp_async *a);
 
 /* fp_fast_call_clear of each of `calls`. */
 void fp_fast_calls_clear(fp_fast_call *calls, size_t n);
