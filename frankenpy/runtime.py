@@ -600,10 +600,10 @@ class Runtime:
                 raise TypeError(f"stdin must be bytes, not {type(stdin).__name__}")
             code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
             stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
-            self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
+            self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0, check_script=True)
             caller["args"] = (code_c, stdin_c)  # alive during the call; the next one fills again
         elif caller.get("args") is not args:
-            self._fill(call, args, ffi.NULL, ffi.NULL, 0)
+            self._fill(call, args, ffi.NULL, ffi.NULL, 0, check_script=True)
             caller["args"] = args  # (keeps the C strings the call points to alive)
         member = _fast_execute(pool.handle, -1, call)
         if member < 0:
@@ -636,7 +636,9 @@ class Runtime:
             raise RuntimeError("the runtime is shut down")
 
     def _fill(self, call: Any, args: ScriptArgs, code_c: Any, stdin_c: Any, stdin_len: int,
-              check_script: bool = True) -> None:
+              check_script: bool = False) -> None:
+        """Point ``call`` at its inputs.  ``check_script``: fp_fast_execute returns
+        FP_FAST_NOT_FOUND unless the script is a file (only _execute_fast handles that)."""
         call.script_path = args.script
         call.check_script = check_script and code_c is ffi.NULL
         call.code = code_c
@@ -704,7 +706,7 @@ class Runtime:
         call = ffi.gc(ffi.new("fp_fast_call *"), lib.fp_fast_call_clear)
         code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
         stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
-        self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0, check_script=False)
+        self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
         future = _AsyncCompletions.of(asyncio.get_running_loop()).submit(
             pool, call, (args, code_c, stdin_c, stdin))
         try:
@@ -756,10 +758,10 @@ class Runtime:
             if env or argv:
                 args = self._prepare(script, env, argv)
                 keep.append(args)
-                self._fill(calls[index], args, code_c, ffi.NULL, 0, check_script=False)
+                self._fill(calls[index], args, code_c, ffi.NULL, 0)
         plain = self._prepare(script, None, None)
         proto = ffi.new("fp_fast_call *")
-        self._fill(proto, plain, code_c, ffi.NULL, 0, check_script=False)
+        self._fill(proto, plain, code_c, ffi.NULL, 0)
         lib.fp_fast_calls_fill(calls, n, proto)
         # GIL released for the whole batch; only calls C flags are looked at here
         if lib.fp_fast_map(pool.handle, calls, n, max(pool.size, 1)):
