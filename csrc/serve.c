@@ -491,6 +491,7 @@ static const fp_host fast_host = {
 };
 
 #define KEPT_BUFFER (1u << 20) /* a reused request keeps an output buffer up to this size */
+#define SMALL_OUTPUT 4096       /* copied rather than handed over, see copy_small_output */
 
 static void swap_buffer(char **a, size_t *a_cap, char **b, size_t *b_cap)
 {
@@ -587,9 +588,22 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     call->time_limit = ctx.ws.seconds;
     call->memory_usage = req->memory_usage;
     /* Hand the collected output and STDERR over without a copy: both are malloc()ed blocks the
-     * glue reallocates or frees; the request takes the call's previous buffers in exchange. */
-    swap_buffer(&call->output, &call->output_cap, &req->output, &req->output_cap);
-    call->output_len = req->output_len;
+     * glue reallocates or frees; the request takes the call's previous buffers in exchange.
+     * A call that keeps its output (a batch item, an asyncio call) and has no buffer of its own
+     * takes a copy of a small output instead: handing it the request's buffer would leave the
+     * request none, and each execution would grow the heap by a fresh one (mprotect() under
+     * the process's mmap lock, page faults: two threads then contend). */
+    size_t len = req->output_len;
+    int small = call->copy_small_output && !call->output_cap && len && len <= SMALL_OUTPUT;
+    char *copy = small ? malloc(len) : NULL;
+    if (copy) {
+        memcpy(copy, req->output, len);
+        call->output = copy;
+        call->output_cap = len;
+    } else {
+        swap_buffer(&call->output, &call->output_cap, &req->output, &req->output_cap);
+    }
+    call->output_len = len;
     swap_buffer(&call->stderr_output, &call->stderr_cap, &req->stderr_output, &req->stderr_cap);
     call->stderr_len = req->stderr_len;
     req->output_len = req->stderr_len = 0;
@@ -651,6 +665,7 @@ static void *map_worker(void *arg)
     size_t i, attention = 0;
     while ((i = atomic_fetch_add(&m->next, 1)) < m->n) {
         fp_fast_call *call = &m->calls[i];
+        call->copy_small_output = 1;
         int member = fp_pool_acquire(m->pool, -1, NULL);
         call->member = member < 0 ? member : fp_fast_execute(m->pool, member, call);
         attention += call->member < 0 || call->given_up || call->diag_count;
@@ -753,6 +768,7 @@ void fp_async_release(fp_async *a)
 static int async_run(fp_fast_call *call)
 {
     fp_pool *pool = call->async_pool;
+    call->copy_small_output = 1;
     int member;
     fp_pool_waiter *w = fp_pool_enqueue(pool, &member);
     while (w && member == FP_POOL_TIMEOUT) {

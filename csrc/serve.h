@@ -78,6 +78,7 @@ typedef struct fp_fast_call {
     /* Anything but exit_status, output and duration to look at: given_up, diagnostics,
      * timed_out, time_limit, STDERR, or output buffers too big to keep for the next call. */
     int rare;
+    int copy_small_output; /* set by fp_fast_map and the asyncio workers, see fp_fast_execute */
     /* asyncio (fp_async_submit) */
     int async;
     int cancel; /* set by the caller: stop the script (as a timeout does) or never start it */

@@ -67,6 +67,7 @@ OPCACHE_OVERHEAD_TARGET = 1.1  # with opcache, within 1.1x of the bare C loop wi
 SCALING_TARGET = 1.7  # 2 callers on 2 PHP threads vs 1, and aexecute_code 2T/1T
 MAP_TARGET = 1.85  # map_file 2T/1T
 MAP_ITEMS = 10_000
+MAP_WORK_ITEMS = 400  # work.php, the control: ~0.3 ms of PHP each, nothing for Python to do
 ASYNC_CALLS = 1_000
 ASYNC_IN_FLIGHT = 8  # (all 1,000 at once would block the loop while it starts 1,000 tasks)
 RSS_TARGET_MIB = 8.0  # per extra PHP thread
@@ -309,12 +310,12 @@ def glue_only_us(rt: Any, iterations: int, warmup: int) -> float | None:
         return None
 
 
-def map_rate(rt: Any, items: int) -> float:
-    """Executions per second of map_file(hello.php) over `items` items."""
+def map_rate(rt: Any, items: int, script: Path = HELLO) -> float:
+    """Executions per second of map_file(script) over `items` items."""
     started = time.perf_counter()
-    results = rt.map_file(str(HELLO), [{}] * items)
+    results = rt.map_file(str(script), [{}] * items)
     took = time.perf_counter() - started
-    assert results[-1].output == HELLO_OUTPUT
+    assert results[-1].ok and (script != HELLO or results[-1].output == HELLO_OUTPUT)
     return items / took
 
 
@@ -506,6 +507,7 @@ def measure_in_process(
                     runtimes[label], 2 if label.endswith("2") else 1, cfg["tp_seconds"], WORK
                 ))
         maps: dict[str, list[float]] = {"plain1": [], "plain2": []}
+        map_work: dict[str, list[float]] = {"plain1": [], "plain2": []}
         asyncs: dict[str, list[float]] = {"plain1": [], "plain2": []}
         blocked: list[float] = []
         blocked_cpu: list[float] = []
@@ -513,13 +515,14 @@ def measure_in_process(
             progress(f"map/async round {r + 1}/{cfg['tp_rounds']}")
             for label in maps:
                 maps[label].append(map_rate(runtimes[label], MAP_ITEMS))
+                map_work[label].append(map_rate(runtimes[label], MAP_WORK_ITEMS, WORK))
                 rate, block, block_cpu = async_rate(runtimes[label], ASYNC_CALLS)
                 asyncs[label].append(rate)
                 blocked.append(block)
                 blocked_cpu.append(block_cpu)
         progress("")
         return {"overhead": series, "throughput": tp, "work_throughput": work, "map": maps,
-                "async": asyncs, "async_longest_block_ms": blocked,
+                "map_work": map_work, "async": asyncs, "async_longest_block_ms": blocked,
                 "async_longest_block_cpu_ms": blocked_cpu}
     finally:
         for rt in runtimes.values():
@@ -591,6 +594,9 @@ def report(res: dict[str, Any], cfg: dict[str, Any], header: str) -> str:
     lines.append(f"  {'measure':<44} {'1 thread/s':>11} {'2 threads/s':>12} {'2T/1T':>7}")
     lines.append(f"  {f'map_file, {MAP_ITEMS:,} x hello.php':<44} {m1:11,.0f} {m2:12,.0f} {m2 / m1:6.2f}x"
                  f"  {verdict(m2 / m1 >= MAP_TARGET)} (target >= 1.85x)")
+    w1, w2 = med(res["map_work"]["plain1"]), med(res["map_work"]["plain2"])
+    lines.append(f"  {f'(control) map_file, {MAP_WORK_ITEMS:,} x work.php':<44} {w1:11,.0f} {w2:12,.0f}"
+                 f" {w2 / w1:6.2f}x  (PHP only: the cores this run had)")
     lines.append(f"  {f'aexecute_code, {ASYNC_CALLS:,} x work.php, 8 in flight':<44} {a1:11,.0f} {a2:12,.0f}"
                  f" {a2 / a1:6.2f}x  {verdict(a2 / a1 >= SCALING_TARGET)} (target >= 1.7x)")
     lines.append(f"  longest event-loop block during aexecute_code: {block:.2f} ms"

@@ -186,6 +186,22 @@ def test_batch_diagnostics_are_logged_even_if_no_result_is_read(runtime: franken
 
 
 @pytest.mark.timeout(60)
+def test_batch_outputs_small_ones_copied_large_ones_handed_over(runtime: frankenpy.Runtime) -> None:
+    """A batch item's small output is copied out of the request's buffer (which the request
+    keeps for the next item), a large one is handed over: both arrive whole, in order."""
+    sizes = [0, 1, 13, 4095, 4096, 4097, 70000, 5, 0, 300000, 2]
+    results = runtime.map_code("echo str_repeat(chr(97 + $argv[1] % 26), (int) $argv[1]);",
+                               [{"argv": ["x", str(n)]} for n in sizes] * 3)
+    assert [r.output for r in results] == [bytes([97 + n % 26]) * n for n in sizes] * 3
+
+    async def main() -> list[frankenpy.Result]:
+        return list(await asyncio.gather(*(
+            runtime.aexecute_code(f"echo str_repeat('z', {n});") for n in sizes)))
+
+    assert [r.output for r in asyncio.run(main())] == [b"z" * n for n in sizes]
+
+
+@pytest.mark.timeout(60)
 def test_batch_results_outlive_the_runtime(make_runtime) -> None:  # type: ignore[no-untyped-def]
     rt = make_runtime(num_threads=2)
     results = rt.map_code("echo str_repeat('y', 3000);", [{}] * 50)
