@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -534,6 +535,7 @@ static const fp_host fast_host = {
 };
 
 #define KEPT_BUFFER (1u << 20) /* a reused request keeps an output buffer up to this size */
+#define SMALL_OUTPUT 4096       /* copied rather than handed over, see copy_small_output */
 
 static void swap_buffer(char **a, size_t *a_cap, char **b, size_t *b_cap)
 {
@@ -545,9 +547,26 @@ static void swap_buffer(char **a, size_t *a_cap, char **b, size_t *b_cap)
     *b_cap = cap;
 }
 
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
 {
-    void *item;
+    if (call->check_script) {
+        /* Python's os.path.isfile(), without the GIL: a regular file, symlinks followed. */
+        struct stat st;
+        if (stat(call->script_path, &st) != 0 || !S_ISREG(st.st_mode)) {
+            if (member >= 0) {
+                call->given_up = fp_pool_release(pool, member);
+                call->member = member;
+            }
+            return FP_FAST_NOT_FOUND;
+        }
+    }
     if (member < 0) {
         /* Only an idle interpreter: a caller that must queue does it from Python (signals,
          * autoscaling), then comes back with the member it was given. */
@@ -562,8 +581,7 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
         }
         member = id;
     }
-    item = fp_pool_item(pool, member);
-    fp_slot *php = item;
+    fp_slot *php = fp_pool_item(pool, member);
     fp_request *req = php->request;
     /* The reused struct keeps its output buffer; the previous response's header block is the
      * glue's to free (none for a plain execution, but never leak one). */
@@ -598,6 +616,8 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     }
     call->diag_len = 0;
     call->diag_count = 0;
+    php->since = wall_now();
+    __atomic_store_n(&php->busy, 1, __ATOMIC_RELAXED);
     uint64_t started = fp_monotonic_ns();
 
     fp_image_execute(php->image, req);
@@ -612,9 +632,22 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     call->time_limit = ctx.ws.seconds;
     call->memory_usage = req->memory_usage;
     /* Hand the collected output and STDERR over without a copy: both are malloc()ed blocks the
-     * glue reallocates or frees; the request takes the call's previous buffers in exchange. */
-    swap_buffer(&call->output, &call->output_cap, &req->output, &req->output_cap);
-    call->output_len = req->output_len;
+     * glue reallocates or frees; the request takes the call's previous buffers in exchange.
+     * A call that keeps its output (a batch item, an asyncio call) and has no buffer of its own
+     * takes a copy of a small output instead: handing it the request's buffer would leave the
+     * request none, and each execution would grow the heap by a fresh one (mprotect() under
+     * the process's mmap lock, page faults: two threads then contend). */
+    size_t len = req->output_len;
+    int small = call->copy_small_output && !call->output_cap && len && len <= SMALL_OUTPUT;
+    char *copy = small ? malloc(len) : NULL;
+    if (copy) {
+        memcpy(copy, req->output, len);
+        call->output = copy;
+        call->output_cap = len;
+    } else {
+        swap_buffer(&call->output, &call->output_cap, &req->output, &req->output_cap);
+    }
+    call->output_len = len;
     swap_buffer(&call->stderr_output, &call->stderr_cap, &req->stderr_output, &req->stderr_cap);
     call->stderr_len = req->stderr_len;
     req->output_len = req->stderr_len = 0;
@@ -623,7 +656,13 @@ int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call)
     }
     req->handle = NULL;
     req->host = NULL;
+    php->executions++;
+    php->memory_usage = req->memory_usage;
+    php->since = wall_now();
+    __atomic_store_n(&php->busy, 0, __ATOMIC_RELAXED);
     call->given_up = fp_pool_release(pool, member);
+    call->rare = call->given_up || call->diag_count || call->timed_out || call->time_limit ||
+                 call->stderr_len || call->output_cap > KEPT_BUFFER || call->stderr_cap > KEPT_BUFFER;
     return member;
 }
 
@@ -637,28 +676,51 @@ void fp_fast_call_clear(fp_fast_call *call)
     call->diag_len = call->diag_cap = 0;
 }
 
+void fp_fast_calls_fill(fp_fast_call *calls, size_t n, const fp_fast_call *proto)
+{
+    for (size_t i = 0; i < n; i++) {
+        fp_fast_call *call = &calls[i];
+        if (call->argv) {
+            continue;
+        }
+        call->script_path = proto->script_path;
+        call->code = proto->code;
+        call->env = proto->env;
+        call->env_pairs = proto->env_pairs;
+        call->argv = proto->argv;
+        call->argc = proto->argc;
+        call->output_limit = proto->output_limit;
+        call->stdin_data = proto->stdin_data;
+        call->stdin_len = proto->stdin_len;
+    }
+}
+
 typedef struct {
     fp_pool *pool;
     fp_fast_call *calls;
     size_t n;
     _Atomic size_t next;
+    _Atomic size_t attention;
 } fast_map;
 
 static void *map_worker(void *arg)
 {
     fast_map *m = arg;
-    size_t i;
+    size_t i, attention = 0;
     while ((i = atomic_fetch_add(&m->next, 1)) < m->n) {
         fp_fast_call *call = &m->calls[i];
+        call->copy_small_output = 1;
         int member = fp_pool_acquire(m->pool, -1, NULL);
         call->member = member < 0 ? member : fp_fast_execute(m->pool, member, call);
+        attention += call->member < 0 || call->given_up || call->diag_count;
     }
+    atomic_fetch_add(&m->attention, attention);
     return NULL;
 }
 
-void fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads)
+size_t fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads)
 {
-    fast_map m = {pool, calls, n, 0};
+    fast_map m = {pool, calls, n, 0, 0};
     pthread_t helpers[64];
     int started = 0;
     if (threads > 64) {
@@ -673,6 +735,7 @@ void fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads)
     for (int t = 0; t < started; t++) {
         pthread_join(helpers[t], NULL);
     }
+    return atomic_load(&m.attention);
 }
 
 void fp_fast_calls_clear(fp_fast_call *calls, size_t n)
@@ -682,22 +745,25 @@ void fp_fast_calls_clear(fp_fast_call *calls, size_t n)
     }
 }
 
-/* ---- asyncio: completion through an eventfd ----------------------------------------------- */
+/* ---- asyncio: a worker pool, completion through an eventfd -------------------------------- */
+
+/* An idle worker exits after this long: a loop that stops submitting leaves no thread behind. */
+#define WORKER_IDLE_NS 2000000000LL
+#define CANCEL_POLL_NS 50000000LL
 
 struct fp_async {
-    _Atomic int refs; /* the Python side's, and one per call in flight */
+    _Atomic int refs; /* the Python side's, and one per worker thread */
     int fd;
+    pthread_mutex_t mu;
+    pthread_cond_t work;
+    fp_fast_call *jobs, *jobs_tail; /* submitted, not taken by a worker yet (queued of them) */
+    fp_fast_call *done, *done_tail; /* completed, not taken by Python yet */
+    int queued, workers, idle, closed;
 };
-
-typedef struct {
-    fp_async *a;
-    fp_pool *pool;
-    fp_fast_call *call;
-} async_job;
 
 fp_async *fp_async_new(void)
 {
-    fp_async *a = malloc(sizeof(*a));
+    fp_async *a = calloc(1, sizeof(*a));
     if (!a) {
         return NULL;
     }
@@ -706,6 +772,12 @@ fp_async *fp_async_new(void)
         free(a);
         return NULL;
     }
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->work, &attr);
+    pthread_condattr_destroy(&attr);
     atomic_init(&a->refs, 1);
     return a;
 }
@@ -715,72 +787,151 @@ int fp_async_fd(fp_async *a)
     return a->fd;
 }
 
-void fp_async_release(fp_async *a)
+static void async_unref(fp_async *a)
 {
-    /* The last reference closes the eventfd: never while a call could still write to it (a
+    /* The last reference closes the eventfd: never while a worker could still write to it (a
      * closed fd's number may be reused by then). */
     if (atomic_fetch_sub(&a->refs, 1) == 1) {
         close(a->fd);
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->work);
         free(a);
     }
 }
 
-#define CANCEL_POLL_NS 50000000LL
-
-static void *async_main(void *arg)
+void fp_async_release(fp_async *a)
 {
-    async_job *j = arg;
-    fp_fast_call *call = j->call;
+    pthread_mutex_lock(&a->mu);
+    a->closed = 1;
+    pthread_cond_broadcast(&a->work);
+    pthread_mutex_unlock(&a->mu);
+    async_unref(a);
+}
+
+/* Queue for a PHP thread (looking at the cancel flag between slices of the wait), then run. */
+static int async_run(fp_fast_call *call)
+{
+    fp_pool *pool = call->async_pool;
+    call->copy_small_output = 1;
     int member;
-    fp_pool_waiter *w = fp_pool_enqueue(j->pool, &member);
-    /* Queued: look at the cancel flag between slices of the wait. */
+    fp_pool_waiter *w = fp_pool_enqueue(pool, &member);
     while (w && member == FP_POOL_TIMEOUT) {
         if (__atomic_load_n(&call->cancel, __ATOMIC_RELAXED)) {
-            member = fp_pool_withdraw(j->pool, w);
+            member = fp_pool_withdraw(pool, w);
             if (member == FP_POOL_TIMEOUT) {
                 member = FP_FAST_CANCELLED;
             }
             break;
         }
-        member = fp_pool_wait(j->pool, w, CANCEL_POLL_NS);
+        member = fp_pool_wait(pool, w, CANCEL_POLL_NS);
     }
     fp_pool_waiter_free(w);
     if (member >= 0 && __atomic_load_n(&call->cancel, __ATOMIC_RELAXED)) {
-        call->given_up = fp_pool_release(j->pool, member);
-        member = call->given_up ? member : FP_FAST_CANCELLED;
-    } else if (member >= 0) {
-        member = fp_fast_execute(j->pool, member, call);
+        call->given_up = fp_pool_release(pool, member);
+        return call->given_up ? member : FP_FAST_CANCELLED;
     }
-    call->member = member;
-    __atomic_store_n(&call->done, 1, __ATOMIC_RELEASE);
-    uint64_t one = 1;
-    ssize_t written = write(j->a->fd, &one, sizeof one);
-    (void)written; /* an eventfd counter cannot overflow by ones here */
-    fp_async_release(j->a);
-    free(j);
+    return member >= 0 ? fp_fast_execute(pool, member, call) : member;
+}
+
+static void *async_worker(void *arg)
+{
+    fp_async *a = arg;
+    pthread_mutex_lock(&a->mu);
+    for (;;) {
+        if (!a->jobs && !a->closed) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t deadline = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + WORKER_IDLE_NS;
+            ts.tv_sec = (time_t)(deadline / 1000000000u);
+            ts.tv_nsec = (long)(deadline % 1000000000u);
+            a->idle++;
+            while (!a->jobs && !a->closed && pthread_cond_timedwait(&a->work, &a->mu, &ts) == 0) {
+            }
+            a->idle--;
+        }
+        fp_fast_call *call = a->jobs;
+        if (!call) {
+            break; /* idle for WORKER_IDLE_NS, or released */
+        }
+        a->jobs = call->async_next;
+        a->queued--;
+        pthread_mutex_unlock(&a->mu);
+
+        call->member = async_run(call);
+
+        pthread_mutex_lock(&a->mu);
+        call->async_next = NULL;
+        if (a->done_tail) {
+            a->done_tail->async_next = call;
+        } else {
+            a->done = call;
+        }
+        a->done_tail = call;
+        pthread_mutex_unlock(&a->mu);
+        uint64_t one = 1;
+        ssize_t written = write(a->fd, &one, sizeof one);
+        (void)written; /* an eventfd counter cannot overflow by ones here */
+        pthread_mutex_lock(&a->mu);
+    }
+    a->workers--;
+    pthread_mutex_unlock(&a->mu);
+    async_unref(a);
     return NULL;
 }
 
 int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call)
 {
-    async_job *j = malloc(sizeof(*j));
-    if (!j) {
-        return -1;
-    }
-    *j = (async_job){a, pool, call};
     call->async = 1;
-    call->done = 0;
-    atomic_fetch_add(&a->refs, 1);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, async_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        atomic_fetch_sub(&a->refs, 1);
-        free(j);
-        return -1;
+    call->async_pool = pool;
+    call->async_next = NULL;
+    int limit = fp_pool_size(pool);
+    pthread_mutex_lock(&a->mu);
+    if (a->jobs) {
+        a->jobs_tail->async_next = call;
+    } else {
+        a->jobs = call;
     }
-    return 0;
+    a->jobs_tail = call;
+    a->queued++;
+    /* Wake an idle worker; start one more while the queued jobs outnumber the idle workers
+     * (a signalled one has not taken its job yet) and the workers are fewer than PHP threads. */
+    int rc = 0;
+    if (a->idle > 0) {
+        pthread_cond_signal(&a->work);
+    }
+    if (a->queued > a->idle && a->workers < (limit > 0 ? limit : 1)) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        atomic_fetch_add(&a->refs, 1);
+        if (pthread_create(&t, &attr, async_worker, a) == 0) {
+            a->workers++;
+        } else {
+            atomic_fetch_sub(&a->refs, 1);
+            if (!a->workers) { /* nobody would ever run it (the only job: see above) */
+                a->jobs = NULL;
+                a->queued = 0;
+                rc = -1;
+            }
+        }
+        pthread_attr_destroy(&attr);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&a->mu);
+    while (n < max && a->done) {
+        out[n++] = a->done;
+        a->done = a->done->async_next;
+    }
+    if (!a->done) {
+        a->done_tail = NULL;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return n;
 }

@@ -24,12 +24,18 @@
 /* A regular PHP thread as the runtime's pool (pool.h) holds it: its interpreter, the request
  * struct its regular executions reuse (Python's PHPThread.request, whose exec_id a force-stop
  * reads), a Python handle of the PHPThread for frankenphp_log(), and the runtime's context
- * for the workers' vars and tasks (fp_request.worker_ctx of everything run on it). */
+ * for the workers' vars and tasks (fp_request.worker_ctx of everything run on it).
+ * The rest is what the admin API shows of the thread (Python's PHPThread reads and writes it
+ * too): written by whoever runs on it, read without a lock (a snapshot may be stale). */
 typedef struct fp_slot {
     fp_image *image;
     fp_request *request;
     void *py_handle;
     void *worker_ctx;
+    uint64_t executions;
+    double since;         /* wall clock (s) when an execution last started or ended on it */
+    size_t memory_usage;  /* PHP's, at the end of its last script */
+    int busy;             /* an execution in C (fp_fast_execute) runs on it */
 } fp_slot;
 
 /* Serve classic requests until queue 0 of `server` is closed or *drain is set (then
@@ -49,6 +55,7 @@ uint64_t fp_serve_loop(fp_http_server *server, fp_pool *pool, int index, const c
 typedef struct fp_fast_call {
     /* in: as in fp_request; must stay valid during the call */
     const char *script_path;
+    int check_script;    /* FP_FAST_NOT_FOUND unless script_path is a regular file (stat()) */
     const char *code;
     const char *env;
     size_t env_pairs;
@@ -73,37 +80,52 @@ typedef struct fp_fast_call {
     char *diag;
     size_t diag_len, diag_cap;
     int diag_count;
+    /* Anything but exit_status, output and duration to look at: given_up, diagnostics,
+     * timed_out, time_limit, STDERR, or output buffers too big to keep for the next call. */
+    int rare;
+    int copy_small_output; /* set by fp_fast_map and the asyncio workers, see fp_fast_execute */
     /* asyncio (fp_async_submit) */
     int async;
     int cancel; /* set by the caller: stop the script (as a timeout does) or never start it */
-    int done;   /* set (release) by C before the eventfd is written */
+    fp_pool *async_pool;
+    struct fp_fast_call *async_next; /* in the fp_async's queue of jobs, then of completions */
 } fp_fast_call;
 
 /* Run `call` on member `member` of `pool` (which the caller acquired), or with member < 0 on an
  * idle one (FP_POOL_TIMEOUT when none is idle: nothing ran, queue for one and call again;
- * FP_POOL_CLOSED).  PHP time limits are enforced by the C watcher.  The member goes back to
- * the pool before this returns its id. */
+ * FP_POOL_CLOSED; FP_FAST_NOT_FOUND before anything else, see check_script).  PHP time limits
+ * are enforced by the C watcher.  The member goes back to the pool before this returns. */
+#define FP_FAST_NOT_FOUND -5
 int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call);
 void fp_fast_call_clear(fp_fast_call *call);
 
+/* The inputs of `proto` (script, code, env, argv, limits, stdin) into each of `calls` whose
+ * argv is still NULL: a batch's items without env/argv of their own, filled without Python. */
+void fp_fast_calls_fill(fp_fast_call *calls, size_t n, const fp_fast_call *proto);
 /* A batch: run every call of `calls` (results in place; `member` < 0 when the pool closed
  * first) on up to `threads` PHP threads at once: the calling thread and threads - 1 C helper
  * threads each take the next call, wait for a member in the pool's FIFO line, and run it.
- * Returns when all are done. */
-void fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
-/* asyncio: `call` runs on a C thread of its own (no Python thread), which queues for a PHP
- * thread in the pool's FIFO line, runs it with fp_fast_execute, sets call->done, then adds 1 to
- * the eventfd of `a` (fp_async_fd), which the event loop reads (loop.add_reader).  Setting
- * call->cancel stops the script through the C watcher (within its 50 ms tick), or leaves the
- * line if it waits: member is then FP_FAST_CANCELLED.  The call and what it points to must
- * live until done.  Returns 0, or -1 when no thread could be started. */
+ * Returns when all are done: how many calls Python must look at (member < 0, given up, or with
+ * diagnostics to log), so that a clean batch costs Python nothing per item. */
+size_t fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
+/* asyncio: `call` goes to a queue served by the C worker threads of `a` (started on demand, as
+ * many as `pool` has PHP threads; an idle one exits after a while), no Python thread.  A worker
+ * queues for a PHP thread in the pool's FIFO line, runs the call with fp_fast_execute, puts it
+ * on the completion queue (fp_async_take), then adds 1 to the eventfd of `a` (fp_async_fd),
+ * which the event loop reads (loop.add_reader).  Setting call->cancel stops the script through
+ * the C watcher (within its 50 ms tick), or leaves the line if it waits: member is then
+ * FP_FAST_CANCELLED.  The call and what it points to must live until taken back.  Returns 0,
+ * or -1 when no worker could be started. */
 typedef struct fp_async fp_async;
 #define FP_FAST_CANCELLED -4
 fp_async *fp_async_new(void);
 int fp_async_fd(fp_async *a);
-/* Drop the caller's reference; the eventfd is closed once no call in flight holds one. */
+/* Drop the caller's reference: the workers finish the calls already submitted (which must live
+ * until then), then exit; the eventfd is closed once the last one has. */
 void fp_async_release(fp_async *a);
 int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call);
+/* Up to `max` completed calls, oldest first, into `out`; returns how many. */
+size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max);
 
 /* fp_fast_call_clear of each of `calls`. */
 void fp_fast_calls_clear(fp_fast_call *calls, size_t n);

@@ -81,7 +81,7 @@ def thread_states(runtime: Runtime) -> dict[str, Any]:
         if worker is None:
             current = php.current
             request = current if current is not None and hasattr(current, "uri") else None
-            if current is None:
+            if not php.busy:
                 state.update(IsWaiting=True, WaitingSinceMilliseconds=_ms(now_wall - php.since))
             else:
                 state["IsBusy"] = True

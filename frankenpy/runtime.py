@@ -21,9 +21,11 @@ from .execution import (
     Execution,
     Result,
     ScriptArgs,
+    _ResultFields,
     check_timeout,
     env_pairs,
     log_diagnostic,
+    new_result,
     script_server_vars,
     unpack_diagnostics,
 )
@@ -36,6 +38,8 @@ from .workers import WorkerGroup, WorkerStatus
 logger = logging.getLogger("frankenpy")
 ffi, lib = _native.ffi, _native.lib
 _calls = threading.local()  # each Python thread's fp_fast_call (its buffers are reused)
+FAST_NOT_FOUND = -5  # csrc/serve.h FP_FAST_NOT_FOUND
+_fast_execute, _unpack = lib.fp_fast_execute, ffi.unpack
 
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
@@ -96,8 +100,85 @@ def ini_text(settings: Mapping[str, PHPValue]) -> str:
     return "".join(lines)
 
 
+class BatchResults(Sequence[Result]):
+    """The results of :meth:`Runtime.map_file` / :meth:`Runtime.map_code`, in the order of the
+    items: a sequence whose Results are built from the C batch when first read (and kept), so
+    that the batch itself runs without Python per item.  Compares equal to a list of the same
+    Results."""
+
+    __slots__ = ("_calls", "_pool", "_results")
+
+    def __init__(self, pool: ThreadPool, calls: Any, n: int) -> None:
+        self._pool = pool
+        self._calls = calls
+        self._results: list[Result | None] = [None] * n
+
+    def __del__(self) -> None:
+        calls = getattr(self, "_calls", None)
+        if calls is not None:
+            lib.fp_fast_calls_clear(calls, len(self._results))
+
+    def settle(self) -> None:
+        """After the batch, what cannot wait for a read: a closed pool raises, a PHP thread
+        given up goes back, and diagnostics are logged (their Results are built now)."""
+        calls, pool = self._calls, self._pool
+        for i in range(len(self._results)):
+            call = calls[i]
+            if call.member < 0:
+                raise RuntimeError("the runtime is shut down")
+            if call.given_up or call.diag_count:
+                self._results[i] = Runtime._fast_result(pool, call)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._results)))]
+        result = self._results[index]  # (IndexError, negative indices)
+        if result is None:
+            i = index + len(self._results) if index < 0 else index
+            call = self._calls[i]
+            length, limit, err = call.output_len, call.time_limit, call.stderr_len
+            result = self._results[i] = new_result(
+                call.exit_status,
+                ffi.unpack(call.output, length) if length else b"",
+                (),  # (calls with diagnostics were settled)
+                call.timed_out != 0,
+                call.duration_ns / 1e9,
+                float(limit) if limit else None,
+                ffi.unpack(call.stderr_output, err) if err else b"",
+            )
+        return result
+
+    def __iter__(self) -> Iterator[Result]:
+        for i in range(len(self._results)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BatchResults | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BatchResults({list(self)!r})"
+
+
+ASYNC_BATCH = 64  # completions handled per event-loop callback (the loop is never held long)
+ASYNC_IDLE_CLOSE = 2.0  # s: an idle loop's eventfd and C workers go after this long
+_orphans: list[Any] = []  # calls C may still run after their loop went away (never freed)
+
+
+def _release_async(handle: Any, pending: dict[int, Any]) -> None:
+    lib.fp_async_release(handle)
+    if pending:  # a C worker may still write into them: never free their memory
+        _orphans.append(pending)
+
+
 class _AsyncCompletions:
-    """One event loop's eventfd (csrc/serve.h fp_async) and the calls in flight on it."""
+    """One event loop's eventfd (csrc/serve.h fp_async), its C workers, and the calls in flight."""
 
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncCompletions]] = (
         weakref.WeakKeyDictionary())
@@ -110,42 +191,69 @@ class _AsyncCompletions:
         return completions
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self._loop = weakref.ref(loop)  # (a strong one would keep the loop's entry forever)
         self.handle: Any = None
-        self.pending: dict[Any, tuple[asyncio.Future[None], ThreadPool, Any]] = {}
+        self._release: weakref.finalize | None = None
+        self.pending: dict[int, tuple[asyncio.Future[None], ThreadPool, Any, Any]] = {}
+        self._out = ffi.new("fp_fast_call *[]", ASYNC_BATCH)
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        assert loop is not None
+        return loop
 
     def submit(self, pool: ThreadPool, call: Any, keep: Any) -> asyncio.Future[None]:
+        loop = self.loop
         if self.handle is None:
             handle = lib.fp_async_new()
             if handle == ffi.NULL:
                 raise OSError("cannot create an eventfd")
             self.handle = handle
-            self.loop.add_reader(lib.fp_async_fd(handle), self._ready)
-        future = self.loop.create_future()
+            # Also when the loop goes away unclosed (the pending calls are kept alive then).
+            self._release = weakref.finalize(self, _release_async, handle, self.pending)
+            loop.add_reader(lib.fp_async_fd(handle), self._ready)
+        future = loop.create_future()
         if lib.fp_async_submit(self.handle, pool.handle, call) != 0:
-            self._close_if_idle()
             raise RuntimeError("cannot start a thread for the execution")
-        self.pending[call] = (future, pool, keep)
+        self.pending[int(ffi.cast("uintptr_t", call))] = (future, pool, call, keep)
         return future
 
     def _ready(self) -> None:
         try:
             os.eventfd_read(lib.fp_async_fd(self.handle))
         except BlockingIOError:
+            pass
+        self._drain()
+
+    def _drain(self) -> None:
+        """Up to ASYNC_BATCH completions; more in a later callback (read before taking: a
+        completion that comes after the take writes the eventfd again)."""
+        if self.handle is None:
             return
-        for call in [c for c in self.pending if c.done]:
-            future, pool, _ = self.pending.pop(call)
+        out = self._out
+        taken = lib.fp_async_take(self.handle, out, len(out))
+        pending = self.pending
+        for i in range(taken):
+            future, pool, call, _ = pending.pop(int(ffi.cast("uintptr_t", out[i])))
             if not future.cancelled():
                 future.set_result(None)  # the task builds the Result
             elif call.given_up and call.member >= 0:
                 pool.given_up(pool.thread(call.member))
-        self._close_if_idle()
+        loop = self.loop
+        if taken == len(out):
+            loop.call_soon(self._drain)
+        elif not pending and self._close_timer is None:
+            self._close_timer = loop.call_later(ASYNC_IDLE_CLOSE, self._close_if_idle)
 
     def _close_if_idle(self) -> None:
+        self._close_timer = None
         if not self.pending and self.handle is not None:
             self.loop.remove_reader(lib.fp_async_fd(self.handle))
-            lib.fp_async_release(self.handle)
-            self.handle = None
+            assert self._release is not None
+            self._release()
+            self.handle = self._release = None
 
 
 class Runtime:
@@ -198,7 +306,7 @@ class Runtime:
             self._check_opcache_sizes()
         self.env = dict(env or {})
         self._base_env = env_pairs(self.env)
-        self._prepared: dict[str, ScriptArgs] = {}
+        self._prepared: dict[str | None, ScriptArgs] = {}  # per script; None: code
         self.start_timeout = start_timeout
         self.name = name
         self.workers_group = WorkerGroup(self, workers)
@@ -398,8 +506,6 @@ class Runtime:
         ``STDIN`` / ``php://stdin`` read (default: nothing)."""
         # (an absolute str is taken as is: abspath() costs more than the rest of this method)
         script = path if isinstance(path, str) and path[:1] == "/" else os.path.abspath(os.fspath(path))
-        if not os.path.isfile(script):
-            raise FileNotFoundError(f"PHP script not found: {script}")
         if env is None and argv is None:
             args = self._prepared.get(script)
             if args is None:
@@ -409,6 +515,14 @@ class Runtime:
                 self._prepared[script] = args
         else:
             args = self._prepare(script, env, argv)
+        if timeout is None and output is None:
+            # fp_fast_execute checks that the file exists, without the GIL (FP_FAST_NOT_FOUND)
+            pool = self._pool
+            if pool is None or self.state != "running":
+                pool = self._running_pool()
+            return self._execute_fast(pool, args, None, stdin)
+        if not os.path.isfile(script):
+            raise FileNotFoundError(f"PHP script not found: {script}")
         return self._execute(args, None, timeout, output, stdin)
 
     def execute_code(
@@ -429,6 +543,11 @@ class Runtime:
     def _prepare(
         self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
     ) -> ScriptArgs:
+        if script is None and not env and not argv:  # code with the defaults: built once
+            args = self._prepared.get(None)
+            if args is None:
+                args = self._prepared[None] = ScriptArgs.build(None, self._base_env, ["Standard input code"])
+            return args
         server = script_server_vars(script) if script is not None else None
         pairs = env_pairs(self.env, server, env) if (env or server) else self._base_env
         return ScriptArgs.build(script, pairs, argv or [script or "Standard input code"])
@@ -470,27 +589,58 @@ class Runtime:
         self, pool: ThreadPool, args: ScriptArgs, code: str | None, stdin: bytes | None
     ) -> Result:
         """Acquire, set up, run and collect in C, the GIL released once (csrc/serve.h
-        fp_fast_execute); PHP's own time limits are enforced by the C watcher."""
-        call = getattr(_calls, "call", None)
+        fp_fast_execute); PHP's own time limits are enforced by the C watcher.  Each Python
+        thread reuses one fp_fast_call, filled again only when its arguments change."""
+        caller = _calls.__dict__
+        call = caller.get("call")
         if call is None:
-            call = _calls.call = ffi.gc(ffi.new("fp_fast_call *"), lib.fp_fast_call_clear)
-        code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
-        stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
-        self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
-        member = lib.fp_fast_execute(pool.handle, -1, call)
+            call = caller["call"] = ffi.gc(ffi.new("fp_fast_call *"), lib.fp_fast_call_clear)
+        if code is not None or stdin is not None:
+            if stdin is not None and not isinstance(stdin, bytes):
+                raise TypeError(f"stdin must be bytes, not {type(stdin).__name__}")
+            code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
+            stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
+            self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0, check_script=True)
+            caller["args"] = (code_c, stdin_c)  # alive during the call; the next one fills again
+        elif caller.get("args") is not args:
+            self._fill(call, args, ffi.NULL, ffi.NULL, 0, check_script=True)
+            caller["args"] = args  # (keeps the C strings the call points to alive)
+        member = _fast_execute(pool.handle, -1, call)
+        if member < 0:
+            self._fast_retry(pool, call, member, args)
+        if call.rare:
+            result = self._fast_result(pool, call)
+            if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
+                lib.fp_fast_call_clear(call)
+            return result
+        length = call.output_len  # the common case, in as few steps as can be (new_result inline)
+        result: Any = _ResultFields(call.exit_status, _unpack(call.output, length) if length else b"", (),
+                                    False, call.duration_ns / 1e9, None, b"")
+        result.__class__ = Result
+        return result  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _fast_retry(pool: ThreadPool, call: Any, member: int, args: ScriptArgs) -> None:
+        """fp_fast_execute found no idle PHP thread, no script, or the pool closed: queue for a
+        thread and run, or raise."""
         if member == POOL_TIMEOUT:  # every PHP thread is busy: queue in line (from Python)
             thread = pool.acquire()
             assert thread is not None
             member = lib.fp_fast_execute(pool.handle, pool.member_id(thread), call)
+        if member == FAST_NOT_FOUND:
+            if call.given_up:  # (it had the thread from the queue above)
+                pool.given_up(pool.thread(call.member))
+            script = ffi.string(args.script).decode("utf-8", "surrogateescape")
+            raise FileNotFoundError(f"PHP script not found: {script}")
         if member < 0:
             raise RuntimeError("the runtime is shut down")
-        result = self._fast_result(pool, call)
-        if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
-            lib.fp_fast_call_clear(call)
-        return result
 
-    def _fill(self, call: Any, args: ScriptArgs, code_c: Any, stdin_c: Any, stdin_len: int) -> None:
+    def _fill(self, call: Any, args: ScriptArgs, code_c: Any, stdin_c: Any, stdin_len: int,
+              check_script: bool = False) -> None:
+        """Point ``call`` at its inputs.  ``check_script``: fp_fast_execute returns
+        FP_FAST_NOT_FOUND unless the script is a file (only _execute_fast handles that)."""
         call.script_path = args.script
+        call.check_script = check_script and code_c is ffi.NULL
         call.code = code_c
         call.env, call.env_pairs = args.env, args.env_pairs
         call.argv, call.argc = args.argv.array, args.argv.count
@@ -499,26 +649,24 @@ class Runtime:
 
     @staticmethod
     def _fast_result(pool: ThreadPool, call: Any) -> Result:
-        thread = pool.thread(call.member)
+        """The Result of a finished fp_fast_call (the PHP thread's counters are kept in C)."""
         if call.given_up:
-            pool.given_up(thread)
-        thread.executions += 1
-        thread.since = time.time()
-        thread.memory_usage = call.memory_usage
+            pool.given_up(pool.thread(call.member))
         diagnostics: tuple[Diagnostic, ...] = ()
         if call.diag_count:  # logged in a batch after the call, never dropped
-            diagnostics = unpack_diagnostics(ffi.buffer(call.diag, call.diag_len)[:], call.diag_count)
+            diagnostics = unpack_diagnostics(ffi.unpack(call.diag, call.diag_len), call.diag_count)
+            log = pool.thread(call.member).logger
             for diagnostic in diagnostics:
-                log_diagnostic(thread.logger, diagnostic)
-        limit = call.time_limit
-        return Result(
-            exit_status=call.exit_status,
-            output=ffi.buffer(call.output, call.output_len)[:] if call.output_len else b"",
-            diagnostics=diagnostics,
-            timed_out=bool(call.timed_out),
-            duration=call.duration_ns / 1e9,
-            time_limit=float(limit) if limit else None,
-            stderr=ffi.buffer(call.stderr_output, call.stderr_len)[:] if call.stderr_len else b"",
+                log_diagnostic(log, diagnostic)
+        length, limit, err = call.output_len, call.time_limit, call.stderr_len
+        return new_result(
+            call.exit_status,
+            ffi.unpack(call.output, length) if length else b"",
+            diagnostics,
+            call.timed_out != 0,
+            call.duration_ns / 1e9,
+            float(limit) if limit else None,
+            ffi.unpack(call.stderr_output, err) if err else b"",
         )
 
     # --- asyncio ------------------------------------------------------------------------------
@@ -534,7 +682,7 @@ class Runtime:
         no Python thread) while the event loop goes on; completion reaches the loop through an
         eventfd.  Cancelling the task stops the script as a timeout does."""
         script = os.path.abspath(os.fspath(path))
-        if not os.path.isfile(script):
+        if not os.path.isfile(script):  # (before a thread is involved: the loop's own check)
             raise FileNotFoundError(f"PHP script not found: {script}")
         return await self._aexecute(self._prepare(script, env, argv), None, stdin)
 
@@ -571,32 +719,36 @@ class Runtime:
         return self._fast_result(pool, call)
 
     # --- batches ------------------------------------------------------------------------------
-    def map_file(self, path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]) -> list[Result]:
+    def map_file(self, path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]) -> BatchResults:
         """Run the PHP file once per item, across every regular PHP thread, with the GIL
         released once for the whole batch; the results in the order of ``items``.
 
         Each item is a mapping with optional ``env`` and ``argv`` keys (as :meth:`execute_file`'s
         arguments).  A failing item (fatal error, exit(n), time limit) does not stop the others:
-        its Result says what happened."""
+        its Result says what happened.  The results are a sequence whose Results are built from
+        the C batch as they are read (Python does nothing per item while the batch runs)."""
         script = os.path.abspath(os.fspath(path))
         if not os.path.isfile(script):
             raise FileNotFoundError(f"PHP script not found: {script}")
         return self._map(script, None, items)
 
-    def map_code(self, code: str, items: Iterable[Mapping[str, Any]]) -> list[Result]:
+    def map_code(self, code: str, items: Iterable[Mapping[str, Any]]) -> BatchResults:
         """Run PHP code (without its ``<?php`` tag) once per item; otherwise like :meth:`map_file`."""
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
         return self._map(None, code, items)
 
-    def _map(self, script: str | None, code: str | None, items: Iterable[Mapping[str, Any]]) -> list[Result]:
+    def _map(self, script: str | None, code: str | None, items: Iterable[Mapping[str, Any]]) -> BatchResults:
         items = list(items)
         pool = self._running_pool()
-        if not items:
-            return []
-        plain: ScriptArgs | None = None
-        prepared = []
+        n = len(items)
+        code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
+        calls = ffi.new("fp_fast_call[]", n)
+        batch = BatchResults(pool, calls, n)  # frees the calls' buffers when it goes
+        keep = []
         for index, item in enumerate(items):
+            if type(item) is dict and not item:
+                continue  # filled in C below (argv NULL: not filled yet)
             if not isinstance(item, Mapping):
                 raise TypeError(f"map item {index} must be a mapping, not {type(item).__name__}")
             unknown = set(item) - {"env", "argv"}
@@ -604,21 +756,17 @@ class Runtime:
                 raise ValueError(f"map item {index}: unknown key(s) {sorted(unknown)} (use env, argv)")
             env, argv = item.get("env"), item.get("argv")
             if env or argv:
-                prepared.append(self._prepare(script, env, argv))
-            else:
-                plain = plain or self._prepare(script, None, None)
-                prepared.append(plain)
-        code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
-        calls = ffi.new("fp_fast_call[]", len(items))
-        try:
-            for i, args in enumerate(prepared):
-                self._fill(calls[i], args, code_c, ffi.NULL, 0)
-            lib.fp_fast_map(pool.handle, calls, len(items), max(pool.size, 1))  # GIL released
-            if any(calls[i].member < 0 for i in range(len(items))):
-                raise RuntimeError("the runtime is shut down")
-            return [self._fast_result(pool, calls[i]) for i in range(len(items))]
-        finally:
-            lib.fp_fast_calls_clear(calls, len(items))
+                args = self._prepare(script, env, argv)
+                keep.append(args)
+                self._fill(calls[index], args, code_c, ffi.NULL, 0)
+        plain = self._prepare(script, None, None)
+        proto = ffi.new("fp_fast_call *")
+        self._fill(proto, plain, code_c, ffi.NULL, 0)
+        lib.fp_fast_calls_fill(calls, n, proto)
+        # GIL released for the whole batch; only calls C flags are looked at here
+        if lib.fp_fast_map(pool.handle, calls, n, max(pool.size, 1)):
+            batch.settle()
+        return batch
 
     @contextmanager
     def borrow_thread(self, timeout: float | None = None) -> Iterator[PHPThread | None]:

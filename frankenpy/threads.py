@@ -74,10 +74,40 @@ class PHPThread:
                                           "py_handle": self._handle})
         self._worker_ctx: Any = ffi.NULL
         # What the admin API's thread list shows (read without a lock: a snapshot may be stale).
-        self.current: Execution | None = None  # the execution running on it
-        self.since = time.time()  # when it last started or ended an execution
-        self.executions = 0
-        self.memory_usage = 0  # PHP's memory usage at the end of its last script or request
+        # Executions run in C (fp_fast_execute) update the slot's counters themselves.
+        self.current: Execution | None = None  # the execution running on it, run from Python
+        self.since = time.time()
+
+    @property
+    def since(self) -> float:
+        """When it last started or ended an execution (wall clock)."""
+        return float(self.slot.since)
+
+    @since.setter
+    def since(self, when: float) -> None:
+        self.slot.since = when
+
+    @property
+    def executions(self) -> int:
+        return int(self.slot.executions)
+
+    @executions.setter
+    def executions(self, count: int) -> None:
+        self.slot.executions = count
+
+    @property
+    def memory_usage(self) -> int:
+        """PHP's memory usage at the end of its last script or request."""
+        return int(self.slot.memory_usage)
+
+    @memory_usage.setter
+    def memory_usage(self, usage: int) -> None:
+        self.slot.memory_usage = usage
+
+    @property
+    def busy(self) -> bool:
+        """An execution runs on it (from Python, or in C)."""
+        return self.current is not None or bool(self.slot.busy)
 
     @property
     def worker_ctx(self) -> Any:
@@ -158,6 +188,7 @@ class ThreadPool:
         self._c = ffi.gc(lib.fp_pool_new(), lib.fp_pool_free)
         if self._c == ffi.NULL:  # pragma: no cover - out of memory
             raise MemoryError("fp_pool_new")
+        self.handle = self._c  # the C pool (``fp_pool *``), for C callers (fp_serve, fp_fast_*)
         self.threads: tuple[PHPThread, ...] = ()
         self._by_id: dict[int, PHPThread] = {}
         self._ids: dict[int, int] = {}  # id(thread) -> member id
@@ -169,11 +200,6 @@ class ThreadPool:
         self.starved_after = 0.005
         for thread in threads:
             self._add(thread)
-
-    @property
-    def handle(self) -> Any:
-        """The C pool (``fp_pool *``), for C callers (fp_serve)."""
-        return self._c
 
     def _add(self, thread: PHPThread) -> None:
         # Registered before the C pool hands it out: another caller may take it at once.

@@ -7,9 +7,12 @@
  * opcache.so stays disabled under the SAPI name "embed"). Output is discarded by a
  * ub_write that only counts bytes. Any per-request path of frankenpy is compared with this.
  *
- * Usage: bench_embed_loop [-n] FILE [ITERATIONS]
+ * Usage: bench_embed_loop [-n | -c INI [-s NAME]] FILE [ITERATIONS]
  *   -n          ignore php.ini and the ini scan dir (/etc/php/8.2/embed/conf.d), so only
  *               the extensions built into libphp are loaded (like `php -n`)
+ *   -c INI      read INI as php.ini (set PHP_INI_SCAN_DIR= to skip the scan dir too)
+ *   -s NAME     the SAPI's name: opcache enables itself only under names it knows
+ *               ("frankenphp", as frankenpy's glue; never "embed")
  *   ITERATIONS  timed requests (default 20000); a few untimed warm-up requests run first
  *
  * Prints one machine-readable line on stdout, e.g.
@@ -73,7 +76,7 @@ static int one_request(const char *path)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_embed_loop [-n] FILE [ITERATIONS]\n");
+    fprintf(stderr, "usage: bench_embed_loop [-n | -c INI [-s NAME]] FILE [ITERATIONS]\n");
 }
 
 int main(int argc, char **argv)
@@ -81,15 +84,24 @@ int main(int argc, char **argv)
     char path[PATH_MAX];
     long iterations = DEFAULT_ITERATIONS;
     int ignore_ini = 0;
+    char *ini_path = NULL, *sapi_name = NULL;
     int argi = 1;
     int rc = 0;
     size_t bytes_before;
     double t0, t1;
     long i;
 
-    if (argi < argc && strcmp(argv[argi], "-n") == 0) {
-        ignore_ini = 1;
-        argi++;
+    for (; argi < argc && argv[argi][0] == '-'; argi++) {
+        if (strcmp(argv[argi], "-n") == 0) {
+            ignore_ini = 1;
+        } else if (strcmp(argv[argi], "-c") == 0 && argi + 1 < argc) {
+            ini_path = argv[++argi];
+        } else if (strcmp(argv[argi], "-s") == 0 && argi + 1 < argc) {
+            sapi_name = argv[++argi];
+        } else {
+            usage();
+            return 2;
+        }
     }
     if (argc - argi < 1 || argc - argi > 2) {
         usage();
@@ -114,6 +126,12 @@ int main(int argc, char **argv)
     php_embed_module.ub_write = discard_write;
     php_embed_module.flush = discard_flush;
     php_embed_module.php_ini_ignore = ignore_ini;
+    if (ini_path) {
+        php_embed_module.php_ini_path_override = ini_path;
+    }
+    if (sapi_name) {
+        php_embed_module.name = sapi_name;
+    }
 
     if (php_embed_init(1, argv) == FAILURE) {
         fprintf(stderr, "bench_embed_loop: php_embed_init failed\n");
@@ -147,6 +165,6 @@ int main(int argc, char **argv)
     printf("bare_embed_loop_us_per_request=%.2f iterations=%ld bytes_per_request=%zu ini=%s\n",
            (t1 - t0) / (double)iterations, iterations,
            (bytes_written - bytes_before) / (size_t)iterations,
-           ignore_ini ? "none" : "system");
+           ignore_ini ? "none" : ini_path ? ini_path : "system");
     return 0;
 }
