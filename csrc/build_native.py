@@ -53,7 +53,6 @@ ffibuilder.cdef(_cdef_text("router.h"))  # the php_server router (frankenpy/http
 ffibuilder.cdef(_cdef_text("http_server.h"))
 ffibuilder.cdef(_cdef_text("pool.h"))
 ffibuilder.cdef(_cdef_text("serve.h"))
-ffibuilder.cdef(_cdef_text("async_request.h"))  # the ASGI app's requests (frankenpy/asgi.py)
 # background workers' vars and tasks (frankenpy/worker_state.py)
 ffibuilder.cdef(_cdef_text("worker_state.h", "/* @cdef-end */"))
 ffibuilder.cdef(
@@ -77,11 +76,11 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "frankenpy._native",
     '#include "loader.h"\n#include "page_share.h"\n#include "router.h"\n#include "serve.h"\n'
-    '#include "worker_state.h"\n#include "async_request.h"',
+    '#include "worker_state.h"',
     # relative paths: setuptools refuses absolute ones
     sources=["csrc/loader.c", "csrc/page_share.c", "csrc/router.c",
              "csrc/handoff.c", "csrc/http_server.c", "csrc/serve.c", "csrc/worker_state.c",
-             "csrc/pool.c", "csrc/async_request.c"],
+             "csrc/pool.c"],
     include_dirs=["csrc"],
     define_macros=[("H2O_USE_LIBUV", "0")],
     libraries=["dl", "pthread"],

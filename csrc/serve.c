@@ -19,6 +19,8 @@ void fp_py_worker_ready(void *handle);
 void fp_py_stderr_output(void *handle, const char *data, size_t len);
 void fp_py_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
                    size_t context_len);
+/* frankenpy/asgi.py: run the ASGI request of `handle` on pool member `member`. */
+void fp_py_run_request(void *handle, int member);
 
 /* ---- the deadline watcher ----------------------------------------------------------------------
  * One thread for the process: every WATCH_INTERVAL it looks at the executions that serve an
@@ -759,6 +761,7 @@ struct fp_async {
     fp_fast_call *jobs, *jobs_tail; /* submitted, not taken by a worker yet (queued of them) */
     fp_fast_call *done, *done_tail; /* completed, not taken by Python yet */
     int queued, workers, idle, closed;
+    int starting; /* workers started that have not looked at the queue yet */
 };
 
 fp_async *fp_async_new(void)
@@ -830,13 +833,24 @@ static int async_run(fp_fast_call *call)
         call->given_up = fp_pool_release(pool, member);
         return call->given_up ? member : FP_FAST_CANCELLED;
     }
-    return member >= 0 ? fp_fast_execute(pool, member, call) : member;
+    if (member < 0) {
+        return member;
+    }
+    if (call->run_handle) {
+        /* Python runs the request here (cffi takes the GIL per callback; PHP runs without it).
+         * A long-lived worker keeps the Python thread state cffi made for it. */
+        fp_py_run_request(call->run_handle, member);
+        call->given_up = fp_pool_release(pool, member);
+        return member;
+    }
+    return fp_fast_execute(pool, member, call);
 }
 
 static void *async_worker(void *arg)
 {
     fp_async *a = arg;
     pthread_mutex_lock(&a->mu);
+    a->starting--;
     for (;;) {
         if (!a->jobs && !a->closed) {
             struct timespec ts;
@@ -879,12 +893,35 @@ static void *async_worker(void *arg)
     return NULL;
 }
 
+/* Under a->mu: start workers while the queued jobs outnumber the idle and starting workers (a
+ * signalled one has not taken its job yet) and the workers are fewer than PHP threads.
+ * -1 when none could be started and none runs (nobody would ever take the jobs). */
+static int start_workers(fp_async *a, fp_pool *pool)
+{
+    int limit = fp_pool_size(pool);
+    while (a->queued > a->idle + a->starting && a->workers < (limit > 0 ? limit : 1)) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        atomic_fetch_add(&a->refs, 1);
+        int started = pthread_create(&t, &attr, async_worker, a) == 0;
+        pthread_attr_destroy(&attr);
+        if (!started) {
+            atomic_fetch_sub(&a->refs, 1);
+            return a->workers ? 0 : -1;
+        }
+        a->workers++;
+        a->starting++;
+    }
+    return 0;
+}
+
 int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call)
 {
     call->async = 1;
     call->async_pool = pool;
     call->async_next = NULL;
-    int limit = fp_pool_size(pool);
     pthread_mutex_lock(&a->mu);
     if (a->jobs) {
         a->jobs_tail->async_next = call;
@@ -893,32 +930,23 @@ int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call)
     }
     a->jobs_tail = call;
     a->queued++;
-    /* Wake an idle worker; start one more while the queued jobs outnumber the idle workers
-     * (a signalled one has not taken its job yet) and the workers are fewer than PHP threads. */
-    int rc = 0;
     if (a->idle > 0) {
         pthread_cond_signal(&a->work);
     }
-    if (a->queued > a->idle && a->workers < (limit > 0 ? limit : 1)) {
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        atomic_fetch_add(&a->refs, 1);
-        if (pthread_create(&t, &attr, async_worker, a) == 0) {
-            a->workers++;
-        } else {
-            atomic_fetch_sub(&a->refs, 1);
-            if (!a->workers) { /* nobody would ever run it (the only job: see above) */
-                a->jobs = NULL;
-                a->queued = 0;
-                rc = -1;
-            }
-        }
-        pthread_attr_destroy(&attr);
+    int rc = start_workers(a, pool);
+    if (rc < 0) { /* the only job (see start_workers): take it back */
+        a->jobs = NULL;
+        a->queued = 0;
     }
     pthread_mutex_unlock(&a->mu);
     return rc;
+}
+
+void fp_async_kick(fp_async *a, fp_pool *pool)
+{
+    pthread_mutex_lock(&a->mu);
+    start_workers(a, pool);
+    pthread_mutex_unlock(&a->mu);
 }
 
 size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max)

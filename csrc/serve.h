@@ -87,6 +87,10 @@ typedef struct fp_fast_call {
     /* asyncio (fp_async_submit) */
     int async;
     int cancel; /* set by the caller: stop the script (as a timeout does) or never start it */
+    /* in: an ASGI request (frankenpy/asgi.py) instead of an execution: the worker hands the
+     * member it queued for to Python's fp_py_run_request(run_handle, member), which runs the
+     * prepared request there; nothing else of the call is used but member and given_up. */
+    void *run_handle;
     fp_pool *async_pool;
     struct fp_fast_call *async_next; /* in the fp_async's queue of jobs, then of completions */
 } fp_fast_call;
@@ -110,12 +114,13 @@ void fp_fast_calls_fill(fp_fast_call *calls, size_t n, const fp_fast_call *proto
 size_t fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
 /* asyncio: `call` goes to a queue served by the C worker threads of `a` (started on demand, as
  * many as `pool` has PHP threads; an idle one exits after a while), no Python thread.  A worker
- * queues for a PHP thread in the pool's FIFO line, runs the call with fp_fast_execute, puts it
- * on the completion queue (fp_async_take), then adds 1 to the eventfd of `a` (fp_async_fd),
- * which the event loop reads (loop.add_reader).  Setting call->cancel stops the script through
- * the C watcher (within its 50 ms tick), or leaves the line if it waits: member is then
- * FP_FAST_CANCELLED.  The call and what it points to must live until taken back.  Returns 0,
- * or -1 when no worker could be started. */
+ * queues for a PHP thread in the pool's FIFO line, runs the call with fp_fast_execute (or an
+ * ASGI request, see run_handle), puts it on the completion queue (fp_async_take), then adds 1
+ * to the eventfd of `a` (fp_async_fd), which the event loop reads (loop.add_reader).  Setting
+ * call->cancel stops the script through the C watcher (within its 50 ms tick; an ASGI request
+ * is stopped by Python), or leaves the line if it waits: member is then FP_FAST_CANCELLED.
+ * The call and what it points to must live until taken back.  Returns 0, or -1 when no worker
+ * could be started. */
 typedef struct fp_async fp_async;
 #define FP_FAST_CANCELLED -4
 fp_async *fp_async_new(void);
@@ -124,6 +129,9 @@ int fp_async_fd(fp_async *a);
  * until then), then exit; the eventfd is closed once the last one has. */
 void fp_async_release(fp_async *a);
 int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call);
+/* Start workers for the calls still queued, up to the PHP threads `pool` has now (autoscaling
+ * added some while every worker was busy: nothing else would start one for them). */
+void fp_async_kick(fp_async *a, fp_pool *pool);
 /* Up to `max` completed calls, oldest first, into `out`; returns how many. */
 size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max);
 

@@ -4,11 +4,12 @@
 arguments and makes the same decisions (:class:`~frankenpy.http.app.PHPSite`: the C router,
 static files, refusals, HTTP workers); only the I/O differs:
 
-* A classic PHP request runs on one of the runtime's regular PHP threads, driven by a C thread
-  (csrc/async_request.h) that queues for the thread in the pool's FIFO line: the event loop never
-  runs PHP nor waits for it, and no Python thread is started per request.  Completion reaches the
-  loop through the request's eventfd.  A request for an HTTP worker goes to the worker's queue,
-  whose thread runs it.
+* A classic PHP request runs on one of the runtime's regular PHP threads, driven by one of the
+  event loop's long-lived C workers, those of ``Runtime.aexecute_*`` (csrc/serve.h fp_async: at
+  most one per PHP thread, started on demand, gone when idle): the worker queues for the thread
+  in the pool's FIFO line and runs the request there.  The event loop never runs PHP nor waits
+  for it, and no thread is started per request.  Completion reaches the loop through the
+  loop's eventfd.  A request for an HTTP worker goes to the worker's queue, whose thread runs it.
 * The request body streams in: PHP's ``php://input`` (and form parsing) asks for the next chunk
   when it needs one; the PHP thread blocks (without the GIL) while the loop awaits ``receive()``.
 * The response streams out: each chunk PHP flushes is sent with ``more_body=True``.  At most
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -32,6 +32,7 @@ from .execution import php_logger
 from .http.app import PHPSite
 from .http.exchange import Exchange, parse_header_lines
 from .http.routing import Route, StaticResponse
+from .runtime import _AsyncCompletions
 from .scaling import STALL_TIME
 from .threads import ThreadPool
 
@@ -46,8 +47,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 CHUNKS_IN_FLIGHT = 16  # flushed chunks a PHP thread may run ahead of the client
-CANCELLED = -4  # csrc/async_request.h FP_ASYNC_REQUEST_CANCELLED (cffi sees no #define)
+CANCELLED = -4  # csrc/serve.h FP_FAST_CANCELLED (cffi sees no #define)
 POLL = 1.0  # a blocked PHP thread looks this often whether the response was abandoned
+STARVED_POLL = 0.05  # s: a queued request asks autoscaling (and for a worker) again this often
 
 
 def _native_str(text: str) -> str:
@@ -361,9 +363,7 @@ class ASGIExchange(Exchange):
         return None
 
 
-# --- classic requests: a C thread runs them on a regular PHP thread ------------------------------
-
-_jobs: dict[int, tuple[Any, ASGIExchange, ThreadPool]] = {}  # eventfd -> job in flight
+# --- classic requests: the loop's C workers run them on a regular PHP thread ---------------------
 
 
 @ffi.def_extern(onerror=lambda *exc: php_logger.error("ASGI request failed", exc_info=exc))
@@ -372,42 +372,44 @@ def fp_py_run_request(handle: Any, member: int) -> None:
     exchange.run_on(member)
 
 
-def _job_done(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        return
-    loop = asyncio.get_running_loop()
-    loop.remove_reader(fd)
-    os.close(fd)
-    job, exchange, pool = _jobs.pop(fd)
-    if job.member < 0 and job.member != CANCELLED:
-        exchange.refuse(503)
-    if job.given_up:
-        pool.given_up(pool.thread(job.member))
-
-
 def _submit(exchange: ASGIExchange, pool: ThreadPool, max_wait: float | None) -> Any:
+    """Queue the request for the running loop's C workers; returns its fp_fast_call."""
     loop = asyncio.get_running_loop()
-    job = ffi.new("fp_async_request *")
-    job.handle = exchange.handle
-    job.wait_ns = -1 if max_wait is None else int(max_wait * 1e9)
-    fd = job.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    call = ffi.new("fp_fast_call *")
+    call.run_handle = exchange.handle
     exchange.pool = pool
-    _jobs[fd] = (job, exchange, pool)
-    loop.add_reader(fd, _job_done, fd)
-    if lib.fp_async_request_submit(pool.handle, job) != 0:
-        loop.remove_reader(fd)
-        os.close(fd)
-        del _jobs[fd]
-        raise RuntimeError("cannot start a thread for the request")
+    completions = _AsyncCompletions.of(loop)
+    future = completions.submit(pool, call, exchange)
+
+    def done(_: asyncio.Future[None]) -> None:
+        if call.member < 0 and call.member != CANCELLED:
+            exchange.refuse(503)
+        if call.given_up:
+            pool.given_up(pool.thread(call.member))
+
+    future.add_done_callback(done)
+    if max_wait is not None:
+        # No PHP thread took it in time (it may wait for a worker or in the pool's line): 503.
+        # run_on() sets the thread before it looks at `cancelled`, both under the GIL, so the
+        # request either runs or is refused, never both.
+        def expire() -> None:
+            if exchange.thread is None and not future.done():
+                exchange.cancelled = True
+                call.cancel = 1  # it leaves the line, or gives the thread back at once
+                exchange.refuse(503)
+        loop.call_later(max_wait, expire)
     starved = pool.on_starved
-    if starved is not None:  # autoscaling: a request still queued after starved_after asks for a thread
+    if starved is not None:
+        # Autoscaling: a request still queued after starved_after asks for a thread, and again
+        # until it runs; the workers grow with the threads added (every worker may be busy).
         def check() -> None:
-            if exchange.thread is None and _jobs.get(fd, (None,))[0] is job:
+            if exchange.thread is None and not future.done():
                 starved()
+                if completions.handle is not None:
+                    lib.fp_async_kick(completions.handle, pool.handle)
+                loop.call_later(STARVED_POLL, check)
         loop.call_later(pool.starved_after, check)
-    return job
+    return call
 
 
 class PHPApp(PHPSite):
@@ -440,11 +442,11 @@ class PHPApp(PHPSite):
             status = await self._respond(exchange, lambda: queue.withdraw(exchange), starved)
             why = f"no free thread of worker {worker.name!r}"
         else:
-            job = _submit(exchange, self.runtime._running_pool(), self.max_wait_time)
+            call = _submit(exchange, self.runtime._running_pool(), self.max_wait_time)
             try:
                 status = await self._respond(exchange, None, None)
             except asyncio.CancelledError:
-                job.cancel = 1  # still queued: it leaves the line
+                call.cancel = 1  # still queued: it leaves the line
                 raise
             why = "no free PHP thread"
         if status is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -574,3 +575,73 @@ def test_queued_requests_make_the_runtime_scale_up(tmp_path: Path) -> None:
         assert elapsed < 2.5, elapsed  # one after the other takes 3 s
     finally:
         rt.shutdown(5.0)
+
+
+def _tasks() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+async def _get_sampling(app: PHPApp, path: str, query: str, seen: set[int]) -> list[dict[str, Any]]:
+    """One GET through ``app``; ``seen`` gets the process's threads as each message is sent
+    (the thread that runs the request is alive then)."""
+    sent: list[dict[str, Any]] = []
+    first = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if not first:
+            await asyncio.sleep(3600)
+        return first.pop()
+
+    async def send(message: dict[str, Any]) -> None:
+        seen.update(_tasks())
+        sent.append(message)
+
+    await app(scope_for(path, query), receive, send)
+    return sent
+
+
+@pytest.mark.timeout(60)
+def test_asgi_requests_reuse_their_worker_threads(site: Site) -> None:
+    """50 requests, one after the other and then 10 at a time, start at most one OS thread per
+    PHP thread (the loop's C workers): not one per request.  Once idle, the workers exit."""
+    rt, base = site
+    app = PHPApp(rt, base / "public")
+
+    async def main() -> tuple[set[int], set[int], set[int], list[list[dict[str, Any]]]]:
+        before = _tasks()
+        seen: set[int] = set()
+        results = [await _get_sampling(app, "/sleep.php", "ms=1", seen) for _ in range(25)]
+        for _ in range(3):
+            batch = (_get_sampling(app, "/sleep.php", "ms=5", seen) for _ in range(10))
+            results += await asyncio.gather(*batch)
+        started = seen - before
+        deadline = time.monotonic() + 15
+        while started & _tasks() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the loop still runs: only the workers' idle exit ends them
+        return before, started, started & _tasks(), results
+
+    before, started, left, results = asyncio.run(main())
+    assert [r[-1]["body"] for r in results] == [b"slept"] * 55
+    assert 1 <= len(started) <= rt.num_threads, (len(started), before)
+    assert not left, "idle workers did not exit"
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_bigger_than_the_php_threads_queues_and_completes(site: Site) -> None:
+    """12 requests of 200 ms at once on 2 PHP threads: they wait for the 2 workers, in order,
+    and all are served (no 503 without max_wait_time); no thread is started past the 2."""
+    rt, base = site
+    app = PHPApp(rt, base / "public")
+
+    async def main() -> tuple[float, set[int], list[list[dict[str, Any]]]]:
+        before = _tasks()
+        seen: set[int] = set()
+        started = time.monotonic()
+        results = await asyncio.gather(*(_get_sampling(app, "/sleep.php", "ms=200", seen) for _ in range(12)))
+        return time.monotonic() - started, seen - before, list(results)
+
+    elapsed, started, results = asyncio.run(main())
+    assert [r[0]["status"] for r in results] == [200] * 12
+    assert [r[-1]["body"] for r in results] == [b"slept"] * 12
+    assert elapsed >= 6 * 0.2 * 0.9  # two at a time
+    assert len(started) <= rt.num_threads
