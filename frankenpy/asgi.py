@@ -397,7 +397,10 @@ def _submit(exchange: ASGIExchange, pool: ThreadPool, max_wait: float | None) ->
                 exchange.cancelled = True
                 call.cancel = 1  # it leaves the line, or gives the thread back at once
                 exchange.refuse(503)
-        loop.call_later(max_wait, expire)
+        timer = loop.call_later(max_wait, expire)
+        # Cancelled (it drops the exchange) once done: thousands of requests a second would
+        # otherwise keep max_wait seconds of them alive.
+        future.add_done_callback(lambda _: timer.cancel())
     starved = pool.on_starved
     if starved is not None:
         # Autoscaling: a request still queued after starved_after asks for a thread, and again

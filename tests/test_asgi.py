@@ -6,6 +6,7 @@ PHP threads."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 import frankenpy
-from frankenpy.asgi import CHUNKS_IN_FLIGHT, PHPApp
+from frankenpy.asgi import CHUNKS_IN_FLIGHT, ASGIExchange, PHPApp
 
 uvicorn = pytest.importorskip("uvicorn")
 Site = tuple[frankenpy.Runtime, Path]
@@ -645,3 +646,21 @@ def test_a_burst_bigger_than_the_php_threads_queues_and_completes(site: Site) ->
     assert [r[-1]["body"] for r in results] == [b"slept"] * 12
     assert elapsed >= 6 * 0.2 * 0.9  # two at a time
     assert len(started) <= rt.num_threads
+
+
+@pytest.mark.timeout(60)
+def test_a_finished_request_leaves_nothing_behind_on_the_loop(site: Site) -> None:
+    """Once answered, a request's exchange is freed while the loop runs on: no timer
+    (max_wait_time, autoscaling) nor completion entry keeps it (at a thousand requests a
+    second, max_wait_time's 30 s would keep 30,000 alive, and the GC's pauses grow)."""
+    rt, base = site
+    app = PHPApp(rt, base / "public", max_wait_time=30.0)
+
+    async def main() -> int:
+        for _ in range(3):
+            await asyncio.gather(*(call(app, "/sleep.php", "ms=1") for _ in range(5)))
+        await asyncio.sleep(0.1)  # the completions are drained
+        gc.collect()
+        return sum(isinstance(o, ASGIExchange) for o in gc.get_objects())
+
+    assert asyncio.run(main()) == 0
