@@ -94,10 +94,11 @@ struct http_loop {
     pthread_t thread;
     int ready; /* under server->mu: set up, running */
     /* Per-thread (run-to-completion): the PHP thread that runs this loop took it (entered), and
-     * has shut it down (done), under server->mu; the classic requests it parsed and runs itself,
-     * FIFO (its thread only). */
-    int entered, done;
-    int closed_clean; /* its shutdown saw every connection closed (h2o may be torn down) */
+     * has shut it down (done), written under server->mu (atomic: its PHP thread reads them
+     * without, while stop may mark a loop not entered yet both); the classic requests it parsed
+     * and runs itself, FIFO (its thread only). */
+    atomic_int entered, done;
+    int closed_clean; /* its shutdown saw every connection closed, every exchange released */
     atomic_int exchanges; /* allocated and linked to this loop (their PHP side may wake it) */
     int releasing; /* under server->mu: its h2o objects are being freed (wake it no more) */
     fp_http_exchange *local_first, *local_last;
@@ -2024,7 +2025,7 @@ static void loop_shutdown(http_loop *lp)
     /* Stop: close the listeners first (a connection the kernel would accept now would never be
      * served), answer every queued request with 503, then let h2o close the connections: those
      * waiting for their next request time out at once (req_timeout 0), the others once their
-     * response is out.  At most STOP_LINGER_NS. */
+     * response is out, and the PHP side releases their exchanges.  At most STOP_LINGER_NS. */
     close_listeners(server, lp->index);
     if (lp->index == 0) {
         /* The answers go to the loop of each request, which lingers while it has connections. */
@@ -2046,6 +2047,9 @@ static void loop_shutdown(http_loop *lp)
             ctx->http2.idle_timeout.timeout = 0; /* an HTTP/2 connection closes once it has no stream */
             open |= !h2o_linklist_is_empty(&ctx->http1._conns) || !h2o_linklist_is_empty(&ctx->http2._conns);
         }
+        /* A PHP thread that answered may not have released its exchange yet when the
+         * connection closes: wait for that too, or loop_release would keep h2o by a race. */
+        open |= atomic_load(&lp->exchanges) != 0;
         if (!open || fp_monotonic_ns() >= until) {
             lp->closed_clean = !open;
             break;
