@@ -8,6 +8,7 @@ background workers (``frankenphp_get_worker_handle()``), HTTP workers
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 def __getattr__(name: str) -> Any:
     module = _MODULE_OF.get(name)
     if module is None:
+        # A submodule used as an attribute (frankenpy.images.extension_path) after a plain
+        # `import frankenpy`, as when every submodule was imported with the package.
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module 'frankenpy' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # the next lookup does not come here

@@ -1059,3 +1059,19 @@ def test_import_without_libphp_names_the_package_to_install(tmp_path: Path, code
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "libphp8.2-embed" in done.stderr and "no-libphp.so" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_submodules_are_attributes_of_the_lazy_package() -> None:
+    """``import frankenpy`` imports its public names on first use; a submodule read as an
+    attribute (``frankenpy.images.extension_path``) is imported then too, and an unknown name
+    is still an AttributeError (checked in a fresh interpreter)."""
+    code = ("import sys, frankenpy\n"
+            "assert 'frankenpy.images' not in sys.modules\n"
+            "assert callable(frankenpy.images.extension_path)\n"
+            "try:\n    frankenpy.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(frankenpy.__file__).parent.parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "no_such_name" in done.stdout
