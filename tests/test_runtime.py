@@ -1046,6 +1046,12 @@ def test_runtime_restarts_do_not_leak_threads_or_fds() -> None:
     assert abs(open_fds() - fds) <= 3
 
 
+def fresh_interpreter_env() -> dict[str, str]:
+    """The environment of a fresh interpreter that imports this frankenpy."""
+    path = [str(Path(frankenpy.__file__).parent.parent), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("code", ["from frankenpy import Runtime", "import frankenpy; frankenpy.Runtime",
                                   "import frankenpy.runtime"])
@@ -1053,9 +1059,7 @@ def test_import_without_libphp_names_the_package_to_install(tmp_path: Path, code
     """Without libphp, importing frankenpy's runtime fails at once and says which Debian
     package to install (checked in a fresh interpreter pointed at a libphp that does not
     exist).  ``import frankenpy`` alone loads nothing (see the pytest plugin's tests)."""
-    env = {**os.environ, "FRANKENPY_LIBPHP": str(tmp_path / "no-libphp.so"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(frankenpy.__file__).parent.parent),
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = {**fresh_interpreter_env(), "FRANKENPY_LIBPHP": str(tmp_path / "no-libphp.so")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "libphp8.2-embed" in done.stderr and "no-libphp.so" in done.stderr, done.stderr
@@ -1070,8 +1074,7 @@ def test_submodules_are_attributes_of_the_lazy_package() -> None:
             "assert 'frankenpy.images' not in sys.modules\n"
             "assert callable(frankenpy.images.extension_path)\n"
             "try:\n    frankenpy.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(frankenpy.__file__).parent.parent),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-c", code], env=fresh_interpreter_env(), capture_output=True,
+                          text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert "no_such_name" in done.stdout
