@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -511,8 +511,9 @@ def test_cancelling_the_request_task_stops_the_script(site: Site) -> None:
     assert asyncio.run(main()) < 5  # not the 20 s the cancelled scripts would have slept
 
 
-async def call(app: PHPApp, path: str, query: str = "") -> list[dict[str, Any]]:
-    """One GET through ``app``; the messages it sent."""
+async def call(app: PHPApp, path: str, query: str = "",
+               on_send: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """One GET through ``app``; the messages it sent.  ``on_send`` runs as each is sent."""
     sent: list[dict[str, Any]] = []
     first = [{"type": "http.request", "body": b"", "more_body": False}]
 
@@ -522,6 +523,8 @@ async def call(app: PHPApp, path: str, query: str = "") -> list[dict[str, Any]]:
         return first.pop()
 
     async def send(message: dict[str, Any]) -> None:
+        if on_send is not None:
+            on_send()
         sent.append(message)
 
     await app(scope_for(path, query), receive, send)
@@ -582,23 +585,10 @@ def _tasks() -> set[int]:
     return {int(tid) for tid in os.listdir("/proc/self/task")}
 
 
-async def _get_sampling(app: PHPApp, path: str, query: str, seen: set[int]) -> list[dict[str, Any]]:
+def _get_sampling(app: PHPApp, path: str, query: str, seen: set[int]) -> Any:
     """One GET through ``app``; ``seen`` gets the process's threads as each message is sent
     (the thread that runs the request is alive then)."""
-    sent: list[dict[str, Any]] = []
-    first = [{"type": "http.request", "body": b"", "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if not first:
-            await asyncio.sleep(3600)
-        return first.pop()
-
-    async def send(message: dict[str, Any]) -> None:
-        seen.update(_tasks())
-        sent.append(message)
-
-    await app(scope_for(path, query), receive, send)
-    return sent
+    return call(app, path, query, on_send=lambda: seen.update(_tasks()))
 
 
 @pytest.mark.timeout(60)

@@ -38,9 +38,8 @@
 
 static int port;
 
-/* Send `req` (len bytes), read until the server closes or 10 s pass.  Returns the bytes read
- * (malloc'd, NUL-terminated) and whether the server closed the connection. */
-static char *exchange(const char *req, size_t len, int *closed)
+/* A connection to the server on 127.0.0.1:`port`, with a 10 s receive timeout. */
+static int connect_local(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
@@ -51,6 +50,14 @@ static char *exchange(const char *req, size_t len, int *closed)
         perror("connect");
         exit(2);
     }
+    return fd;
+}
+
+/* Send `req` (len bytes), read until the server closes or 10 s pass.  Returns the bytes read
+ * (malloc'd, NUL-terminated) and whether the server closed the connection. */
+static char *exchange(const char *req, size_t len, int *closed)
+{
+    int fd = connect_local();
     for (size_t off = 0; off < len;) {
         ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
         if (n <= 0) {
@@ -313,19 +320,6 @@ static int open_fds(void)
     return n;
 }
 
-static int connect_local(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(0x7f000001)};
-    struct timeval tv = {10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        perror("connect");
-        exit(2);
-    }
-    return fd;
-}
 
 static void send_text(int fd, const char *text)
 {
