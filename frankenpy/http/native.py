@@ -40,7 +40,7 @@ import threading
 from typing import Any
 
 from .. import _native
-from ..execution import _FATAL, _WARNING, Diagnostic, pack_strings
+from ..execution import Diagnostic, log_diagnostic, pack_strings
 from ..php_functions import log_extra, python_level
 from ..runtime import Runtime
 from ..scaling import RegularThreads, StallWatch, WorkerThreads
@@ -392,13 +392,7 @@ class NativeServer(ServerBase):
             file, _, line = where.partition("\x1f")
             diagnostic = Diagnostic(type=int(kind), message=text, file=file or None,
                                     line=int(line) if line.isdigit() else 0)
-            if diagnostic.type & _FATAL:
-                level = logging.ERROR
-            elif diagnostic.type & _WARNING or not diagnostic.type:
-                level = logging.WARNING
-            else:
-                level = logging.INFO
-            adapter.log(level, "%s", diagnostic)
+            log_diagnostic(adapter, diagnostic)
 
     @property
     def ports(self) -> list[int]:
