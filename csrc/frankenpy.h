@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FP_ABI_VERSION 11
+#define FP_ABI_VERSION 12
 
 /* How an execution's output reaches the host. */
 enum fp_output_mode {
@@ -51,6 +51,9 @@ enum fp_end_reason {
     FP_END_BAILOUT = 1,   /* fatal error, parse error, uncaught exception, memory_limit ... */
     FP_END_INTERRUPT = 2, /* stopped by fp_interrupt() */
     FP_END_STARTUP = 3,   /* php_request_startup() failed; nothing ran */
+    /* the script file does not exist or is not a regular file: PHP failed to open it (with its
+     * fatal "Failed opening required" diagnostic); nothing of it ran */
+    FP_END_NOT_FOUND = 4,
 };
 
 typedef struct fp_request fp_request;

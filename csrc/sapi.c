@@ -64,6 +64,9 @@ static uint64_t running_exec; /* under exec_mu: id of the execution in progress,
 static pthread_t running_thread;
 static int interrupted; /* written under exec_mu, read by the libc hooks without it (atomics) */
 static int fatal_error; /* a fatal diagnostic was reported during the execution */
+/* The primary script is being compiled: still set after run_script() when its compilation
+ * bailed out (see fp_compile_file). */
+static int compiling_primary;
 static size_t stdin_pos; /* read position in script_req->stdin_data, shared by every STDIN stream */
 static bool register_argc_argv; /* the ini setting (each execution sets PG(register_argc_argv)) */
 
@@ -481,6 +484,32 @@ static void fp_error_cb(int type, zend_string *file, const uint32_t line, zend_s
                   ZSTR_VAL(message));
     }
     php_error_cb(type, file, line, message);
+}
+
+/* ---- a missing primary script ----------------------------------------------------------------
+ * Callers want "no such script" as its own answer (Python raises FileNotFoundError), not as a
+ * fatal error.  A stat() before every execution would cost a system call PHP does not make when
+ * opcache has the script, so the check is made only after a failure: PHP's failure to open the
+ * primary script is an E_COMPILE_ERROR that bails out of zend_compile_file (opcache's or the
+ * engine's), and the flag below is still set when that happens. */
+static zend_op_array *(*php_compile_file)(zend_file_handle *file_handle, int type);
+
+static zend_op_array *fp_compile_file(zend_file_handle *file_handle, int type)
+{
+    if (!file_handle->primary_script) {
+        return php_compile_file(file_handle, type);
+    }
+    compiling_primary = 1;
+    zend_op_array *op_array = php_compile_file(file_handle, type);
+    compiling_primary = 0;
+    return op_array;
+}
+
+/* As PHP's opening of a script refuses it: missing, or not a regular file (a directory). */
+static int script_missing(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) != 0 || !S_ISREG(st.st_mode);
 }
 
 /* ---- time limits ----------------------------------------------------------------------------
@@ -1517,6 +1546,10 @@ int fp_startup(const fp_host *callbacks, const char *ini, char *err, size_t err_
     replace_function("chdir", fp_chdir, &php_chdir);
     replace_function("pcntl_signal", fp_pcntl_signal, NULL);
     replace_function("pcntl_fork", fp_pcntl_fork, NULL);
+    if (zend_compile_file != fp_compile_file) { /* (opcache's, when loaded, is wrapped too) */
+        php_compile_file = zend_compile_file;
+        zend_compile_file = fp_compile_file;
+    }
     startup_done = 1;
     return 0;
 }
@@ -1564,6 +1597,12 @@ static void run_script(fp_request *req)
     }
     CG(skip_shebang) = 1; /* a "#!" first line is not output, in included files too (CLI, CGI) */
     if (req->script_path) {
+        if (PG(auto_prepend_file) && PG(auto_prepend_file)[0] && script_missing(req->script_path)) {
+            /* (not even the prepended file runs for a script that is not there) */
+            req->end_reason = FP_END_NOT_FOUND;
+            EG(exit_status) = 255;
+            return;
+        }
         zend_file_handle file;
         zend_stream_init_filename(&file, req->script_path);
         file.primary_script = 1;
@@ -1619,6 +1658,12 @@ int fp_execute(fp_request *req)
     } zend_catch {
         req->end_reason = FP_END_BAILOUT;
     } zend_end_try();
+    if (compiling_primary) {
+        compiling_primary = 0;
+        if (script_missing(req->script_path)) {
+            req->end_reason = FP_END_NOT_FOUND;
+        }
+    }
 
     if (current != req) {
         /* exit() or a fatal error inside an HTTP worker's request: answer it first. */
@@ -1640,7 +1685,7 @@ int fp_execute(fp_request *req)
     running_exec = 0;
     if (interrupted) {
         req->end_reason = FP_END_INTERRUPT;
-    } else if (fatal_error) {
+    } else if (fatal_error && req->end_reason != FP_END_NOT_FOUND) {
         req->end_reason = FP_END_BAILOUT;
     }
     __atomic_store_n(&interrupted, 0, __ATOMIC_RELEASE);

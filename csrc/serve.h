@@ -55,7 +55,7 @@ uint64_t fp_serve_loop(fp_http_server *server, fp_pool *pool, int index, const c
 typedef struct fp_fast_call {
     /* in: as in fp_request; must stay valid during the call */
     const char *script_path;
-    int check_script;    /* FP_FAST_NOT_FOUND unless script_path is a regular file (stat()) */
+    int check_script;    /* FP_FAST_NOT_FOUND when script_path is not a regular file */
     const char *code;
     const char *env;
     size_t env_pairs;
@@ -97,11 +97,17 @@ typedef struct fp_fast_call {
 
 /* Run `call` on member `member` of `pool` (which the caller acquired), or with member < 0 on an
  * idle one (FP_POOL_TIMEOUT when none is idle: nothing ran, queue for one and call again;
- * FP_POOL_CLOSED; FP_FAST_NOT_FOUND before anything else, see check_script).  PHP time limits
+ * FP_POOL_CLOSED; FP_FAST_NOT_FOUND, see check_script: found as PHP fails to open the script, so
+ * that a present script costs no system call of ours; nothing of the script ran, its fatal
+ * diagnostic is dropped, and member/given_up are set as for a run).  PHP time limits
  * are enforced by the C watcher.  The member goes back to the pool before this returns. */
 #define FP_FAST_NOT_FOUND -5
 int fp_fast_execute(fp_pool *pool, int member, fp_fast_call *call);
 void fp_fast_call_clear(fp_fast_call *call);
+/* fp_fast_execute() for a Python thread, which takes the GIL when this returns: if another
+ * Python caller of this function is still in its Python turn, wait (spin, up to 20 us) for it to
+ * come back into C, so that the GIL is free to take without sleeping (see serve.c). */
+int fp_fast_execute_for_python(fp_pool *pool, int member, fp_fast_call *call);
 
 /* The inputs of `proto` (script, code, env, argv, limits, stdin) into each of `calls` whose
  * argv is still NULL: a batch's items without env/argv of their own, filled without Python. */

@@ -39,7 +39,7 @@ logger = logging.getLogger("frankenpy")
 ffi, lib = _native.ffi, _native.lib
 _calls = threading.local()  # each Python thread's fp_fast_call (its buffers are reused)
 FAST_NOT_FOUND = -5  # csrc/serve.h FP_FAST_NOT_FOUND
-_fast_execute, _unpack = lib.fp_fast_execute, ffi.unpack
+_fast_execute, _unpack = lib.fp_fast_execute_for_python, ffi.unpack
 
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
@@ -626,7 +626,7 @@ class Runtime:
         if member == POOL_TIMEOUT:  # every PHP thread is busy: queue in line (from Python)
             thread = pool.acquire()
             assert thread is not None
-            member = lib.fp_fast_execute(pool.handle, pool.member_id(thread), call)
+            member = _fast_execute(pool.handle, pool.member_id(thread), call)
         if member == FAST_NOT_FOUND:
             if call.given_up:  # (it had the thread from the queue above)
                 pool.given_up(pool.thread(call.member))

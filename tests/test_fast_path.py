@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def _task_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-# --- the script check, in C ----------------------------------------------------------------------
+# --- the script check, without the GIL ----------------------------------------------------------------------
 
 
 @pytest.mark.timeout(60)
@@ -48,6 +49,63 @@ def test_missing_script_is_checked_in_c_on_every_call(runtime: frankenpy.Runtime
     link.symlink_to(target)  # symlinks are followed, as os.path.isfile() does
     assert runtime.execute_file(link).output == b"via link"
     assert runtime.busy_threads == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_missing_script_is_told_apart_from_failures_of_a_script_that_ran(
+        runtime: frankenpy.Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No stat() before each call: the glue sees PHP fail to open the primary script.  Only that
+    is "not found"; a script that ran and failed to open another file is a fatal error, and the
+    missing script's own fatal diagnostic is not logged as if a script had run."""
+    caplog.set_level(logging.DEBUG, logger="frankenpy")
+    with pytest.raises(FileNotFoundError, match=r"gone\.php"):
+        runtime.execute_file(tmp_path / "gone.php")
+    assert "Failed opening" not in caplog.text
+    requires = tmp_path / "requires.php"
+    requires.write_text("<?php echo 'before;'; require __DIR__ . '/absent.php';")
+    result = runtime.execute_file(requires)
+    assert (result.exit_status, result.output) == (255, b"before;")
+    assert "absent.php" in result.errors[-1]
+    broken = tmp_path / "broken.php"
+    broken.write_text("<?php function f() {} function f() {}")  # E_COMPILE_ERROR while compiling it
+    result = runtime.execute_file(broken)
+    assert result.exit_status == 255 and "redeclare" in result.errors[-1]
+
+
+@pytest.mark.timeout(60)
+def test_a_missing_script_runs_no_prepended_file(make_runtime: Callable[..., frankenpy.Runtime],
+                                                 tmp_path: Path) -> None:
+    marker = tmp_path / "prepended.txt"
+    prepend = tmp_path / "prepend.php"
+    prepend.write_text(f"<?php file_put_contents({str(marker)!r}, 'ran', FILE_APPEND);")
+    rt = make_runtime(num_threads=1, php_ini={"auto_prepend_file": str(prepend)})
+    with pytest.raises(FileNotFoundError, match=r"gone\.php"):
+        rt.execute_file(tmp_path / "gone.php")
+    assert not marker.exists()
+    script = tmp_path / "s.php"
+    script.write_text("<?php echo 'main';")
+    assert rt.execute_file(script).output == b"main"
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.timeout(60)
+def test_missing_scripts_with_opcache(make_runtime: Callable[..., frankenpy.Runtime], tmp_path: Path) -> None:
+    """opcache compiles scripts without the engine's opening of them: a missing script is still
+    found missing, and one deleted after it was cached is found missing once opcache revalidates
+    it (here at every call; by default every opcache.revalidate_freq = 2 s, as in php-fpm)."""
+    rt = make_runtime(num_threads=1, opcache=True, php_ini={"opcache.revalidate_freq": 0})
+    with pytest.raises(FileNotFoundError, match=r"gone\.php"):
+        rt.execute_file(tmp_path / "gone.php")
+    script = tmp_path / "s.php"
+    script.write_text("<?php echo 'cached';")
+    assert rt.execute_file(script).output == b"cached"
+    assert rt.execute_file(script).output == b"cached"
+    script.unlink()
+    with pytest.raises(FileNotFoundError, match=r"s\.php"):
+        rt.execute_file(script)
+    script.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"s\.php"):
+        rt.execute_file(script)
 
 
 @pytest.mark.timeout(60)
