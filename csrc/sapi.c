@@ -616,10 +616,66 @@ static int stop_requested(void)
     return __atomic_load_n(&interrupted, __ATOMIC_ACQUIRE);
 }
 
+/* The signal whose handler hook_sigaction() just left alone (0: none).  A copy runs on one
+ * thread at a time, so a plain static holds it between the two calls of zend_sigaction(). */
+static int handler_left_alone;
+
 static int hook_sigaction(int signo, const struct sigaction *act, struct sigaction *old)
 {
-    (void)act;
+    if (act) {
+        handler_left_alone = signo;
+    }
     return old ? real_sigaction(signo, NULL, old) : 0;
+}
+
+/* zend_sigaction() unblocks the signal whose handler it has just installed: at every request
+ * start for SIGPROF (zend_set_timeout()), a system call.  The handler was not installed
+ * (hook_sigaction), so that unblocking is skipped too; any other sigprocmask() (pcntl's) is
+ * libc's. */
+/* Whether `signo` is the one signal of `set` (the signals the kernel knows: bits past them may
+ * be left unset by whoever filled `set`). */
+static int only_member(const sigset_t *set, int signo)
+{
+    for (int other = 1; other < SIGRTMAX + 1; other++) {
+        if (sigismember(set, other) != (other == signo)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int hook_sigprocmask(int how, const sigset_t *set, sigset_t *old)
+{
+    int signo = handler_left_alone;
+    handler_left_alone = 0;
+    if (how == SIG_UNBLOCK && signo && set && !old && only_member(set, signo)) {
+        return 0;
+    }
+    return sigprocmask(how, set, old);
+}
+
+/* opcache takes a POSIX record lock on its lock file as a request first uses the cache and
+ * releases it as the request ends (two system calls per request), so that another process can
+ * tell whether the shared memory is in use before it restarts it; and one around writes to it.
+ * Each interpreter copy has opcache memory and a lock file of its own (unlinked, so no other
+ * process has it), used by one thread at a time; and record locks belong to the process: they
+ * never exclude nor reveal another thread of it.  So they are no-ops here: without the calls. */
+static int hook_opcache_fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    switch (cmd) {
+    case F_SETLK:
+    case F_SETLKW:
+        return 0;
+    case F_GETLK:
+        ((struct flock *)arg)->l_type = F_UNLCK; /* what it reports of its own process's locks */
+        return 0;
+    default:
+        return fcntl(fd, cmd, arg);
+    }
 }
 
 static __sighandler_t hook_signal(int signo, __sighandler_t handler)
@@ -996,6 +1052,7 @@ static int hook_printf_chk(int flag, const char *format, ...)
 static fp_interposition hooks[] = {
     {"sigaction", (void *)hook_sigaction, (void **)&real_sigaction},
     {"signal", (void *)hook_signal, NULL},
+    {"sigprocmask", (void *)hook_sigprocmask, NULL},
     {"setitimer", (void *)hook_setitimer, (void **)&real_setitimer},
     {"alarm", (void *)hook_alarm, NULL},
     {"poll", (void *)hook_poll, (void **)&real_poll},
@@ -1055,9 +1112,19 @@ static int interpose_extensions(void)
             return -1;
         }
     } ZEND_HASH_FOREACH_END();
+    static fp_interposition opcache_hooks[] = {
+        {"fcntl", (void *)hook_opcache_fcntl, NULL},
+    };
     for (zend_llist_element *e = zend_extensions.head; e; e = e->next) {
         zend_extension *ext = (zend_extension *)e->data;
-        if (ext->handle && fp_interpose_handle(ext->handle, hooks, FP_HOOKS) < 0) {
+        /* (opcache clears its handle, so that it is never unloaded: found by a function of it) */
+        const void *inside = (const void *)ext->startup;
+        if (ext->handle ? fp_interpose_handle(ext->handle, hooks, FP_HOOKS) < 0
+                        : inside && fp_interpose(inside, hooks, FP_HOOKS) < 0) {
+            return -1;
+        }
+        if (inside && ext->name && strcmp(ext->name, "Zend OPcache") == 0 &&
+            fp_interpose(inside, opcache_hooks, 1) < 0) {
             return -1;
         }
     }

@@ -48,6 +48,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #                    found with pkg-config
 #   openssl curl     tests/test_http_tls.py: a self-signed certificate, and an HTTP/2 client
 #                    (Debian's curl is built with nghttp2)
+#   strace           tests/test_syscalls.py: the system calls an execution makes, counted
 apt_pkgs=(
     libphp8.2-embed php8.2-dev php8.2-cli php8.2-common
     php8.2-mbstring php8.2-sqlite3 php8.2-opcache php8.2-xml
@@ -55,6 +56,7 @@ apt_pkgs=(
     wrk
     libh2o-evloop-dev libssl-dev pkg-config
     openssl curl
+    strace
 )
 # cmake >= 3.18: use the one on PATH (e.g. from pip) if there is one, else Debian's (3.25).
 if ! command -v cmake >/dev/null 2>&1; then
