@@ -683,7 +683,7 @@ static void wait_for_python_turn(void)
 {
     const void *me = &caller_token;
     if (spin_worthwhile < 0) {
-        spin_worthwhile = sysconf(_SC_NPROCESSORS_ONLN) > 1 && !getenv("NOSPIN");
+        spin_worthwhile = sysconf(_SC_NPROCESSORS_ONLN) > 1; /* (benign race: same value) */
     }
     const void *other = atomic_load_explicit(&python_turn, memory_order_acquire);
     if (spin_worthwhile && other && other != me) {
