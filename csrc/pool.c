@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 enum { QUEUED, SERVED, CLOSED, WITHDRAWN };
@@ -239,6 +240,29 @@ int fp_pool_acquire(fp_pool *pool, int64_t timeout_ns, void **item)
     if (item) {
         *item = id >= 0 ? fp_pool_item(pool, id) : NULL;
     }
+    return id;
+}
+
+int fp_pool_try_acquire(fp_pool *pool, int prefer, void **item)
+{
+    pthread_mutex_lock(&pool->mu);
+    int id = pool->closed ? FP_POOL_CLOSED : FP_POOL_TIMEOUT;
+    if (!pool->closed && pool->n_idle) {
+        int at = pool->n_idle - 1;
+        for (int i = at; prefer >= 0 && i >= 0; i--) {
+            if (pool->idle[i] == prefer) {
+                at = i;
+                break;
+            }
+        }
+        id = pool->idle[at];
+        memmove(&pool->idle[at], &pool->idle[at + 1], (size_t)(pool->n_idle - 1 - at) * sizeof(int));
+        pool->n_idle--;
+    }
+    if (item) {
+        *item = id >= 0 ? pool->members[id].item : NULL;
+    }
+    pthread_mutex_unlock(&pool->mu);
     return id;
 }
 

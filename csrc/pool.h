@@ -54,6 +54,12 @@ void fp_pool_waiter_free(fp_pool_waiter *w);
  * not NULL) receives the member's item. */
 int fp_pool_acquire(fp_pool *pool, int64_t timeout_ns, void **item);
 
+/* An idle member now, without queueing: `prefer` if it is idle (the one the caller used last:
+ * its interpreter's memory is likely still in this CPU's caches), else the most recently used;
+ * FP_POOL_TIMEOUT when none is idle (nobody is jumped: idle members and waiters never coexist),
+ * FP_POOL_CLOSED.  *item (if not NULL) receives the member's item. */
+int fp_pool_try_acquire(fp_pool *pool, int prefer, void **item);
+
 /* Give member `id` back: to the first waiter, else idle.  Returns 1 instead when the pool has
  * given up on its busy members (fp_pool_take_all()): the caller then owns the member for good. */
 int fp_pool_release(fp_pool *pool, int id);

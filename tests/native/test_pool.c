@@ -250,9 +250,47 @@ static void test_stalls(void)
     fp_pool_free(pool);
 }
 
+/* fp_pool_try_acquire: the preferred idle member, else the most recently returned; never a
+ * member while somebody waits (there is none idle then), and nothing once closed. */
+static void test_try_acquire(void)
+{
+    fp_pool *pool = fp_pool_new();
+    static int items[3];
+    for (int i = 0; i < 3; i++) {
+        fp_pool_add(pool, &items[i]);
+    }
+    void *item = NULL;
+    int id = fp_pool_try_acquire(pool, 0, &item);
+    CHECK(id == 0 && item == &items[0], "the preferred member, from the bottom of the idle stack");
+    fp_pool_release(pool, id);
+    CHECK(fp_pool_try_acquire(pool, -1, NULL) == 0, "no preference: the most recently returned");
+    CHECK(fp_pool_try_acquire(pool, 0, NULL) == 2, "a preferred member that is busy: the most recent idle one");
+    CHECK(fp_pool_try_acquire(pool, 1, &item) == 1 && item == &items[1], "the last idle one");
+    CHECK(fp_pool_try_acquire(pool, 1, &item) == FP_POOL_TIMEOUT && item == NULL, "none idle: no queueing");
+    CHECK(fp_pool_waiting(pool) == 0, "nobody queued by it");
+    _Atomic int seq = 0;
+    waiter_arg arg = {pool, 0, &seq, -1, -1};
+    pthread_t waiter;
+    pthread_create(&waiter, NULL, queued_acquire, &arg);
+    wait_waiting(pool, 1);
+    fp_pool_release(pool, 1);
+    CHECK(fp_pool_try_acquire(pool, 1, NULL) == FP_POOL_TIMEOUT, "a returned member goes to the waiter first");
+    pthread_join(waiter, NULL);
+    CHECK(arg.id == 1, "the waiter got it");
+    fp_pool_release(pool, 0);
+    fp_pool_release(pool, 1);
+    fp_pool_release(pool, 2);
+    fp_pool_close(pool);
+    CHECK(fp_pool_try_acquire(pool, 0, NULL) == FP_POOL_CLOSED, "closed");
+    int ids[3];
+    fp_pool_take_all(pool, ids, 3);
+    fp_pool_free(pool);
+}
+
 int main(void)
 {
     test_fifo();
+    test_try_acquire();
     test_stalls();
     test_timeout_and_withdraw();
     test_close();
