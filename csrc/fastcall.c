@@ -145,13 +145,63 @@ static PyObject *common_result(const fp_fast_call *call)
     return result_from(fields);
 }
 
-/* ---- Prepared: one script's arguments (Runtime._prepared's values) ------------------------- */
+/* ---- Prepared, Running and fast_method: two references, then C data ------------------------ */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *args;             /* the ScriptArgs (Python's methods use it) */
-    PyObject *keep;             /* owns `proto` (a cffi fp_fast_call) */
-    const fp_fast_call *proto;  /* its inputs: what Runtime._fill set */
+    PyObject *ref[2];
+} Holder;
+
+static PyObject *holder_new(PyTypeObject *type, PyObject *a, PyObject *b)
+{
+    Holder *self = (Holder *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->ref[0] = Py_XNewRef(a);
+        self->ref[1] = Py_XNewRef(b);
+    }
+    return (PyObject *)self;
+}
+
+static int holder_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(((Holder *)self)->ref[0]);
+    Py_VISIT(((Holder *)self)->ref[1]);
+    return 0;
+}
+
+static int holder_clear(PyObject *self)
+{
+    Py_CLEAR(((Holder *)self)->ref[0]);
+    Py_CLEAR(((Holder *)self)->ref[1]);
+    return 0;
+}
+
+static void holder_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    holder_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+/* What the three types share (their flags have Py_TPFLAGS_HAVE_GC). */
+#define HOLDER_TYPE(name, c_type, new_fn)                                                     \
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "frankenpy._fastcall." name,                     \
+    .tp_basicsize = sizeof(c_type), .tp_new = new_fn, .tp_traverse = holder_traverse,         \
+    .tp_clear = holder_clear, .tp_dealloc = holder_dealloc
+
+static int check_address(unsigned long long address, const char *what)
+{
+    if (address == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: address is NULL", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Prepared: one script's arguments (Runtime._prepared's values). */
+typedef struct {
+    Holder refs;                /* the ScriptArgs (Python's methods use it), the owner of proto */
+    const fp_fast_call *proto;  /* a cffi fp_fast_call: its inputs are what Runtime._fill set */
     uint64_t serial;            /* never reused: tells a thread's call whose inputs it holds */
 } Prepared;
 
@@ -162,126 +212,62 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     static char *names[] = {"args", "proto", "address", NULL};
     PyObject *script_args, *keep;
     unsigned long long address;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOK:Prepared", names, &script_args, &keep, &address)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOK:Prepared", names, &script_args, &keep, &address) ||
+        check_address(address, "Prepared") < 0) {
         return NULL;
     }
-    if (address == 0) {
-        PyErr_SetString(PyExc_ValueError, "Prepared: address is NULL");
-        return NULL;
-    }
-    Prepared *self = (Prepared *)type->tp_alloc(type, 0);
+    Prepared *self = (Prepared *)holder_new(type, script_args, keep);
     if (self != NULL) {
-        self->args = Py_NewRef(script_args);
-        self->keep = Py_NewRef(keep);
         self->proto = (const fp_fast_call *)(uintptr_t)address;
         self->serial = next_serial++;
     }
     return (PyObject *)self;
 }
 
-static int prepared_traverse(Prepared *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->args);
-    Py_VISIT(self->keep);
-    return 0;
-}
-
-static int prepared_clear(Prepared *self)
-{
-    Py_CLEAR(self->args);
-    Py_CLEAR(self->keep);
-    return 0;
-}
-
-static void prepared_dealloc(Prepared *self)
-{
-    PyObject_GC_UnTrack(self);
-    prepared_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static PyMemberDef prepared_members[] = {
-    {"args", T_OBJECT, offsetof(Prepared, args), READONLY, "the ScriptArgs"},
+    {"args", T_OBJECT, offsetof(Prepared, refs.ref[0]), READONLY, "the ScriptArgs"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject Prepared_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "frankenpy._fastcall.Prepared",
+    HOLDER_TYPE("Prepared", Prepared, prepared_new),
     .tp_doc = PyDoc_STR("Prepared(args, proto, address): a script's ScriptArgs and the fp_fast_call "
                         "at `address` (owned by `proto`) whose inputs point at them."),
-    .tp_basicsize = sizeof(Prepared),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = prepared_new,
-    .tp_traverse = (traverseproc)prepared_traverse,
-    .tp_clear = (inquiry)prepared_clear,
-    .tp_dealloc = (destructor)prepared_dealloc,
     .tp_members = prepared_members,
 };
 
-/* ---- Running: what the C path needs of a running Runtime (Runtime._fast) ------------------- */
-
+/* Running: what the C path needs of a running Runtime (Runtime._fast). */
 typedef struct {
-    PyObject_HEAD
-    PyObject *pool;      /* the ThreadPool: keeps its fp_pool alive during a call */
+    Holder refs;      /* the ThreadPool (keeps its fp_pool alive during a call), Runtime._prepared */
     fp_pool *handle;
-    PyObject *prepared;  /* Runtime._prepared: script path (None: code) -> Prepared */
 } Running;
+
+#define RUNNING_POOL(r) ((r)->refs.ref[0])
+#define RUNNING_PREPARED(r) ((r)->refs.ref[1]) /* script path (None: code) -> Prepared */
 
 static PyObject *running_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"pool", "address", "prepared", NULL};
     PyObject *pool, *prepared;
     unsigned long long address;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKO!:Running", names, &pool, &address,
-                                     &PyDict_Type, &prepared)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKO!:Running", names, &pool, &address, &PyDict_Type,
+                                     &prepared) ||
+        check_address(address, "Running") < 0) {
         return NULL;
     }
-    if (address == 0) {
-        PyErr_SetString(PyExc_ValueError, "Running: address is NULL");
-        return NULL;
-    }
-    Running *self = (Running *)type->tp_alloc(type, 0);
+    Running *self = (Running *)holder_new(type, pool, prepared);
     if (self != NULL) {
-        self->pool = Py_NewRef(pool);
         self->handle = (fp_pool *)(uintptr_t)address;
-        self->prepared = Py_NewRef(prepared);
     }
     return (PyObject *)self;
 }
 
-static int running_traverse(Running *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->pool);
-    Py_VISIT(self->prepared);
-    return 0;
-}
-
-static int running_clear(Running *self)
-{
-    Py_CLEAR(self->pool);
-    Py_CLEAR(self->prepared);
-    return 0;
-}
-
-static void running_dealloc(Running *self)
-{
-    PyObject_GC_UnTrack(self);
-    running_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static PyTypeObject Running_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "frankenpy._fastcall.Running",
+    HOLDER_TYPE("Running", Running, running_new),
     .tp_doc = PyDoc_STR("Running(pool, address, prepared): a running runtime's ThreadPool, its "
                         "fp_pool at `address`, and its dict of Prepared arguments."),
-    .tp_basicsize = sizeof(Running),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = running_new,
-    .tp_traverse = (traverseproc)running_traverse,
-    .tp_clear = (inquiry)running_clear,
-    .tp_dealloc = (destructor)running_dealloc,
 };
 
 /* ---- each thread's fp_fast_call ------------------------------------------------------------ */
@@ -326,12 +312,13 @@ static thread_call *this_thread_call(void)
 /* ---- fast_method ----------------------------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *func;  /* the Python method: everything but the common case */
+    Holder refs;  /* the Python method (everything but the common case), the instance __dict__
+                   * (__doc__, __name__, __wrapped__ ...: functools.update_wrapper) */
     int kind;
-    PyObject *dict;  /* __doc__, __name__, __wrapped__ ... (functools.update_wrapper) */
     vectorcallfunc vectorcall;
 } FastMethod;
+
+#define METHOD_FUNC(m) ((m)->refs.ref[0])
 
 static int lookup_attr(PyObject *obj, PyObject *name, PyObject **out)
 {
@@ -349,9 +336,6 @@ static int run_fast(const FastMethod *m, PyObject *self, PyObject *arg, PyObject
     if (!PyUnicode_CheckExact(arg) || fast_execute == NULL) {
         return 0;
     }
-    if (m->kind == KIND_FILE && (PyUnicode_GET_LENGTH(arg) == 0 || PyUnicode_READ_CHAR(arg, 0) != '/')) {
-        return 0; /* relative: Python makes it absolute */
-    }
     PyObject *obj = NULL;
     if (lookup_attr(self, str_fast, &obj) <= 0) {
         PyErr_Clear(); /* not a Runtime: Python says what is wrong */
@@ -362,7 +346,9 @@ static int run_fast(const FastMethod *m, PyObject *self, PyObject *arg, PyObject
         return 0;
     }
     Running *running = (Running *)obj;
-    PyObject *found = PyDict_GetItemWithError(running->prepared, m->kind == KIND_FILE ? arg : Py_None);
+    /* Keyed by absolute path (None: code): a relative path is never found, Python resolves it. */
+    PyObject *key = m->kind == KIND_FILE ? arg : Py_None;
+    PyObject *found = PyDict_GetItemWithError(RUNNING_PREPARED(running), key);
     if (found == NULL || !Py_IS_TYPE(found, &Prepared_Type)) {
         PyErr_Clear(); /* first call for this script: Python prepares it */
         Py_DECREF(obj);
@@ -402,8 +388,8 @@ static int run_fast(const FastMethod *m, PyObject *self, PyObject *arg, PyObject
         handled = 1;
         fast_calls++;
         if (tc->call.rare) {
-            PyObject *address = PyLong_FromVoidPtr(&tc->call);
-            *result = address ? PyObject_CallFunctionObjArgs(rare_result, running->pool, address, NULL) : NULL;
+            PyObject *pool = RUNNING_POOL(running), *address = PyLong_FromVoidPtr(&tc->call);
+            *result = address ? PyObject_CallFunctionObjArgs(rare_result, pool, address, NULL) : NULL;
             Py_XDECREF(address);
         } else {
             *result = common_result(&tc->call);
@@ -426,7 +412,7 @@ static PyObject *fast_method_vectorcall(PyObject *callable, PyObject *const *arg
             return result;
         }
     }
-    return PyObject_Vectorcall(m->func, args, nargsf, kwnames);
+    return PyObject_Vectorcall(METHOD_FUNC(m), args, nargsf, kwnames);
 }
 
 static PyObject *fast_method_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -441,9 +427,8 @@ static PyObject *fast_method_new(PyTypeObject *type, PyObject *args, PyObject *k
         PyErr_SetString(PyExc_ValueError, "fast_method(func, kind): a callable and FILE or CODE");
         return NULL;
     }
-    FastMethod *self = (FastMethod *)type->tp_alloc(type, 0);
+    FastMethod *self = (FastMethod *)holder_new(type, func, NULL);
     if (self != NULL) {
-        self->func = Py_NewRef(func);
         self->kind = kind;
         self->vectorcall = fast_method_vectorcall;
     }
@@ -463,28 +448,7 @@ static PyObject *fast_method_get(PyObject *self, PyObject *obj, PyObject *type)
 
 static PyObject *fast_method_repr(FastMethod *self)
 {
-    return PyUnicode_FromFormat("<fast_method %R>", self->func);
-}
-
-static int fast_method_traverse(FastMethod *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->func);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int fast_method_clear(FastMethod *self)
-{
-    Py_CLEAR(self->func);
-    Py_CLEAR(self->dict);
-    return 0;
-}
-
-static void fast_method_dealloc(FastMethod *self)
-{
-    PyObject_GC_UnTrack(self);
-    fast_method_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    return PyUnicode_FromFormat("<fast_method %R>", METHOD_FUNC(self));
 }
 
 static PyGetSetDef fast_method_getset[] = {
@@ -493,23 +457,17 @@ static PyGetSetDef fast_method_getset[] = {
 };
 
 static PyTypeObject FastMethod_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "frankenpy._fastcall.fast_method",
+    HOLDER_TYPE("fast_method", FastMethod, fast_method_new),
     .tp_doc = PyDoc_STR("fast_method(func, kind): Runtime.execute_file (kind FILE) or execute_code "
                         "(CODE), whose common case runs in C; any other call goes to func."),
-    .tp_basicsize = sizeof(FastMethod),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR |
                 Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = fast_method_new,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(FastMethod, vectorcall),
     .tp_descr_get = fast_method_get,
-    .tp_dictoffset = offsetof(FastMethod, dict),
+    .tp_dictoffset = offsetof(FastMethod, refs.ref[1]),
     .tp_getset = fast_method_getset,
     .tp_repr = (reprfunc)fast_method_repr,
-    .tp_traverse = (traverseproc)fast_method_traverse,
-    .tp_clear = (inquiry)fast_method_clear,
-    .tp_dealloc = (destructor)fast_method_dealloc,
 };
 
 /* ---- module functions -------------------------------------------------------------------------- */
@@ -597,7 +555,8 @@ PyMODINIT_FUNC PyInit__fastcall(void)
     if (PyModule_AddObjectRef(m, "Prepared", (PyObject *)&Prepared_Type) < 0 ||
         PyModule_AddObjectRef(m, "Running", (PyObject *)&Running_Type) < 0 ||
         PyModule_AddObjectRef(m, "fast_method", (PyObject *)&FastMethod_Type) < 0 ||
-        PyModule_AddIntConstant(m, "FILE", KIND_FILE) < 0 || PyModule_AddIntConstant(m, "CODE", KIND_CODE) < 0) {
+        PyModule_AddIntConstant(m, "FILE", KIND_FILE) < 0 ||
+        PyModule_AddIntConstant(m, "CODE", KIND_CODE) < 0) {
         Py_DECREF(m);
         return NULL;
     }
