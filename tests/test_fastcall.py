@@ -298,6 +298,37 @@ def test_a_logging_handler_calling_again_does_not_clobber_the_call(runtime1: fra
     assert inner[0].output == b"inner"
 
 
+@pytest.mark.timeout(60)
+def test_the_gil_is_released_while_php_runs(runtime1: frankenpy.Runtime) -> None:
+    runtime1.execute_code("echo 1;")
+    ticks = 0
+    done = threading.Event()
+
+    def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=ticker)
+    thread.start()
+    time.sleep(0.05)
+    try:
+        before = ticks
+        with c_path(1):
+            assert runtime1.execute_code("usleep(400000); echo 'slept';").output == b"slept"
+        during = ticks - before
+    finally:
+        done.set()
+        thread.join()
+    assert during >= 20  # ~400 ticks on an idle machine; none if the GIL were held
+
+
+def test_setup_refuses_another_builds_call_layout() -> None:
+    with pytest.raises(ImportError, match="rebuild"):
+        _fastcall.setup(1, 1, lambda pool, address: None, 8, 0)
+
+
 # --- arguments prepared per script, per runtime ------------------------------------------------
 
 
