@@ -1,6 +1,8 @@
 """Build of frankenpy: a cffi extension (``frankenpy._native``) and the SAPI glue library.
 
-``frankenpy._native`` is an ordinary CPython extension built by cffi from ``csrc/build_native.py``.
+``frankenpy._native`` is an ordinary CPython extension built by cffi from ``csrc/build_native.py``;
+``frankenpy._fastcall`` (``csrc/fastcall.c``) a hand-written one that runs the common case of
+``Runtime.execute_file``/``execute_code`` without a Python frame, through ``_native``'s functions.
 ``libfrankenpy_sapi.so`` (``csrc/sapi.c``) is a plain shared library linked against Debian's
 libphp8.2; frankenpy never loads it as is, but copies it once per PHP thread (see
 ``frankenpy/images.py``).  It needs ``php-config8.2`` and the PHP headers: ``php8.2-dev``.
@@ -11,7 +13,7 @@ import shlex
 import shutil
 import subprocess
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PHP_CONFIG = os.environ.get("PHP_CONFIG", "php-config8.2")
@@ -53,6 +55,15 @@ class BuildExtWithSapi(build_ext):
 
 
 setup(
+    ext_modules=[
+        Extension(
+            "frankenpy._fastcall",
+            ["csrc/fastcall.c"],
+            include_dirs=["csrc"],
+            depends=["csrc/serve.h", "csrc/pool.h", "csrc/frankenpy.h"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        )
+    ],
     cffi_modules=["csrc/build_native.py:ffibuilder"],
     cmdclass={"build_ext": BuildExtWithSapi},
 )

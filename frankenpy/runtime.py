@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import re
@@ -12,16 +13,15 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from . import _native
+from . import _fastcall, _native
 from .execution import (
     KEPT_OUTPUT_BUFFER,
     Diagnostic,
     Execution,
     Result,
     ScriptArgs,
-    _ResultFields,
     check_timeout,
     env_pairs,
     log_diagnostic,
@@ -40,6 +40,7 @@ ffi, lib = _native.ffi, _native.lib
 _calls = threading.local()  # each Python thread's fp_fast_call (its buffers are reused)
 FAST_NOT_FOUND = -5  # csrc/serve.h FP_FAST_NOT_FOUND
 _fast_execute, _unpack = lib.fp_fast_execute_for_python, ffi.unpack
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 # php_ini keys frankenpy sets itself or that would load code behind its back.
 _RESERVED_INI = {"extension": "extensions=[...]", "zend_extension": "extensions=[...] / opcache=True"}
@@ -61,6 +62,17 @@ OPCACHE_DEFAULTS = {
 PHPValue = str | int | float | bool
 DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024  # bytes an execution may collect in Result.output
 PREPARED_SCRIPTS = 256  # execute_file() calls without env/argv reuse their C arguments per script
+
+
+def _fast_method(kind: int) -> Callable[[_Method], _Method]:
+    """The method as written, with its common case (one positional str: an absolute path for
+    execute_file, code for execute_code; the runtime running) run in C by csrc/fastcall.c, from
+    the arguments the method prepared on an earlier call; any other call runs the method."""
+
+    def wrap(method: _Method) -> _Method:
+        return functools.update_wrapper(_fastcall.fast_method(method, kind), method)  # type: ignore[return-value]
+
+    return wrap
 
 
 def _positive(timeout: float) -> float:
@@ -306,7 +318,8 @@ class Runtime:
             self._check_opcache_sizes()
         self.env = dict(env or {})
         self._base_env = env_pairs(self.env)
-        self._prepared: dict[str | None, ScriptArgs] = {}  # per script; None: code
+        self._prepared: dict[str | None, _fastcall.Prepared] = {}  # per script; None: code
+        self._fast: _fastcall.Running | None = None  # while running: what the C path needs
         self.start_timeout = start_timeout
         self.name = name
         self.workers_group = WorkerGroup(self, workers)
@@ -343,6 +356,8 @@ class Runtime:
             with self._state_lock:
                 self._check_not_stopped()
                 self.state = "running"
+                pool = self._pool
+                self._fast = _fastcall.Running(pool, int(ffi.cast("uintptr_t", pool.handle)), self._prepared)
         except BaseException:
             if self._scaler is not None:
                 self._scaler.stop()
@@ -370,6 +385,7 @@ class Runtime:
                 self.state = "stopped"
             elif state in ("starting", "running"):
                 self.state = "stopping"
+                self._fast = None  # new calls take the Python path, which raises
                 self._stop_grace = grace
         if state == "starting":
             self.workers_group.close()  # cuts start()'s wait for the workers short
@@ -487,6 +503,7 @@ class Runtime:
         return "".join(lines) + self._user_ini
 
     # --- executions -----------------------------------------------------------------------------
+    @_fast_method(_fastcall.FILE)
     def execute_file(
         self,
         path: str | os.PathLike[str],
@@ -506,15 +523,7 @@ class Runtime:
         ``STDIN`` / ``php://stdin`` read (default: nothing)."""
         # (an absolute str is taken as is: abspath() costs more than the rest of this method)
         script = path if isinstance(path, str) and path[:1] == "/" else os.path.abspath(os.fspath(path))
-        if env is None and argv is None:
-            args = self._prepared.get(script)
-            if args is None:
-                args = self._prepare(script, None, None)
-                if len(self._prepared) >= PREPARED_SCRIPTS:
-                    self._prepared.clear()
-                self._prepared[script] = args
-        else:
-            args = self._prepare(script, env, argv)
+        args = self._prepare(script, env, argv)
         if timeout is None and output is None:
             # fp_fast_execute checks that the file exists, without the GIL (FP_FAST_NOT_FOUND)
             pool = self._pool
@@ -525,6 +534,7 @@ class Runtime:
             raise FileNotFoundError(f"PHP script not found: {script}")
         return self._execute(args, None, timeout, output, stdin)
 
+    @_fast_method(_fastcall.CODE)
     def execute_code(
         self,
         code: str,
@@ -543,11 +553,25 @@ class Runtime:
     def _prepare(
         self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
     ) -> ScriptArgs:
-        if script is None and not env and not argv:  # code with the defaults: built once
-            args = self._prepared.get(None)
-            if args is None:
-                args = self._prepared[None] = ScriptArgs.build(None, self._base_env, ["Standard input code"])
-            return args
+        """The C arguments of running ``script`` (None: code).  Without env and argv, built once
+        per script (up to PREPARED_SCRIPTS), with the fp_fast_call inputs that the C path of
+        execute_file/execute_code (csrc/fastcall.c) copies."""
+        if env or argv:
+            return self._build_args(script, env, argv)
+        prepared = self._prepared.get(script)
+        if prepared is None:
+            args = self._build_args(script, None, None)
+            proto = ffi.new("fp_fast_call *")
+            self._fill(proto, args, ffi.NULL, ffi.NULL, 0, check_script=script is not None)
+            if len(self._prepared) >= PREPARED_SCRIPTS:
+                self._prepared.clear()
+            prepared = self._prepared[script] = _fastcall.Prepared(
+                args, proto, int(ffi.cast("uintptr_t", proto)))
+        return prepared.args
+
+    def _build_args(
+        self, script: str | None, env: Mapping[str, str] | None, argv: Sequence[str] | None
+    ) -> ScriptArgs:
         server = script_server_vars(script) if script is not None else None
         pairs = env_pairs(self.env, server, env) if (env or server) else self._base_env
         return ScriptArgs.build(script, pairs, argv or [script or "Standard input code"])
@@ -609,15 +633,19 @@ class Runtime:
         if member < 0:
             self._fast_retry(pool, call, member, args)
         if call.rare:
-            result = self._fast_result(pool, call)
-            if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
-                lib.fp_fast_call_clear(call)
-            return result
-        length = call.output_len  # the common case, in as few steps as can be (new_result inline)
-        result: Any = _ResultFields(call.exit_status, _unpack(call.output, length) if length else b"", (),
-                                    False, call.duration_ns / 1e9, None, b"")
-        result.__class__ = Result
-        return result  # type: ignore[no-any-return]
+            return self._rare_result(pool, call)
+        length = call.output_len  # the common case (csrc/fastcall.c common_result() in C)
+        return new_result(call.exit_status, _unpack(call.output, length) if length else b"", (),
+                          False, call.duration_ns / 1e9, None, b"")
+
+    @staticmethod
+    def _rare_result(pool: ThreadPool, call: Any) -> Result:
+        """The Result of a finished call with something rare to look at (``call.rare``); output
+        buffers grown past KEPT_OUTPUT_BUFFER are not kept for the next call."""
+        result = Runtime._fast_result(pool, call)
+        if call.output_cap > KEPT_OUTPUT_BUFFER or call.stderr_cap > KEPT_OUTPUT_BUFFER:
+            lib.fp_fast_call_clear(call)
+        return result
 
     @staticmethod
     def _fast_retry(pool: ThreadPool, call: Any, member: int, args: ScriptArgs) -> None:
@@ -912,3 +940,13 @@ class Runtime:
     def reserved_threads(self) -> int:
         """Regular PHP threads autoscaling may still add (FrankenPHP's reserved threads)."""
         return max(0, self.max_threads - (self._pool.size if self._pool else self.num_threads))
+
+
+# The C path's hooks into frankenpy._native (the same fp_fast_call layout: one build).
+_fastcall.setup(
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, "fp_fast_execute_for_python"))),
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, "fp_fast_call_clear"))),
+    lambda pool, address: Runtime._rare_result(pool, ffi.cast("fp_fast_call *", address)),
+    ffi.sizeof("fp_fast_call"),
+    ffi.offsetof("fp_fast_call", "member"),
+)
