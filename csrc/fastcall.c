@@ -385,6 +385,19 @@ static int run_fast(const FastMethod *m, PyObject *self, PyObject *arg, PyObject
     Py_BEGIN_ALLOW_THREADS
     member = fast_execute(running->handle, -1, &tc->call);
     Py_END_ALLOW_THREADS
+    if (member < 0 && tc->call.given_up) {
+        /* Nothing ran (a missing script found by running it), but the pool gave its thread up
+         * meanwhile (shutdown): the caller owns it; hand it to Python as _fast_retry does, then
+         * let the Python method answer. */
+        PyObject *thread = PyObject_CallMethod(RUNNING_POOL(running), "thread", "i", tc->call.member);
+        PyObject *done = thread ? PyObject_CallMethod(RUNNING_POOL(running), "given_up", "O", thread) : NULL;
+        if (!done) {
+            PyErr_WriteUnraisable(RUNNING_POOL(running));
+        }
+        Py_XDECREF(done);
+        Py_XDECREF(thread);
+        tc->call.given_up = 0;
+    }
     if (member >= 0) {
         handled = 1;
         fast_calls++;
