@@ -190,7 +190,7 @@ struct fp_http_exchange {
 static const fp_host exchange_host;
 static const char *reason_phrase(int status);
 
-static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message);
+static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message, size_t len);
 
 static void server_request_done(fp_http_server *server)
 {
@@ -595,26 +595,23 @@ static void ex_log(void *handle, int type, const char *file, uint32_t line, cons
         size_t n = strlen(message) + strlen(file) + 32;
         char *text = malloc(n);
         if (text) {
-            snprintf(text, n, "%s\x1f%s\x1f%u", message, file, line);
-            log_record(ex->server, kind, ex->tag, text);
+            int len = snprintf(text, n, "%s\x1f%s\x1f%u", message, file, line);
+            log_record(ex->server, kind, ex->tag, text, len > 0 ? (size_t)len : 0);
             free(text);
             return;
         }
     }
-    log_record(ex->server, kind, ex->tag, message);
+    log_record(ex->server, kind, ex->tag, message, strlen(message));
 }
 
 /* frankenphp_log(): queued as kind "L<level>", message "<text>\x1f<context JSON>" (JSON escapes
- * control characters, so the last \x1f is the separator); native.py logs it with the level and
- * the context as the record's extra, as php_functions.fp_py_php_log() does. */
+ * control characters, so the last \x1f is the separator; the text may hold any byte, NUL too:
+ * records carry their length); native.py logs it with the level and the context as the
+ * record's extra, as php_functions.fp_py_php_log() does. */
 static void ex_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
                        size_t context_len)
 {
     fp_http_exchange *ex = handle;
-    const char *nul = memchr(message, '\0', message_len); /* the queue holds C strings */
-    if (nul) {
-        message_len = (size_t)(nul - message);
-    }
     /* What log_record() would cut is cut here, so that the separator stays: a context that does
      * not fit whole is dropped (cut, it would be no JSON), then the message is cut. */
     if (message_len + context_len + 256 > LOG_RECORD_MAX) {
@@ -625,7 +622,7 @@ static void ex_php_log(void *handle, int level, const char *message, size_t mess
     }
     char kind[16];
     snprintf(kind, sizeof kind, "L%d", level);
-    char *text = malloc(message_len + context_len + 2);
+    char *text = malloc(message_len + context_len + 1);
     if (!text) {
         return;
     }
@@ -634,8 +631,7 @@ static void ex_php_log(void *handle, int level, const char *message, size_t mess
     if (context_len) {
         memcpy(text + message_len + 1, context, context_len);
     }
-    text[message_len + 1 + context_len] = '\0';
-    log_record(ex->server, kind, ex->tag, text);
+    log_record(ex->server, kind, ex->tag, text, message_len + 1 + context_len);
     free(text);
 }
 
@@ -665,10 +661,8 @@ static void ex_stderr(void *handle, const char *data, size_t len)
     while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) {
         len--;
     }
-    char *line = len ? strndup(data, len) : NULL;
-    if (line) {
-        log_record(ex->server, "0", ex->tag, line);
-        free(line);
+    if (len) {
+        log_record(ex->server, "0", ex->tag, data, len);
     }
 }
 
@@ -849,14 +843,21 @@ void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *head
 
 /* ---- the log queue ---------------------------------------------------------------------------- */
 
-static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message)
+/* A record is "kind\0tag\0<length in decimal>\0" and `len` bytes of message: the message is
+ * bytes (frankenphp_log() and php://stderr may write NUL), the rest short text. */
+static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message, size_t len)
 {
     size_t k = strlen(kind) + 1, t = strlen(tag) + 1; /* short: a number or letter, a thread name */
-    size_t m = strnlen(message, LOG_RECORD_MAX - k - t - 1) + 1;
+    if (len > LOG_RECORD_MAX - k - t - 8) {
+        len = LOG_RECORD_MAX - k - t - 8;
+    }
+    char length[8];
+    size_t l = (size_t)snprintf(length, sizeof length, "%zu", len) + 1; /* < 64 KiB: 5 digits */
+    size_t rec = k + t + l + len;
     pthread_mutex_lock(&server->log_mu);
-    if (server->logs_len + k + t + m > server->logs_cap && server->logs_len + k + t + m <= LOG_QUEUE_MAX) {
+    if (server->logs_len + rec > server->logs_cap && server->logs_len + rec <= LOG_QUEUE_MAX) {
         size_t cap = server->logs_cap ? server->logs_cap : 16384;
-        while (cap < server->logs_len + k + t + m) {
+        while (cap < server->logs_len + rec) {
             cap *= 2;
         }
         char *grown = realloc(server->logs, cap);
@@ -865,13 +866,13 @@ static void log_record(fp_http_server *server, const char *kind, const char *tag
             server->logs_cap = cap;
         }
     }
-    if (server->logs_len + k + t + m <= server->logs_cap) {
+    if (server->logs_len + rec <= server->logs_cap) {
         char *p = server->logs + server->logs_len;
         memcpy(p, kind, k);
         memcpy(p + k, tag, t);
-        memcpy(p + k + t, message, m - 1);
-        p[k + t + m - 1] = '\0';
-        server->logs_len += k + t + m;
+        memcpy(p + k + t, length, l);
+        memcpy(p + k + t + l, message, len);
+        server->logs_len += rec;
         pthread_cond_signal(&server->log_cond);
     }
     pthread_mutex_unlock(&server->log_mu);
@@ -894,10 +895,11 @@ size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, i
     /* Whole records only. */
     size_t taken = 0, pos = 0;
     while (pos < server->logs_len) {
-        size_t rec = 0;
-        for (int field = 0; field < 3; field++) {
-            rec += strlen(server->logs + pos + rec) + 1;
-        }
+        const char *p = server->logs + pos;
+        size_t rec = strlen(p) + 1;
+        rec += strlen(p + rec) + 1;
+        size_t message_len = strtoul(p + rec, NULL, 10);
+        rec += strlen(p + rec) + 1 + message_len;
         if (taken + rec > len) {
             break;
         }
@@ -1468,8 +1470,8 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
      * joined by "; " (RFC 9113 8.2.3) so that PHP parses every cookie.  Content-Type and
      * Content-Length are CGI's own variables; Proxy is dropped (httpoxy).  h2o keeps Host out of
      * req->headers (req->input.authority; a request without Host gets the hostconf's name
-     * there, which is no header).  Expect and Upgrade stay out: h2o handles them (Go's
-     * net/http, hence FrankenPHP, drops Expect too). */
+     * there, which is no header).  Expect and Upgrade stay out: h2o takes them out (it answers
+     * Expect, Go's net/http, hence FrankenPHP, drops it too; an Upgrade offer is ignored). */
     fp_str content_type = {NULL, 0}, host = {NULL, 0};
     int default_authority = req->hostconf && req->input.authority.base == req->hostconf->authority.hostport.base;
     if (req->input.authority.len && !default_authority) {
@@ -1550,18 +1552,8 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
             server_port = tls ? (fp_str){"443", 3} : (fp_str){"80", 2};
         }
     }
-    const char *target_uri = req->input.path.base;
-    size_t target_len = req->input.path.len;
-    if (target_len && target_uri[0] != '/') {
-        /* absolute-form ("http://host/path?q"): REQUEST_URI is its path and query */
-        const char *scheme_end = memmem(target_uri, target_len, "://", 3);
-        if (scheme_end) {
-            const char *slash = memchr(scheme_end + 3, '/', target_len - (size_t)(scheme_end + 3 - target_uri));
-            size_t skip = slash ? (size_t)(slash - target_uri) : target_len;
-            target_uri += skip;
-            target_len -= skip;
-        }
-    }
+    const char *target_uri = req->path.base; /* origin-form: see origin_form() */
+    size_t target_len = req->path.len;
     const char *qmark = memchr(target_uri, '?', target_len);
     size_t q = qmark ? (size_t)(qmark - target_uri) : SIZE_MAX;
     const char *query = q != SIZE_MAX ? target_uri + q + 1 : "";
@@ -1748,6 +1740,69 @@ static const char *check_request_head(h2o_req_t *req)
     return NULL;
 }
 
+/* The request target as origin-form ("/path?query") in req->path and req->query_at, which h2o
+ * 2.2 fills with whatever the request line holds.  An absolute-form target ("http://host/p?q",
+ * RFC 9112 3.2.2: what clients send to a proxy) would route as the path "http://host/p": it
+ * becomes "/p?q", as nginx makes it (REQUEST_URI "/p?q"; HTTP_HOST stays the Host header, as
+ * nginx passes it to PHP-FPM and waitress to a WSGI app).  Returns -1 for the forms only a proxy
+ * or the server as a whole answers, authority-form ("host:443", CONNECT's) and asterisk-form
+ * ("*", OPTIONS about the server): 400, as nginx answers them. */
+static int origin_form(h2o_req_t *req)
+{
+    const char *p = req->path.base, *end = p + req->path.len;
+    if (p < end && *p == '/') {
+        return 0;
+    }
+    /* scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then "//" authority (RFC 3986 3) */
+    const char *s = p;
+    while (s < end) {
+        char c = *s;
+        int alpha = (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+        if (!alpha && (s == p || !((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'))) {
+            break;
+        }
+        s++;
+    }
+    if (s == p || end - s < 3 || memcmp(s, "://", 3) != 0) {
+        return -1;
+    }
+    s += 3;
+    while (s < end && *s != '/' && *s != '?') {
+        s++;
+    }
+    size_t n = (size_t)(end - s);
+    if (n && *s == '/') {
+        req->path = h2o_iovec_init(s, n);
+    } else { /* no path ("http://host", "http://host?q"): "/" */
+        char *path = h2o_mem_alloc_pool(&req->pool, n + 1);
+        path[0] = '/';
+        memcpy(path + 1, s, n);
+        req->path = h2o_iovec_init(path, n + 1);
+    }
+    const char *query = memchr(req->path.base, '?', req->path.len);
+    req->query_at = query ? (size_t)(query - req->path.base) : SIZE_MAX;
+    return 0;
+}
+
+/* h2o 2.2 keeps an HTTP/1.1 connection open only when the request has no Connection header or
+ * one with "keep-alive": "Connection: Upgrade" (a WebSocket or h2c offer, which this server
+ * ignores, RFC 9110 7.8) would close it after the response.  HTTP/1.1 connections persist
+ * unless a Connection header says "close" (RFC 9112 9.3); h2o's other reasons to close (shutdown,
+ * an error, send_simple(close)) set the flag to 0 after this. */
+static void keep_alive_by_default(h2o_req_t *req)
+{
+    if (req->version != 0x101 || req->http1_is_persistent || req->conn->ctx->shutdown_requested) {
+        return;
+    }
+    for (ssize_t i = -1; (i = h2o_find_header(&req->headers, H2O_TOKEN_CONNECTION, i)) != -1;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (h2o_contains_token(v.base, v.len, H2O_STRLIT("close"), ',')) {
+            return;
+        }
+    }
+    req->http1_is_persistent = 1;
+}
+
 /* The opt-in access log: one line per request when h2o disposes it (answered or abandoned). */
 typedef struct access_entry {
     fp_http_server *server;
@@ -1763,7 +1818,7 @@ static void on_access_dispose(void *p)
     snprintf(msg, sizeof msg, "%.*s %.*s %d %.1f ms", (int)req->input.method.len, req->input.method.base,
              (int)(req->input.path.len < 400 ? req->input.path.len : 400), req->input.path.base,
              req->res.status, (double)(fp_monotonic_ns() - a->started_ns) / 1e6);
-    log_record(a->server, "A", "-", msg);
+    log_record(a->server, "A", "-", msg, strlen(msg));
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -1776,9 +1831,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         *a = (access_entry){server, req, fp_monotonic_ns()};
     }
 
+    keep_alive_by_default(req);
     const char *bad = check_request_head(req);
+    if (!bad && origin_form(req) != 0) {
+        bad = "request target neither origin-form nor absolute-form";
+    }
     if (bad) {
-        log_record(server, "S", "-", bad);
+        log_record(server, "S", "-", bad, strlen(bad));
         send_simple(req, 400, NULL, 1);
         return 0;
     }
@@ -1886,7 +1945,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 void fp_http_exchange_reject(fp_http_exchange *ex)
 {
     atomic_fetch_add(&ex->server->rejected_503, 1);
-    log_record(ex->server, "S", "-", "503: no free PHP thread within max_wait_time");
+    static const char why[] = "503: no free PHP thread within max_wait_time";
+    log_record(ex->server, "S", "-", why, sizeof why - 1);
     fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
                              "503 Service Unavailable\n", 24);
 }
@@ -2340,6 +2400,9 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
     /* One more byte than allowed: a body just over the limit reaches on_req, which answers
      * 413 (h2o answers larger ones itself, with 413 too, and closes). */
     st->globalconf.max_request_entity_size = conf->max_body_size + 1;
+    /* "Upgrade: h2c" is ignored (RFC 9110 7.8; RFC 9113 deprecates it): h2o would answer 101 and
+     * speak HTTP/2 to a client that may only have offered it.  HTTP/2 stays on over TLS (ALPN). */
+    st->globalconf.http1.upgrade_to_http2 = 0;
     h2o_hostconf_t *host = h2o_config_register_host(&st->globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     site_handler *handler = (site_handler *)h2o_create_handler(path, sizeof(*handler));

@@ -148,10 +148,12 @@ uint64_t fp_http_server_queue_stalls(fp_http_server *server, int queue, uint64_t
 size_t fp_http_server_queue_length(fp_http_server *server, int queue);
 
 /* Take log records (diagnostics of scripts, access log lines), waiting up to timeout_ms for the
- * first one.  Records are packed in `buf` as "kind\0tag\0message\0": kind is the E_* type in
- * decimal, "0" for error_log(), "L<level>" for frankenphp_log() (message "text\x1f<context
- * JSON>"), "A" for an access log line, "S" for the server's own warnings (refused requests).  Returns the bytes written; a record
- * that does not fit stays for the next call (a record longer than `len` is cut). */
+ * first one.  Records are packed in `buf` as "kind\0tag\0<n>\0" followed by the n bytes of the
+ * message (any bytes, NUL included; n in decimal): kind is the E_* type in decimal, "0" for
+ * error_log() and php://stderr, "L<level>" for frankenphp_log() (message "text\x1f<context
+ * JSON>"), "A" for an access log line, "S" for the server's own warnings (refused requests).
+ * Returns the bytes written; a record that does not fit stays for the next call (records are
+ * cut to 64 KiB when queued: `len` must be at least that). */
 size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, int timeout_ms);
 
 /* Wake a thread blocked in fp_http_server_take_logs() (at stop). */

@@ -100,6 +100,11 @@ static char *exchange(const char *req, size_t len, int *closed)
     return buf;
 }
 
+static char *exchange_text(const char *req, int *closed)
+{
+    return exchange(req, strlen(req), closed);
+}
+
 static int starts_with(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -126,6 +131,42 @@ static void *answer_python_queue(void *arg)
         fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", "metrics here\n", 13);
     }
     return NULL;
+}
+
+/* /metrics taken by this thread instead: frankenphp_log() of its exchange (through the host
+ * callbacks PHP's glue calls) with a message and a context holding NUL bytes, then the answer. */
+static void *log_through_python_queue(void *arg)
+{
+    fp_http_server *server = arg;
+    fp_http_exchange *ex = fp_http_take(server, fp_http_server_python_queue(server), NULL);
+    if (ex) {
+        fp_request *r = fp_http_exchange_request(ex, "t1");
+        static const char context[] = "{\"k\":\"x\\u0000y\"}";
+        r->host->php_log(r->handle, 4, "a\0b", 3, context, sizeof context - 1);
+        r->host->stderr_output(r->handle, "c\0d\n", 4);
+        fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", "logged\n", 7);
+    }
+    return NULL;
+}
+
+/* Records carry their length: the bytes after a NUL reach the taker (native.py) too. */
+static void log_records_keep_nul(fp_http_server *server)
+{
+    char buf[1024];
+    while (fp_http_server_take_logs(server, buf, sizeof buf, 0)) {
+        /* older records */
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, log_through_python_queue, server);
+    int closed;
+    char *r = exchange("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 53, &closed);
+    CHECK(strstr(r, "\r\n\r\nlogged\n") != NULL, r);
+    free(r);
+    pthread_join(t, NULL);
+    static const char expected[] = "L4\0t1\0" "20\0a\0b\x1f{\"k\":\"x\\u0000y\"}"
+                                   "0\0t1\0" "3\0c\0d";
+    size_t n = fp_http_server_take_logs(server, buf, sizeof buf, 1000);
+    CHECK(n == sizeof expected - 1 && memcmp(buf, expected, n) == 0, "frankenphp_log() and stderr records, NUL kept");
 }
 
 typedef struct loop_arg {
@@ -659,6 +700,41 @@ int main(int argc, char **argv)
     CHECK(starts_with(r, "HTTP/1.1 403 "), "%%2e%%2e is decoded once, then refused by the router");
     free(r);
 
+    /* An absolute-form target routes by its path (RFC 9112 3.2.2); asterisk-form and
+     * authority-form get 400; an upgrade offer (WebSocket, h2c) is ignored and the connection
+     * kept: the request behind it is answered too. */
+    r = exchange_text("GET http://127.0.0.1:1/s.txt HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n",
+                      &closed);
+    CHECK(starts_with(r, "HTTP/1.1 200 ") && strstr(r, "\r\n\r\nstatic text\n"), r);
+    free(r);
+    r = exchange_text("GET HTTP://h?x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", &closed);
+    CHECK(starts_with(r, "HTTP/1.1 503 "), "absolute-form without a path: / (index.php, no PHP thread: 503)");
+    free(r);
+    const char *not_origin[] = {"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+                                "GET h:443 HTTP/1.1\r\nHost: h\r\n\r\n", "GET 1http://h/ HTTP/1.1\r\nHost: h\r\n\r\n"};
+    for (size_t i = 0; i < sizeof not_origin / sizeof not_origin[0]; i++) {
+        r = exchange_text(not_origin[i], &closed);
+        CHECK(starts_with(r, "HTTP/1.1 400 ") && closed, not_origin[i]);
+        free(r);
+    }
+    const char *offers[] = {"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+                            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+                            "Connection: foo\r\n"};
+    for (size_t i = 0; i < sizeof offers / sizeof offers[0]; i++) {
+        char pipelined[512];
+        snprintf(pipelined, sizeof pipelined,
+                 "GET /s.txt HTTP/1.1\r\nHost: x\r\n%s\r\nGET /s.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                 offers[i]);
+        r = exchange_text(pipelined, &closed);
+        char *second = strstr(r + 1, "HTTP/1.1 200 ");
+        CHECK(starts_with(r, "HTTP/1.1 200 ") && second && strstr(second, "static text\n"), offers[i]);
+        free(r);
+    }
+    r = exchange_text("GET /s.txt HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"
+                      "GET /s.txt HTTP/1.1\r\nHost: x\r\n\r\n", &closed);
+    CHECK(starts_with(r, "HTTP/1.1 200 ") && closed && !strstr(r + 1, "HTTP/1.1"), "Connection: close still closes");
+    free(r);
+
     /* No PHP thread takes classic requests here: max_wait_time (0.3 s) answers 503. */
     r = exchange("GET /index.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 55, &closed);
     CHECK(starts_with(r, "HTTP/1.1 503 "), "max_wait_time without a PHP thread");
@@ -671,10 +747,11 @@ int main(int argc, char **argv)
     CHECK(starts_with(r, "HTTP/1.1 200 ") && strstr(r, "\r\n\r\nmetrics here\n"), r);
     free(r);
     pthread_join(t, NULL);
+    log_records_keep_nul(server);
 
     fp_http_counters c;
     fp_http_server_counters(server, &c);
-    CHECK(c.rejected_503 == 1, "one 503 counted");
+    CHECK(c.rejected_503 == 2, "two 503s counted (/index.php, and HTTP://h?x)");
     CHECK(fp_http_server_wait_idle(server, 5000) == 0, "nothing left in flight");
 
     /* Fuzz: the classic queue has no taker, so requests that route to PHP would each wait for
