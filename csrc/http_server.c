@@ -117,13 +117,14 @@ struct fp_http_server {
 
     http_loop loops[MAX_LOOPS];
     int n_loops;
-    h2o_timeout_t expire_timeout; /* on loop 0: the queues are shared by every loop */
-    h2o_timeout_entry_t expire_entry;
+    pthread_t expire_thread; /* max_wait_time of the queued requests (expire_main) */
+    int expiring;            /* expire_thread runs */
+    pthread_cond_t expire_cond; /* (server->mu) wakes expire_thread at stop */
     int started;
     atomic_int stopping;
     atomic_int draining;
 
-    pthread_mutex_t mu; /* in_flight, the idle condition, loops' ready flags */
+    pthread_mutex_t mu; /* in_flight, the idle condition, loops' ready flags, expire_cond */
     pthread_cond_t idle;
     pthread_cond_t ready;
     uint64_t in_flight;
@@ -1969,10 +1970,14 @@ static void answer_expired(fp_handoff_item *item)
     }
 }
 
-static void on_expire_tick(h2o_timeout_entry_t *entry)
+/* The queues serve the requests of every loop, and their waiters' max_wait_time runs out on a
+ * thread of its own, not on a loop: per-thread, every loop is a PHP thread's, and a long request
+ * on it would hold back the 503s of every queue.  At stop, the requests still queued get 503 at
+ * once (each answer goes out through the loop of its request, which lingers while it has
+ * connections). */
+static void *expire_main(void *arg)
 {
-    fp_http_server *server = H2O_STRUCT_FROM_MEMBER(fp_http_server, expire_entry, entry);
-    uint64_t now = fp_monotonic_ns();
+    fp_http_server *server = arg;
     /* A queue serves the requests of every site: the shortest max_wait_time of the sites
      * applies to it (sites usually share one). */
     uint64_t max_wait = 0;
@@ -1982,12 +1987,24 @@ static void on_expire_tick(h2o_timeout_entry_t *entry)
             max_wait = w;
         }
     }
-    if (max_wait) {
-        for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(fp_handoff_expire(server->queues[q], now, max_wait));
+    pthread_mutex_lock(&server->mu);
+    while (!atomic_load(&server->stopping)) {
+        struct timespec ts = realtime_after_ms(EXPIRE_INTERVAL_MS);
+        pthread_cond_timedwait(&server->expire_cond, &server->mu, &ts);
+        pthread_mutex_unlock(&server->mu); /* answering takes the exchanges' locks, then mu */
+        if (max_wait && !atomic_load(&server->stopping)) {
+            uint64_t now = fp_monotonic_ns();
+            for (int q = 0; q < server->n_queues; q++) {
+                answer_expired(fp_handoff_expire(server->queues[q], now, max_wait));
+            }
         }
+        pthread_mutex_lock(&server->mu);
     }
-    h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
+    pthread_mutex_unlock(&server->mu);
+    for (int q = 0; q < server->n_queues; q++) {
+        answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+    }
+    return NULL;
 }
 
 static void on_accept(h2o_socket_t *listener, const char *err)
@@ -2037,11 +2054,6 @@ static void loop_setup(http_loop *lp)
         sc->listener->data = sc;
         h2o_socket_read_start(sc->listener, on_accept);
     }
-    if (lp->index == 0) {
-        h2o_timeout_init(lp->loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
-        server->expire_entry.cb = on_expire_tick;
-        h2o_timeout_link(lp->loop, &server->expire_timeout, &server->expire_entry);
-    }
     pthread_mutex_lock(&server->mu);
     lp->ready = 1;
     pthread_cond_broadcast(&server->ready);
@@ -2083,16 +2095,11 @@ static void loop_shutdown(http_loop *lp)
 {
     fp_http_server *server = lp->server;
     /* Stop: close the listeners first (a connection the kernel would accept now would never be
-     * served), answer every queued request with 503, then let h2o close the connections: those
+     * served), answer the requests this loop would run itself with 503 (expire_main answers the
+     * queued ones), then let h2o close the connections: those
      * waiting for their next request time out at once (req_timeout 0), the others once their
      * response is out, and the PHP side releases their exchanges.  At most STOP_LINGER_NS. */
     close_listeners(server, lp->index);
-    if (lp->index == 0) {
-        /* The answers go to the loop of each request, which lingers while it has connections. */
-        for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
-        }
-    }
     for (fp_http_exchange *ex; (ex = local_take(lp));) { /* per-thread: never run */
         atomic_fetch_add(&server->rejected_503, 1);
         fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
@@ -2219,6 +2226,7 @@ fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, 
     pthread_mutex_init(&server->mu, NULL);
     pthread_cond_init(&server->idle, NULL);
     pthread_cond_init(&server->ready, NULL);
+    pthread_cond_init(&server->expire_cond, NULL);
     pthread_mutex_init(&server->log_mu, NULL);
     pthread_cond_init(&server->log_cond, NULL);
     server->n_loops = loop_threads;
@@ -2449,12 +2457,18 @@ int fp_http_server_add_worker_route(fp_http_server *server, int site_index, cons
 
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
 {
+    int rc = pthread_create(&server->expire_thread, NULL, expire_main, server);
+    if (rc != 0) {
+        snprintf(err, err_len, "pthread_create: %s", strerror(rc));
+        return -1;
+    }
+    server->expiring = 1; /* fp_http_server_stop() ends it, started or not */
     if (server->per_thread) {
         server->started = 1; /* the PHP threads run the loops (fp_http_loop_next) */
         return 0;
     }
     for (int l = 0; l < server->n_loops; l++) {
-        int rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
+        rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
         if (rc != 0) {
             snprintf(err, err_len, "pthread_create: %s", strerror(rc));
             server->n_loops = l; /* the ones started stop with the server */
@@ -2496,6 +2510,19 @@ uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms)
     return left;
 }
 
+/* Stop expire_main (`stopping` is set): it answers the requests still queued as it ends. */
+static void expire_join(fp_http_server *server)
+{
+    if (!server->expiring) {
+        return;
+    }
+    pthread_mutex_lock(&server->mu);
+    pthread_cond_broadcast(&server->expire_cond);
+    pthread_mutex_unlock(&server->mu);
+    pthread_join(server->expire_thread, NULL);
+    server->expiring = 0;
+}
+
 /* Per-thread: the loops end on their PHP threads, once the request each runs (if any) is over;
  * wait for them STOP_LINGER_NS at most beyond their own linger (fp_http_server_free waits for
  * the rest).  Loops no PHP thread took are closed here. */
@@ -2515,6 +2542,9 @@ static void stop_per_thread(fp_http_server *server)
             }
         }
     }
+    pthread_mutex_unlock(&server->mu);
+    expire_join(server);
+    pthread_mutex_lock(&server->mu);
     struct timespec until = realtime_after_ms((int)(2 * STOP_LINGER_NS / 1000000));
     for (int l = 0; l < server->n_loops; l++) {
         while (!server->loops[l].done &&
@@ -2536,11 +2566,14 @@ void fp_http_server_stop(fp_http_server *server)
             wake_loop_locked(&server->loops[l]);
         }
         pthread_mutex_unlock(&server->mu);
+        expire_join(server);
         for (int l = 0; l < server->n_loops; l++) {
             pthread_join(server->loops[l].thread, NULL);
         }
         server->started = 0;
     } else {
+        atomic_store(&server->stopping, 1);
+        expire_join(server); /* a start that failed after it began */
         for (int i = 0; i < server->n_sites; i++) {
             for (int l = 0; l < server->n_loops; l++) {
                 close(server->sites[i]->fds[l]); /* never handed to h2o */
@@ -2590,10 +2623,6 @@ static void loop_free(fp_http_server *server, http_loop *lp)
 #if H2O_LEAVES_QUEUE_AND_EPOLL
         free(ctx->queue);
 #endif
-    }
-    if (lp->index == 0) {
-        h2o_timeout_unlink(&server->expire_entry);
-        h2o_timeout_dispose(lp->loop, &server->expire_timeout);
     }
     h2o_multithread_unregister_receiver(lp->mqueue, &lp->receiver);
     h2o_multithread_destroy_queue(lp->mqueue);
@@ -2670,6 +2699,7 @@ void fp_http_server_free(fp_http_server *server)
     pthread_mutex_destroy(&server->mu);
     pthread_cond_destroy(&server->idle);
     pthread_cond_destroy(&server->ready);
+    pthread_cond_destroy(&server->expire_cond);
     free(server);
 }
 

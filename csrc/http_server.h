@@ -28,7 +28,8 @@
  * Queues: queue 0 holds classic requests (regular PHP threads serve it with fp_serve(),
  * serve.h); fp_http_server_add_queue() makes one per HTTP worker; the "python" queue holds the
  * requests only Python answers (/metrics), taken with fp_http_take().  Each request waits at most
- * its site's max_wait_time in a queue, then the loop thread answers 503.
+ * its site's max_wait_time in a queue, then the server's expiry thread answers it 503 (a thread
+ * of its own: per-thread, every loop is a PHP thread's, busy while its request runs).
  */
 #ifndef FRANKENPY_HTTP_SERVER_H
 #define FRANKENPY_HTTP_SERVER_H

@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -625,6 +626,103 @@ static void stop_and_free(const fp_router *router)
     free_while_held(router, HELD_UNANSWERED);
 }
 
+static atomic_int held_page; /* 1: a loop runs /index.php?hold until it is set back to 0 */
+
+/* A per-thread loop whose "PHP" answers with its loop's index; /index.php?hold keeps it busy. */
+static void *run_loop_told(void *p)
+{
+    loop_arg *a = p;
+    fp_http_exchange *ex;
+    while ((ex = fp_http_loop_next(a->server, a->index))) {
+        if (strstr(fp_http_exchange_request(ex, "t")->request_uri, "?hold")) {
+            atomic_store(&held_page, 1);
+            for (int i = 0; i < 500 && atomic_load(&held_page); i++) { /* 5 s at most */
+                usleep(10 * 1000);
+            }
+        }
+        char body[8];
+        int n = snprintf(body, sizeof body, "loop%d", a->index);
+        fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", body, (size_t)n);
+    }
+    return NULL;
+}
+
+/* One request on the keep-alive connection `fd`: the response, as exchange() gives it. */
+static char *ask(int fd, const char *req)
+{
+    send_text(fd, req);
+    static char buf[4096];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+/* Per-thread, loop 0's thread busy with a page: a request queued (by loop 1) for an HTTP worker
+ * with no free thread still gets its 503 after max_wait_time (the queues' expiry ran on loop 0,
+ * so it waited for the page). */
+static void per_thread_expiry(const fp_router *router)
+{
+    char err[256];
+    fp_http_server *server = fp_http_server_new(1, 0, err, sizeof err);
+    CHECK(server != NULL, err);
+    CHECK(fp_http_server_per_thread(server, 2, err, sizeof err) == 0, err);
+    int queue = fp_http_server_add_queue(server);
+    fp_http_site site = {.host = "127.0.0.1", .port = 0, .router = router, .max_body_size = 1000,
+                         .max_wait_time = 0.3};
+    CHECK(fp_http_server_add_site(server, &site, err, sizeof err) == 0, err);
+    CHECK(fp_http_server_add_worker_route(server, 0, "/w*", "/nonexistent/worker.php", queue) == 0, "route");
+    port = site.bound_port;
+    CHECK(fp_http_server_start(server, err, sizeof err) == 0, err);
+    loop_arg args[2] = {{server, 0, 0}, {server, 1, 0}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&threads[i], NULL, run_loop_told, &args[i]);
+    }
+    /* Each loop accepts from a socket of its own (SO_REUSEPORT): find a connection of each. */
+    int fds[2] = {-1, -1}, spare[32], n_spare = 0;
+    while ((fds[0] < 0 || fds[1] < 0) && n_spare < 32) {
+        int fd = connect_local();
+        const char *r = ask(fd, "GET /index.php HTTP/1.1\r\nHost: x\r\n\r\n");
+        const char *body = strstr(r, "\r\n\r\nloop");
+        int index = body ? body[8] - '0' : -1;
+        if ((index == 0 || index == 1) && fds[index] < 0) {
+            fds[index] = fd;
+        } else {
+            spare[n_spare++] = fd;
+        }
+    }
+    CHECK(fds[0] >= 0 && fds[1] >= 0, "a connection on each loop");
+    if (fds[0] >= 0 && fds[1] >= 0) {
+        send_text(fds[0], "GET /index.php?hold HTTP/1.1\r\nHost: x\r\n\r\n");
+        for (int i = 0; i < 500 && !atomic_load(&held_page); i++) {
+            usleep(10 * 1000);
+        }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        const char *r = ask(fds[1], "GET /w HTTP/1.1\r\nHost: x\r\n\r\n");
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        CHECK(starts_with(r, "HTTP/1.1 503 ") && waited < 2.5,
+              "per-thread: max_wait_time (0.3 s) runs out while loop 0 runs a 5 s page (%.1f s)", waited);
+        atomic_store(&held_page, 0);
+        r = ask(fds[0], "");
+        CHECK(strstr(r, "\r\n\r\nloop0") != NULL, "the held page is answered");
+    }
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    while (n_spare) {
+        close(spare[--n_spare]);
+    }
+    fp_http_server_stop(server);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    fp_http_server_free(server);
+}
+
 int main(int argc, char **argv)
 {
     int fuzz_iterations = argc > 1 ? atoi(argv[1]) : 2000;
@@ -780,6 +878,7 @@ int main(int argc, char **argv)
     fputs("<?php echo 'never runs here';\n", f);
     fclose(f);
     per_thread(&router);
+    per_thread_expiry(&router);
     stop_and_free(&router);
 
     snprintf(path, sizeof path, "rm -rf '%s'", base);
