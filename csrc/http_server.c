@@ -117,13 +117,14 @@ struct fp_http_server {
 
     http_loop loops[MAX_LOOPS];
     int n_loops;
-    h2o_timeout_t expire_timeout; /* on loop 0: the queues are shared by every loop */
-    h2o_timeout_entry_t expire_entry;
+    pthread_t expire_thread; /* max_wait_time of the queued requests (expire_main) */
+    int expiring;            /* expire_thread runs */
+    pthread_cond_t expire_cond; /* (server->mu) wakes expire_thread at stop */
     int started;
     atomic_int stopping;
     atomic_int draining;
 
-    pthread_mutex_t mu; /* in_flight, the idle condition, loops' ready flags */
+    pthread_mutex_t mu; /* in_flight, the idle condition, loops' ready flags, expire_cond */
     pthread_cond_t idle;
     pthread_cond_t ready;
     uint64_t in_flight;
@@ -190,7 +191,7 @@ struct fp_http_exchange {
 static const fp_host exchange_host;
 static const char *reason_phrase(int status);
 
-static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message);
+static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message, size_t len);
 
 static void server_request_done(fp_http_server *server)
 {
@@ -595,26 +596,23 @@ static void ex_log(void *handle, int type, const char *file, uint32_t line, cons
         size_t n = strlen(message) + strlen(file) + 32;
         char *text = malloc(n);
         if (text) {
-            snprintf(text, n, "%s\x1f%s\x1f%u", message, file, line);
-            log_record(ex->server, kind, ex->tag, text);
+            int len = snprintf(text, n, "%s\x1f%s\x1f%u", message, file, line);
+            log_record(ex->server, kind, ex->tag, text, len > 0 ? (size_t)len : 0);
             free(text);
             return;
         }
     }
-    log_record(ex->server, kind, ex->tag, message);
+    log_record(ex->server, kind, ex->tag, message, strlen(message));
 }
 
 /* frankenphp_log(): queued as kind "L<level>", message "<text>\x1f<context JSON>" (JSON escapes
- * control characters, so the last \x1f is the separator); native.py logs it with the level and
- * the context as the record's extra, as php_functions.fp_py_php_log() does. */
+ * control characters, so the last \x1f is the separator; the text may hold any byte, NUL too:
+ * records carry their length); native.py logs it with the level and the context as the
+ * record's extra, as php_functions.fp_py_php_log() does. */
 static void ex_php_log(void *handle, int level, const char *message, size_t message_len, const char *context,
                        size_t context_len)
 {
     fp_http_exchange *ex = handle;
-    const char *nul = memchr(message, '\0', message_len); /* the queue holds C strings */
-    if (nul) {
-        message_len = (size_t)(nul - message);
-    }
     /* What log_record() would cut is cut here, so that the separator stays: a context that does
      * not fit whole is dropped (cut, it would be no JSON), then the message is cut. */
     if (message_len + context_len + 256 > LOG_RECORD_MAX) {
@@ -625,7 +623,7 @@ static void ex_php_log(void *handle, int level, const char *message, size_t mess
     }
     char kind[16];
     snprintf(kind, sizeof kind, "L%d", level);
-    char *text = malloc(message_len + context_len + 2);
+    char *text = malloc(message_len + context_len + 1);
     if (!text) {
         return;
     }
@@ -634,8 +632,7 @@ static void ex_php_log(void *handle, int level, const char *message, size_t mess
     if (context_len) {
         memcpy(text + message_len + 1, context, context_len);
     }
-    text[message_len + 1 + context_len] = '\0';
-    log_record(ex->server, kind, ex->tag, text);
+    log_record(ex->server, kind, ex->tag, text, message_len + 1 + context_len);
     free(text);
 }
 
@@ -665,10 +662,8 @@ static void ex_stderr(void *handle, const char *data, size_t len)
     while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) {
         len--;
     }
-    char *line = len ? strndup(data, len) : NULL;
-    if (line) {
-        log_record(ex->server, "0", ex->tag, line);
-        free(line);
+    if (len) {
+        log_record(ex->server, "0", ex->tag, data, len);
     }
 }
 
@@ -849,14 +844,21 @@ void fp_http_exchange_respond(fp_http_exchange *ex, int status, const char *head
 
 /* ---- the log queue ---------------------------------------------------------------------------- */
 
-static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message)
+/* A record is "kind\0tag\0<length in decimal>\0" and `len` bytes of message: the message is
+ * bytes (frankenphp_log() and php://stderr may write NUL), the rest short text. */
+static void log_record(fp_http_server *server, const char *kind, const char *tag, const char *message, size_t len)
 {
     size_t k = strlen(kind) + 1, t = strlen(tag) + 1; /* short: a number or letter, a thread name */
-    size_t m = strnlen(message, LOG_RECORD_MAX - k - t - 1) + 1;
+    if (len > LOG_RECORD_MAX - k - t - 8) {
+        len = LOG_RECORD_MAX - k - t - 8;
+    }
+    char length[8];
+    size_t l = (size_t)snprintf(length, sizeof length, "%zu", len) + 1; /* < 64 KiB: 5 digits */
+    size_t rec = k + t + l + len;
     pthread_mutex_lock(&server->log_mu);
-    if (server->logs_len + k + t + m > server->logs_cap && server->logs_len + k + t + m <= LOG_QUEUE_MAX) {
+    if (server->logs_len + rec > server->logs_cap && server->logs_len + rec <= LOG_QUEUE_MAX) {
         size_t cap = server->logs_cap ? server->logs_cap : 16384;
-        while (cap < server->logs_len + k + t + m) {
+        while (cap < server->logs_len + rec) {
             cap *= 2;
         }
         char *grown = realloc(server->logs, cap);
@@ -865,13 +867,13 @@ static void log_record(fp_http_server *server, const char *kind, const char *tag
             server->logs_cap = cap;
         }
     }
-    if (server->logs_len + k + t + m <= server->logs_cap) {
+    if (server->logs_len + rec <= server->logs_cap) {
         char *p = server->logs + server->logs_len;
         memcpy(p, kind, k);
         memcpy(p + k, tag, t);
-        memcpy(p + k + t, message, m - 1);
-        p[k + t + m - 1] = '\0';
-        server->logs_len += k + t + m;
+        memcpy(p + k + t, length, l);
+        memcpy(p + k + t + l, message, len);
+        server->logs_len += rec;
         pthread_cond_signal(&server->log_cond);
     }
     pthread_mutex_unlock(&server->log_mu);
@@ -894,10 +896,11 @@ size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, i
     /* Whole records only. */
     size_t taken = 0, pos = 0;
     while (pos < server->logs_len) {
-        size_t rec = 0;
-        for (int field = 0; field < 3; field++) {
-            rec += strlen(server->logs + pos + rec) + 1;
-        }
+        const char *p = server->logs + pos;
+        size_t rec = strlen(p) + 1;
+        rec += strlen(p + rec) + 1;
+        size_t message_len = strtoul(p + rec, NULL, 10);
+        rec += strlen(p + rec) + 1 + message_len;
         if (taken + rec > len) {
             break;
         }
@@ -1468,8 +1471,8 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
      * joined by "; " (RFC 9113 8.2.3) so that PHP parses every cookie.  Content-Type and
      * Content-Length are CGI's own variables; Proxy is dropped (httpoxy).  h2o keeps Host out of
      * req->headers (req->input.authority; a request without Host gets the hostconf's name
-     * there, which is no header).  Expect and Upgrade stay out: h2o handles them (Go's
-     * net/http, hence FrankenPHP, drops Expect too). */
+     * there, which is no header).  Expect and Upgrade stay out: h2o takes them out (it answers
+     * Expect, Go's net/http, hence FrankenPHP, drops it too; an Upgrade offer is ignored). */
     fp_str content_type = {NULL, 0}, host = {NULL, 0};
     int default_authority = req->hostconf && req->input.authority.base == req->hostconf->authority.hostport.base;
     if (req->input.authority.len && !default_authority) {
@@ -1550,18 +1553,8 @@ static fp_http_exchange *make_exchange(site *st, h2o_req_t *req, const php_targe
             server_port = tls ? (fp_str){"443", 3} : (fp_str){"80", 2};
         }
     }
-    const char *target_uri = req->input.path.base;
-    size_t target_len = req->input.path.len;
-    if (target_len && target_uri[0] != '/') {
-        /* absolute-form ("http://host/path?q"): REQUEST_URI is its path and query */
-        const char *scheme_end = memmem(target_uri, target_len, "://", 3);
-        if (scheme_end) {
-            const char *slash = memchr(scheme_end + 3, '/', target_len - (size_t)(scheme_end + 3 - target_uri));
-            size_t skip = slash ? (size_t)(slash - target_uri) : target_len;
-            target_uri += skip;
-            target_len -= skip;
-        }
-    }
+    const char *target_uri = req->path.base; /* origin-form: see origin_form() */
+    size_t target_len = req->path.len;
     const char *qmark = memchr(target_uri, '?', target_len);
     size_t q = qmark ? (size_t)(qmark - target_uri) : SIZE_MAX;
     const char *query = q != SIZE_MAX ? target_uri + q + 1 : "";
@@ -1748,6 +1741,69 @@ static const char *check_request_head(h2o_req_t *req)
     return NULL;
 }
 
+/* The request target as origin-form ("/path?query") in req->path and req->query_at, which h2o
+ * 2.2 fills with whatever the request line holds.  An absolute-form target ("http://host/p?q",
+ * RFC 9112 3.2.2: what clients send to a proxy) would route as the path "http://host/p": it
+ * becomes "/p?q", as nginx makes it (REQUEST_URI "/p?q"; HTTP_HOST stays the Host header, as
+ * nginx passes it to PHP-FPM and waitress to a WSGI app).  Returns -1 for the forms only a proxy
+ * or the server as a whole answers, authority-form ("host:443", CONNECT's) and asterisk-form
+ * ("*", OPTIONS about the server): 400, as nginx answers them. */
+static int origin_form(h2o_req_t *req)
+{
+    const char *p = req->path.base, *end = p + req->path.len;
+    if (p < end && *p == '/') {
+        return 0;
+    }
+    /* scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then "//" authority (RFC 3986 3) */
+    const char *s = p;
+    while (s < end) {
+        char c = *s;
+        int alpha = (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+        if (!alpha && (s == p || !((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'))) {
+            break;
+        }
+        s++;
+    }
+    if (s == p || end - s < 3 || memcmp(s, "://", 3) != 0) {
+        return -1;
+    }
+    s += 3;
+    while (s < end && *s != '/' && *s != '?') {
+        s++;
+    }
+    size_t n = (size_t)(end - s);
+    if (n && *s == '/') {
+        req->path = h2o_iovec_init(s, n);
+    } else { /* no path ("http://host", "http://host?q"): "/" */
+        char *path = h2o_mem_alloc_pool(&req->pool, n + 1);
+        path[0] = '/';
+        memcpy(path + 1, s, n);
+        req->path = h2o_iovec_init(path, n + 1);
+    }
+    const char *query = memchr(req->path.base, '?', req->path.len);
+    req->query_at = query ? (size_t)(query - req->path.base) : SIZE_MAX;
+    return 0;
+}
+
+/* h2o 2.2 keeps an HTTP/1.1 connection open only when the request has no Connection header or
+ * one with "keep-alive": "Connection: Upgrade" (a WebSocket or h2c offer, which this server
+ * ignores, RFC 9110 7.8) would close it after the response.  HTTP/1.1 connections persist
+ * unless a Connection header says "close" (RFC 9112 9.3); h2o's other reasons to close (shutdown,
+ * an error, send_simple(close)) set the flag to 0 after this. */
+static void keep_alive_by_default(h2o_req_t *req)
+{
+    if (req->version != 0x101 || req->http1_is_persistent || req->conn->ctx->shutdown_requested) {
+        return;
+    }
+    for (ssize_t i = -1; (i = h2o_find_header(&req->headers, H2O_TOKEN_CONNECTION, i)) != -1;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (h2o_contains_token(v.base, v.len, H2O_STRLIT("close"), ',')) {
+            return;
+        }
+    }
+    req->http1_is_persistent = 1;
+}
+
 /* The opt-in access log: one line per request when h2o disposes it (answered or abandoned). */
 typedef struct access_entry {
     fp_http_server *server;
@@ -1763,7 +1819,7 @@ static void on_access_dispose(void *p)
     snprintf(msg, sizeof msg, "%.*s %.*s %d %.1f ms", (int)req->input.method.len, req->input.method.base,
              (int)(req->input.path.len < 400 ? req->input.path.len : 400), req->input.path.base,
              req->res.status, (double)(fp_monotonic_ns() - a->started_ns) / 1e6);
-    log_record(a->server, "A", "-", msg);
+    log_record(a->server, "A", "-", msg, strlen(msg));
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -1776,9 +1832,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         *a = (access_entry){server, req, fp_monotonic_ns()};
     }
 
+    keep_alive_by_default(req);
     const char *bad = check_request_head(req);
+    if (!bad && origin_form(req) != 0) {
+        bad = "request target neither origin-form nor absolute-form";
+    }
     if (bad) {
-        log_record(server, "S", "-", bad);
+        log_record(server, "S", "-", bad, strlen(bad));
         send_simple(req, 400, NULL, 1);
         return 0;
     }
@@ -1886,7 +1946,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 void fp_http_exchange_reject(fp_http_exchange *ex)
 {
     atomic_fetch_add(&ex->server->rejected_503, 1);
-    log_record(ex->server, "S", "-", "503: no free PHP thread within max_wait_time");
+    static const char why[] = "503: no free PHP thread within max_wait_time";
+    log_record(ex->server, "S", "-", why, sizeof why - 1);
     fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
                              "503 Service Unavailable\n", 24);
 }
@@ -1909,10 +1970,14 @@ static void answer_expired(fp_handoff_item *item)
     }
 }
 
-static void on_expire_tick(h2o_timeout_entry_t *entry)
+/* The queues serve the requests of every loop, and their waiters' max_wait_time runs out on a
+ * thread of its own, not on a loop: per-thread, every loop is a PHP thread's, and a long request
+ * on it would hold back the 503s of every queue.  At stop, the requests still queued get 503 at
+ * once (each answer goes out through the loop of its request, which lingers while it has
+ * connections). */
+static void *expire_main(void *arg)
 {
-    fp_http_server *server = H2O_STRUCT_FROM_MEMBER(fp_http_server, expire_entry, entry);
-    uint64_t now = fp_monotonic_ns();
+    fp_http_server *server = arg;
     /* A queue serves the requests of every site: the shortest max_wait_time of the sites
      * applies to it (sites usually share one). */
     uint64_t max_wait = 0;
@@ -1922,12 +1987,24 @@ static void on_expire_tick(h2o_timeout_entry_t *entry)
             max_wait = w;
         }
     }
-    if (max_wait) {
-        for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(fp_handoff_expire(server->queues[q], now, max_wait));
+    pthread_mutex_lock(&server->mu);
+    while (!atomic_load(&server->stopping)) {
+        struct timespec ts = realtime_after_ms(EXPIRE_INTERVAL_MS);
+        pthread_cond_timedwait(&server->expire_cond, &server->mu, &ts);
+        pthread_mutex_unlock(&server->mu); /* answering takes the exchanges' locks, then mu */
+        if (max_wait && !atomic_load(&server->stopping)) {
+            uint64_t now = fp_monotonic_ns();
+            for (int q = 0; q < server->n_queues; q++) {
+                answer_expired(fp_handoff_expire(server->queues[q], now, max_wait));
+            }
         }
+        pthread_mutex_lock(&server->mu);
     }
-    h2o_timeout_link(server->loops[0].loop, &server->expire_timeout, &server->expire_entry);
+    pthread_mutex_unlock(&server->mu);
+    for (int q = 0; q < server->n_queues; q++) {
+        answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
+    }
+    return NULL;
 }
 
 static void on_accept(h2o_socket_t *listener, const char *err)
@@ -1977,11 +2054,6 @@ static void loop_setup(http_loop *lp)
         sc->listener->data = sc;
         h2o_socket_read_start(sc->listener, on_accept);
     }
-    if (lp->index == 0) {
-        h2o_timeout_init(lp->loop, &server->expire_timeout, EXPIRE_INTERVAL_MS);
-        server->expire_entry.cb = on_expire_tick;
-        h2o_timeout_link(lp->loop, &server->expire_timeout, &server->expire_entry);
-    }
     pthread_mutex_lock(&server->mu);
     lp->ready = 1;
     pthread_cond_broadcast(&server->ready);
@@ -2023,16 +2095,11 @@ static void loop_shutdown(http_loop *lp)
 {
     fp_http_server *server = lp->server;
     /* Stop: close the listeners first (a connection the kernel would accept now would never be
-     * served), answer every queued request with 503, then let h2o close the connections: those
+     * served), answer the requests this loop would run itself with 503 (expire_main answers the
+     * queued ones), then let h2o close the connections: those
      * waiting for their next request time out at once (req_timeout 0), the others once their
      * response is out, and the PHP side releases their exchanges.  At most STOP_LINGER_NS. */
     close_listeners(server, lp->index);
-    if (lp->index == 0) {
-        /* The answers go to the loop of each request, which lingers while it has connections. */
-        for (int q = 0; q < server->n_queues; q++) {
-            answer_expired(fp_handoff_expire(server->queues[q], UINT64_MAX, 0));
-        }
-    }
     for (fp_http_exchange *ex; (ex = local_take(lp));) { /* per-thread: never run */
         atomic_fetch_add(&server->rejected_503, 1);
         fp_http_exchange_respond(ex, 503, "Content-Type: text/plain; charset=utf-8\n",
@@ -2159,6 +2226,7 @@ fp_http_server *fp_http_server_new(int loop_threads, int access_log, char *err, 
     pthread_mutex_init(&server->mu, NULL);
     pthread_cond_init(&server->idle, NULL);
     pthread_cond_init(&server->ready, NULL);
+    pthread_cond_init(&server->expire_cond, NULL);
     pthread_mutex_init(&server->log_mu, NULL);
     pthread_cond_init(&server->log_cond, NULL);
     server->n_loops = loop_threads;
@@ -2340,6 +2408,9 @@ int fp_http_server_add_site(fp_http_server *server, fp_http_site *conf, char *er
     /* One more byte than allowed: a body just over the limit reaches on_req, which answers
      * 413 (h2o answers larger ones itself, with 413 too, and closes). */
     st->globalconf.max_request_entity_size = conf->max_body_size + 1;
+    /* "Upgrade: h2c" is ignored (RFC 9110 7.8; RFC 9113 deprecates it): h2o would answer 101 and
+     * speak HTTP/2 to a client that may only have offered it.  HTTP/2 stays on over TLS (ALPN). */
+    st->globalconf.http1.upgrade_to_http2 = 0;
     h2o_hostconf_t *host = h2o_config_register_host(&st->globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     site_handler *handler = (site_handler *)h2o_create_handler(path, sizeof(*handler));
@@ -2386,12 +2457,18 @@ int fp_http_server_add_worker_route(fp_http_server *server, int site_index, cons
 
 int fp_http_server_start(fp_http_server *server, char *err, size_t err_len)
 {
+    int rc = pthread_create(&server->expire_thread, NULL, expire_main, server);
+    if (rc != 0) {
+        snprintf(err, err_len, "pthread_create: %s", strerror(rc));
+        return -1;
+    }
+    server->expiring = 1; /* fp_http_server_stop() ends it, started or not */
     if (server->per_thread) {
         server->started = 1; /* the PHP threads run the loops (fp_http_loop_next) */
         return 0;
     }
     for (int l = 0; l < server->n_loops; l++) {
-        int rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
+        rc = pthread_create(&server->loops[l].thread, NULL, loop_main, &server->loops[l]);
         if (rc != 0) {
             snprintf(err, err_len, "pthread_create: %s", strerror(rc));
             server->n_loops = l; /* the ones started stop with the server */
@@ -2433,6 +2510,19 @@ uint64_t fp_http_server_wait_idle(fp_http_server *server, int timeout_ms)
     return left;
 }
 
+/* Stop expire_main (`stopping` is set): it answers the requests still queued as it ends. */
+static void expire_join(fp_http_server *server)
+{
+    if (!server->expiring) {
+        return;
+    }
+    pthread_mutex_lock(&server->mu);
+    pthread_cond_broadcast(&server->expire_cond);
+    pthread_mutex_unlock(&server->mu);
+    pthread_join(server->expire_thread, NULL);
+    server->expiring = 0;
+}
+
 /* Per-thread: the loops end on their PHP threads, once the request each runs (if any) is over;
  * wait for them STOP_LINGER_NS at most beyond their own linger (fp_http_server_free waits for
  * the rest).  Loops no PHP thread took are closed here. */
@@ -2452,6 +2542,9 @@ static void stop_per_thread(fp_http_server *server)
             }
         }
     }
+    pthread_mutex_unlock(&server->mu);
+    expire_join(server);
+    pthread_mutex_lock(&server->mu);
     struct timespec until = realtime_after_ms((int)(2 * STOP_LINGER_NS / 1000000));
     for (int l = 0; l < server->n_loops; l++) {
         while (!server->loops[l].done &&
@@ -2473,11 +2566,14 @@ void fp_http_server_stop(fp_http_server *server)
             wake_loop_locked(&server->loops[l]);
         }
         pthread_mutex_unlock(&server->mu);
+        expire_join(server);
         for (int l = 0; l < server->n_loops; l++) {
             pthread_join(server->loops[l].thread, NULL);
         }
         server->started = 0;
     } else {
+        atomic_store(&server->stopping, 1);
+        expire_join(server); /* a start that failed after it began */
         for (int i = 0; i < server->n_sites; i++) {
             for (int l = 0; l < server->n_loops; l++) {
                 close(server->sites[i]->fds[l]); /* never handed to h2o */
@@ -2527,10 +2623,6 @@ static void loop_free(fp_http_server *server, http_loop *lp)
 #if H2O_LEAVES_QUEUE_AND_EPOLL
         free(ctx->queue);
 #endif
-    }
-    if (lp->index == 0) {
-        h2o_timeout_unlink(&server->expire_entry);
-        h2o_timeout_dispose(lp->loop, &server->expire_timeout);
     }
     h2o_multithread_unregister_receiver(lp->mqueue, &lp->receiver);
     h2o_multithread_destroy_queue(lp->mqueue);
@@ -2607,6 +2699,7 @@ void fp_http_server_free(fp_http_server *server)
     pthread_mutex_destroy(&server->mu);
     pthread_cond_destroy(&server->idle);
     pthread_cond_destroy(&server->ready);
+    pthread_cond_destroy(&server->expire_cond);
     free(server);
 }
 

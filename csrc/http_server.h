@@ -28,7 +28,8 @@
  * Queues: queue 0 holds classic requests (regular PHP threads serve it with fp_serve(),
  * serve.h); fp_http_server_add_queue() makes one per HTTP worker; the "python" queue holds the
  * requests only Python answers (/metrics), taken with fp_http_take().  Each request waits at most
- * its site's max_wait_time in a queue, then the loop thread answers 503.
+ * its site's max_wait_time in a queue, then the server's expiry thread answers it 503 (a thread
+ * of its own: per-thread, every loop is a PHP thread's, busy while its request runs).
  */
 #ifndef FRANKENPY_HTTP_SERVER_H
 #define FRANKENPY_HTTP_SERVER_H
@@ -148,10 +149,12 @@ uint64_t fp_http_server_queue_stalls(fp_http_server *server, int queue, uint64_t
 size_t fp_http_server_queue_length(fp_http_server *server, int queue);
 
 /* Take log records (diagnostics of scripts, access log lines), waiting up to timeout_ms for the
- * first one.  Records are packed in `buf` as "kind\0tag\0message\0": kind is the E_* type in
- * decimal, "0" for error_log(), "L<level>" for frankenphp_log() (message "text\x1f<context
- * JSON>"), "A" for an access log line, "S" for the server's own warnings (refused requests).  Returns the bytes written; a record
- * that does not fit stays for the next call (a record longer than `len` is cut). */
+ * first one.  Records are packed in `buf` as "kind\0tag\0<n>\0" followed by the n bytes of the
+ * message (any bytes, NUL included; n in decimal): kind is the E_* type in decimal, "0" for
+ * error_log() and php://stderr, "L<level>" for frankenphp_log() (message "text\x1f<context
+ * JSON>"), "A" for an access log line, "S" for the server's own warnings (refused requests).
+ * Returns the bytes written; a record that does not fit stays for the next call (records are
+ * cut to 64 KiB when queued: `len` must be at least that). */
 size_t fp_http_server_take_logs(fp_http_server *server, char *buf, size_t len, int timeout_ms);
 
 /* Wake a thread blocked in fp_http_server_take_logs() (at stop). */

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import http.client
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -1038,6 +1039,176 @@ def test_body_too_large_is_413_without_running_php(site: Served, chunked: bool) 
                headers={"Content-Type": "application/octet-stream"})
     assert (ok.status, ok.body) == (200, b"ran")
     assert sentinel.exists()
+
+
+# --- request-target forms, upgrade offers, log records ---------------------------------------------
+def read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """One whole response from ``sock`` (Content-Length or chunked framing): (head, body, bytes
+    received after it).  A server that stops sending makes the socket's timeout raise."""
+    head, data = read_head(sock, buffered)
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed inside a response body: {head!r}"
+        return chunk
+
+    fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    if b"chunked" in fields.get(b"transfer-encoding", b""):
+        body = b""
+        while True:
+            while b"\r\n" not in data:
+                data += more()
+            size_line, _, data = data.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(data) < size + 2:
+                data += more()
+            body, data = body + data[:size], data[size + 2:]
+            if size == 0:
+                return head, body, data
+    length = int(fields.get(b"content-length", b"0"))
+    while len(data) < length:
+        data += more()
+    return head, data[:length], data[length:]
+
+
+@pytest.mark.timeout(30)
+def test_absolute_form_target_is_served_as_its_path(site: Served) -> None:
+    """``GET http://host:port/path?q HTTP/1.1`` (RFC 9112 3.2.2, what clients send to a
+    proxy): routed, and seen by PHP, as ``/path?q``, as nginx + PHP-FPM do; HTTP_HOST is the
+    Host header."""
+    port = site.port
+    authority = f"127.0.0.1:{port}"
+    root = os.path.realpath(site.root)
+
+    def get(target: str) -> tuple[int, bytes]:
+        head, body = raw_exchange(
+            port, f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+        )
+        return int(head.split(b" ", 2)[1]), body
+
+    query = "x=1&y=%C3%A9"
+    cases = {  # target: (script, REQUEST_URI, SCRIPT_NAME, PATH_INFO, QUERY_STRING)
+        f"http://{authority}/dump.php?{query}": ("dump.php", f"/dump.php?{query}", "/dump.php", "", query),
+        f"HTTP://{authority}/sub/": ("index.php", "/sub/", "/sub/index.php", "", ""),
+        f"http://{authority}/index.php/a/b?z": ("index.php", "/index.php/a/b?z", "/index.php", "/a/b", "z"),
+        f"http://{authority}": ("index.php", "/", "/index.php", "", ""),
+        f"http://{authority}?q=2": ("index.php", "/?q=2", "/index.php", "", "q=2"),
+    }
+    for target, expected in cases.items():
+        status, body = get(target)
+        assert status == 200, (target, status, body[:200])
+        data = json.loads(body)
+        server = data["server"]
+        seen = (data["script"], server["REQUEST_URI"], server["SCRIPT_NAME"], server.get("PATH_INFO", ""),
+                server["QUERY_STRING"])
+        assert seen == expected, target
+        assert server["SCRIPT_FILENAME"] == os.path.join(root, expected[2].lstrip("/")), target
+        host = (server["HTTP_HOST"], server["SERVER_NAME"], server["SERVER_PORT"])
+        assert host == (authority, "127.0.0.1", str(port)), target
+        if expected[0] == "dump.php":
+            assert data["get"] == {"x": "1", "y": "\u00e9"}
+    status, body = get(f"http://{authority}/static.txt")
+    assert (status, body) == (200, b"0123456789 static text\n")
+    # the path of an absolute-form target gets every check an origin-form path gets
+    for path in ("/.env", "/../secret.txt", "/sub/../../secret.txt", "/dump.php%00.txt", "/index.php~"):
+        status, body = get(f"http://{authority}{path}")
+        assert SECRET.encode() not in body and SOURCE_MARKER.encode() not in body, path
+        assert status in (400, 403, 404), (path, status)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "line",
+    ["OPTIONS * HTTP/1.1", "CONNECT 127.0.0.1:443 HTTP/1.1", "GET 127.0.0.1:443 HTTP/1.1",
+     "GET *.php HTTP/1.1"],
+)
+def test_asterisk_and_authority_form_targets_get_400(site: Served, line: str) -> None:
+    """Targets only a proxy, or the server as a whole, answers: 400 (as nginx), neither a PHP
+    page nor a hang, and the server serves on."""
+    host = "127.0.0.1:443" if "443" in line else "x"
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as sock:
+        sock.sendall(f"{line}\r\nHost: {host}\r\n\r\n".encode())
+        head, body, _ = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 400"), (line, head)
+    assert SOURCE_MARKER.encode() not in body and b'"script"' not in body, body
+    assert site.get("/hello.php").body == b"hello from PHP"
+
+
+UPGRADE_OFFERS = {
+    "websocket": "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+    "h2c": "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+           "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    "keep-alive-websocket": "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("offer", UPGRADE_OFFERS)
+@pytest.mark.parametrize(
+    "request_line", ["GET /dump.php?u=1", "POST /dump.php", "GET /static.txt", "GET /worker.php"]
+)
+def test_upgrade_offer_is_ignored_and_the_connection_kept(
+    site: Served, request_line: str, offer: str
+) -> None:
+    """An HTTP/1.1 request offering an upgrade (WebSocket, h2c) gets its normal response (a
+    server may ignore Upgrade, RFC 9110 7.8), never 101 or a hang, and the connection serves
+    the next request (HTTP/1.1 persists unless told "close")."""
+    body = b"a=1" if request_line.startswith("POST") else b""
+    framing = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n" if body else ""
+    head_lines = f"{request_line} HTTP/1.1\r\nHost: x\r\n{UPGRADE_OFFERS[offer]}{framing}\r\n"
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as sock:
+        sock.sendall(head_lines.encode() + body)
+        head, content, rest = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"\r\nupgrade:" not in head.lower(), head
+        if request_line.endswith("static.txt"):
+            assert content == b"0123456789 static text\n"
+        elif request_line.endswith("worker.php"):
+            assert json.loads(content)["worker"] == "app"
+        else:
+            data = json.loads(content)
+            assert data["post"] == ({"a": "1"} if body else {}), data
+            assert data["get"] == ({} if body else {"u": "1"}), data
+        sock.sendall(b"GET /hello.php HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, content, _ = read_response(sock, rest)
+        assert (head[:12], content) == (b"HTTP/1.1 200", b"hello from PHP"), head
+
+
+LOG_NUL_PHP = """<?php
+frankenphp_log("{where} a\\0b", FRANKENPHP_LOG_LEVEL_WARN, ['k' => "x\\0y", 'where' => '{where}']);
+"""
+
+
+@pytest.mark.timeout(60)
+def test_frankenphp_log_keeps_nul_bytes(base: Path, serve: Callable[..., Served],
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """frankenphp_log("a\\0b") reaches the log record whole, and its context too: from a
+    classic request, an HTTP worker's request, the worker script outside a request and a
+    background worker (the native server queues records in C, where a C string ends at NUL)."""
+    write(base / "public" / "lognul.php", LOG_NUL_PHP.format(where="classic") + "echo 'logged';\n")
+    write(base / "workers" / "lognul.php", LOG_NUL_PHP.format(where="worker-boot")
+          + "while (frankenphp_handle_request(function () {"
+          + LOG_NUL_PHP.format(where="worker").removeprefix("<?php") + "echo 'logged'; })) {}\n")
+    write(base / "workers" / "lognul_bg.php", LOG_NUL_PHP.format(where="background")
+          + BACKGROUND_PHP.format(out=php_str(base / "out")).removeprefix("<?php"))
+    wheres = ("classic", "worker", "worker-boot", "background")
+
+    def mine() -> dict[str, logging.LogRecord]:
+        return {getattr(r, "where", ""): r for r in caplog.records if getattr(r, "where", "") in wheres}
+
+    with caplog.at_level(logging.INFO, logger="frankenpy.php"):
+        served = serve(num_threads=1, workers=[
+            frankenpy.Worker("lognul", base / "workers" / "lognul.php", num=1, match="/lognul-worker"),
+            frankenpy.Worker("lognulbg", base / "workers" / "lognul_bg.php", background=True),
+        ])
+        assert served.get("/lognul.php").body == b"logged"
+        assert served.get("/lognul-worker").body == b"logged"
+        wait_for(lambda: len(mine()) == len(wheres), timeout=10, what=f"a record from each of {wheres}")
+    for where, record in mine().items():
+        assert record.getMessage().split("] ", 1)[-1] == f"{where} a\0b", (where, record.getMessage())
+        assert record.levelno == logging.WARNING
+        assert record.context == {"k": "x\0y", "where": where}  # type: ignore[attr-defined]
 
 
 # --- HTTP workers ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -430,7 +431,6 @@ def test_execute_code_is_served_while_the_native_server_is_under_load(native: Ca
     Python callers): execute_code() gets one within a bounded time while HTTP clients keep
     every PHP thread busy, and HTTP keeps being served meanwhile (it used to wait until the
     server stopped: the server held every regular PHP thread for its life)."""
-    import threading
 
     served = native()
     stop = threading.Event()
@@ -474,7 +474,6 @@ def test_max_wait_time_counts_the_wait_for_a_pool_thread(tmp_path: Path, io_mode
     """A classic request leaves the hand-off queue at once (a serving thread is idle) but then
     waits for an interpreter, which execute_code() callers hold: that wait counts toward
     max_wait_time too (503 after it), not only the time in the hand-off queue."""
-    import threading
 
     build_root(tmp_path)
     runtime = frankenpy.Runtime(num_threads=1)
@@ -508,7 +507,6 @@ def test_a_slow_page_holds_its_threads_connections_only_when_run_to_completion(
     """The trade-off of io_model="per-thread" (README): with one PHP thread, a slow page holds
     the only loop, so even a static file waits for it (head-of-line blocking, as behind a busy
     apache prefork process); with the hand-off, the loop thread answers it at once."""
-    import threading
 
     served = native(num_threads=1)
     slow: list[tuple[int, bytes]] = []
@@ -616,3 +614,76 @@ def test_start_stop_cycles_free_the_server(tmp_path: Path, io_model: str) -> Non
     for _ in range(8):
         cycle()
     assert open_fds() <= fds + 2, (fds, open_fds())
+
+
+def read_one(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one Content-Length framed response on a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    assert lengths, head
+    length = int(lengths[0].split(b":")[1])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, head
+        body += chunk
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.timeout(60)
+def test_per_thread_queue_expiry_is_not_held_back_by_a_request_on_loop_0(tmp_path: Path) -> None:
+    """Per-thread, every loop is a PHP thread's.  The worker queues' max_wait_time ran out on
+    loop 0: a long page there held back every queue's 503s (the waiter below was served by the
+    worker once free, after 3 s).  Now a waiter for the busy worker, its connection on loop 1,
+    gets 503 after max_wait_time (0.5 s) while loop 0's thread runs a 4 s page."""
+    root = build_root(tmp_path)
+    (root / "tid.php").write_text("<?php echo basename(readlink('/proc/thread-self'));\n")
+    worker_script = tmp_path / "w.php"
+    worker_script.write_text(
+        "<?php while (frankenphp_handle_request(function () {\n"
+        "    usleep((int) ($_GET['ms'] ?? 0) * 1000); echo 'worker';\n"
+        "})) {}\n"
+    )
+    worker = frankenpy.Worker("w", worker_script, num=1, match="/w/*")
+    runtime = frankenpy.Runtime(num_threads=2, workers=[worker])
+    runtime.start()
+    socks: list[socket.socket] = []
+    try:
+        app = PHPApp(runtime, root, max_wait_time=0.5)
+        server = NativeServer(runtime, [Site("127.0.0.1", 0, app)], io_model="per-thread")
+        server.start()
+        try:
+            # Which loop accepted a connection: the thread that ran its page (it runs its own).
+            loop_of = {t.native_id: t.name for t in threading.enumerate()}
+            on_loop: dict[str, list[socket.socket]] = {"php-http-0": [], "php-http-1": []}
+            for _ in range(16):
+                sock = socket.create_connection(("127.0.0.1", server.ports[0]), timeout=10)
+                socks.append(sock)
+                sock.sendall(b"GET /tid.php HTTP/1.1\r\nHost: x\r\n\r\n")
+                status, tid = read_one(sock)
+                assert status == 200, tid
+                on_loop[loop_of[int(tid)]].append(sock)
+            if not on_loop["php-http-0"] or len(on_loop["php-http-1"]) < 2:
+                pytest.skip(f"the kernel gave loops 0 and 1 {[len(v) for v in on_loop.values()]} connections")
+            (page,), (held, waiter) = on_loop["php-http-0"][:1], on_loop["php-http-1"][:2]
+            held.sendall(b"GET /w/hold?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: any(s.name == "w" and s.busy for s in runtime.workers()), 10.0, "a busy worker")
+            page.sendall(b"GET /sleep.php?ms=4000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: server.counters()["php_busy"] == 1, 10.0, "loop 0's thread in the page")
+            started = time.monotonic()
+            waiter.sendall(b"GET /w/wait HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _ = read_one(waiter)
+            waited = time.monotonic() - started
+            assert status == 503 and waited < 2.5, (status, waited)
+            assert read_one(held) == (200, b"worker")
+            assert read_one(page) == (200, b"slept")
+        finally:
+            server.stop(grace=5.0)
+    finally:
+        for sock in socks:
+            sock.close()
+        runtime.shutdown(5.0)

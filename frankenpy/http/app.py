@@ -79,6 +79,8 @@ class PHPSite:
         path = wsgi_to_text(raw_path)
         if "\0" in path:
             return self.refusal(400, "NUL byte in the request path")
+        if not path.startswith("/"):  # "OPTIONS *", "CONNECT host:443": for a proxy, not a site
+            return self.refusal(400, "request target neither origin-form nor absolute-form")
         worker = next((w for pattern, w in self._matched if fnmatch.fnmatchcase(path, pattern)), None)
         if worker is not None:
             return Route(

@@ -368,9 +368,16 @@ class NativeServer(ServerBase):
                 return
 
     def _emit_logs(self, data: bytes) -> None:
-        fields = data.split(b"\0")
-        for i in range(0, len(fields) - 2, 3):
-            kind, tag, message = (f.decode("utf-8", "replace") for f in fields[i:i + 3])
+        pos = 0
+        while pos < len(data):
+            # "kind\0tag\0<n>\0" and n bytes of message (see fp_http_server_take_logs)
+            kind_end = data.index(b"\0", pos)
+            tag_end = data.index(b"\0", kind_end + 1)
+            length_end = data.index(b"\0", tag_end + 1)
+            end = length_end + 1 + int(data[tag_end + 1:length_end])
+            kind, tag, message = (data[a:b].decode("utf-8", "replace") for a, b in (
+                (pos, kind_end), (kind_end + 1, tag_end), (length_end + 1, end)))
+            pos = end
             if kind == "A":
                 access_logger.info("%s", message)
                 continue

@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -100,6 +101,11 @@ static char *exchange(const char *req, size_t len, int *closed)
     return buf;
 }
 
+static char *exchange_text(const char *req, int *closed)
+{
+    return exchange(req, strlen(req), closed);
+}
+
 static int starts_with(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -126,6 +132,42 @@ static void *answer_python_queue(void *arg)
         fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", "metrics here\n", 13);
     }
     return NULL;
+}
+
+/* /metrics taken by this thread instead: frankenphp_log() of its exchange (through the host
+ * callbacks PHP's glue calls) with a message and a context holding NUL bytes, then the answer. */
+static void *log_through_python_queue(void *arg)
+{
+    fp_http_server *server = arg;
+    fp_http_exchange *ex = fp_http_take(server, fp_http_server_python_queue(server), NULL);
+    if (ex) {
+        fp_request *r = fp_http_exchange_request(ex, "t1");
+        static const char context[] = "{\"k\":\"x\\u0000y\"}";
+        r->host->php_log(r->handle, 4, "a\0b", 3, context, sizeof context - 1);
+        r->host->stderr_output(r->handle, "c\0d\n", 4);
+        fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", "logged\n", 7);
+    }
+    return NULL;
+}
+
+/* Records carry their length: the bytes after a NUL reach the taker (native.py) too. */
+static void log_records_keep_nul(fp_http_server *server)
+{
+    char buf[1024];
+    while (fp_http_server_take_logs(server, buf, sizeof buf, 0)) {
+        /* older records */
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, log_through_python_queue, server);
+    int closed;
+    char *r = exchange("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 53, &closed);
+    CHECK(strstr(r, "\r\n\r\nlogged\n") != NULL, r);
+    free(r);
+    pthread_join(t, NULL);
+    static const char expected[] = "L4\0t1\0" "20\0a\0b\x1f{\"k\":\"x\\u0000y\"}"
+                                   "0\0t1\0" "3\0c\0d";
+    size_t n = fp_http_server_take_logs(server, buf, sizeof buf, 1000);
+    CHECK(n == sizeof expected - 1 && memcmp(buf, expected, n) == 0, "frankenphp_log() and stderr records, NUL kept");
 }
 
 typedef struct loop_arg {
@@ -584,6 +626,103 @@ static void stop_and_free(const fp_router *router)
     free_while_held(router, HELD_UNANSWERED);
 }
 
+static atomic_int held_page; /* 1: a loop runs /index.php?hold until it is set back to 0 */
+
+/* A per-thread loop whose "PHP" answers with its loop's index; /index.php?hold keeps it busy. */
+static void *run_loop_told(void *p)
+{
+    loop_arg *a = p;
+    fp_http_exchange *ex;
+    while ((ex = fp_http_loop_next(a->server, a->index))) {
+        if (strstr(fp_http_exchange_request(ex, "t")->request_uri, "?hold")) {
+            atomic_store(&held_page, 1);
+            for (int i = 0; i < 500 && atomic_load(&held_page); i++) { /* 5 s at most */
+                usleep(10 * 1000);
+            }
+        }
+        char body[8];
+        int n = snprintf(body, sizeof body, "loop%d", a->index);
+        fp_http_exchange_respond(ex, 200, "Content-Type: text/plain\n", body, (size_t)n);
+    }
+    return NULL;
+}
+
+/* One request on the keep-alive connection `fd`: the response, as exchange() gives it. */
+static char *ask(int fd, const char *req)
+{
+    send_text(fd, req);
+    static char buf[4096];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+/* Per-thread, loop 0's thread busy with a page: a request queued (by loop 1) for an HTTP worker
+ * with no free thread still gets its 503 after max_wait_time (the queues' expiry ran on loop 0,
+ * so it waited for the page). */
+static void per_thread_expiry(const fp_router *router)
+{
+    char err[256];
+    fp_http_server *server = fp_http_server_new(1, 0, err, sizeof err);
+    CHECK(server != NULL, err);
+    CHECK(fp_http_server_per_thread(server, 2, err, sizeof err) == 0, err);
+    int queue = fp_http_server_add_queue(server);
+    fp_http_site site = {.host = "127.0.0.1", .port = 0, .router = router, .max_body_size = 1000,
+                         .max_wait_time = 0.3};
+    CHECK(fp_http_server_add_site(server, &site, err, sizeof err) == 0, err);
+    CHECK(fp_http_server_add_worker_route(server, 0, "/w*", "/nonexistent/worker.php", queue) == 0, "route");
+    port = site.bound_port;
+    CHECK(fp_http_server_start(server, err, sizeof err) == 0, err);
+    loop_arg args[2] = {{server, 0, 0}, {server, 1, 0}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&threads[i], NULL, run_loop_told, &args[i]);
+    }
+    /* Each loop accepts from a socket of its own (SO_REUSEPORT): find a connection of each. */
+    int fds[2] = {-1, -1}, spare[32], n_spare = 0;
+    while ((fds[0] < 0 || fds[1] < 0) && n_spare < 32) {
+        int fd = connect_local();
+        const char *r = ask(fd, "GET /index.php HTTP/1.1\r\nHost: x\r\n\r\n");
+        const char *body = strstr(r, "\r\n\r\nloop");
+        int index = body ? body[8] - '0' : -1;
+        if ((index == 0 || index == 1) && fds[index] < 0) {
+            fds[index] = fd;
+        } else {
+            spare[n_spare++] = fd;
+        }
+    }
+    CHECK(fds[0] >= 0 && fds[1] >= 0, "a connection on each loop");
+    if (fds[0] >= 0 && fds[1] >= 0) {
+        send_text(fds[0], "GET /index.php?hold HTTP/1.1\r\nHost: x\r\n\r\n");
+        for (int i = 0; i < 500 && !atomic_load(&held_page); i++) {
+            usleep(10 * 1000);
+        }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        const char *r = ask(fds[1], "GET /w HTTP/1.1\r\nHost: x\r\n\r\n");
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        CHECK(starts_with(r, "HTTP/1.1 503 ") && waited < 2.5,
+              "per-thread: max_wait_time (0.3 s) runs out while loop 0 runs a 5 s page (%.1f s)", waited);
+        atomic_store(&held_page, 0);
+        r = ask(fds[0], "");
+        CHECK(strstr(r, "\r\n\r\nloop0") != NULL, "the held page is answered");
+    }
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    while (n_spare) {
+        close(spare[--n_spare]);
+    }
+    fp_http_server_stop(server);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    fp_http_server_free(server);
+}
+
 int main(int argc, char **argv)
 {
     int fuzz_iterations = argc > 1 ? atoi(argv[1]) : 2000;
@@ -659,6 +798,41 @@ int main(int argc, char **argv)
     CHECK(starts_with(r, "HTTP/1.1 403 "), "%%2e%%2e is decoded once, then refused by the router");
     free(r);
 
+    /* An absolute-form target routes by its path (RFC 9112 3.2.2); asterisk-form and
+     * authority-form get 400; an upgrade offer (WebSocket, h2c) is ignored and the connection
+     * kept: the request behind it is answered too. */
+    r = exchange_text("GET http://127.0.0.1:1/s.txt HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n",
+                      &closed);
+    CHECK(starts_with(r, "HTTP/1.1 200 ") && strstr(r, "\r\n\r\nstatic text\n"), r);
+    free(r);
+    r = exchange_text("GET HTTP://h?x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", &closed);
+    CHECK(starts_with(r, "HTTP/1.1 503 "), "absolute-form without a path: / (index.php, no PHP thread: 503)");
+    free(r);
+    const char *not_origin[] = {"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+                                "GET h:443 HTTP/1.1\r\nHost: h\r\n\r\n", "GET 1http://h/ HTTP/1.1\r\nHost: h\r\n\r\n"};
+    for (size_t i = 0; i < sizeof not_origin / sizeof not_origin[0]; i++) {
+        r = exchange_text(not_origin[i], &closed);
+        CHECK(starts_with(r, "HTTP/1.1 400 ") && closed, not_origin[i]);
+        free(r);
+    }
+    const char *offers[] = {"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+                            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+                            "Connection: foo\r\n"};
+    for (size_t i = 0; i < sizeof offers / sizeof offers[0]; i++) {
+        char pipelined[512];
+        snprintf(pipelined, sizeof pipelined,
+                 "GET /s.txt HTTP/1.1\r\nHost: x\r\n%s\r\nGET /s.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                 offers[i]);
+        r = exchange_text(pipelined, &closed);
+        char *second = strstr(r + 1, "HTTP/1.1 200 ");
+        CHECK(starts_with(r, "HTTP/1.1 200 ") && second && strstr(second, "static text\n"), offers[i]);
+        free(r);
+    }
+    r = exchange_text("GET /s.txt HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"
+                      "GET /s.txt HTTP/1.1\r\nHost: x\r\n\r\n", &closed);
+    CHECK(starts_with(r, "HTTP/1.1 200 ") && closed && !strstr(r + 1, "HTTP/1.1"), "Connection: close still closes");
+    free(r);
+
     /* No PHP thread takes classic requests here: max_wait_time (0.3 s) answers 503. */
     r = exchange("GET /index.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 55, &closed);
     CHECK(starts_with(r, "HTTP/1.1 503 "), "max_wait_time without a PHP thread");
@@ -671,10 +845,11 @@ int main(int argc, char **argv)
     CHECK(starts_with(r, "HTTP/1.1 200 ") && strstr(r, "\r\n\r\nmetrics here\n"), r);
     free(r);
     pthread_join(t, NULL);
+    log_records_keep_nul(server);
 
     fp_http_counters c;
     fp_http_server_counters(server, &c);
-    CHECK(c.rejected_503 == 1, "one 503 counted");
+    CHECK(c.rejected_503 == 2, "two 503s counted (/index.php, and HTTP://h?x)");
     CHECK(fp_http_server_wait_idle(server, 5000) == 0, "nothing left in flight");
 
     /* Fuzz: the classic queue has no taker, so requests that route to PHP would each wait for
@@ -703,6 +878,7 @@ int main(int argc, char **argv)
     fputs("<?php echo 'never runs here';\n", f);
     fclose(f);
     per_thread(&router);
+    per_thread_expiry(&router);
     stop_and_free(&router);
 
     snprintf(path, sizeof path, "rm -rf '%s'", base);
