@@ -819,6 +819,7 @@ void fp_fast_calls_clear(fp_fast_call *calls, size_t n)
 /* An idle worker exits after this long: a loop that stops submitting leaves no thread behind. */
 #define WORKER_IDLE_NS 2000000000LL
 #define CANCEL_POLL_NS 50000000LL
+#define ASYNC_STALL_NS 5000000u /* as pool.c's STALL_NS: FrankenPHP's 5 ms */
 
 struct fp_async {
     _Atomic int refs; /* the Python side's, and one per worker thread */
@@ -829,6 +830,7 @@ struct fp_async {
     fp_fast_call *done, *done_tail; /* completed, not taken by Python yet */
     int queued, workers, idle, closed;
     int starting; /* workers started that have not looked at the queue yet */
+    uint64_t stalled; /* jobs a worker took after ASYNC_STALL_NS or more in the queue */
 };
 
 fp_async *fp_async_new(void)
@@ -936,6 +938,9 @@ static void *async_worker(void *arg)
         }
         a->jobs = call->async_next;
         a->queued--;
+        if (fp_monotonic_ns() - call->async_since >= ASYNC_STALL_NS) {
+            a->stalled++;
+        }
         pthread_mutex_unlock(&a->mu);
 
         call->member = async_run(call);
@@ -989,6 +994,7 @@ int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call)
     call->async = 1;
     call->async_pool = pool;
     call->async_next = NULL;
+    call->async_since = fp_monotonic_ns();
     pthread_mutex_lock(&a->mu);
     if (a->jobs) {
         a->jobs_tail->async_next = call;
@@ -1014,6 +1020,17 @@ void fp_async_kick(fp_async *a, fp_pool *pool)
     pthread_mutex_lock(&a->mu);
     start_workers(a, pool);
     pthread_mutex_unlock(&a->mu);
+}
+
+uint64_t fp_async_stalls(fp_async *a, uint64_t *oldest_wait_ns)
+{
+    uint64_t now = fp_monotonic_ns();
+    pthread_mutex_lock(&a->mu);
+    uint64_t stalled = a->stalled;
+    uint64_t since = a->jobs ? a->jobs->async_since : now;
+    pthread_mutex_unlock(&a->mu);
+    *oldest_wait_ns = now > since ? now - since : 0;
+    return stalled;
 }
 
 size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max)

@@ -92,6 +92,7 @@ typedef struct fp_fast_call {
      * prepared request there; nothing else of the call is used but member and given_up. */
     void *run_handle;
     fp_pool *async_pool;
+    uint64_t async_since; /* monotonic ns, when submitted (fp_async_stalls) */
     struct fp_fast_call *async_next; /* in the fp_async's queue of jobs, then of completions */
 } fp_fast_call;
 
@@ -132,6 +133,10 @@ int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call);
 /* Start workers for the calls still queued, up to the PHP threads `pool` has now (autoscaling
  * added some while every worker was busy: nothing else would start one for them). */
 void fp_async_kick(fp_async *a, fp_pool *pool);
+/* Autoscaling, as fp_pool_stalls() for the calls queued in `a` (before a worker takes them and
+ * waits in the pool's line): how many waited 5 ms or more (a running count), and how long the
+ * oldest queued one has waited by now (0: none). */
+uint64_t fp_async_stalls(fp_async *a, uint64_t *oldest_wait_ns);
 /* Up to `max` completed calls, oldest first, into `out`; returns how many. */
 size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max);
 

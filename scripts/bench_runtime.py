@@ -108,7 +108,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def _import_frankenpy() -> Any:
     """The frankenpy of this checkout (in-place build) unless PYTHONPATH already names one."""
-    if str(ROOT) not in sys.path:
+    if not os.environ.get("PYTHONPATH") and str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     try:
         import frankenpy
