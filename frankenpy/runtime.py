@@ -122,12 +122,15 @@ class BatchResults(Sequence[Result]):
         """After the batch, what cannot wait for a read: a closed pool raises, a PHP thread
         given up goes back, and diagnostics are logged (their Results are built now)."""
         calls, pool = self._calls, self._pool
+        closed = False
         for i in range(len(self._results)):
             call = calls[i]
             if call.member < 0:
-                raise RuntimeError("the runtime is shut down")
-            if call.given_up or call.diag_count:
+                closed = True  # (after the loop: a later item may hold a thread given up)
+            elif call.given_up or call.diag_count:
                 self._results[i] = Runtime._fast_result(pool, call)
+        if closed:
+            raise RuntimeError("the runtime is shut down")
 
     def __len__(self) -> int:
         return len(self._results)

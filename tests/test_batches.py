@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import frankenpy
+from frankenpy import threads as threads_module
 
 
 @pytest.mark.timeout(60)
@@ -124,3 +125,33 @@ def test_shutdown_during_a_batch_stops_it_after_the_items_running(make_runtime) 
     batch.join()
     assert time.monotonic() - started < 2.0  # not the batch's remaining ~4.7 s
     assert len(errors) == 1 and "shut down" in str(errors[0])
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_given_up_during_a_batch_is_released(make_runtime, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Shutdown gives up on the thread of an item that outlives grace and force-stop (bcrypt
+    does not look at the interrupt) while the other worker's items, earlier in the batch, found
+    the runtime closed: the batch raises, and the thread given up is still released once it is
+    back (settling did not stop at the first closed item)."""
+    monkeypatch.setattr(threads_module, "FORCE_STOP_WAIT", 0.1)
+    rt = make_runtime(num_threads=2)
+    threads = list(rt.php_threads)
+    code = ("if ($argv[1] == '16') { password_hash('x', PASSWORD_BCRYPT, ['cost' => 13]); }"
+            " else { usleep(20000); }")
+    items = [{"argv": ["-", str(i)]} for i in range(512)]  # chunks of 16: item 16 starts one
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            rt.map_code(code, items)
+        except BaseException as exc:
+            errors.append(exc)
+
+    batch = threading.Thread(target=run)
+    batch.start()
+    time.sleep(0.15)  # items 0-15 (0.32 s) are half done
+    rt.shutdown(grace=0.1)
+    assert any(thread.started for thread in threads)  # the bcrypt one: given up, still busy
+    batch.join()
+    assert len(errors) == 1 and "shut down" in str(errors[0])
+    assert not any(thread.started for thread in threads)
