@@ -753,7 +753,7 @@ class Runtime:
         code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
         stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
         self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
-        if self._scaler is not None and self._async_stall_watch is None:
+        if self._regular is not None and self._async_stall_watch is None:
             self._watch_async_stalls()
         future = _AsyncCompletions.of(asyncio.get_running_loop(), pool).submit(
             call, (args, code_c, stdin_c, stdin))
