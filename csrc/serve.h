@@ -109,7 +109,9 @@ void fp_fast_call_clear(fp_fast_call *call);
 void fp_fast_calls_fill(fp_fast_call *calls, size_t n, const fp_fast_call *proto);
 /* A batch: run every call of `calls` (results in place; `member` < 0 when the pool closed
  * first) on up to `threads` PHP threads at once: the calling thread and threads - 1 C helper
- * threads each take the next call, wait for a member in the pool's FIFO line, and run it.
+ * threads each claim the next calls a chunk at a time, wait for a member in the pool's FIFO
+ * line, and keep it from call to call until somebody else waits in that line or the pool
+ * closes (fp_pool_wanted); a member given up meanwhile is marked on the last call it ran.
  * Returns when all are done: how many calls Python must look at (member < 0, given up, or with
  * diagnostics to log), so that a clean batch costs Python nothing per item. */
 size_t fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
