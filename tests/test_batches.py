@@ -136,7 +136,7 @@ def test_a_thread_given_up_during_a_batch_is_released(make_runtime, monkeypatch:
     monkeypatch.setattr(threads_module, "FORCE_STOP_WAIT", 0.1)
     rt = make_runtime(num_threads=2)
     threads = list(rt.php_threads)
-    code = ("if ($argv[1] == '16') { password_hash('x', PASSWORD_BCRYPT, ['cost' => 13]); }"
+    code = ("if ($argv[1] == '16') { password_hash('x', PASSWORD_BCRYPT, ['cost' => 14]); }"
             " else { usleep(20000); }")
     items = [{"argv": ["-", str(i)]} for i in range(512)]  # chunks of 16: item 16 starts one
     errors: list[BaseException] = []
