@@ -31,6 +31,7 @@ struct fp_pool {
     int *idle; /* a stack of ids: the last one came back most recently */
     int n_idle;
     int size;  /* members in the pool */
+    /* Both written under mu, atomically: fp_pool_wanted() reads them without it. */
     int waiting;
     int closed;
     uint64_t stalled; /* waiters served after STALL_NS or more (fp_pool_stalls) */
@@ -103,7 +104,7 @@ static void give_back(fp_pool *pool, int id)
         w->prev->next = w->next;
         w->next->prev = w->prev;
         w->next = w->prev = NULL;
-        pool->waiting--;
+        __atomic_store_n(&pool->waiting, pool->waiting - 1, __ATOMIC_RELAXED);
         w->state = SERVED;
         w->id = id;
         if (now_ns() - w->since >= STALL_NS) {
@@ -176,7 +177,7 @@ fp_pool_waiter *fp_pool_enqueue(fp_pool *pool, int *id)
         w->prev = pool->queue.prev;
         pool->queue.prev->next = w;
         pool->queue.prev = w;
-        pool->waiting++;
+        __atomic_store_n(&pool->waiting, pool->waiting + 1, __ATOMIC_RELAXED);
         *id = FP_POOL_TIMEOUT;
     }
     pthread_mutex_unlock(&pool->mu);
@@ -209,7 +210,7 @@ int fp_pool_withdraw(fp_pool *pool, fp_pool_waiter *w)
         w->prev->next = w->next;
         w->next->prev = w->prev;
         w->next = w->prev = NULL;
-        pool->waiting--;
+        __atomic_store_n(&pool->waiting, pool->waiting - 1, __ATOMIC_RELAXED);
         w->state = WITHDRAWN;
     }
     int r = outcome(w);
@@ -299,7 +300,7 @@ int fp_pool_close(fp_pool *pool)
 {
     pthread_mutex_lock(&pool->mu);
     int was = pool->closed;
-    pool->closed = 1;
+    __atomic_store_n(&pool->closed, 1, __ATOMIC_RELAXED);
     while (pool->queue.next != &pool->queue) {
         fp_pool_waiter *w = pool->queue.next;
         w->prev->next = w->next;
@@ -308,7 +309,7 @@ int fp_pool_close(fp_pool *pool)
         w->state = CLOSED;
         pthread_cond_signal(&w->cond);
     }
-    pool->waiting = 0;
+    __atomic_store_n(&pool->waiting, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&pool->mu);
     return was ? -1 : 0;
 }
@@ -377,6 +378,12 @@ int fp_pool_waiting(fp_pool *pool)
     int n = pool->waiting;
     pthread_mutex_unlock(&pool->mu);
     return n;
+}
+
+int fp_pool_wanted(fp_pool *pool)
+{
+    return __atomic_load_n(&pool->waiting, __ATOMIC_RELAXED) > 0 ||
+           __atomic_load_n(&pool->closed, __ATOMIC_RELAXED);
 }
 
 int fp_pool_is_idle(fp_pool *pool, int id)

@@ -85,6 +85,11 @@ uint64_t fp_pool_stalls(fp_pool *pool, uint64_t *oldest_wait_ns);
 int fp_pool_size(fp_pool *pool);
 int fp_pool_busy(fp_pool *pool);
 int fp_pool_waiting(fp_pool *pool);
+/* 1 when a busy member should come back now: somebody waits in line, or the pool is closed.
+ * Read without the mutex (no cache line written): a caller that keeps a member across several
+ * short executions (fp_fast_map) looks before each one and gives the member back only then.  A
+ * waiter that queues just after the look waits for one execution. */
+int fp_pool_wanted(fp_pool *pool);
 /* 1 when member `id` is idle in the pool. */
 int fp_pool_is_idle(fp_pool *pool, int id);
 

@@ -92,6 +92,7 @@ typedef struct fp_fast_call {
      * prepared request there; nothing else of the call is used but member and given_up. */
     void *run_handle;
     fp_pool *async_pool;
+    uint64_t async_since; /* monotonic ns, when submitted (fp_async_stalls) */
     struct fp_fast_call *async_next; /* in the fp_async's queue of jobs, then of completions */
 } fp_fast_call;
 
@@ -114,7 +115,9 @@ int fp_fast_execute_for_python(fp_pool *pool, int member, fp_fast_call *call);
 void fp_fast_calls_fill(fp_fast_call *calls, size_t n, const fp_fast_call *proto);
 /* A batch: run every call of `calls` (results in place; `member` < 0 when the pool closed
  * first) on up to `threads` PHP threads at once: the calling thread and threads - 1 C helper
- * threads each take the next call, wait for a member in the pool's FIFO line, and run it.
+ * threads each claim the next calls a chunk at a time, wait for a member in the pool's FIFO
+ * line, and keep it from call to call until somebody else waits in that line or the pool
+ * closes (fp_pool_wanted); a member given up meanwhile is marked on the last call it ran.
  * Returns when all are done: how many calls Python must look at (member < 0, given up, or with
  * diagnostics to log), so that a clean batch costs Python nothing per item. */
 size_t fp_fast_map(fp_pool *pool, fp_fast_call *calls, size_t n, int threads);
@@ -138,6 +141,10 @@ int fp_async_submit(fp_async *a, fp_pool *pool, fp_fast_call *call);
 /* Start workers for the calls still queued, up to the PHP threads `pool` has now (autoscaling
  * added some while every worker was busy: nothing else would start one for them). */
 void fp_async_kick(fp_async *a, fp_pool *pool);
+/* Autoscaling, as fp_pool_stalls() for the calls queued in `a` (before a worker takes them and
+ * waits in the pool's line): how many waited 5 ms or more (a running count), and how long the
+ * oldest queued one has waited by now (0: none). */
+uint64_t fp_async_stalls(fp_async *a, uint64_t *oldest_wait_ns);
 /* Up to `max` completed calls, oldest first, into `out`; returns how many. */
 size_t fp_async_take(fp_async *a, fp_fast_call **out, size_t max);
 

@@ -378,8 +378,8 @@ def _submit(exchange: ASGIExchange, pool: ThreadPool, max_wait: float | None) ->
     call = ffi.new("fp_fast_call *")
     call.run_handle = exchange.handle
     exchange.pool = pool
-    completions = _AsyncCompletions.of(loop)
-    future = completions.submit(pool, call, exchange)
+    completions = _AsyncCompletions.of(loop, pool)
+    future = completions.submit(call, exchange)
 
     def done(_: asyncio.Future[None]) -> None:
         if call.member < 0 and call.member != CANCELLED:

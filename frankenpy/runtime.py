@@ -30,7 +30,7 @@ from .execution import (
     unpack_diagnostics,
 )
 from .images import POOL, Image, extension_load_order
-from .scaling import Autoscaler, RegularThreads, ThreadSource, WorkerThreads, resolve_max_threads
+from .scaling import Autoscaler, RegularThreads, StallWatch, ThreadSource, WorkerThreads, resolve_max_threads
 from .threads import POOL_TIMEOUT, PHPThread, ThreadPool, Watchdog
 from .worker_state import RUNNING, wrap
 from .workers import WorkerGroup, WorkerStatus
@@ -134,12 +134,15 @@ class BatchResults(Sequence[Result]):
         """After the batch, what cannot wait for a read: a closed pool raises, a PHP thread
         given up goes back, and diagnostics are logged (their Results are built now)."""
         calls, pool = self._calls, self._pool
+        closed = False
         for i in range(len(self._results)):
             call = calls[i]
             if call.member < 0:
-                raise RuntimeError("the runtime is shut down")
-            if call.given_up or call.diag_count:
+                closed = True  # (after the loop: a later item may hold a thread given up)
+            elif call.given_up or call.diag_count:
                 self._results[i] = Runtime._fast_result(pool, call)
+        if closed:
+            raise RuntimeError("the runtime is shut down")
 
     def __len__(self) -> int:
         return len(self._results)
@@ -184,29 +187,58 @@ _orphans: list[Any] = []  # calls C may still run after their loop went away (ne
 
 
 def _release_async(handle: Any, pending: dict[int, Any]) -> None:
-    lib.fp_async_release(handle)
+    with _AsyncCompletions.lock:  # never while a StallWatch reads the counters of `handle`
+        lib.fp_async_release(handle)
     if pending:  # a C worker may still write into them: never free their memory
         _orphans.append(pending)
 
 
 class _AsyncCompletions:
-    """One event loop's eventfd (csrc/serve.h fp_async), its C workers, and the calls in flight."""
+    """One event loop's eventfd (csrc/serve.h fp_async), its C workers, and the calls in flight,
+    for one runtime's pool: two runtimes used from one loop have a queue and workers each, so
+    that a call never waits behind another runtime's calls (nor for its PHP threads)."""
 
-    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncCompletions]] = (
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                 dict[ThreadPool, _AsyncCompletions]]] = (
         weakref.WeakKeyDictionary())
+    # Those with a C handle, for the runtimes' autoscaling (stalls): read from a StallWatch
+    # thread, so a handle is created, read and released under `lock` (an RLock: the garbage
+    # collector may run _release_async in the reading thread).
+    _live: ClassVar[weakref.WeakSet[_AsyncCompletions]] = weakref.WeakSet()
+    lock: ClassVar[threading.RLock] = threading.RLock()
 
     @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> _AsyncCompletions:
-        completions = cls._by_loop.get(loop)
+    def of(cls, loop: asyncio.AbstractEventLoop, pool: ThreadPool) -> _AsyncCompletions:
+        per_pool = cls._by_loop.get(loop)
+        if per_pool is None:
+            per_pool = cls._by_loop[loop] = {}
+        completions = per_pool.get(pool)
         if completions is None:
-            completions = cls._by_loop[loop] = cls(loop)
+            completions = per_pool[pool] = cls(loop, pool)
         return completions
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    @classmethod
+    def stalls(cls, pool: ThreadPool) -> tuple[dict[int, int], int]:
+        """For autoscaling: the stall counts (fp_async_stalls) of the queues of `pool`, one per
+        loop (by id), and the longest wait (ns) of a call still queued in one of them.  Also
+        starts workers for the PHP threads added since (fp_async_kick)."""
+        counts: dict[int, int] = {}
+        longest = 0
+        oldest = ffi.new("uint64_t *")
+        with cls.lock:
+            for completions in list(cls._live):
+                if completions.pool is pool and completions.handle is not None:
+                    counts[id(completions)] = int(lib.fp_async_stalls(completions.handle, oldest))
+                    longest = max(longest, int(oldest[0]))
+                    lib.fp_async_kick(completions.handle, pool.handle)
+        return counts, longest
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: ThreadPool) -> None:
         self._loop = weakref.ref(loop)  # (a strong one would keep the loop's entry forever)
+        self.pool = pool
         self.handle: Any = None
         self._release: weakref.finalize | None = None
-        self.pending: dict[int, tuple[asyncio.Future[None], ThreadPool, Any, Any]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[None], Any, Any]] = {}
         self._out = ffi.new("fp_fast_call *[]", ASYNC_BATCH)
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -216,20 +248,22 @@ class _AsyncCompletions:
         assert loop is not None
         return loop
 
-    def submit(self, pool: ThreadPool, call: Any, keep: Any) -> asyncio.Future[None]:
+    def submit(self, call: Any, keep: Any) -> asyncio.Future[None]:
         loop = self.loop
         if self.handle is None:
-            handle = lib.fp_async_new()
-            if handle == ffi.NULL:
-                raise OSError("cannot create an eventfd")
-            self.handle = handle
+            with self.lock:
+                handle = lib.fp_async_new()
+                if handle == ffi.NULL:
+                    raise OSError("cannot create an eventfd")
+                self.handle = handle
+                self._live.add(self)
             # Also when the loop goes away unclosed (the pending calls are kept alive then).
             self._release = weakref.finalize(self, _release_async, handle, self.pending)
             loop.add_reader(lib.fp_async_fd(handle), self._ready)
         future = loop.create_future()
-        if lib.fp_async_submit(self.handle, pool.handle, call) != 0:
+        if lib.fp_async_submit(self.handle, self.pool.handle, call) != 0:
             raise RuntimeError("cannot start a thread for the execution")
-        self.pending[int(ffi.cast("uintptr_t", call))] = (future, pool, call, keep)
+        self.pending[int(ffi.cast("uintptr_t", call))] = (future, call, keep)
         return future
 
     def _ready(self) -> None:
@@ -246,9 +280,9 @@ class _AsyncCompletions:
             return
         out = self._out
         taken = lib.fp_async_take(self.handle, out, len(out))
-        pending = self.pending
+        pending, pool = self.pending, self.pool
         for i in range(taken):
-            future, pool, call, _ = pending.pop(int(ffi.cast("uintptr_t", out[i])))
+            future, call, _ = pending.pop(int(ffi.cast("uintptr_t", out[i])))
             if not future.cancelled():
                 future.set_result(None)  # the task builds the Result
             elif call.given_up and call.member >= 0:
@@ -262,10 +296,16 @@ class _AsyncCompletions:
     def _close_if_idle(self) -> None:
         self._close_timer = None
         if not self.pending and self.handle is not None:
-            self.loop.remove_reader(lib.fp_async_fd(self.handle))
-            assert self._release is not None
-            self._release()
-            self.handle = self._release = None
+            loop = self.loop
+            loop.remove_reader(lib.fp_async_fd(self.handle))
+            with self.lock:
+                self._live.discard(self)
+                assert self._release is not None
+                self._release()
+                self.handle = self._release = None
+            per_pool = self._by_loop.get(loop)
+            if per_pool is not None and per_pool.get(self.pool) is self:
+                del per_pool[self.pool]
 
 
 class Runtime:
@@ -310,6 +350,9 @@ class Runtime:
             raise ValueError(f"max_idle_time must be a number of seconds > 0, got {max_idle_time!r}")
         self.max_idle_time = float(max_idle_time)
         self._scaler: Autoscaler | None = None
+        self._regular: RegularThreads | None = None
+        # aexecute_* calls queue in C, where Python's on_starved never sees them: polled.
+        self._async_stall_watch: StallWatch | None = None
         self.php_ini = dict(php_ini or {})
         self._user_ini = ini_text(self.php_ini)
         self.extensions = extension_load_order([str(e) for e in extensions])
@@ -393,6 +436,8 @@ class Runtime:
             return
         if state != "running":
             return
+        if self._async_stall_watch is not None:
+            self._async_stall_watch.stop()
         if self._scaler is not None:
             self._scaler.stop()  # before the threads it adds and removes go away
         self.workers_group.stop(grace)
@@ -443,6 +488,7 @@ class Runtime:
         scaler = Autoscaler(sources, max_idle_time=self.max_idle_time)
         if regular is not None:
             self._pool.on_starved = lambda: scaler.starved(regular)
+            self._regular = regular
         for source in workers:  # HTTP requests that wait for a worker thread signal it
             key = (source.worker.scope, source.worker.name)
             self.workers_group.scaling[key] = lambda source=source: scaler.starved(source)
@@ -735,16 +781,42 @@ class Runtime:
         code_c = ffi.new("char[]", code.encode()) if code is not None else ffi.NULL
         stdin_c = ffi.from_buffer(stdin) if stdin else ffi.NULL
         self._fill(call, args, code_c, stdin_c, len(stdin) if stdin else 0)
-        future = _AsyncCompletions.of(asyncio.get_running_loop()).submit(
-            pool, call, (args, code_c, stdin_c, stdin))
+        if self._regular is not None and self._async_stall_watch is None:
+            self._watch_async_stalls()
+        future = _AsyncCompletions.of(asyncio.get_running_loop(), pool).submit(
+            call, (args, code_c, stdin_c, stdin))
         try:
-            await asyncio.shield(future)  # cancelling us must not drop the C call's memory
+            # Not shielded: cancelling us cancels `future`, while the loop's `pending` keeps the
+            # C call's memory until C is done with it (_drain); a shield cost ~3 us per call.
+            await future
         except asyncio.CancelledError:
             call.cancel = 1  # the C watcher stops the script (or it leaves the line)
             raise
         if call.member < 0:
             raise RuntimeError("the runtime is shut down")
         return self._fast_result(pool, call)
+
+    def _watch_async_stalls(self) -> None:
+        """From the first aexecute_* call of an autoscaled runtime on: a call that waits in C
+        (every PHP thread busy) counts as a stall, as the native server's requests do."""
+        pool, regular, scaler = self._pool, self._regular, self._scaler
+        if regular is None or scaler is None or pool is None:
+            return
+        seen: dict[int, int] = {}  # per queue: its count so far
+        total = [0]
+
+        def probe() -> tuple[int, int]:
+            counts, oldest = _AsyncCompletions.stalls(pool)
+            # Queues come and go (closed when idle), with their counts: a running total of
+            # the increases is what StallWatch compares.
+            total[0] += sum(1 for key, count in counts.items() if count > seen.get(key, 0))
+            seen.clear()
+            seen.update(counts)
+            return total[0], oldest
+
+        with self._state_lock:
+            if self._async_stall_watch is None and self.state == "running":
+                self._async_stall_watch = StallWatch(scaler, [(regular, probe)]).start()
 
     # --- batches ------------------------------------------------------------------------------
     def map_file(self, path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]) -> BatchResults:

@@ -25,7 +25,10 @@ Measures, and prints as one table with the ratio to each target:
 
 Usage::
 
-    python3 scripts/bench_runtime.py [--quick] [--json FILE]
+    python3 scripts/bench_runtime.py [--quick] [--only batch] [--json FILE]
+
+``--only batch`` measures and prints section 6 (2b in the report) alone, in a few seconds: the
+A/B runs of the batch and asyncio paths (``PYTHONPATH=<other checkout>`` picks the other build).
 
 It needs the in-place build (``python3 setup.py -q build_ext --inplace``); the C loop is built
 with CMake (``build/cmake``) when it is missing or older than its source.  Everything runs with a
@@ -105,7 +108,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def _import_frankenpy() -> Any:
     """The frankenpy of this checkout (in-place build) unless PYTHONPATH already names one."""
-    if str(ROOT) not in sys.path:
+    if not os.environ.get("PYTHONPATH") and str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     try:
         import frankenpy
@@ -349,6 +352,9 @@ def async_rate(rt: Any, calls: int) -> tuple[float, float, float]:
                 left -= 1
                 await rt.aexecute_code(code)
 
+        # One call first: what the first call on a new loop does once (modules imported on
+        # first use, the loop's eventfd and C workers) is not the steady state measured here.
+        await rt.aexecute_code(code)
         tick = asyncio.create_task(ticker())
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(ASYNC_IN_FLIGHT)))
@@ -471,7 +477,7 @@ def measure_in_process(
             ("plain2", 2, False),
             ("op1", 1, True),
             ("op2", 2, True),
-        )[: 4 if cfg["opcache"] else 2]:
+        )[: 4 if cfg["opcache"] and not cfg["only_batch"] else 2]:
             runtimes[label] = frankenpy.Runtime(num_threads=threads, opcache=opcache).start()
             result = runtimes[label].execute_file(str(HELLO))
             if result.output != HELLO_OUTPUT or not result.ok:
@@ -480,7 +486,7 @@ def measure_in_process(
         series: dict[str, list[float]] = {
             k: [] for k in ("c", "c_op", "main", "thread", "op_main", "op_thread", "glue", "op_glue")
         }
-        for r in range(cfg["rounds"]):
+        for r in range(0 if cfg["only_batch"] else cfg["rounds"]):
             progress(f"overhead round {r + 1}/{cfg['rounds']}")
             series["c"].append(bare_c_us(binary, cfg["c_iters"]))
             if cfg["opcache"] and op_ini is not None:
@@ -496,7 +502,7 @@ def measure_in_process(
                     series[key].append(glue)
         tp: dict[str, list[float]] = {k: [] for k in runtimes}
         work: dict[str, list[float]] = {k: [] for k in ("plain1", "plain2")}
-        for r in range(cfg["tp_rounds"]):
+        for r in range(0 if cfg["only_batch"] else cfg["tp_rounds"]):
             progress(f"throughput round {r + 1}/{cfg['tp_rounds']}")
             for label in tp:
                 tp[label].append(
@@ -531,7 +537,23 @@ def measure_in_process(
 
 def report(res: dict[str, Any], cfg: dict[str, Any], header: str) -> str:
     lines = [header, ""]
-    ov, tp, mem, st = res["overhead"], res["throughput"], res["rss"], res["startup"]
+    summary: list[tuple[str, str, bool | None]] = []
+    if not cfg["only_batch"]:
+        summary = report_overhead(res, cfg, lines)
+    report_batch(res, cfg, lines, summary)
+    if not cfg["only_batch"]:
+        report_memory(res, cfg, lines, summary)
+    lines.append("Summary")
+    for label, value, ok in summary:
+        result = "info" if ok is None else verdict(ok)
+        lines.append(f"  {result:<7} {label:<62} {value}")
+    return "\n".join(lines)
+
+
+def report_overhead(
+    res: dict[str, Any], cfg: dict[str, Any], lines: list[str]
+) -> list[tuple[str, str, bool | None]]:
+    ov, tp = res["overhead"], res["throughput"]
     lines.append(
         f"1+5. Per-execution cost, 1 PHP thread, hello.php (median of {cfg['rounds']} interleaved "
         f"rounds; {cfg['py_iters']} execs/round, C loop {cfg['c_iters']} requests/round)"
@@ -586,7 +608,12 @@ def report(res: dict[str, Any], cfg: dict[str, Any], header: str) -> str:
         " callers' PHP runs overlap as long as the machine has two free cores)"
     )
     lines.append("")
+    return summary
 
+
+def report_batch(
+    res: dict[str, Any], cfg: dict[str, Any], lines: list[str], summary: list[tuple[str, str, bool | None]]
+) -> None:
     m1, m2 = med(res["map"]["plain1"]), med(res["map"]["plain2"])
     a1, a2 = med(res["async"]["plain1"]), med(res["async"]["plain2"])
     block = max(res["async_longest_block_ms"])
@@ -609,6 +636,11 @@ def report(res: dict[str, Any], cfg: dict[str, Any], header: str) -> str:
     summary.append(("aexecute_code, longest loop block: <= 1 ms", f"{block:.2f} ms", block <= 1.0))
     lines.append("")
 
+
+def report_memory(
+    res: dict[str, Any], cfg: dict[str, Any], lines: list[str], summary: list[tuple[str, str, bool | None]]
+) -> None:
+    mem, st = res["rss"], res["startup"]
     lo, hi = RSS_THREADS
     lines.append(
         f"3+5. Memory per extra PHP thread: fresh process per runtime, each thread ran hello.php once; "
@@ -654,17 +686,13 @@ def report(res: dict[str, Any], cfg: dict[str, Any], header: str) -> str:
             summary.append(("start-up of 8 threads, warm: < 0.5 s", f"{warm:.3f} s", warm < STARTUP_TARGET_S))
     lines.append("")
 
-    lines.append("Summary")
-    for label, value, ok in summary:
-        result = "info" if ok is None else verdict(ok)
-        lines.append(f"  {result:<7} {label:<62} {value}")
-    return "\n".join(lines)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (about 15 s)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw measurements here")
+    parser.add_argument("--only", choices=("batch",),
+                        help="measure only the batches and asyncio (section 2b), in this process")
     parser.add_argument("--child", choices=("rss", "startup"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--opcache", action="store_true", help=argparse.SUPPRESS)
@@ -676,6 +704,7 @@ def main() -> None:
         return
 
     cfg = dict(PROFILES["quick" if args.quick else "full"])
+    cfg["only_batch"] = args.only == "batch"
     began = time.perf_counter()
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     frankenpy = _import_frankenpy()
@@ -701,13 +730,14 @@ def main() -> None:
     os.environ["FRANKENPY_CACHE_DIR"] = str(warm_cache)  # this process's runtimes, too
     results: dict[str, Any] = {}
     try:
-        print("start-up (fresh processes) ...", flush=True)
-        results["startup"] = measure_startup(cfg, tmp, warm_cache)
-        # Before this process loads any image: the children's PSS must not be shared with ours.
-        print("memory per thread (fresh processes) ...", flush=True)
-        results["rss"] = measure_rss(cfg, warm_cache)
         op_ini = None
-        if cfg["opcache"]:
+        if not cfg["only_batch"]:
+            print("start-up (fresh processes) ...", flush=True)
+            results["startup"] = measure_startup(cfg, tmp, warm_cache)
+            # Before this process loads any image: the children's PSS must not be shared with ours.
+            print("memory per thread (fresh processes) ...", flush=True)
+            results["rss"] = measure_rss(cfg, warm_cache)
+        if cfg["opcache"] and not cfg["only_batch"]:
             try:
                 op_ini = opcache_ini(frankenpy, tmp, binary)
             except RuntimeError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import frankenpy
+from frankenpy import scaling
 
 
 @pytest.mark.timeout(60)
@@ -98,3 +99,48 @@ def test_cancelling_the_task_stops_the_script(runtime1: frankenpy.Runtime, tmp_p
     time.sleep(3.2)
     assert not marker.exists()
     assert runtime1.execute_code("echo 1;").output == b"1"
+
+
+@pytest.mark.timeout(60)
+def test_two_runtimes_on_one_loop_never_wait_for_each_other(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """Each runtime has its own C queue and workers on a loop: a call of the idle runtime never
+    waits behind the calls queued for the busy one (nor for its PHP threads)."""
+    busy, idle = make_runtime(num_threads=1), make_runtime(num_threads=1)
+
+    async def main() -> tuple[float, float]:
+        slow = [asyncio.create_task(busy.aexecute_code("usleep(1000000);")) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        result = await idle.aexecute_code("echo 'idle';")
+        took = time.monotonic() - started
+        assert result.output == b"idle"
+        second = time.monotonic()
+        assert (await busy.aexecute_code("echo 'x';", env={})).output == b"x"  # after the three
+        waited = time.monotonic() - second
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        return took, waited
+
+    took, waited = asyncio.run(main())
+    assert took < 0.7, took  # not the busy runtime's 3 s
+    assert waited > 2.0, waited  # (the busy one's own calls did queue: FIFO among its own)
+    assert idle.php_threads[0].executions == 1
+
+
+@pytest.mark.timeout(60)
+def test_queued_calls_make_the_runtime_scale_up(make_runtime, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """aexecute_* calls that wait in C for a PHP thread count as stalls (as the native server's
+    requests do): the autoscaler adds threads, and the C workers use them at once."""
+    monkeypatch.setattr(scaling, "process_cpu_usage", lambda: 0.0)  # other suites may load the CPUs
+    rt = make_runtime(num_threads=1, max_threads=3)
+
+    async def main() -> float:
+        started = time.monotonic()
+        results = await asyncio.gather(*(rt.aexecute_code("usleep(300000); echo 1;") for _ in range(10)))
+        assert [r.output for r in results] == [b"1"] * 10
+        return time.monotonic() - started
+
+    took = asyncio.run(main())
+    assert rt.total_threads > 1
+    assert took < 2.4, took  # 3 s on the one thread it started with

@@ -314,8 +314,9 @@ def test_idle_async_workers_and_eventfd_go_away(runtime: frankenpy.Runtime,
         await asyncio.gather(*(runtime.aexecute_code("echo 1;") for _ in range(4)))
         during = _task_count()
         await asyncio.sleep(0.3)
-        completions = runtime_module._AsyncCompletions.of(asyncio.get_running_loop())
-        return during, completions.handle is None
+        # closed and dropped: no queue of this runtime's left on the loop
+        queues = runtime_module._AsyncCompletions._by_loop.get(asyncio.get_running_loop(), {})
+        return during, runtime._running_pool() not in queues
 
     during, closed = asyncio.run(main())
     assert during > before  # the workers were C threads of the process
