@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <php.h>
@@ -632,16 +633,14 @@ static int hook_sigaction(int signo, const struct sigaction *act, struct sigacti
  * start for SIGPROF (zend_set_timeout()), a system call.  The handler was not installed
  * (hook_sigaction), so that unblocking is skipped too; any other sigprocmask() (pcntl's) is
  * libc's. */
-/* Whether `signo` is the one signal of `set` (the signals the kernel knows: bits past them may
- * be left unset by whoever filled `set`). */
+/* Whether `signo` is the one signal of `set`, in the part of it the kernel reads (_NSIG bits:
+ * bits past them may be left unset by whoever filled `set`). */
 static int only_member(const sigset_t *set, int signo)
 {
-    for (int other = 1; other < SIGRTMAX + 1; other++) {
-        if (sigismember(set, other) != (other == signo)) {
-            return 0;
-        }
-    }
-    return 1;
+    sigset_t only;
+    sigemptyset(&only);
+    sigaddset(&only, signo);
+    return memcmp(set, &only, _NSIG / 8) == 0;
 }
 
 static int hook_sigprocmask(int how, const sigset_t *set, sigset_t *old)
@@ -652,6 +651,26 @@ static int hook_sigprocmask(int how, const sigset_t *set, sigset_t *old)
         return 0;
     }
     return sigprocmask(how, set, old);
+}
+
+/* syslog: glibc keeps one connection for the whole process, under one lock.  PHP closes it at
+ * the end of every request (ext/standard's RSHUTDOWN), which takes that lock: two PHP threads
+ * contend on it at every request, and the host's own syslog connection is closed under it.
+ * Only a copy that opened the log (openlog(), from PHP's openlog() or syslog()) closes it. */
+static int log_opened;
+
+static void hook_openlog(const char *ident, int option, int facility)
+{
+    log_opened = 1;
+    openlog(ident, option, facility);
+}
+
+static void hook_closelog(void)
+{
+    if (log_opened) {
+        log_opened = 0;
+        closelog();
+    }
 }
 
 /* opcache takes a POSIX record lock on its lock file as a request first uses the cache and
@@ -1053,6 +1072,8 @@ static fp_interposition hooks[] = {
     {"sigaction", (void *)hook_sigaction, (void **)&real_sigaction},
     {"signal", (void *)hook_signal, NULL},
     {"sigprocmask", (void *)hook_sigprocmask, NULL},
+    {"openlog", (void *)hook_openlog, NULL},
+    {"closelog", (void *)hook_closelog, NULL},
     {"setitimer", (void *)hook_setitimer, (void **)&real_setitimer},
     {"alarm", (void *)hook_alarm, NULL},
     {"poll", (void *)hook_poll, (void **)&real_poll},

@@ -1,25 +1,27 @@
-"""The system calls of an execution, counted with strace: what the glue spares PHP's request
-cycle (csrc/sapi.c: opcache's record locks, the SIGPROF unblocking, the script check) must stay
-spared, and nothing that needs them may break."""
+"""What the glue spares PHP's request cycle (csrc/sapi.c: opcache's record locks, the SIGPROF
+unblocking, closelog(), the script check): the system calls of an execution, counted with strace,
+must stay spared, and nothing that needs them may break."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import syslog
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import frankenpy
 
-pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
-                                reason="needs strace (scripts/install_deps.sh)")
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
+                                  reason="needs strace (scripts/install_deps.sh)")
 
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
 
@@ -68,6 +70,7 @@ def hello(tmp_path: Path) -> Path:
     return script
 
 
+@needs_strace
 @pytest.mark.timeout(120)
 def test_an_execution_of_a_cached_script_makes_no_system_call(tmp_path: Path, hello: Path) -> None:
     """With opcache, PHP's request cycle alone would make four (two fcntl() locks, the
@@ -76,6 +79,7 @@ def test_an_execution_of_a_cached_script_makes_no_system_call(tmp_path: Path, he
     assert {name: n for name, n in per.items() if n >= 0.05} == {}
 
 
+@needs_strace
 @pytest.mark.timeout(120)
 def test_an_execution_without_opcache_makes_only_the_calls_that_read_the_script(
         tmp_path: Path, hello: Path) -> None:
@@ -101,3 +105,37 @@ def test_opcache_still_resets_and_recompiles(make_runtime: Callable[..., franken
     status = rt.execute_code("echo json_encode(opcache_get_status(false)['opcache_enabled']);")
     assert status.output == b"true"
     assert int(rt.execute_file(script).output) == 0  # the restarted cache had to compile it again
+
+
+@pytest.fixture
+def dev_log() -> Iterator[socket.socket]:
+    """A syslog daemon's socket at /dev/log (glibc's fixed path) for the test, if it is free."""
+    if os.path.exists("/dev/log") or os.geteuid() != 0:
+        pytest.skip("needs root and no syslog daemon on /dev/log")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("/dev/log")
+    sock.settimeout(10)
+    try:
+        yield sock
+    finally:
+        syslog.closelog()
+        sock.close()
+        os.unlink("/dev/log")
+
+
+@pytest.mark.timeout(60)
+def test_requests_leave_the_hosts_syslog_connection_alone(runtime: frankenpy.Runtime,
+                                                          dev_log: socket.socket) -> None:
+    """glibc has one syslog connection per process.  PHP closes it at every request end (and so
+    reset the host's ident, under a process-wide lock); now only a script that opened it does."""
+    syslog.openlog("frankenpy-host", syslog.LOG_NDELAY)
+    assert runtime.execute_code("echo 1;").output == b"1"
+    syslog.syslog(syslog.LOG_WARNING, "host after a request")
+    assert b"frankenpy-host" in dev_log.recv(4096)
+    logged = runtime.execute_code("openlog('php-side', 0, LOG_USER); syslog(LOG_WARNING, 'from php');"
+                                  " echo 'done';")
+    assert logged.output == b"done"
+    assert re.search(rb"php-side.*from php", dev_log.recv(4096))
+    code = "var_export(openlog('php-side', 0, LOG_USER) && syslog(LOG_ERR, 'again') && closelog());"
+    assert runtime.execute_code(code).output == b"true"
+    assert b"again" in dev_log.recv(4096)
