@@ -300,7 +300,7 @@ class WorkerThreads:
     Under the native server, ``prepare`` gives a new thread its C queue before it starts and
     ``release`` frees that once the thread has stopped."""
 
-    STOP_WAIT = 30.0  # a thread asked to stop finishes its request in progress first
+    DRAIN_WAIT = 1.0  # how long a pass waits for the threads it drained before it goes on
 
     def __init__(self, runtime: Any, worker: Any) -> None:
         self.runtime = runtime
@@ -313,6 +313,7 @@ class WorkerThreads:
         # Native threads serve in C: idle since when their request count last moved (or they
         # were busy), as seen by the scale-down passes.
         self._last_seen: dict[Any, tuple[int, float]] = {}
+        self._draining: set[Any] = set()  # asked to stop, not stopped yet
 
     def thread_count(self) -> int:
         return sum(1 for t in self.runtime.workers_group.threads if t.worker is self.worker)
@@ -354,19 +355,34 @@ class WorkerThreads:
         return last[1]
 
     def remove_idle(self, idle_for: float, limit: int) -> int:
+        removed = self._reap(0.0)
         cutoff = time.time() - idle_for
-        removed = 0
+        drained = 0
         for thread in list(self.added):
-            if removed >= limit:
+            if drained >= limit:
                 break
+            if thread in self._draining:
+                continue
             idle_since = self._idle_since(thread)
             if idle_since is None or idle_since > cutoff:
                 continue
             # A drained thread ends its request in progress first (a native one takes no new
-            # one from its C queue once drained): none is lost.
+            # one from its C queue once drained): none is lost.  One that takes longer than
+            # DRAIN_WAIT is reaped by a later pass: the scaler never blocks on it.
             thread.drain(stop=True)
-            if not thread.join(self.STOP_WAIT):
-                continue  # still busy: leave it running; the next pass tries again
+            self._draining.add(thread)
+            drained += 1
+        return removed + self._reap(self.DRAIN_WAIT)
+
+    def _reap(self, wait: float) -> int:
+        """Finish removing the drained threads that have stopped, waiting up to ``wait``
+        seconds in all for them; how many."""
+        deadline = time.monotonic() + wait
+        reaped = 0
+        for thread in list(self._draining):
+            if not thread.join(max(0.0, deadline - time.monotonic())):
+                continue
+            self._draining.discard(thread)
             self.added.remove(thread)
             self._last_seen.pop(thread, None)
             self.runtime.workers_group.threads.remove(thread)
@@ -374,5 +390,5 @@ class WorkerThreads:
             release = self.release
             if release is not None:
                 release(thread)
-            removed += 1
-        return removed
+            reaped += 1
+        return reaped

@@ -190,6 +190,44 @@ def test_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_
         server.stop(grace=5.0)
 
 
+@pytest.mark.timeout(90)
+def test_a_worker_thread_slow_to_stop_is_still_removed(tmp_path: Path, fast_downscale: None, idle_cpu: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drained worker thread that takes longer than a pass waits for it (its request in
+    progress, or work after its loop) is removed by a later pass; the scaler is not held up
+    meanwhile.  It used to stay in the worker's threads for good."""
+    monkeypatch.setattr(scaling.WorkerThreads, "DRAIN_WAIT", 0.05)
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "app.php").write_text(WORKER + "usleep(1500000); // cleaning up after the loop\n")
+    worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
+    rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
+    rt.start()
+    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    server.start()
+    port = server.ports[0]
+
+    def get() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("GET", "/app.php")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"served")
+        finally:
+            conn.close()
+
+    def app_threads() -> int:
+        return len([s for s in rt.workers() if s.name == "app"])
+
+    try:
+        burst(30, get)
+        wait_for(lambda: app_threads() == 1, timeout=20, what="the drained worker threads to be removed")
+        assert rt.workers()[0].state == "ready"
+        get()
+    finally:
+        server.stop(grace=5.0)
+
+
 def test_config_and_cli_options(tmp_path: Path) -> None:
     (tmp_path / "w.php").write_text("<?php\n")
     config = parse(
