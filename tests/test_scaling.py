@@ -140,16 +140,18 @@ while (frankenphp_handle_request(function () {
 """
 
 
-@pytest.mark.timeout(90)
-def test_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_cpu: None) -> None:
+def _autoscaled_worker(
+    tmp_path: Path, script: str
+) -> tuple[frankenpy.Runtime, Server, Callable[[], None], Callable[[], int]]:
+    """A WSGI server for an HTTP worker "app" of 1 thread that may scale to 3 (max_idle_time
+    0.5 s): the runtime, the started server, a GET that checks its answer, and the thread count."""
     root = tmp_path / "public"
     root.mkdir()
-    (root / "app.php").write_text(WORKER)
+    (root / "app.php").write_text(script)
     worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
     rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
     rt.start()
     server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
-    assert server.threads >= 1 + 3  # a WSGI thread for every PHP thread autoscaling may add
     server.start()
     port = server.ports[0]
 
@@ -165,6 +167,13 @@ def test_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_
     def app_threads() -> int:
         return len([s for s in rt.workers() if s.name == "app"])
 
+    return rt, server, get, app_threads
+
+
+@pytest.mark.timeout(90)
+def test_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None, idle_cpu: None) -> None:
+    rt, server, get, app_threads = _autoscaled_worker(tmp_path, WORKER)
+    assert server.threads >= 1 + 3  # a WSGI thread for every PHP thread autoscaling may add
     try:
         peak = [1]
         stop = threading.Event()
@@ -197,28 +206,8 @@ def test_a_worker_thread_slow_to_stop_is_still_removed(tmp_path: Path, fast_down
     progress, or work after its loop) is removed by a later pass; the scaler is not held up
     meanwhile.  It used to stay in the worker's threads for good."""
     monkeypatch.setattr(scaling.WorkerThreads, "DRAIN_WAIT", 0.05)
-    root = tmp_path / "public"
-    root.mkdir()
-    (root / "app.php").write_text(WORKER + "usleep(1500000); // cleaning up after the loop\n")
-    worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
-    rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
-    rt.start()
-    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
-    server.start()
-    port = server.ports[0]
-
-    def get() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        try:
-            conn.request("GET", "/app.php")
-            response = conn.getresponse()
-            assert (response.status, response.read()) == (200, b"served")
-        finally:
-            conn.close()
-
-    def app_threads() -> int:
-        return len([s for s in rt.workers() if s.name == "app"])
-
+    rt, server, get, app_threads = _autoscaled_worker(
+        tmp_path, WORKER + "usleep(1500000); // cleaning up after the loop\n")
     try:
         burst(30, get)
         wait_for(lambda: app_threads() == 1, timeout=20, what="the drained worker threads to be removed")
