@@ -629,12 +629,8 @@ static int hook_sigaction(int signo, const struct sigaction *act, struct sigacti
     return old ? real_sigaction(signo, NULL, old) : 0;
 }
 
-/* zend_sigaction() unblocks the signal whose handler it has just installed: at every request
- * start for SIGPROF (zend_set_timeout()), a system call.  The handler was not installed
- * (hook_sigaction), so that unblocking is skipped too; any other sigprocmask() (pcntl's) is
- * libc's. */
 /* Whether `signo` is the one signal of `set`, in the part of it the kernel reads (_NSIG bits:
- * bits past them may be left unset by whoever filled `set`). */
+ * the bits past them may hold anything). */
 static int only_member(const sigset_t *set, int signo)
 {
     sigset_t only;
@@ -643,6 +639,10 @@ static int only_member(const sigset_t *set, int signo)
     return memcmp(set, &only, _NSIG / 8) == 0;
 }
 
+/* zend_sigaction() unblocks the signal whose handler it has just installed: at every request
+ * start for SIGPROF (zend_set_timeout()), a system call.  The handler was not installed
+ * (hook_sigaction), so that unblocking is skipped too; any other sigprocmask() (pcntl's) is
+ * libc's. */
 static int hook_sigprocmask(int how, const sigset_t *set, sigset_t *old)
 {
     int signo = handler_left_alone;
