@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import wait_for
@@ -141,28 +142,23 @@ while (frankenphp_handle_request(function () {
 
 
 def _autoscaled_worker(
-    tmp_path: Path, script: str
-) -> tuple[frankenpy.Runtime, Server, Callable[[], None], Callable[[], int]]:
-    """A WSGI server for an HTTP worker "app" of 1 thread that may scale to 3 (max_idle_time
-    0.5 s): the runtime, the started server, a GET that checks its answer, and the thread count."""
+    tmp_path: Path, script: str, server_type: type[Any] = Server
+) -> tuple[frankenpy.Runtime, Any, Callable[[], None], Callable[[], int]]:
+    """A server (WSGI by default) for an HTTP worker "app" of 1 thread that may scale to 3
+    (max_idle_time 0.5 s): the runtime, the started server, a GET that checks its answer, and
+    the thread count."""
     root = tmp_path / "public"
     root.mkdir()
     (root / "app.php").write_text(script)
     worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
     rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
     rt.start()
-    server = Server(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
+    server = server_type(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
     server.start()
     port = server.ports[0]
 
     def get() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        try:
-            conn.request("GET", "/app.php")
-            response = conn.getresponse()
-            assert (response.status, response.read()) == (200, b"served")
-        finally:
-            conn.close()
+        assert http_get(port, "/app.php") == (200, b"served")
 
     def app_threads() -> int:
         return len([s for s in rt.workers() if s.name == "app"])
@@ -246,7 +242,8 @@ def test_config_and_cli_options(tmp_path: Path) -> None:
 
 
 # --- the native server (csrc/http_server.c): C counts the waits, a StallWatch polls them ------
-def native_get(port: int, path: str) -> tuple[int, bytes]:
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET `path` on 127.0.0.1:`port` (either server): the status and the body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request("GET", path)
@@ -297,7 +294,7 @@ def test_native_burst_scales_regular_threads_up_then_down(
     lock = threading.Lock()
 
     def one() -> None:
-        result = native_get(port, "/page.php")
+        result = http_get(port, "/page.php")
         with lock:
             results.append(result)
 
@@ -333,7 +330,7 @@ def test_native_burst_scales_regular_threads_up_then_down(
         wait_for(lambda: server.serving_threads == 1, timeout=10, what="serving threads to be drained")
         assert len(results) > 120
         assert all(r == (200, b"ok") for r in results), [r for r in results if r != (200, b"ok")][:5]
-        assert native_get(port, "/page.php") == (200, b"ok")
+        assert http_get(port, "/page.php") == (200, b"ok")
     finally:
         server.stop(grace=5.0)
 
@@ -352,7 +349,7 @@ def test_native_no_scale_up_without_waiting(tmp_path: Path, idle_cpu: None) -> N
     server.start()
     try:
         for _ in range(20):
-            assert native_get(server.ports[0], "/page.php") == (200, b"ok")
+            assert http_get(server.ports[0], "/page.php") == (200, b"ok")
         assert rt.total_threads == 1 and server.serving_threads == 1
     finally:
         server.stop(grace=5.0)
@@ -363,22 +360,7 @@ def test_native_burst_scales_an_http_worker(tmp_path: Path, fast_downscale: None
     """The worker's C queue: added worker threads take requests in C, and go again once idle."""
     from frankenpy.http.native import NativeServer
 
-    root = tmp_path / "public"
-    root.mkdir()
-    (root / "app.php").write_text(WORKER)
-    worker = frankenpy.Worker("app", root / "app.php", num=1, max_threads=3)
-    rt = frankenpy.Runtime(num_threads=1, workers=[worker], max_idle_time=0.5)
-    rt.start()
-    server = NativeServer(rt, [Site("127.0.0.1", 0, PHPApp(rt, root))])
-    server.start()
-    port = server.ports[0]
-
-    def app_threads() -> int:
-        return len([s for s in rt.workers() if s.name == "app"])
-
-    def get() -> None:
-        assert native_get(port, "/app.php") == (200, b"served")
-
+    rt, server, get, app_threads = _autoscaled_worker(tmp_path, WORKER, NativeServer)
     try:
         latencies: list[float] = []
         served_by_added = [0]
